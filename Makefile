@@ -1,0 +1,40 @@
+# gradcamd: the two commands in the README do all the set-up.
+#   make demo   installs what is missing, builds, writes out/demo.mp4
+#   make test   installs what is missing, runs the whole test suite
+SHELL := /bin/bash
+CARGO ?= cargo
+BIN := target/release/gradcamd
+VIDEO := .deps/media/carphone_pristine.mp4
+
+.PHONY: setup build demo test lint bench conformance fixtures clean
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	@$(CARGO) build --release -q
+
+demo: build
+	@mkdir -p out
+	@$(BIN) run --config configs/demo.toml
+
+test: setup
+	@$(CARGO) test --release -q 2>&1
+
+lint:
+	@$(CARGO) fmt --check
+	@$(CARGO) clippy -q --release --all-targets -- -D warnings
+	@$(CARGO) clippy -q --release --no-default-features --all-targets -- -D warnings
+
+# Speed: the engine floor, the file-to-file pipeline, and pytorch-grad-cam side by side
+# (the peer needs the dev venv from tools/README.md; it is skipped with a note if absent).
+bench: build
+	@mkdir -p out
+	@bench/run.sh
+
+# Dev-time only (Python + torch): regenerate the committed model and fixtures.
+fixtures:
+	@tools/regenerate.sh
+
+clean:
+	rm -rf target out

@@ -1,0 +1,223 @@
+//! `gradcamd bench`: frames per second for forward only, forward + gradients (the floor every
+//! pipeline cost is compared with) and, given a clip, the whole file-to-file pipeline with the
+//! CPU time of each stage. Each number is the median of `repeats` measurements.
+
+use std::time::Instant;
+
+use ndarray::Array4;
+use serde::Serialize;
+
+use crate::cli::BenchArgs;
+use crate::engine::{Engine, EngineOptions, Provider};
+use crate::error::{fail, Kind};
+use crate::model::Model;
+
+#[derive(Serialize)]
+pub struct EnginePoint {
+    pub batch_size: usize,
+    pub forward_fps: f64,
+    pub gradients_fps: f64,
+    /// forward+gradients time / forward-only time.
+    pub gradient_cost_ratio: f64,
+}
+
+#[derive(Serialize)]
+pub struct PipelinePoint {
+    pub video: String,
+    pub frames: u64,
+    pub seconds: f64,
+    pub fps: f64,
+    /// CPU seconds per stage, summed over that stage's threads.
+    pub stage_seconds: std::collections::BTreeMap<String, f64>,
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    pub model: String,
+    pub provider: String,
+    pub threads: usize,
+    pub batch_size: usize,
+    pub forward_fps: f64,
+    pub gradients_fps: f64,
+    pub pipeline_fps: Option<f64>,
+    pub engine: Vec<EnginePoint>,
+    pub pipeline: Option<PipelinePoint>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Median frames/s of `iters` runs at batch `b`, after one warm-up run.
+fn measure(
+    engine: &mut Engine,
+    b: usize,
+    h: usize,
+    w: usize,
+    iters: usize,
+    repeats: usize,
+) -> anyhow::Result<f64> {
+    // Deterministic, image-like values: the numbers do not change the speed, NaNs would.
+    let x = Array4::from_shape_fn((b, 3, h, w), |(n, c, i, j)| {
+        (((n * 31 + c * 17 + i * 7 + j * 3) % 255) as f32 - 127.0) / 128.0
+    });
+    let t = vec![-1i64; b];
+    engine
+        .run_with(x.view(), &t, |_| ())
+        .map_err(|e| fail(Kind::Runtime, e))?;
+    let mut fps = Vec::new();
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        for _ in 0..iters.max(1) {
+            engine
+                .run_with(x.view(), &t, |_| ())
+                .map_err(|e| fail(Kind::Runtime, e))?;
+        }
+        fps.push((b * iters.max(1)) as f64 / start.elapsed().as_secs_f64());
+    }
+    Ok(median(fps))
+}
+
+pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let model = Model::load(
+        args.model.model.as_deref(),
+        args.model.sidecar.as_deref(),
+        args.model.target_layer.as_deref(),
+        false,
+    )?;
+    let provider = match args.provider.as_str() {
+        "cpu" => Provider::Cpu,
+        "cuda" => Provider::Cuda { device_id: 0 },
+        p => {
+            return Err(fail(
+                Kind::Config,
+                format!("--provider {p}: expected cpu or cuda"),
+            ))
+        }
+    };
+    if args.batch_size.is_empty() || args.batch_size.contains(&0) {
+        return Err(fail(Kind::Config, "--batch-size needs values >= 1"));
+    }
+    let opts = EngineOptions {
+        provider,
+        intra_threads: args.threads,
+        ..Default::default()
+    };
+    let (h, w) = (
+        model.sidecar.input.height as usize,
+        model.sidecar.input.width as usize,
+    );
+    let mut fwd = Engine::forward_only(&model.graph, &opts).map_err(|e| fail(Kind::Runtime, e))?;
+    let mut grad = Engine::new(&model.graph, &opts).map_err(|e| fail(Kind::Runtime, e))?;
+    let provider_used = grad.provider_used.clone();
+    let mut points = Vec::new();
+    for &b in &args.batch_size {
+        let f = measure(&mut fwd, b, h, w, args.iters, args.repeats)?;
+        let g = measure(&mut grad, b, h, w, args.iters, args.repeats)?;
+        eprintln!("batch {b:>3}: forward {f:8.1} fps   forward+gradients {g:8.1} fps   gradient cost x{:.3}", f / g);
+        points.push(EnginePoint {
+            batch_size: b,
+            forward_fps: f,
+            gradients_fps: g,
+            gradient_cost_ratio: f / g,
+        });
+    }
+    drop(fwd);
+    drop(grad);
+
+    let pipeline = match &args.video {
+        Some(v) => Some(pipeline_point(args, v)?),
+        None => None,
+    };
+    let first = &points[0];
+    let report = Report {
+        model: model.path.display().to_string(),
+        provider: provider_used,
+        threads: args.threads,
+        batch_size: first.batch_size,
+        forward_fps: first.forward_fps,
+        gradients_fps: first.gradients_fps,
+        pipeline_fps: pipeline.as_ref().map(|p| p.fps),
+        engine: points,
+        pipeline,
+    };
+    if let Some(p) = &report.pipeline {
+        eprintln!(
+            "pipeline {}: {} frames in {:.2} s = {:.1} fps ({:.0}% of forward+gradients at batch {})",
+            p.video,
+            p.frames,
+            p.seconds,
+            p.fps,
+            100.0 * p.fps / report.gradients_fps,
+            report.batch_size
+        );
+        let st: Vec<String> = p
+            .stage_seconds
+            .iter()
+            .map(|(k, v)| format!("{k}={v:.2}s"))
+            .collect();
+        eprintln!("  cpu time per stage: {}", st.join(" "));
+    }
+    let text = serde_json::to_string_pretty(&report)?;
+    match &args.json {
+        Some(p) => std::fs::write(p, text + "\n")
+            .map_err(|e| fail(Kind::Output, format!("cannot write {}: {e}", p.display())))?,
+        None => println!("{text}"),
+    }
+    Ok(())
+}
+
+#[cfg(feature = "video")]
+fn pipeline_point(args: &BenchArgs, video: &std::path::Path) -> anyhow::Result<PipelinePoint> {
+    use crate::config::{Config, SourceConfig};
+    let out = std::env::temp_dir().join(format!("gradcamd-bench-{}.mp4", std::process::id()));
+    let mut cfg = Config::default();
+    cfg.model.path = args.model.model.clone();
+    cfg.model.sidecar = args.model.sidecar.clone();
+    cfg.model.target_layer = args.model.target_layer.clone();
+    cfg.model.provider = args.provider.clone();
+    cfg.model.intra_threads = args.threads;
+    cfg.pipeline.batch_size = args.batch_size[0];
+    cfg.source = vec![SourceConfig {
+        name: None,
+        uri: video.display().to_string(),
+        mode: None,
+        output: Some(out.clone()),
+    }];
+    let mut runs = Vec::new();
+    for _ in 0..args.repeats.max(1) {
+        let plan = crate::pipeline::Plan::build(&cfg)?;
+        let s = plan.run(
+            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            false,
+        )?;
+        let secs = s.elapsed.as_secs_f64();
+        let frames = s.outputs.iter().map(|w| w.frames).sum::<u64>();
+        let stages = s
+            .stats
+            .stage_seconds()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        runs.push(PipelinePoint {
+            video: video.display().to_string(),
+            frames,
+            seconds: secs,
+            fps: frames as f64 / secs,
+            stage_seconds: stages,
+        });
+    }
+    let _ = std::fs::remove_file(&out);
+    runs.sort_by(|a, b| a.fps.total_cmp(&b.fps));
+    let mid = runs.len() / 2;
+    Ok(runs.swap_remove(mid))
+}
+
+#[cfg(not(feature = "video"))]
+fn pipeline_point(_: &BenchArgs, _: &std::path::Path) -> anyhow::Result<PipelinePoint> {
+    Err(fail(
+        Kind::Config,
+        "--video needs a build with the `video` feature (OpenCV)",
+    ))
+}

@@ -1,0 +1,7 @@
+//! The subcommands. Each takes its parsed arguments and returns when done.
+pub mod bench;
+#[cfg(feature = "video")]
+pub mod explain;
+pub mod inspect;
+#[cfg(feature = "video")]
+pub mod run;

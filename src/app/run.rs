@@ -1,0 +1,107 @@
+//! `gradcamd run`: config file + flag overrides → validated plan → pipeline.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::cli::RunArgs;
+use crate::config::{Config, SourceConfig};
+use crate::error::{fail, Kind};
+use crate::pipeline::Plan;
+use crate::stats::Stats;
+
+/// The config as the file says, with the command line's overrides applied and re-validated.
+pub fn config_from(args: &RunArgs) -> anyhow::Result<Config> {
+    let mut cfg = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(uri) = &args.source {
+        cfg.source = vec![SourceConfig {
+            name: None,
+            uri: uri.clone(),
+            mode: None,
+            output: None,
+        }];
+    }
+    if let Some(out) = &args.output {
+        match cfg.source.as_mut_slice() {
+            [one] => one.output = Some(out.clone()),
+            [] => {
+                return Err(fail(
+                    Kind::Config,
+                    "--output needs a source (--source or the config's [[source]])",
+                ))
+            }
+            _ => {
+                return Err(fail(
+                    Kind::Config,
+                    "--output is ambiguous with several sources; set output per [[source]]",
+                ))
+            }
+        }
+    }
+    if let Some(m) = &args.model.model {
+        cfg.model.path = Some(m.clone());
+    }
+    if let Some(s) = &args.model.sidecar {
+        cfg.model.sidecar = Some(s.clone());
+    }
+    if let Some(t) = &args.model.target_layer {
+        cfg.model.target_layer = Some(t.clone());
+    }
+    if let Some(b) = args.batch_size {
+        cfg.pipeline.batch_size = b;
+    }
+    if let Some(m) = args.method {
+        cfg.explain.method = m;
+    }
+    if let Some(t) = &args.target {
+        cfg.explain.target = t.clone();
+    }
+    cfg.validate()
+        .map_err(|e| fail(Kind::Config, format!("{e:#}")))?;
+    Ok(cfg)
+}
+
+pub fn run(args: &RunArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let cfg = config_from(args)?;
+    let plan = Plan::build(&cfg)?;
+    let progress = !args.quiet;
+    let summary = plan.run(stop, progress)?;
+    let secs = summary.elapsed.as_secs_f64();
+    let s = &summary.stats;
+    let written: u64 = summary.outputs.iter().map(|w| w.frames).sum();
+    let stages: Vec<String> = s
+        .stage_seconds()
+        .iter()
+        .map(|(n, t)| format!("{n}={t:.2}s"))
+        .collect();
+    tracing::info!(
+        frames_in = summary.frames_in,
+        frames_out = written,
+        not_explained = Stats::get(&s.failed),
+        seconds = format!("{secs:.2}"),
+        fps = format!("{:.1}", written as f64 / secs.max(1e-9)),
+        "done; cpu time per stage: {}",
+        stages.join(" ")
+    );
+    let mut empty = Vec::new();
+    for w in &summary.outputs {
+        if w.frames == 0 {
+            let _ = std::fs::remove_file(&w.path);
+            empty.push(w.path.display().to_string());
+        } else {
+            eprintln!("wrote {} ({} frames)", w.path.display(), w.frames);
+        }
+    }
+    if !empty.is_empty() {
+        return Err(fail(
+            Kind::Input,
+            format!(
+                "no frame was processed; removed the empty output {}",
+                empty.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}

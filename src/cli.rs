@@ -1,0 +1,148 @@
+//! Command-line interface: the flags as parsed. Turning them into a validated configuration is
+//! each command's first step.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::cam::Method;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gradcamd",
+    version,
+    about = "Where a CNN classifier looks, on live video (Grad-CAM through ONNX Runtime)"
+)]
+pub struct Cli {
+    /// ONNX Runtime library (libonnxruntime.so); default: $ORT_DYLIB_PATH, else the copy from `make setup`.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ort_lib: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Explain video: sources in, annotated video out.
+    Run(RunArgs),
+    /// Explain still images and write the results as JSON.
+    Explain(ExplainArgs),
+    /// Show a model's inputs, outputs, target tensor, candidates and head.
+    Inspect(InspectArgs),
+    /// Write the gradient-augmented model to a file.
+    Augment(AugmentArgs),
+    /// Measure forward, forward+gradients and the whole pipeline in frames per second.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct ModelArgs {
+    /// ONNX classifier; default: the built-in EfficientNet-Lite0.
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Model sidecar; default: <model stem>.toml beside the model.
+    #[arg(long, value_name = "PATH")]
+    pub sidecar: Option<PathBuf>,
+    /// Tensor to explain (see `gradcamd inspect`); default: input of the last pooling op.
+    #[arg(long, value_name = "TENSOR")]
+    pub target_layer: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Config file (see configs/).
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Video file; replaces the config's sources.
+    #[arg(long, value_name = "URI")]
+    pub source: Option<String>,
+    /// Annotated video to write (.mp4/.avi) for the single source.
+    #[arg(long, short, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// gradcam or cam.
+    #[arg(long)]
+    pub method: Option<Method>,
+    /// top1, a class index, or a label.
+    #[arg(long, value_name = "CLASS")]
+    pub target: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Images to explain.
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// top1, a class index, or a label.
+    #[arg(long, default_value = "top1", value_name = "CLASS")]
+    pub target: String,
+    /// gradcam or cam.
+    #[arg(long, default_value = "gradcam")]
+    pub method: Method,
+    /// Where to write the JSON array (one object per image); "-" for stdout.
+    #[arg(long, value_name = "FILE")]
+    pub json: PathBuf,
+    /// Also write an overlay PNG per image here.
+    #[arg(long, value_name = "DIR")]
+    pub overlay_dir: Option<PathBuf>,
+    /// Images per ORT run.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// ONNX model file.
+    pub model: PathBuf,
+    #[arg(long, value_name = "TENSOR")]
+    pub target_layer: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AugmentArgs {
+    /// ONNX model file.
+    pub model: PathBuf,
+    /// Where to write the augmented model.
+    #[arg(short, long, value_name = "OUT.onnx")]
+    pub output: PathBuf,
+    #[arg(long, value_name = "TENSOR")]
+    pub target_layer: Option<String>,
+    /// Also output gradcamd_cam, the Grad-CAM map computed inside the graph.
+    #[arg(long)]
+    pub in_graph_cam: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Clip for the file-to-file pipeline measurement; without it only the engine is measured.
+    #[arg(long, value_name = "FILE")]
+    pub video: Option<PathBuf>,
+    /// Batch sizes to measure the engine at (comma separated); the pipeline uses the first.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![8usize])]
+    pub batch_size: Vec<usize>,
+    /// Timed engine runs per measurement (after one warm-up run).
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    /// Repeats of each measurement; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// ORT intra-op threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Execution provider: cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub provider: String,
+    /// Write the results here as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}

@@ -1,0 +1,295 @@
+//! The run configuration, mirroring the TOML file table by table (`configs/*.toml` are the
+//! commented examples). Unknown keys are errors; every key has a documented default.
+//! Relative paths are relative to the working directory.
+//!
+//! Loading is two steps, as in ripgrep: [`Config`] is what the file and flags say, validated
+//! for shape and range here; `pipeline::Plan` then turns it into opened sources, a loaded model
+//! and writable outputs before any thread starts.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::cam::Method;
+use crate::error::{fail, Kind};
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub explain: ExplainConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub output: OutputConfig,
+    /// Video sources; each gets its own capture thread and its own output.
+    #[serde(default)]
+    pub source: Vec<SourceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// ONNX classifier. Unset: the default model built into the binary (EfficientNet-Lite0).
+    pub path: Option<PathBuf>,
+    /// Sidecar describing the input; unset: `<model stem>.toml` beside the model.
+    pub sidecar: Option<PathBuf>,
+    /// Tensor to explain; unset: the input of the pooling op nearest to the logits.
+    pub target_layer: Option<String>,
+    /// Execution provider: "cpu" or "cuda".
+    #[serde(default = "default_provider")]
+    pub provider: String,
+    /// CUDA device ordinal.
+    #[serde(default)]
+    pub device_id: i32,
+    /// Run on the CPU, with a warning, when the provider cannot be used.
+    #[serde(default)]
+    pub fallback: bool,
+    /// ONNX Runtime intra-op threads; 0 = one per core.
+    #[serde(default)]
+    pub intra_threads: usize,
+    /// Let ORT threads spin between ops (faster alone, slower on a busy small machine).
+    #[serde(default)]
+    pub intra_op_spinning: bool,
+}
+
+fn default_provider() -> String {
+    "cpu".into()
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            path: None,
+            sidecar: None,
+            target_layer: None,
+            provider: default_provider(),
+            device_id: 0,
+            fallback: false,
+            intra_threads: 0,
+            intra_op_spinning: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainConfig {
+    /// "gradcam" or "cam" (CAM needs a GAP + fully-connected head).
+    #[serde(default = "default_method")]
+    pub method: Method,
+    /// Class to explain: "top1", a class index, or a label (case-insensitive).
+    #[serde(default = "default_target")]
+    pub target: String,
+    /// Heatmap weight in the overlay, 0..1 (pytorch-grad-cam uses 0.5).
+    #[serde(default = "default_alpha")]
+    pub alpha: f32,
+    /// Draw label, score and fps on each frame.
+    #[serde(default = "yes")]
+    pub hud: bool,
+}
+
+fn default_method() -> Method {
+    Method::GradCam
+}
+fn default_target() -> String {
+    "top1".into()
+}
+fn default_alpha() -> f32 {
+    0.5
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for ExplainConfig {
+    fn default() -> Self {
+        ExplainConfig {
+            method: default_method(),
+            target: default_target(),
+            alpha: default_alpha(),
+            hud: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Frames per ORT run, across all sources.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Longest wait for a batch to fill before running a partial one.
+    #[serde(default = "default_batch_timeout_ms")]
+    pub batch_timeout_ms: u64,
+    /// Threads that upsample, colour and annotate frames; 0 = one per core.
+    #[serde(default)]
+    pub render_workers: usize,
+    /// Capacity of each inter-stage channel, in frames.
+    #[serde(default = "default_queue")]
+    pub queue_frames: usize,
+}
+
+fn default_batch() -> usize {
+    8
+}
+fn default_batch_timeout_ms() -> u64 {
+    25
+}
+fn default_queue() -> usize {
+    32
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            batch_size: default_batch(),
+            batch_timeout_ms: default_batch_timeout_ms(),
+            render_workers: 0,
+            queue_frames: default_queue(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Codec for file outputs: "mp4v" (MPEG-4 Part 2) or "avc1" (H.264).
+    #[serde(default = "default_fourcc")]
+    pub fourcc: String,
+}
+
+fn default_fourcc() -> String {
+    "mp4v".into()
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            fourcc: default_fourcc(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceMode {
+    /// Lossless: capture waits for the pipeline; output frame count = input frame count.
+    File,
+    /// Latency first: capture keeps only the newest frame and counts the ones it drops.
+    Live,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Name in logs and metrics; default: the file stem or "source<N>".
+    pub name: Option<String>,
+    /// Video file path (cameras and streams arrive with the live daemon).
+    pub uri: String,
+    /// Backpressure policy; default: file.
+    pub mode: Option<SourceMode>,
+    /// Annotated video written here (.mp4 or .avi).
+    pub output: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            fail(
+                Kind::Config,
+                format!("cannot read config {}: {e}", path.display()),
+            )
+        })?;
+        Self::parse(&text)
+            .map_err(|e| fail(Kind::Config, format!("config {}: {e:#}", path.display())))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let c: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", one_line(&e)))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Range checks that serde cannot express.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let p = &self.pipeline;
+        if p.batch_size == 0 || p.batch_size > 256 {
+            anyhow::bail!(
+                "pipeline.batch_size = {} is out of range 1..=256",
+                p.batch_size
+            );
+        }
+        if p.queue_frames == 0 {
+            anyhow::bail!("pipeline.queue_frames must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.explain.alpha) {
+            anyhow::bail!(
+                "explain.alpha = {} is out of range 0..=1",
+                self.explain.alpha
+            );
+        }
+        if !["cpu", "cuda"].contains(&self.model.provider.as_str()) {
+            anyhow::bail!(
+                "model.provider = \"{}\": expected \"cpu\" or \"cuda\"",
+                self.model.provider
+            );
+        }
+        if self.output.fourcc.len() != 4 {
+            anyhow::bail!(
+                "output.fourcc = \"{}\": a fourcc has 4 characters (mp4v, avc1, MJPG)",
+                self.output.fourcc
+            );
+        }
+        for s in &self.source {
+            if s.uri.trim().is_empty() {
+                anyhow::bail!("source.uri is empty");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// toml's errors span several lines with a source excerpt; keep the message and position.
+fn one_line(e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => format!("{} (at byte {})", e.message(), span.start),
+        None => e.message().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_from_empty_file() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.pipeline.batch_size, 8);
+        assert_eq!(c.explain.method, Method::GradCam);
+        assert!(c.source.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let e = Config::parse("[pipeline]\nbatch_sise = 4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("batch_sise"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_errors() {
+        for (text, want) in [
+            ("[pipeline]\nbatch_size = 0\n", "batch_size"),
+            ("[explain]\nalpha = 1.5\n", "alpha"),
+            ("[explain]\nmethod = \"bogus\"\n", "bogus"),
+            ("[model]\nprovider = \"tpu\"\n", "provider"),
+        ] {
+            let e = format!("{:#}", Config::parse(text).unwrap_err());
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+}

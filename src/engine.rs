@@ -1,0 +1,276 @@
+//! The ONNX Runtime side: loading the runtime library once, building a session for the
+//! augmented model on the requested execution provider, and running one batch.
+//!
+//! One thread owns an [`Engine`] (`Session::run` takes `&mut self`); throughput comes from
+//! batching, not from sharing the session.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ndarray::{ArrayView1, ArrayView2, ArrayView3, ArrayView4, Ix1, Ix2, Ix3, Ix4};
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::onnx::augment::{IN_TARGET, OUT_A, OUT_CAM, OUT_CLASS, OUT_DA};
+use crate::onnx::Augmented;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("ONNX Runtime library not found at {0}; run `make setup` (or scripts/setup.sh ort), or point ORT_DYLIB_PATH / --ort-lib at libonnxruntime.so")]
+    LibraryMissing(PathBuf),
+    #[error("cannot load ONNX Runtime from {path}: {msg}")]
+    LibraryLoad { path: PathBuf, msg: String },
+    #[error("ONNX Runtime rejected the model: {0}")]
+    Session(String),
+    #[error("execution provider {provider} is not available: {msg}; use provider = \"cpu\", or set fallback = true to run on the CPU")]
+    Provider { provider: String, msg: String },
+    #[error("inference failed: {0}")]
+    Run(String),
+}
+
+/// Where to run the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provider {
+    Cpu,
+    Cuda { device_id: i32 },
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub provider: Provider,
+    /// On provider failure, log it and use the CPU instead of failing.
+    pub fallback: bool,
+    /// ORT intra-op threads; 0 lets ORT choose (one per core).
+    pub intra_threads: usize,
+    /// Busy-wait in ORT's thread pool between ops: lower latency, but it steals cores from
+    /// decode and render on small machines, so it is off unless asked for.
+    pub intra_op_spinning: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            provider: Provider::Cpu,
+            fallback: false,
+            intra_threads: 0,
+            intra_op_spinning: false,
+        }
+    }
+}
+
+static RUNTIME: OnceLock<ort::environment::Environment> = OnceLock::new();
+
+/// The runtime library: `explicit`, else `ORT_DYLIB_PATH`, else the copy `make setup` put in
+/// this source tree at build time.
+pub fn default_library() -> PathBuf {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/.deps/ort/libonnxruntime.so.1.32.0"
+    ))
+}
+
+/// Loads the ONNX Runtime library once per process. Later calls are no-ops.
+pub fn init_runtime(explicit: Option<&Path>) -> Result<(), EngineError> {
+    if RUNTIME.get().is_some() {
+        return Ok(());
+    }
+    let path = explicit
+        .map(Path::to_path_buf)
+        .unwrap_or_else(default_library);
+    if !path.is_file() {
+        return Err(EngineError::LibraryMissing(path));
+    }
+    let env = ort::init_from(&path)
+        .map_err(|e| EngineError::LibraryLoad {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?
+        .with_name("gradcamd")
+        .build()
+        .map_err(|e| EngineError::LibraryLoad {
+            path,
+            msg: e.to_string(),
+        })?;
+    let _ = RUNTIME.set(env);
+    Ok(())
+}
+
+pub struct Engine {
+    session: Session,
+    input_name: String,
+    /// What the session really runs on, for the start-up line.
+    pub provider_used: String,
+    augmented: bool,
+    in_graph_cam: bool,
+    logits: String,
+}
+
+/// Borrowed outputs of one batch, valid inside [`Engine::run_with`]'s callback.
+pub struct BatchView<'a> {
+    pub logits: ArrayView2<'a, f32>,
+    pub a: ArrayView4<'a, f32>,
+    pub da: ArrayView4<'a, f32>,
+    pub class: ArrayView1<'a, i64>,
+    pub cam: Option<ArrayView3<'a, f32>>,
+}
+
+fn build_session(bytes: &[u8], opts: &EngineOptions, provider: &Provider) -> ort::Result<Session> {
+    let env = RUNTIME
+        .get()
+        .ok_or_else(|| ort::Error::new("runtime not initialised"))?;
+    let mut b = Session::builder(env)?
+        .with_optimization_level(GraphOptimizationLevel::All)?
+        .with_intra_op_spinning(opts.intra_op_spinning)?;
+    if opts.intra_threads > 0 {
+        b = b.with_intra_threads(opts.intra_threads)?;
+    }
+    match provider {
+        Provider::Cpu => {}
+        #[cfg(feature = "cuda")]
+        Provider::Cuda { device_id } => {
+            b = b.with_execution_providers([ort::ep::CUDA::default()
+                .with_device_id(*device_id)
+                .build()
+                .error_on_failure()])?;
+        }
+        #[cfg(not(feature = "cuda"))]
+        Provider::Cuda { .. } => {
+            return Err(ort::Error::new(
+                "this gradcamd was built without the `cuda` feature",
+            ));
+        }
+    }
+    b.commit_from_memory(bytes)
+}
+
+impl Engine {
+    /// A session on the augmented model (logits, A, dA, class[, cam]).
+    pub fn new(model: &Augmented, opts: &EngineOptions) -> Result<Self, EngineError> {
+        Self::build(&model.bytes, model, opts, true)
+    }
+
+    /// A session on the original model (logits only), for forward-only benchmarks.
+    pub fn forward_only(model: &Augmented, opts: &EngineOptions) -> Result<Self, EngineError> {
+        Self::build(&model.original, model, opts, false)
+    }
+
+    fn build(
+        bytes: &[u8],
+        model: &Augmented,
+        opts: &EngineOptions,
+        augmented: bool,
+    ) -> Result<Self, EngineError> {
+        init_runtime(None)?;
+        let (session, provider_used) = match build_session(bytes, opts, &opts.provider) {
+            Ok(s) => (s, provider_name(&opts.provider)),
+            Err(e) if opts.provider != Provider::Cpu => {
+                let msg = e.to_string();
+                if !opts.fallback {
+                    return Err(EngineError::Provider {
+                        provider: provider_name(&opts.provider),
+                        msg,
+                    });
+                }
+                tracing::warn!(provider = %provider_name(&opts.provider), error = %msg, "provider unavailable, falling back to CPU");
+                let s = build_session(bytes, opts, &Provider::Cpu)
+                    .map_err(|e| EngineError::Session(e.to_string()))?;
+                (s, "cpu (fallback)".to_string())
+            }
+            Err(e) => return Err(EngineError::Session(e.to_string())),
+        };
+        Ok(Engine {
+            session,
+            input_name: model.input_name.clone(),
+            provider_used,
+            augmented,
+            in_graph_cam: model.in_graph_cam,
+            logits: model.logits.clone(),
+        })
+    }
+
+    /// Runs one batch. `targets[i]` is the class to explain for item i (-1 = top-1); a single
+    /// value applies to the whole batch. `f` sees the outputs without copying them.
+    pub fn run_with<R>(
+        &mut self,
+        input: ArrayView4<f32>,
+        targets: &[i64],
+        f: impl FnOnce(BatchView) -> R,
+    ) -> Result<R, EngineError> {
+        let run = |e: ort::Error| EngineError::Run(e.to_string());
+        let x = TensorRef::from_array_view(input).map_err(run)?;
+        let t = TensorRef::from_array_view(([targets.len()], targets)).map_err(run)?;
+        let outputs = if self.augmented {
+            self.session
+                .run(ort::inputs![self.input_name.as_str() => x, IN_TARGET => t])
+                .map_err(run)?
+        } else {
+            self.session
+                .run(ort::inputs![self.input_name.as_str() => x])
+                .map_err(run)?
+        };
+        let get = |name: &str| {
+            outputs
+                .get(name)
+                .ok_or_else(|| EngineError::Run(format!("the session has no output '{name}'")))
+        };
+        let dims =
+            |e: ndarray::ShapeError| EngineError::Run(format!("unexpected output shape: {e}"));
+        let logits = get(&self.logits)?.try_extract_array::<f32>().map_err(run)?;
+        let logits = logits.into_dimensionality::<Ix2>().map_err(dims)?;
+        if !self.augmented {
+            let empty4 = ArrayView4::from_shape((0, 0, 0, 0), &[][..]).map_err(dims)?;
+            let empty1 = ArrayView1::from_shape(0, &[][..]).map_err(dims)?;
+            return Ok(f(BatchView {
+                logits,
+                a: empty4,
+                da: empty4,
+                class: empty1,
+                cam: None,
+            }));
+        }
+        let a = get(OUT_A)?
+            .try_extract_array::<f32>()
+            .map_err(run)?
+            .into_dimensionality::<Ix4>()
+            .map_err(dims)?;
+        let da = get(OUT_DA)?
+            .try_extract_array::<f32>()
+            .map_err(run)?
+            .into_dimensionality::<Ix4>()
+            .map_err(dims)?;
+        let class = get(OUT_CLASS)?
+            .try_extract_array::<i64>()
+            .map_err(run)?
+            .into_dimensionality::<Ix1>()
+            .map_err(dims)?;
+        let cam = if self.in_graph_cam {
+            Some(
+                get(OUT_CAM)?
+                    .try_extract_array::<f32>()
+                    .map_err(run)?
+                    .into_dimensionality::<Ix3>()
+                    .map_err(dims)?,
+            )
+        } else {
+            None
+        };
+        Ok(f(BatchView {
+            logits,
+            a,
+            da,
+            class,
+            cam,
+        }))
+    }
+}
+
+fn provider_name(p: &Provider) -> String {
+    match p {
+        Provider::Cpu => "cpu".into(),
+        Provider::Cuda { device_id } => format!("cuda:{device_id}"),
+    }
+}

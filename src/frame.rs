@@ -1,0 +1,41 @@
+//! Everything that crosses a channel between stages, in one place.
+//!
+//! ```text
+//! capture ──Frame──▶ infer ──Explained──▶ render ×N ──Annotated──▶ sink (per source)
+//! ```
+
+use ndarray::Array2;
+use opencv::core::Mat;
+
+/// One decoded frame.
+pub struct Frame {
+    /// Index of the source in the plan; sinks route on it.
+    pub source: usize,
+    /// Position in the source, from 0, dense: sinks re-order on it and never wait for a gap.
+    pub seq: u64,
+    /// Presentation time in milliseconds, as the decoder reports it.
+    pub pts_ms: f64,
+    /// BGR, 8-bit, 3 channels.
+    pub image: Mat,
+}
+
+/// A frame with its classification and explanation.
+pub struct Explained {
+    pub frame: Frame,
+    /// Class explained (top-1 or the configured target).
+    pub class: usize,
+    /// Softmax probability of `class`.
+    pub prob: f32,
+    /// CAM at feature resolution, before normalization; `None` when the frame could not be
+    /// explained (it is still written, without overlay, so the output keeps every frame).
+    pub cam: Option<Array2<f32>>,
+    /// Pipeline throughput when this frame left inference, for the HUD.
+    pub fps: f32,
+}
+
+/// A frame ready for the sinks.
+pub struct Annotated {
+    pub source: usize,
+    pub seq: u64,
+    pub image: Mat,
+}

@@ -1,0 +1,70 @@
+//! The gradcamd binary: logging, flags, Ctrl-C, then the library does the work.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use clap::Parser;
+use gradcamd::cli::{Cli, Command};
+use gradcamd::error::{fail, Kind};
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,ort=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .compact()
+        .init();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(gradcamd::error::exit_code(&e));
+    }
+}
+
+/// First Ctrl-C (or SIGTERM): stop capturing and let the pipeline drain and finalize.
+/// Second: exit at once.
+fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let hits = AtomicUsize::new(0);
+    let s = stop.clone();
+    ctrlc::set_handler(move || {
+        if hits.fetch_add(1, Ordering::SeqCst) == 0 {
+            eprintln!(
+                "\nstopping: finishing the frames already read (Ctrl-C again to quit at once)"
+            );
+            s.store(true, Ordering::SeqCst);
+        } else {
+            std::process::exit(130);
+        }
+    })
+    .map_err(|e| {
+        fail(
+            Kind::Runtime,
+            format!("cannot install the Ctrl-C handler: {e}"),
+        )
+    })?;
+    Ok(stop)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(lib) = &cli.ort_lib {
+        gradcamd::engine::init_runtime(Some(lib)).map_err(|e| fail(Kind::Runtime, e))?;
+    }
+    match &cli.command {
+        Command::Inspect(a) => gradcamd::app::inspect::inspect(a),
+        Command::Augment(a) => gradcamd::app::inspect::augment_cmd(a),
+        Command::Bench(a) => gradcamd::app::bench::bench(a),
+        #[cfg(feature = "video")]
+        Command::Run(a) => gradcamd::app::run::run(a, stop_flag()?),
+        #[cfg(feature = "video")]
+        Command::Explain(a) => gradcamd::app::explain::explain(a),
+        #[cfg(not(feature = "video"))]
+        Command::Run(_) | Command::Explain(_) => {
+            let _ = stop_flag;
+            Err(fail(Kind::Config, "this gradcamd was built without the `video` feature (OpenCV); run and explain need it"))
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! Builds the validated plan from a [`Config`] (model loaded and augmented, session created,
+//! sources opened, outputs writable) and runs the stage threads:
+//!
+//! ```text
+//! capture ×sources ─▶ infer ─▶ render ×N ─▶ file sink ×sources
+//! ```
+//!
+//! Every channel is bounded. Shutdown follows the data: Ctrl-C sets the stop flag, which only
+//! capture reads; each later stage ends when its input closes; the sinks finalize their files.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use crossbeam_channel::bounded;
+
+use crate::cam::Method;
+use crate::capture::Source;
+use crate::config::{Config, SourceMode};
+use crate::engine::{Engine, EngineOptions, Provider};
+use crate::error::{fail, Kind};
+use crate::infer::{self, InferConfig};
+use crate::model::Model;
+use crate::preprocess::Preprocessor;
+use crate::render::{self, RenderConfig};
+use crate::sink::file::{FileSink, Written};
+use crate::stats::Stats;
+
+pub struct Plan {
+    pub model: Model,
+    engine: Engine,
+    sources: Vec<Source>,
+    sinks: Vec<FileSink>,
+    infer: InferConfig,
+    render: RenderConfig,
+    render_workers: usize,
+    queue: usize,
+    pub batch_size: usize,
+}
+
+/// What a finished run did, for the summary line and `bench`.
+pub struct Summary {
+    pub outputs: Vec<Written>,
+    pub frames_in: u64,
+    pub elapsed: Duration,
+    pub stats: Arc<Stats>,
+}
+
+pub fn engine_options(cfg: &Config) -> EngineOptions {
+    EngineOptions {
+        provider: match cfg.model.provider.as_str() {
+            "cuda" => Provider::Cuda {
+                device_id: cfg.model.device_id,
+            },
+            _ => Provider::Cpu,
+        },
+        fallback: cfg.model.fallback,
+        intra_threads: cfg.model.intra_threads,
+        intra_op_spinning: cfg.model.intra_op_spinning,
+    }
+}
+
+/// The class to explain: -1 for top-1, else a validated index.
+pub fn resolve_target(model: &Model, target: &str) -> anyhow::Result<i64> {
+    if target.eq_ignore_ascii_case("top1") {
+        return Ok(-1);
+    }
+    let c = model
+        .sidecar
+        .class_of(target)
+        .map_err(|e| fail(Kind::Config, format!("target: {e}")))?;
+    if let Some(n) = model.num_classes() {
+        if c >= n {
+            return Err(fail(
+                Kind::Config,
+                format!("target class {c} is out of range: the model has {n} classes"),
+            ));
+        }
+    }
+    Ok(c as i64)
+}
+
+/// Fails unless `method` can run on this model.
+pub fn check_method(model: &Model, method: Method) -> anyhow::Result<()> {
+    if method == Method::Cam && model.graph.fc.is_none() {
+        let head: Vec<&str> = model.graph.head.iter().map(|(op, _)| op.as_str()).collect();
+        return Err(fail(
+            Kind::Unsupported,
+            format!(
+                "method \"cam\" needs a global-average-pool + fully-connected head, and {} has {}; use method = \"gradcam\"",
+                model.path.display(),
+                head.join(" → ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Plan {
+    pub fn build(cfg: &Config) -> anyhow::Result<Plan> {
+        if cfg.source.is_empty() {
+            return Err(fail(
+                Kind::Config,
+                "no source: pass --source FILE or add a [[source]] table to the config",
+            ));
+        }
+        let model = Model::load(
+            cfg.model.path.as_deref(),
+            cfg.model.sidecar.as_deref(),
+            cfg.model.target_layer.as_deref(),
+            false,
+        )?;
+        check_method(&model, cfg.explain.method)?;
+        let target = resolve_target(&model, &cfg.explain.target)?;
+
+        let mut sources = Vec::new();
+        let mut sinks = Vec::new();
+        let mut seen_outputs: Vec<PathBuf> = Vec::new();
+        for (i, s) in cfg.source.iter().enumerate() {
+            let name = s.name.clone().unwrap_or_else(|| {
+                std::path::Path::new(&s.uri).file_stem().map_or_else(
+                    || format!("source{i}"),
+                    |n| n.to_string_lossy().into_owned(),
+                )
+            });
+            let out = s.output.clone().ok_or_else(|| {
+                fail(Kind::Config, format!("source '{name}' has no output: set output = \"out/{name}.mp4\" or pass --output"))
+            })?;
+            if seen_outputs.contains(&out) {
+                return Err(fail(
+                    Kind::Config,
+                    format!("two sources write to {}", out.display()),
+                ));
+            }
+            seen_outputs.push(out.clone());
+            let src = Source::open(i, name, &s.uri, s.mode.unwrap_or(SourceMode::File))?;
+            let sink = FileSink::open(&out, &cfg.output.fourcc, src.fps, src.width, src.height)?;
+            sources.push(src);
+            sinks.push(sink);
+        }
+
+        let engine =
+            Engine::new(&model.graph, &engine_options(cfg)).map_err(|e| fail(Kind::Runtime, e))?;
+        let p = &cfg.pipeline;
+        let workers = if p.render_workers == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            p.render_workers
+        };
+        Ok(Plan {
+            infer: InferConfig {
+                batch_size: p.batch_size,
+                batch_timeout: Duration::from_millis(p.batch_timeout_ms),
+                method: cfg.explain.method,
+                target,
+                fc: model.graph.fc.clone(),
+            },
+            render: RenderConfig {
+                alpha: cfg.explain.alpha,
+                hud: cfg.explain.hud,
+                labels: Arc::new(model.sidecar.labels.clone()),
+            },
+            render_workers: workers,
+            queue: p.queue_frames,
+            batch_size: p.batch_size,
+            engine,
+            sources,
+            sinks,
+            model,
+        })
+    }
+
+    /// Runs to the end of every source, or until `stop` is set, and finalizes the outputs.
+    pub fn run(self, stop: Arc<AtomicBool>, progress: bool) -> anyhow::Result<Summary> {
+        let Plan {
+            model,
+            engine,
+            sources,
+            sinks,
+            infer,
+            render,
+            render_workers,
+            queue,
+            batch_size,
+        } = self;
+        tracing::info!(
+            model = %model.path.display(),
+            target = %model.graph.target,
+            provider = %engine.provider_used,
+            batch_size,
+            method = %infer.method,
+            "gradcamd ready"
+        );
+        let stats = Arc::new(Stats::default());
+        let started = Instant::now();
+        let (frame_tx, frame_rx) = bounded(queue);
+        let (expl_tx, expl_rx) = bounded(queue);
+        let mut sink_txs = Vec::new();
+        let mut sink_rxs = Vec::new();
+        for _ in &sinks {
+            let (tx, rx) = bounded(queue);
+            sink_txs.push(tx);
+            sink_rxs.push(rx);
+        }
+
+        let bars = Progress::new(progress, &sources);
+        let mut captures: Vec<JoinHandle<()>> = Vec::new();
+        for src in sources {
+            let (tx, stop, st) = (frame_tx.clone(), stop.clone(), stats.clone());
+            captures.push(spawn(&format!("capture-{}", src.index), move || {
+                src.run(tx, stop, st)
+            })?);
+        }
+        drop(frame_tx);
+
+        let pre = Preprocessor::new(&model.sidecar.input);
+        let st = stats.clone();
+        let infer_h = spawn("infer", move || {
+            infer::run(engine, pre, infer, frame_rx, expl_tx, st)
+        })?;
+
+        let render = Arc::new(render);
+        let mut renders = Vec::new();
+        for i in 0..render_workers {
+            let (rx, txs, cfg, st) = (
+                expl_rx.clone(),
+                sink_txs.clone(),
+                render.clone(),
+                stats.clone(),
+            );
+            renders.push(spawn(&format!("render-{i}"), move || {
+                render::run(rx, txs, cfg, st)
+            })?);
+        }
+        drop(expl_rx);
+        drop(sink_txs);
+
+        let mut sink_hs = Vec::new();
+        for (i, (sink, rx)) in sinks.into_iter().zip(sink_rxs).enumerate() {
+            let st = stats.clone();
+            let bar = bars.bar(i);
+            sink_hs.push(spawn(&format!("sink-{i}"), move || {
+                sink.run(rx, st, move |n| bar.set_position(n))
+            })?);
+        }
+
+        let join_err = |name: &str| {
+            fail(
+                Kind::Runtime,
+                format!("the {name} thread panicked; output files were finalized where possible"),
+            )
+        };
+        for h in captures {
+            h.join().map_err(|_| join_err("capture"))?;
+        }
+        infer_h.join().map_err(|_| join_err("inference"))?;
+        for h in renders {
+            h.join().map_err(|_| join_err("render"))?;
+        }
+        let mut outputs = Vec::new();
+        for h in sink_hs {
+            outputs.push(h.join().map_err(|_| join_err("sink"))?);
+        }
+        bars.finish();
+        let frames_in = Stats::get(&stats.captured);
+        Ok(Summary {
+            outputs,
+            frames_in,
+            elapsed: started.elapsed(),
+            stats,
+        })
+    }
+}
+
+fn spawn<F: FnOnce() -> T + Send + 'static, T: Send + 'static>(
+    name: &str,
+    f: F,
+) -> anyhow::Result<JoinHandle<T>> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .with_context(|| format!("cannot start thread {name}"))
+}
+
+/// One progress bar per source, hidden when stderr is not a terminal or `--quiet`.
+struct Progress {
+    multi: indicatif::MultiProgress,
+    bars: Vec<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(enabled: bool, sources: &[Source]) -> Progress {
+        let multi = if enabled {
+            indicatif::MultiProgress::new()
+        } else {
+            indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
+        };
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix:>12} {bar:30} {pos}/{len} frames  {per_sec}  eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        let bars = sources
+            .iter()
+            .map(|s| {
+                let b = multi.add(indicatif::ProgressBar::new(s.frame_count.unwrap_or(0)));
+                b.set_style(style.clone());
+                b.set_prefix(s.name.clone());
+                b
+            })
+            .collect();
+        Progress { multi, bars }
+    }
+
+    fn bar(&self, i: usize) -> indicatif::ProgressBar {
+        self.bars
+            .get(i)
+            .cloned()
+            .unwrap_or_else(indicatif::ProgressBar::hidden)
+    }
+
+    fn finish(&self) {
+        for b in &self.bars {
+            b.finish_and_clear();
+        }
+        let _ = self.multi.clear();
+    }
+}

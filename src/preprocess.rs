@@ -1,0 +1,111 @@
+//! Frame → model input: resize the whole frame to the model's size with OpenCV's INTER_LINEAR
+//! (no crop: we explain the full frame), then convert channel order, normalize and write NCHW
+//! floats in one pass into a slot of the pre-allocated batch buffer.
+//!
+//! Resizing the u8 image before any float conversion keeps the float work at 224×224 whatever
+//! the frame size, and gives inputs byte-identical to Python's `cv2.resize` + `[:, :, ::-1]`.
+
+use anyhow::Context;
+use opencv::core::{Mat, Size};
+use opencv::imgproc;
+use opencv::prelude::*;
+
+use crate::sidecar::{ColorOrder, InputSpec};
+
+pub struct Preprocessor {
+    size: Size,
+    /// Output plane for each of the frame's B, G, R channels.
+    plane_of_bgr: [usize; 3],
+    scale: [f32; 3],
+    offset: [f32; 3],
+    /// Reused resize target, so steady state allocates nothing.
+    resized: Mat,
+    converted: Mat,
+}
+
+impl Preprocessor {
+    pub fn new(spec: &InputSpec) -> Self {
+        let plane_of_bgr = match spec.color {
+            ColorOrder::Rgb => [2, 1, 0],
+            ColorOrder::Bgr => [0, 1, 2],
+        };
+        // x = (p - mean[c]) / std[c] = p * scale + offset, with c the model's channel.
+        let mut scale = [0.0; 3];
+        let mut offset = [0.0; 3];
+        for bgr in 0..3 {
+            let c = plane_of_bgr[bgr];
+            scale[bgr] = 1.0 / spec.std[c];
+            offset[bgr] = -spec.mean[c] / spec.std[c];
+        }
+        Preprocessor {
+            size: Size::new(spec.width as i32, spec.height as i32),
+            plane_of_bgr,
+            scale,
+            offset,
+            resized: Mat::default(),
+            converted: Mat::default(),
+        }
+    }
+
+    /// Model input (height, width).
+    pub fn input_hw(&self) -> (usize, usize) {
+        (self.size.height as usize, self.size.width as usize)
+    }
+
+    /// Floats per item: 3 × height × width.
+    pub fn item_len(&self) -> usize {
+        3 * (self.size.width * self.size.height) as usize
+    }
+
+    /// Writes `image` (BGR, gray or BGRA, 8-bit) into `out`, which holds `item_len()` floats.
+    pub fn fill(&mut self, image: &Mat, out: &mut [f32]) -> anyhow::Result<()> {
+        let src = match image.channels() {
+            3 => image,
+            1 => {
+                imgproc::cvt_color(image, &mut self.converted, imgproc::COLOR_GRAY2BGR, 0)?;
+                &self.converted
+            }
+            4 => {
+                imgproc::cvt_color(image, &mut self.converted, imgproc::COLOR_BGRA2BGR, 0)?;
+                &self.converted
+            }
+            n => anyhow::bail!("frame has {n} channels; expected 1, 3 or 4"),
+        };
+        if src.depth() != opencv::core::CV_8U {
+            anyhow::bail!("frame is not 8-bit");
+        }
+        if src.size()? == self.size {
+            src.copy_to(&mut self.resized)?;
+        } else {
+            imgproc::resize(
+                src,
+                &mut self.resized,
+                self.size,
+                0.0,
+                0.0,
+                imgproc::INTER_LINEAR,
+            )?;
+        }
+        let px = self
+            .resized
+            .data_bytes()
+            .context("resized frame is not continuous")?;
+        let hw = (self.size.width * self.size.height) as usize;
+        anyhow::ensure!(
+            out.len() == 3 * hw && px.len() == 3 * hw,
+            "batch slot has the wrong size"
+        );
+        let (p0, rest) = out.split_at_mut(hw);
+        let (p1, p2) = rest.split_at_mut(hw);
+        let planes: [&mut [f32]; 3] = [p0, p1, p2];
+        let [b_plane, g_plane, r_plane] = self.plane_of_bgr;
+        let [sb, sg, sr] = self.scale;
+        let [ob, og, or] = self.offset;
+        for (i, bgr) in px.chunks_exact(3).enumerate() {
+            planes[b_plane][i] = bgr[0] as f32 * sb + ob;
+            planes[g_plane][i] = bgr[1] as f32 * sg + og;
+            planes[r_plane][i] = bgr[2] as f32 * sr + or;
+        }
+        Ok(())
+    }
+}

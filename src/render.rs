@@ -1,0 +1,228 @@
+//! Render stage: N worker threads that turn a CAM into a heatmap over its frame and draw the
+//! label, score and fps. Frames leave out of order; the sinks re-order them.
+//!
+//! The heatmap follows pytorch-grad-cam's `show_cam_on_image`: min-max normalize the CAM,
+//! upsample it bilinearly (OpenCV INTER_LINEAR) to the frame, `uint8(255 * cam)` (truncating),
+//! JET colormap. Video blends with `addWeighted(frame, 1 - alpha, heat, alpha)`; stills written
+//! by `explain --overlay-dir` use [`Blend::Reference`], pytorch-grad-cam's exact float blend
+//! divided by its maximum, which would make video brightness flicker from frame to frame.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use ndarray::Array2;
+use opencv::core::{Mat, Point, Rect, Scalar, CV_8U};
+use opencv::imgproc;
+use opencv::prelude::*;
+
+use crate::cam;
+use crate::frame::{Annotated, Explained};
+use crate::stats::Stats;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blend {
+    /// `(1 - alpha) * frame + alpha * heat`, rounded: steady brightness for video.
+    Video,
+    /// pytorch-grad-cam: `0.5 heat + 0.5 img`, divided by its max, truncated to u8.
+    Reference,
+}
+
+pub struct RenderConfig {
+    pub alpha: f32,
+    pub hud: bool,
+    pub labels: Arc<Vec<String>>,
+}
+
+/// Scratch images reused across frames by one worker.
+#[derive(Default)]
+pub struct Scratch {
+    big: Mat,
+    mask: Mat,
+    heat: Mat,
+}
+
+/// Heatmap of `cam_raw` over `image` (BGR u8), at the image's size.
+pub fn overlay(
+    cam_raw: &Array2<f32>,
+    image: &Mat,
+    alpha: f32,
+    blend: Blend,
+    s: &mut Scratch,
+) -> opencv::Result<Mat> {
+    let mut c = cam_raw.as_standard_layout().into_owned();
+    cam::normalize(c.view_mut());
+    let (h, w) = c.dim();
+    let data = c.as_slice().unwrap_or(&[]);
+    let small = Mat::new_rows_cols_with_data(h as i32, w as i32, data)?;
+    imgproc::resize(
+        &small,
+        &mut s.big,
+        image.size()?,
+        0.0,
+        0.0,
+        imgproc::INTER_LINEAR,
+    )?;
+    // np.uint8(255 * mask) truncates; OpenCV's convertTo would round.
+    if s.mask.size()? != image.size()? || s.mask.typ() != CV_8U {
+        s.mask = Mat::new_size_with_default(image.size()?, CV_8U, Scalar::all(0.0))?;
+    }
+    {
+        let src = s.big.data_typed::<f32>()?;
+        let dst = s.mask.data_bytes_mut()?;
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = (255.0 * v) as u8;
+        }
+    }
+    imgproc::apply_color_map(&s.mask, &mut s.heat, imgproc::COLORMAP_JET)?;
+    let mut out = Mat::default();
+    match blend {
+        Blend::Video => {
+            opencv::core::add_weighted(
+                image,
+                1.0 - alpha as f64,
+                &s.heat,
+                alpha as f64,
+                0.0,
+                &mut out,
+                -1,
+            )?;
+        }
+        Blend::Reference => {
+            let img = image.data_bytes()?;
+            let heat = s.heat.data_bytes()?;
+            let a = alpha;
+            let mix: Vec<f32> = img
+                .iter()
+                .zip(heat)
+                .map(|(&p, &q)| (1.0 - a) * (p as f32 / 255.0) + a * (q as f32 / 255.0))
+                .collect();
+            let max = mix
+                .iter()
+                .copied()
+                .fold(0.0f32, f32::max)
+                .max(f32::MIN_POSITIVE);
+            out = image.try_clone()?;
+            for (d, m) in out.data_bytes_mut()?.iter_mut().zip(mix) {
+                *d = (255.0 * (m / max)) as u8;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Draws "label  score" top-left and the fps top-right, on a dark band for contrast.
+pub fn draw_hud(img: &mut Mat, text: &str, fps: Option<f32>) -> opencv::Result<()> {
+    let rows = img.rows();
+    let scale = (rows as f64 / 480.0 * 0.6).clamp(0.3, 1.2);
+    let thick = if rows >= 480 { 2 } else { 1 };
+    let font = imgproc::FONT_HERSHEY_SIMPLEX;
+    let mut base = 0;
+    let sz = imgproc::get_text_size(text, font, scale, thick, &mut base)?;
+    let pad = (sz.height / 3).max(2);
+    let band = Rect::new(0, 0, img.cols(), sz.height + base + 2 * pad);
+    imgproc::rectangle(
+        img,
+        band,
+        Scalar::new(0.0, 0.0, 0.0, 0.0),
+        -1,
+        imgproc::LINE_8,
+        0,
+    )?;
+    let white = Scalar::new(255.0, 255.0, 255.0, 0.0);
+    imgproc::put_text(
+        img,
+        text,
+        Point::new(pad, pad + sz.height),
+        font,
+        scale,
+        white,
+        thick,
+        imgproc::LINE_AA,
+        false,
+    )?;
+    if let Some(fps) = fps {
+        let t = format!("{fps:.1} fps");
+        let fs = imgproc::get_text_size(&t, font, scale, thick, &mut base)?;
+        let x = img.cols() - fs.width - pad;
+        if x > pad + sz.width + pad {
+            imgproc::put_text(
+                img,
+                &t,
+                Point::new(x, pad + sz.height),
+                font,
+                scale,
+                white,
+                thick,
+                imgproc::LINE_AA,
+                false,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+pub fn hud_text(labels: &[String], class: usize, prob: f32) -> String {
+    // ImageNet-style labels list synonyms ("bow tie, bow-tie, bowtie"); the first fits a frame.
+    let label = labels.get(class).map_or_else(
+        || format!("class {class}"),
+        |l| l.split(',').next().unwrap_or(l).trim().to_string(),
+    );
+    format!("{label} {prob:.2}")
+}
+
+/// One worker: renders until its input closes.
+pub fn run(
+    rx: Receiver<Explained>,
+    sinks: Vec<Sender<Annotated>>,
+    cfg: Arc<RenderConfig>,
+    stats: Arc<Stats>,
+) {
+    let span = tracing::info_span!("render");
+    let _e = span.enter();
+    let mut scratch = Scratch::default();
+    for e in rx {
+        let t = Instant::now();
+        let Explained {
+            frame,
+            class,
+            prob,
+            cam,
+            fps,
+        } = e;
+        let mut image = match &cam {
+            Some(c) => match overlay(c, &frame.image, cfg.alpha, Blend::Video, &mut scratch) {
+                Ok(m) => m,
+                Err(err) => {
+                    tracing::warn!(source = frame.source, frame = frame.seq, error = %err, "cannot draw heatmap; writing the frame as is");
+                    frame.image
+                }
+            },
+            None => frame.image,
+        };
+        if cfg.hud {
+            let text = if cam.is_some() {
+                hud_text(&cfg.labels, class, prob)
+            } else {
+                "not explained".to_string()
+            };
+            if let Err(err) = draw_hud(&mut image, &text, Some(fps)) {
+                tracing::warn!(error = %err, "cannot draw HUD");
+            }
+        }
+        stats.render.add(t.elapsed());
+        let Some(tx) = sinks.get(frame.source) else {
+            continue;
+        };
+        if tx
+            .send(Annotated {
+                source: frame.source,
+                seq: frame.seq,
+                image,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}

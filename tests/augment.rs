@@ -1,0 +1,241 @@
+//! Augmentation against independent references: every backward rule on a tiny model with a
+//! torch-autograd gradient (tools/make_tiny_models.py), the default model's original outputs
+//! left bit-identical, and clear errors for what cannot be explained.
+
+use gradcamd::engine::{Engine, EngineOptions};
+use gradcamd::onnx::{augment, AugmentOptions, OnnxError, OnnxModel};
+use ndarray::ArrayView4;
+
+use crate::util::{fixture, floats, max_abs, max_abs_diff, read_json};
+
+struct Run {
+    logits: Vec<f32>,
+    da: Vec<f32>,
+    class: Vec<i64>,
+}
+
+fn run(model: &OnnxModel, opts: &AugmentOptions, x: &[f32], n: usize, targets: &[i64]) -> Run {
+    let aug = augment(model, opts).unwrap_or_else(|e| panic!("augment: {e}"));
+    let mut e =
+        Engine::new(&aug, &EngineOptions::default()).unwrap_or_else(|e| panic!("session: {e}"));
+    let per = x.len() / n;
+    let dims = per / 4;
+    let side = (dims as f64).sqrt() as usize;
+    let input = ArrayView4::from_shape((n, 4, side, side), x).expect("x shape");
+    e.run_with(input, targets, |b| Run {
+        logits: b.logits.iter().copied().collect(),
+        da: b.da.iter().copied().collect(),
+        class: b.class.to_vec(),
+    })
+    .expect("run")
+}
+
+fn check_tiny(name: &str) {
+    let model = OnnxModel::load(&fixture(&format!("tiny/{name}.onnx"))).expect("load tiny model");
+    let j = read_json(&fixture(&format!("tiny/{name}.json")));
+    let x = floats(&j["x"]);
+    let want_class: Vec<i64> = j["class"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let n = want_class.len();
+    let through_softmax = name == "softmax";
+    // Target x itself: the gradient every rule in the head contributes to.
+    let opts = AugmentOptions {
+        target_layer: Some("x".into()),
+        through_softmax,
+        ..Default::default()
+    };
+    let r = run(&model, &opts, &x, n, &vec![-1; n]);
+    assert_eq!(r.class, want_class, "{name}: top-1 classes");
+    let want_logits = floats(&j["logits"]);
+    let dl = max_abs_diff(&r.logits, &want_logits);
+    assert!(
+        dl <= 1e-4 * max_abs(&want_logits).max(1.0),
+        "{name}: logits differ by {dl}"
+    );
+    let want = floats(&j["dx"]);
+    let d = max_abs_diff(&r.da, &want);
+    let tol = 1e-4 * max_abs(&want).max(1e-3);
+    assert!(
+        d <= tol,
+        "{name}: dA max abs diff {d} > {tol}\n got  {:?}\n want {:?}",
+        &r.da[..8],
+        &want[..8]
+    );
+
+    // With the pooling rule: x, or the tensor the fixture names.
+    let opts = AugmentOptions {
+        through_softmax,
+        ..Default::default()
+    };
+    let aug = augment(&model, &opts).expect("augment with pooling rule");
+    match j.get("default_target") {
+        Some(t) => {
+            assert_eq!(aug.target, t.as_str().unwrap(), "{name}: default target");
+            let r = run(&model, &opts, &x, n, &vec![-1; n]);
+            let want = floats(&j["d_default"]);
+            let d = max_abs_diff(&r.da, &want);
+            assert!(
+                d <= 1e-4 * max_abs(&want).max(1e-3),
+                "{name}: dA at default target differs by {d}"
+            );
+        }
+        None => assert_eq!(aug.target, "x", "{name}: default target"),
+    }
+}
+
+macro_rules! tiny {
+    ($($name:ident),* $(,)?) => { $( #[test] fn $name() { check_tiny(stringify!($name)); } )* };
+}
+
+mod tiny_rules {
+    use super::check_tiny;
+    tiny!(
+        gap_flatten_gemm,
+        gap_flatten_gemm_transb0,
+        gap_reshape_matmul_add,
+        reducemean_attr,
+        reducemean_input,
+        relu_head,
+        clip_relu6,
+        hardswish,
+        hardsigmoid,
+        sigmoid,
+        leakyrelu,
+        silu,
+        softmax,
+        dropout_identity,
+        se_broadcast_mul,
+        batchnorm,
+        batchnorm_before_pool,
+        avgpool_1x1,
+        transpose_layernorm,
+        fixed_batch,
+    );
+}
+
+#[test]
+fn explicit_class_changes_the_seed() {
+    // gap_flatten_gemm: d logit_c / dx = W[c, k] / 9 at every position of channel k, so two
+    // different classes must give different gradients, each constant over space.
+    let model = OnnxModel::load(&fixture("tiny/gap_flatten_gemm.onnx")).unwrap();
+    let j = read_json(&fixture("tiny/gap_flatten_gemm.json"));
+    let x = floats(&j["x"]);
+    let a = run(&model, &AugmentOptions::default(), &x, 3, &[0, 0, 0]);
+    let b = run(&model, &AugmentOptions::default(), &x, 3, &[4]);
+    assert_eq!(a.class, vec![0, 0, 0]);
+    assert_eq!(
+        b.class,
+        vec![4, 4, 4],
+        "a single target applies to the whole batch"
+    );
+    assert!(
+        max_abs_diff(&a.da, &b.da) > 1e-3,
+        "class 0 and 4 gave the same gradient"
+    );
+    for item in a.da.chunks(36) {
+        for ch in item.chunks(9) {
+            assert!(
+                ch.iter().all(|v| (v - ch[0]).abs() < 1e-7),
+                "GAP gradient not constant over space: {ch:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn default_model_original_outputs_are_bit_identical() {
+    let model =
+        OnnxModel::load(&crate::util::root().join("models/efficientnet_lite0.onnx")).unwrap();
+    let aug = augment(&model, &AugmentOptions::default()).unwrap();
+    assert_eq!(aug.target, "/_swish_1/Clip_output_0");
+    assert_eq!(
+        &aug.bytes[..aug.original.len()],
+        &aug.original[..],
+        "original bytes must be a prefix"
+    );
+    let mut fwd = Engine::forward_only(&aug, &EngineOptions::default()).unwrap();
+    let mut grad = Engine::new(&aug, &EngineOptions::default()).unwrap();
+    for n in [1usize, 3] {
+        let x = ndarray::Array4::from_shape_fn((n, 3, 224, 224), |(b, c, i, j)| {
+            (((b * 131 + c * 71 + i * 13 + j * 7) % 255) as f32 - 127.0) / 128.0
+        });
+        let l0: Vec<f32> = fwd
+            .run_with(x.view(), &vec![-1; n], |b| {
+                b.logits.iter().copied().collect()
+            })
+            .unwrap();
+        let l1: Vec<f32> = grad
+            .run_with(x.view(), &vec![-1; n], |b| {
+                b.logits.iter().copied().collect()
+            })
+            .unwrap();
+        let same = l0.iter().zip(&l1).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same,
+            "batch {n}: logits changed by augmentation, max diff {}",
+            max_abs_diff(&l0, &l1)
+        );
+    }
+}
+
+#[test]
+fn unsupported_op_names_op_and_node() {
+    let model = OnnxModel::load(&fixture("tiny/unsupported_op.onnx")).unwrap();
+    let e = augment(&model, &AugmentOptions::default()).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, OnnxError::Unsupported { .. }), "{msg}");
+    assert!(
+        msg.contains("Erf") && msg.contains("node '"),
+        "error must name op and node: {msg}"
+    );
+    assert!(
+        msg.contains("Gemm"),
+        "error must list the supported ops: {msg}"
+    );
+}
+
+#[test]
+fn model_without_pooling_is_not_a_cnn() {
+    let model = OnnxModel::load(&fixture("tiny/no_pool.onnx")).unwrap();
+    let e = augment(&model, &AugmentOptions::default()).unwrap_err();
+    assert!(matches!(e, OnnxError::NotCnn(_)), "{e}");
+    assert!(
+        e.to_string().contains("target_layer"),
+        "error must say how to fix it: {e}"
+    );
+}
+
+#[test]
+fn unknown_target_layer_lists_candidates() {
+    let model =
+        OnnxModel::load(&crate::util::root().join("models/efficientnet_lite0.onnx")).unwrap();
+    let opts = AugmentOptions {
+        target_layer: Some("nope".into()),
+        ..Default::default()
+    };
+    let e = augment(&model, &opts).unwrap_err().to_string();
+    assert!(
+        e.contains("nope") && e.contains("/_swish_1/Clip_output_0"),
+        "{e}"
+    );
+}
+
+#[test]
+fn truncated_and_garbage_models_are_errors() {
+    let bytes = std::fs::read(fixture("tiny/relu_head.onnx")).unwrap();
+    for cut in [0, 1, 7, bytes.len() / 3, bytes.len() / 2, bytes.len() - 1] {
+        let r = OnnxModel::from_bytes(bytes[..cut].to_vec())
+            .and_then(|m| augment(&m, &AugmentOptions::default()).map(|_| ()));
+        assert!(
+            r.is_err(),
+            "truncated at {cut} of {} was accepted",
+            bytes.len()
+        );
+    }
+    let r = OnnxModel::from_bytes(b"this is not a protobuf \xff\xfe".to_vec());
+    assert!(r.is_err());
+}

@@ -1,0 +1,11 @@
+//! One integration test binary (as ripgrep does): faster to link, one place for helpers.
+//! The media and ONNX Runtime come from `make setup`; nothing here needs Python.
+
+mod augment;
+mod util;
+
+#[cfg(feature = "video")]
+mod cli;
+mod configs;
+#[cfg(feature = "video")]
+mod reference;

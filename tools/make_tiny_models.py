@@ -1,0 +1,486 @@
+"""Make the tiny ONNX models that unit-test gradcamd's model augmentation
+(one model per backward rule), plus their reference gradients.
+
+Makes, in tests/fixtures/tiny/:
+  <name>.onnx   a few hundred bytes each, built with onnx.helper, float32 random
+                weights (seed = crc32 of the name). Graph input "x" [N,4,3,3]
+                with N symbolic (dim_param "N"; fixed_batch: N = 2), output
+                "logits" [N,5]. x itself is the Grad-CAM target tensor A.
+  <name>.json   (not for unsupported_op, no_pool) the reference:
+                  {"x": [B,4,3,3], "class": [B], "logits": [B,5],
+                   "dx": [B,4,3,3] = d logits[b, class[b]] / d x[b], ...}
+                with B = 3 (fixed_batch: 2), class = argmax per item. Computed
+                with torch autograd in float64 from a torch re-implementation
+                of each head (independent of ONNX Runtime), and checked against
+                float64 central differences and against onnxruntime's logits.
+                x is seeded normal noise, resampled until no Relu / Clip /
+                HardSwish / HardSigmoid / LeakyRelu input lies within 0.05 of a
+                kink, every piece of each piecewise op is used at least once,
+                and the items do not all have the same class.
+  README.md     what each model is.
+
+Run (paths relative to the repo root):
+  /tmp/pyenv/venv/bin/python tools/make_tiny_models.py [--out-dir tests/fixtures/tiny]
+
+Dev-time only (numpy, onnx, onnxruntime, torch); the Rust tests read the
+committed outputs and need no Python.
+"""
+
+import argparse
+import json
+import os
+import zlib
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+C, H, W, K = 4, 3, 3, 5          # channels, height, width of x; classes
+HID = 6                           # hidden width of the two-Gemm heads
+KINK_MARGIN = 0.05
+HSIG_ALPHA = np.float32(1.0 / 6.0)  # HardSigmoid alpha as torch exports it
+LEAKY_ALPHA = np.float32(0.1)
+EPS = np.float32(1e-5)
+T = torch.float64
+
+
+class Builder:
+    """Collects nodes and float32 initializers for one model, plus the same
+    weights as float64 torch tensors for the reference."""
+
+    def __init__(self, name):
+        self.name = name
+        self.rng = np.random.default_rng(zlib.crc32(name.encode()))
+        self.nodes, self.inits, self.w = [], [], {}
+        self._n = 0
+
+    def init(self, name, value, dtype=np.float32):
+        arr = np.asarray(value, dtype=dtype)
+        self.inits.append(numpy_helper.from_array(arr, name))
+        if dtype == np.float32:
+            self.w[name] = torch.from_numpy(arr.astype(np.float64))
+        return name
+
+    def randn(self, name, shape, scale=1.0):
+        return self.init(name, self.rng.standard_normal(shape) * scale)
+
+    def node(self, op, inputs, **attrs):
+        self._n += 1
+        out = attrs.pop("_out", f"t{self._n}_{op.lower()}")
+        self.nodes.append(helper.make_node(op, inputs, [out], name=f"n{self._n}_{op}", **attrs))
+        return out
+
+    def model(self, output, opset=17, batch="N"):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, C, H, W])
+        y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, K])
+        # rename the last node's output to "logits"
+        last = self.nodes[-1]
+        assert last.output[0] == output
+        last.output[0] = "logits"
+        g = helper.make_graph(self.nodes, self.name, [x], [y], self.inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="gradcamd tools/make_tiny_models.py")
+        m.ir_version = 8
+        onnx.checker.check_model(m, full_check=True)
+        return m
+
+
+# ---------------------------------------------------------------- heads
+# Each maker returns (onnx model, torch_fn). torch_fn(x float64 [B,4,3,3])
+# returns (logits [B,5], kinks, extras): kinks is a list of (tensor, kink points,
+# pieces) for the piecewise ops; extras maps tensor names to torch tensors that
+# the default-target rule would pick when it is not x.
+
+def gemm_head(b, h, k_in, k_out, prefix, trans_b=1, scale=1.0):
+    wname = b.randn(f"{prefix}_W", (k_out, k_in) if trans_b else (k_in, k_out), scale)
+    bname = b.randn(f"{prefix}_b", (k_out,), 0.5)
+    out = b.node("Gemm", [h, wname, bname], transB=trans_b)
+
+    def tf(t):
+        wt = b.w[wname] if trans_b else b.w[wname].T
+        return t @ wt.T + b.w[bname]
+    return out, tf
+
+
+def m_gap_flatten_gemm(name, trans_b=1, batch="N"):
+    b = Builder(name)
+    h = b.node("Flatten", [b.node("GlobalAveragePool", ["x"])], axis=1)
+    out, g = gemm_head(b, h, C, K, "fc", trans_b)
+    return b.model(out, batch=batch), lambda x: (g(x.mean((2, 3))), [], {})
+
+
+def m_gap_reshape_matmul_add(name):
+    b = Builder(name)
+    shape = b.init("shape", [-1, C], np.int64)
+    h = b.node("Reshape", [b.node("GlobalAveragePool", ["x"]), shape])
+    wm, bm = b.randn("W", (C, K)), b.randn("bias", (K,), 0.5)
+    out = b.node("Add", [b.node("MatMul", [h, wm]), bm])
+    return b.model(out), lambda x: (x.mean((2, 3)) @ b.w[wm] + b.w[bm], [], {})
+
+
+def m_reducemean_attr(name):
+    b = Builder(name)
+    h = b.node("ReduceMean", ["x"], axes=[2, 3], keepdims=0)
+    out, g = gemm_head(b, h, C, K, "fc")
+    return b.model(out, opset=13), lambda x: (g(x.mean((2, 3))), [], {})
+
+
+def m_reducemean_input(name):
+    b = Builder(name)
+    axes = b.init("axes", [2, 3], np.int64)
+    h = b.node("Flatten", [b.node("ReduceMean", ["x", axes], keepdims=1)], axis=1)
+    out, g = gemm_head(b, h, C, K, "fc")
+    return b.model(out, opset=18), lambda x: (g(x.mean((2, 3))), [], {})
+
+
+def hidden_head(name, act, scale1=2.0):
+    """GAP -> Flatten -> Gemm(4->6) -> <act> -> Gemm(6->5)."""
+    b = Builder(name)
+    h = b.node("Flatten", [b.node("GlobalAveragePool", ["x"])], axis=1)
+    h1, g1 = gemm_head(b, h, C, HID, "fc1", scale=scale1)
+    h2, fa, kinks = act(b, h1)
+    out, g2 = gemm_head(b, h2, HID, K, "fc2")
+
+    def tf(x):
+        z = g1(x.mean((2, 3)))
+        return g2(fa(z)), [(z, kinks, True)] if kinks else [], {}
+    return b.model(out), tf
+
+
+def act_relu(b, h):
+    return b.node("Relu", [h]), torch.relu, [0.0]
+
+
+def act_clip6(b, h):
+    lo, hi = b.init("clip_min", np.float32(0.0)), b.init("clip_max", np.float32(6.0))
+    return b.node("Clip", [h, lo, hi]), lambda z: torch.clamp(z, 0.0, 6.0), [0.0, 6.0]
+
+
+def act_hardswish(b, h):
+    return b.node("HardSwish", [h]), F.hardswish, [-3.0, 3.0]
+
+
+def act_hardsigmoid(b, h):
+    a = float(HSIG_ALPHA)
+    out = b.node("HardSigmoid", [h], alpha=a, beta=0.5)
+    # kinks where a*z + 0.5 hits 0 and 1
+    return out, lambda z: torch.clamp(a * z + 0.5, 0.0, 1.0), [-0.5 / a, 0.5 / a]
+
+
+def act_sigmoid(b, h):
+    return b.node("Sigmoid", [h]), torch.sigmoid, None
+
+
+def act_leakyrelu(b, h):
+    a = float(LEAKY_ALPHA)
+    return b.node("LeakyRelu", [h], alpha=a), lambda z: F.leaky_relu(z, a), [0.0]
+
+
+def act_silu(b, h):
+    return b.node("Mul", [h, b.node("Sigmoid", [h])]), lambda z: z * torch.sigmoid(z), None
+
+
+def m_softmax(name):
+    b = Builder(name)
+    h = b.node("Flatten", [b.node("GlobalAveragePool", ["x"])], axis=1)
+    z, g = gemm_head(b, h, C, K, "fc", scale=2.0)
+    out = b.node("Softmax", [z], axis=1)
+    return b.model(out), lambda x: (torch.softmax(g(x.mean((2, 3))), dim=1), [], {})
+
+
+def m_dropout_identity(name):
+    b = Builder(name)
+    h = b.node("Flatten", [b.node("GlobalAveragePool", ["x"])], axis=1)
+    ratio = b.init("dropout_ratio", np.float32(0.5))
+    h = b.node("Dropout", [h, ratio])  # inference: training_mode absent = false
+    h1, g1 = gemm_head(b, h, C, HID, "fc1", scale=2.0)
+    h2 = b.node("Identity", [b.node("Relu", [h1])])
+    out, g2 = gemm_head(b, h2, HID, K, "fc2")
+
+    def tf(x):
+        z = g1(x.mean((2, 3)))
+        return g2(torch.relu(z)), [(z, [0.0], True)], {}
+    return b.model(out), tf
+
+
+def m_se_broadcast_mul(name):
+    b = Builder(name)
+    s = b.node("Sigmoid", [b.node("GlobalAveragePool", ["x"])])          # [N,4,1,1]
+    y = b.node("Mul", ["x", s], _out="se_out")                           # [N,4,3,3]
+    h = b.node("Flatten", [b.node("GlobalAveragePool", [y])], axis=1)
+    out, g = gemm_head(b, h, C, K, "fc", scale=2.0)
+
+    def tf(x):
+        y = x * torch.sigmoid(x.mean((2, 3), keepdim=True))
+        return g(y.mean((2, 3))), [], {"se_out": y}
+    return b.model(out), tf
+
+
+def bn_params(b, prefix):
+    scale = b.rng.choice([-1.0, 1.0], C) * (0.5 + b.rng.random(C))  # |scale| >= 0.5
+    names = (b.init(f"{prefix}_scale", scale), b.randn(f"{prefix}_B", (C,), 0.5),
+             b.randn(f"{prefix}_mean", (C,), 0.5),
+             b.init(f"{prefix}_var", 0.25 + b.rng.random(C) * 2.0))
+
+    def tf(t):
+        sc, bb, mu, var = (b.w[n].view(1, C, 1, 1) for n in names)
+        return (t - mu) / torch.sqrt(var + float(EPS)) * sc + bb
+    return list(names), tf
+
+
+def m_batchnorm(name):
+    b = Builder(name)
+    names, bn = bn_params(b, "bn")
+    h = b.node("BatchNormalization", [b.node("GlobalAveragePool", ["x"])] + names, epsilon=float(EPS))
+    out, g = gemm_head(b, b.node("Flatten", [h], axis=1), C, K, "fc")
+    return b.model(out), lambda x: (g(bn(x.mean((2, 3), keepdim=True)).flatten(1)), [], {})
+
+
+def m_batchnorm_before_pool(name):
+    b = Builder(name)
+    names, bn = bn_params(b, "bn")
+    r = b.node("Relu", [b.node("BatchNormalization", ["x"] + names, epsilon=float(EPS))], _out="relu_out")
+    h = b.node("Flatten", [b.node("GlobalAveragePool", [r])], axis=1)
+    out, g = gemm_head(b, h, C, K, "fc", scale=2.0)
+
+    def tf(x):
+        z = bn(x)
+        r = torch.relu(z)
+        return g(r.mean((2, 3))), [(z, [0.0], True)], {"relu_out": r}
+    return b.model(out), tf
+
+
+def m_avgpool_1x1(name):
+    b = Builder(name)
+    p = b.node("AveragePool", ["x"], kernel_shape=[1, 1], strides=[1, 1])
+    out, g = gemm_head(b, b.node("Flatten", [p], axis=1), C * H * W, K, "fc")
+    return b.model(out), lambda x: (g(F.avg_pool2d(x, 1, 1).flatten(1)), [], {})
+
+
+def m_transpose_layernorm(name):
+    """torchvision ConvNeXt classifier: LayerNorm2d (permute, LN, permute) -> Flatten -> Linear."""
+    b = Builder(name)
+    t = b.node("Transpose", [b.node("GlobalAveragePool", ["x"])], perm=[0, 2, 3, 1])
+    sc, bb = b.randn("ln_scale", (C,), 1.0), b.randn("ln_B", (C,), 0.5)
+    ln = b.node("LayerNormalization", [t, sc, bb], axis=-1, epsilon=float(EPS))
+    h = b.node("Flatten", [b.node("Transpose", [ln], perm=[0, 3, 1, 2])], axis=1)
+    out, g = gemm_head(b, h, C, K, "fc")
+
+    def tf(x):
+        t = x.mean((2, 3), keepdim=True).permute(0, 2, 3, 1)
+        t = F.layer_norm(t, (C,), b.w[sc], b.w[bb], float(EPS))
+        return g(t.permute(0, 3, 1, 2).flatten(1)), [], {}
+    return b.model(out), tf
+
+
+def m_unsupported_op(name):
+    b = Builder(name)
+    h = b.node("Flatten", [b.node("GlobalAveragePool", ["x"])], axis=1)
+    h1, _ = gemm_head(b, h, C, HID, "fc1")
+    out, _ = gemm_head(b, b.node("Erf", [h1]), HID, K, "fc2")
+    return b.model(out), None
+
+
+def m_no_pool(name):
+    b = Builder(name)
+    out, _ = gemm_head(b, b.node("Flatten", ["x"], axis=1), C * H * W, K, "fc")
+    return b.model(out), None
+
+
+MODELS = {
+    "gap_flatten_gemm": (lambda n: m_gap_flatten_gemm(n),
+                         "x -> GlobalAveragePool -> Flatten -> Gemm(transB=1). The plain CNN head."),
+    "gap_flatten_gemm_transb0": (lambda n: m_gap_flatten_gemm(n, trans_b=0),
+                                 "as gap_flatten_gemm, Gemm with transB=0 (B stored [4,5])."),
+    "gap_reshape_matmul_add": (m_gap_reshape_matmul_add,
+                               "x -> GlobalAveragePool -> Reshape([-1,4]) -> MatMul(W[4,5]) -> Add(b)."),
+    "reducemean_attr": (m_reducemean_attr,
+                        "opset 13: x -> ReduceMean(axes=[2,3] attribute, keepdims=0) -> Gemm."),
+    "reducemean_input": (m_reducemean_input,
+                         "opset 18: x -> ReduceMean(axes=[2,3] as input, keepdims=1) -> Flatten -> Gemm."),
+    "relu_head": (lambda n: hidden_head(n, act_relu),
+                  "x -> GAP -> Flatten -> Gemm(4->6) -> Relu -> Gemm(6->5)."),
+    "clip_relu6": (lambda n: hidden_head(n, act_clip6, scale1=4.0),
+                   "as relu_head with Clip(min=0, max=6 as initializer inputs) (ReLU6)."),
+    "hardswish": (lambda n: hidden_head(n, act_hardswish, scale1=3.0),
+                  "as relu_head with HardSwish."),
+    "hardsigmoid": (lambda n: hidden_head(n, act_hardsigmoid, scale1=3.0),
+                    "as relu_head with HardSigmoid(alpha=1/6, beta=0.5) (torch's hardsigmoid)."),
+    "sigmoid": (lambda n: hidden_head(n, act_sigmoid), "as relu_head with Sigmoid."),
+    "leakyrelu": (lambda n: hidden_head(n, act_leakyrelu), "as relu_head with LeakyRelu(alpha=0.1)."),
+    "silu": (lambda n: hidden_head(n, act_silu),
+             "as relu_head with SiLU written as Mul(h, Sigmoid(h)) (both Mul inputs depend on h)."),
+    "softmax": (m_softmax,
+                "x -> GAP -> Flatten -> Gemm(4->5) -> Softmax(axis=1); the output named logits is a "
+                "probability, and dx is d prob[c] / dx (what pytorch-grad-cam backprops for such a model)."),
+    "dropout_identity": (m_dropout_identity,
+                         "x -> GAP -> Flatten -> Dropout(ratio input 0.5, inference) -> Gemm(4->6) -> Relu "
+                         "-> Identity -> Gemm(6->5)."),
+    "se_broadcast_mul": (m_se_broadcast_mul,
+                         "squeeze-excite: s = Sigmoid(GAP(x)) [N,4,1,1]; se_out = Mul(x, s) [N,4,3,3] "
+                         "(broadcast) -> GAP -> Flatten -> Gemm. dx needs the sum over the broadcast axes. "
+                         "x feeds two ops. NOTE: the default-target rule picks se_out (input of the last "
+                         "GAP); test the broadcast rule with the target set explicitly to x."),
+    "batchnorm": (m_batchnorm,
+                  "x -> GAP -> BatchNormalization (inference, var > 0) -> Flatten -> Gemm."),
+    "batchnorm_before_pool": (m_batchnorm_before_pool,
+                              "DenseNet-like: x -> BatchNormalization -> Relu (relu_out) -> GAP -> Flatten -> "
+                              "Gemm. The default-target rule picks relu_out; dx needs the target set to x."),
+    "avgpool_1x1": (m_avgpool_1x1,
+                    "VGG-like: x -> AveragePool(kernel 1x1, stride 1) -> Flatten [N,36] -> Gemm(36->5). "
+                    "dx varies over space (HiResCAM/XGradCAM differ from Grad-CAM here)."),
+    "transpose_layernorm": (m_transpose_layernorm,
+                            "ConvNeXt-like: x -> GAP -> Transpose(0,2,3,1) -> LayerNormalization(axis=-1) -> "
+                            "Transpose(0,3,1,2) -> Flatten -> Gemm."),
+    "fixed_batch": (lambda n: m_gap_flatten_gemm(n, batch=2),
+                    "gap_flatten_gemm with a FIXED batch: x [2,4,3,3], logits [2,5] (no dim_param). "
+                    "Its reference has 2 items."),
+    "unsupported_op": (m_unsupported_op,
+                       "x -> GAP -> Flatten -> Gemm(4->6) -> Erf -> Gemm(6->5). Erf has no backward rule: "
+                       "augmentation must fail with an error naming the op. No reference json."),
+    "no_pool": (m_no_pool,
+                "x -> Flatten -> Gemm(36->5). No pooling op: not a CNN classifier, augmentation must fail "
+                "(no target tensor found). No reference json."),
+}
+
+
+# ---------------------------------------------------------------- reference
+
+def kinks_ok(kinks):
+    """No input within KINK_MARGIN of a kink, and every piece used at least once."""
+    for z, points, need_all_pieces in kinks:
+        z = z.detach().numpy().ravel()
+        pts = np.asarray(points)
+        if np.abs(z[:, None] - pts[None, :]).min() < KINK_MARGIN:
+            return False
+        if need_all_pieces:
+            pieces = np.searchsorted(pts, z)
+            if len(set(pieces.tolist())) != len(pts) + 1:
+                return False
+    return True
+
+
+def make_x(name, fn, batch):
+    rng = np.random.default_rng(zlib.crc32(("x:" + name).encode()))
+    for attempt in range(10000):
+        # 3-decimal values, so the JSON is short and parses to the same float32
+        x = np.round(rng.standard_normal((batch, C, H, W)) * 3.0, 3).astype(np.float32)
+        xt = torch.from_numpy(x.astype(np.float64))
+        logits, kinks, _ = fn(xt)
+        top2 = torch.topk(logits, 2, dim=1).values
+        distinct = len(set(logits.argmax(dim=1).tolist())) >= 2
+        if kinks_ok(kinks) and distinct and float((top2[:, 0] - top2[:, 1]).min()) > 1e-3:
+            return x, attempt
+    raise RuntimeError(f"{name}: no x without kinks found")
+
+
+def reference(fn, x):
+    xt = torch.from_numpy(x.astype(np.float64)).requires_grad_(True)
+    logits, _, extras = fn(xt)
+    for t in extras.values():
+        t.retain_grad()
+    cls = logits.argmax(dim=1)
+    logits.gather(1, cls[:, None]).sum().backward()
+    return logits.detach().numpy(), cls.numpy(), xt.grad.numpy(), {
+        k: (v.detach().numpy(), v.grad.numpy()) for k, v in extras.items()}
+
+
+def numeric_grad(fn, x, cls, h=1e-6):
+    x64 = x.astype(np.float64)
+    g = np.zeros_like(x64)
+    sel = lambda z: z[np.arange(len(cls)), cls].sum()  # noqa: E731
+    for idx in np.ndindex(*x64.shape):
+        xp, xm = x64.copy(), x64.copy()
+        xp[idx] += h
+        xm[idx] -= h
+        fp = sel(fn(torch.from_numpy(xp))[0].detach().numpy())
+        fm = sel(fn(torch.from_numpy(xm))[0].detach().numpy())
+        g[idx] = (fp - fm) / (2 * h)
+    return g
+
+
+def g9(a):
+    """Nested lists with 9 significant digits (float32 round-trips at 9)."""
+    return np.vectorize(lambda v: float(f"{v:.9g}"), otypes=[object])(np.asarray(a, np.float64)).tolist()
+
+
+def f32_short(a):
+    """float32 array as nested lists of the shortest decimals that parse back to
+    the same float32 values (parse them as f32)."""
+    return np.vectorize(lambda v: float(str(np.float32(v))), otypes=[object])(a).tolist()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out-dir", default="tests/fixtures/tiny")
+    args = ap.parse_args()
+    out_dir = os.path.join(REPO, args.out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    torch.set_grad_enabled(True)
+
+    readme = ["# Tiny ONNX models for the augmentation unit tests", "",
+              "Made by `tools/make_tiny_models.py` (dev-time; the tests need no Python). Every model: graph "
+              "input `x` [N,4,3,3] float32 with N symbolic (`dim_param` \"N\"; `fixed_batch` has N = 2), "
+              "output `logits` [N,5], opset 17 and ir_version 8 unless noted, random weights seeded by "
+              "crc32(name). `x` is the Grad-CAM target tensor A.", "",
+              "`<name>.json` (all but `unsupported_op`, `no_pool`): `x` [B,4,3,3] (float32 values written "
+              "as the shortest decimals that parse back to them: parse as f32; B = 3; 2 for "
+              "`fixed_batch`), `class` = argmax per item, `logits` [B,5], `dx` [B,4,3,3] = "
+              "d logits[b, class[b]] / d x[b]. Reference from torch autograd in float64 on a torch "
+              "re-implementation of the head (independent of ONNX Runtime), cross-checked against "
+              "central differences and against onnxruntime's logits (float32: compare with a tolerance "
+              "around 1e-5 relative). No Relu/Clip/HardSwish/HardSigmoid/LeakyRelu input lies within "
+              f"{KINK_MARGIN} of a kink, every piece of each such op is used by some item, and the items "
+              "do not all share one class (so a batch-index mix-up shows). Where the "
+              "default-target rule (input of the first pooling op walking back from the logits) would "
+              "not pick `x`, the json also has `default_target` (tensor name), `default_value` and "
+              "`d_default` (the gradient with respect to that tensor).", "",
+              "| model | opset | what it is |", "|---|---|---|"]
+
+    for name, (maker, desc) in MODELS.items():
+        model, fn = maker(name)
+        path = os.path.join(out_dir, f"{name}.onnx")
+        onnx.save(model, path)
+        opset = model.opset_import[0].version
+        batch = 2 if name == "fixed_batch" else 3
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        readme.append(f"| `{name}` | {opset} | {desc} |")
+
+        if fn is None:
+            x = np.random.default_rng(0).standard_normal((batch, C, H, W)).astype(np.float32)
+            (y,) = sess.run(["logits"], {"x": x})
+            assert y.shape == (batch, K), y.shape
+            print(f"{name:26s} opset {opset:2d} {os.path.getsize(path):5d} B  ort out {y.shape}  (no reference)")
+            continue
+
+        x, attempts = make_x(name, fn, batch)
+        logits, cls, dx, extras = reference(fn, x)
+        num = numeric_grad(fn, x, cls)
+        (y,) = sess.run(["logits"], {"x": x})
+        assert y.shape == (batch, K), y.shape
+        d_num = float(np.abs(num - dx).max())
+        d_ort = float(np.abs(y - logits).max())
+        assert d_num < 1e-6, (name, d_num)
+        assert d_ort < 1e-4, (name, d_ort)
+        assert (y.argmax(1) == cls).all()
+        doc = {"model": f"{args.out_dir}/{name}.onnx", "generator": "tools/make_tiny_models.py",
+               "x": f32_short(x), "class": cls.tolist(), "logits": g9(logits), "dx": g9(dx)}
+        for k, (v, gv) in extras.items():
+            doc.update(default_target=k, default_value=g9(v), d_default=g9(gv))
+        with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+            json.dump(doc, f, separators=(",", ":"))
+            f.write("\n")
+        print(f"{name:26s} opset {opset:2d} {os.path.getsize(path):5d} B  class {cls.tolist()}  "
+              f"|dx|max {np.abs(dx).max():.3g}  autograd-vs-numeric {d_num:.1e}  ort-vs-torch {d_ort:.1e}  "
+              f"x resampled {attempts}x")
+
+    with open(os.path.join(out_dir, "README.md"), "w") as f:
+        f.write("\n".join(readme) + "\n")
+
+
+if __name__ == "__main__":
+    main()
