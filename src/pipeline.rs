@@ -116,34 +116,19 @@ impl Plan {
         check_method(&model, cfg.explain.method)?;
         let target = resolve_target(&model, &cfg.explain.target)?;
 
-        let mut sources = Vec::new();
-        let mut sinks = Vec::new();
-        let mut seen_outputs: Vec<PathBuf> = Vec::new();
-        for (i, s) in cfg.source.iter().enumerate() {
-            let name = s.name.clone().unwrap_or_else(|| {
-                std::path::Path::new(&s.uri).file_stem().map_or_else(
-                    || format!("source{i}"),
-                    |n| n.to_string_lossy().into_owned(),
-                )
-            });
-            let out = s.output.clone().ok_or_else(|| {
-                fail(Kind::Config, format!("source '{name}' has no output: set output = \"out/{name}.mp4\" or pass --output"))
-            })?;
-            if seen_outputs.contains(&out) {
-                return Err(fail(
-                    Kind::Config,
-                    format!("two sources write to {}", out.display()),
-                ));
-            }
-            seen_outputs.push(out.clone());
-            let src = Source::open(i, name, &s.uri, s.mode.unwrap_or(SourceMode::File))?;
-            let sink = FileSink::open(&out, &cfg.output.fourcc, src.fps, src.width, src.height)?;
-            sources.push(src);
-            sinks.push(sink);
-        }
-
         let engine =
             Engine::new(&model.graph, &engine_options(cfg)).map_err(|e| fail(Kind::Runtime, e))?;
+
+        let mut sources = Vec::new();
+        let mut sinks: Vec<FileSink> = Vec::new();
+        let opened = open_io(cfg, &mut sources, &mut sinks);
+        if let Err(e) = opened {
+            // Outputs opened before the failure hold no frame: remove them, and say so.
+            for s in &sinks {
+                let _ = std::fs::remove_file(&s.path);
+            }
+            return Err(e);
+        }
         let p = &cfg.pipeline;
         let workers = if p.render_workers == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -273,6 +258,38 @@ impl Plan {
             stats,
         })
     }
+}
+
+/// Opens every source, then its output, in config order.
+fn open_io(
+    cfg: &Config,
+    sources: &mut Vec<Source>,
+    sinks: &mut Vec<FileSink>,
+) -> anyhow::Result<()> {
+    let mut seen_outputs: Vec<PathBuf> = Vec::new();
+    for (i, s) in cfg.source.iter().enumerate() {
+        let name = s.name.clone().unwrap_or_else(|| {
+            std::path::Path::new(&s.uri).file_stem().map_or_else(
+                || format!("source{i}"),
+                |n| n.to_string_lossy().into_owned(),
+            )
+        });
+        let out = s.output.clone().ok_or_else(|| {
+            fail(Kind::Config, format!("source '{name}' has no output: set output = \"out/{name}.mp4\" or pass --output"))
+        })?;
+        if seen_outputs.contains(&out) {
+            return Err(fail(
+                Kind::Config,
+                format!("two sources write to {}", out.display()),
+            ));
+        }
+        seen_outputs.push(out.clone());
+        let src = Source::open(i, name, &s.uri, s.mode.unwrap_or(SourceMode::File))?;
+        let sink = FileSink::open(&out, &cfg.output.fourcc, src.fps, src.width, src.height)?;
+        sources.push(src);
+        sinks.push(sink);
+    }
+    Ok(())
 }
 
 fn spawn<F: FnOnce() -> T + Send + 'static, T: Send + 'static>(

@@ -1,9 +1,9 @@
 //! Render stage: N worker threads that turn a CAM into a heatmap over its frame and draw the
 //! label, score and fps. Frames leave out of order; the sinks re-order them.
 //!
-//! The heatmap follows pytorch-grad-cam's `show_cam_on_image`: min-max normalize the CAM,
-//! upsample it bilinearly (OpenCV INTER_LINEAR) to the frame, `uint8(255 * cam)` (truncating),
-//! JET colormap. Video blends with `addWeighted(frame, 1 - alpha, heat, alpha)`; stills written
+//! The heatmap follows pytorch-grad-cam (`scale_cam_image` twice, then `show_cam_on_image`):
+//! min-max normalize the CAM, upsample it bilinearly (OpenCV INTER_LINEAR) to the frame,
+//! normalize again, `uint8(255 * cam)` (truncating), JET colormap. Video blends with `addWeighted(frame, 1 - alpha, heat, alpha)`; stills written
 //! by `explain --overlay-dir` use [`Blend::Reference`], pytorch-grad-cam's exact float blend
 //! divided by its maximum, which would make video brightness flicker from frame to frame.
 
@@ -63,15 +63,22 @@ pub fn overlay(
         0.0,
         imgproc::INTER_LINEAR,
     )?;
-    // np.uint8(255 * mask) truncates; OpenCV's convertTo would round.
+    // pytorch-grad-cam min-max normalizes again after the resize (bilinear upsampling never
+    // lands exactly on the extremes), then np.uint8(255 * mask) truncates; convertTo would round.
     if s.mask.size()? != image.size()? || s.mask.typ() != CV_8U {
         s.mask = Mat::new_size_with_default(image.size()?, CV_8U, Scalar::all(0.0))?;
     }
     {
         let src = s.big.data_typed::<f32>()?;
+        let (lo, hi) = src
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+                (l.min(v), h.max(v))
+            });
+        let k = 255.0 / (hi - lo + 1e-7);
         let dst = s.mask.data_bytes_mut()?;
         for (d, &v) in dst.iter_mut().zip(src) {
-            *d = (255.0 * v) as u8;
+            *d = ((v - lo) * k) as u8;
         }
     }
     imgproc::apply_color_map(&s.mask, &mut s.heat, imgproc::COLORMAP_JET)?;

@@ -8,18 +8,15 @@ use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
-    #[error("cannot read model sidecar {path}: {source}; write one beside the model (see models/efficientnet_lite0.toml)")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot read model sidecar {path}: {err}; write one beside the model (see models/efficientnet_lite0.toml)")]
+    Read { path: PathBuf, err: std::io::Error },
     #[error("invalid model sidecar {path}: {msg}")]
     Invalid { path: PathBuf, msg: String },
-    #[error("cannot read labels file {path}: {source}; fix `labels` in {sidecar}")]
+    #[error("cannot read labels file {path}: {err}; fix `labels` in {sidecar}")]
     Labels {
         path: PathBuf,
         sidecar: PathBuf,
-        source: std::io::Error,
+        err: std::io::Error,
     },
 }
 
@@ -93,14 +90,14 @@ impl Sidecar {
     pub fn load(path: &Path) -> Result<Self, SidecarError> {
         let text = std::fs::read_to_string(path).map_err(|e| SidecarError::Read {
             path: path.to_path_buf(),
-            source: e,
+            err: e,
         })?;
         Self::parse(&text, path, |l| {
             let lp = path.parent().unwrap_or(Path::new(".")).join(l);
             std::fs::read_to_string(&lp).map_err(|e| SidecarError::Labels {
                 path: lp,
                 sidecar: path.to_path_buf(),
-                source: e,
+                err: e,
             })
         })
     }
@@ -167,8 +164,12 @@ impl Sidecar {
             }
             return Ok(i);
         }
-        let t = target.to_lowercase();
-        if let Some(i) = self.labels.iter().position(|l| l.to_lowercase() == t) {
+        // ImageNet-style labels list synonyms ("tabby, tabby cat"): any of them names the class.
+        let t = target.trim().to_lowercase();
+        let exact = |l: &String| {
+            l.to_lowercase() == t || l.split(',').any(|syn| syn.trim().to_lowercase() == t)
+        };
+        if let Some(i) = self.labels.iter().position(exact) {
             return Ok(i);
         }
         let mut near: Vec<&String> = self

@@ -1,1 +1,470 @@
+//! The binary end to end: file in, file out; Ctrl-C; `explain`; and one clear error line with
+//! its own exit code for each kind of bad input.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use opencv::prelude::*;
+use opencv::videoio::{self, VideoCapture};
+
+use crate::util::{fixture, media, root, scratch};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gradcamd"));
+    c.current_dir(root()).env("RUST_LOG", "info,ort=warn");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run gradcamd")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Decodes a whole video; returns (frames decoded, fps, width, height).
+fn probe(p: &Path) -> (u64, f64, i32, i32) {
+    let mut cap = VideoCapture::from_file(p, videoio::CAP_ANY).expect("open");
+    assert!(cap.is_opened().unwrap(), "{} does not open", p.display());
+    let fps = cap.get(videoio::CAP_PROP_FPS).unwrap();
+    let (mut n, mut w, mut h) = (0, 0, 0);
+    let mut m = opencv::core::Mat::default();
+    while cap.read(&mut m).unwrap_or(false) && !m.empty() {
+        n += 1;
+        (w, h) = (m.cols(), m.rows());
+    }
+    (n, fps, w, h)
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[test]
+fn file_to_file_keeps_frame_count_fps_and_size() {
+    let dir = scratch("file_to_file");
+    for (clip, batch) in [("carphone_pristine.mp4", "8"), ("bikes.mp4", "3")] {
+        let input = media(clip);
+        let out = dir.join(clip);
+        let o = run(&[
+            "run",
+            "--quiet",
+            "--source",
+            &s(&input),
+            "--output",
+            &s(&out),
+            "--batch-size",
+            batch,
+        ]);
+        let err = stderr(&o);
+        assert!(
+            o.status.success(),
+            "{clip}: exit {:?}\n{err}",
+            o.status.code()
+        );
+        // The start-up line names model, target tensor, provider and batch size.
+        let ready = err
+            .lines()
+            .find(|l| l.contains("gradcamd ready"))
+            .unwrap_or_else(|| panic!("no start-up line:\n{err}"));
+        for key in [
+            "model=",
+            "target=/_swish_1/Clip_output_0",
+            "provider=cpu",
+            &format!("batch_size={batch}"),
+        ] {
+            assert!(ready.contains(key), "start-up line lacks {key}: {ready}");
+        }
+        let (n_in, fps_in, w_in, h_in) = probe(&input);
+        let (n_out, fps_out, w_out, h_out) = probe(&out);
+        assert_eq!(n_out, n_in, "{clip}: frame count");
+        assert!(
+            (fps_out - fps_in).abs() < 0.01,
+            "{clip}: fps {fps_out} vs {fps_in}"
+        );
+        assert_eq!((w_out, h_out), (w_in, h_in), "{clip}: size");
+        assert!(
+            err.contains(&format!("({n_in} frames)")),
+            "{clip}: summary should count {n_in} frames:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn output_frames_carry_the_heatmap() {
+    // The mean colour of an explained frame is pulled towards the JET colours: its blue channel
+    // (cold regions) rises well above the input's. A copy without overlay would not move.
+    let dir = scratch("heatmap");
+    let out = dir.join("o.mp4");
+    let input = media("carphone_pristine.mp4");
+    let o = run(&[
+        "run",
+        "--quiet",
+        "--source",
+        &s(&input),
+        "--output",
+        &s(&out),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mean_bgr = |p: &Path| {
+        let mut cap = VideoCapture::from_file(p, videoio::CAP_ANY).unwrap();
+        let mut m = opencv::core::Mat::default();
+        for _ in 0..60 {
+            cap.read(&mut m).unwrap();
+        }
+        let v = opencv::core::mean(&m, &opencv::core::no_array()).unwrap();
+        [v[0], v[1], v[2]]
+    };
+    let (a, b) = (mean_bgr(&input), mean_bgr(&out));
+    let moved: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum();
+    assert!(
+        moved > 15.0,
+        "frame 60 barely changed: input BGR mean {a:?}, output {b:?}"
+    );
+}
+
+#[test]
+fn sigint_finalizes_a_playable_file_with_every_accepted_frame() {
+    let dir = scratch("sigint");
+    // A long input (bikes.mp4 four times) so the signal lands mid-run.
+    let long = dir.join("long.mp4");
+    let st = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-stream_loop",
+            "3",
+            "-i",
+            &s(&media("bikes.mp4")),
+            "-c",
+            "copy",
+            &s(&long),
+        ])
+        .status()
+        .expect("ffmpeg (installed by make setup)");
+    assert!(st.success());
+    let (n_in, ..) = probe(&long);
+    let out = dir.join("partial.mp4");
+    let mut child = bin()
+        .args([
+            "run",
+            "--quiet",
+            "--source",
+            &s(&long),
+            "--output",
+            &s(&out),
+            "--batch-size",
+            "1",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        log.push_str(&l);
+        log.push('\n');
+        if l.contains("gradcamd ready") {
+            break;
+        }
+    }
+    // Let some frames through, then interrupt.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    for l in lines {
+        log.push_str(&l.unwrap());
+        log.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "exit {:?} after SIGINT:\n{log}",
+        status.code()
+    );
+    let (n_out, _, w, h) = probe(&out);
+    assert!(n_out > 0, "no frame in the finalized file:\n{log}");
+    assert!(
+        n_out < n_in,
+        "the run ended before the signal ({n_out} of {n_in} frames); the test needs a longer input"
+    );
+    assert!(
+        log.contains(&format!("({n_out} frames)")),
+        "written count differs from decodable frames ({n_out}):\n{log}"
+    );
+    assert_eq!((w, h), (640, 272));
+}
+
+/// Expects failure with `code`, a single `error:` line containing `want`, no panic.
+fn expect_error(o: &Output, code: i32, want: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "exit code; stderr:\n{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "panic:\n{err}"
+    );
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "want one error line:\n{err}");
+    for w in want {
+        assert!(lines[0].contains(w), "error line lacks {w:?}: {}", lines[0]);
+    }
+}
+
+/// A tiny model and a sidecar for it in a scratch dir.
+fn tiny_with_sidecar(dir: &Path, name: &str) -> PathBuf {
+    let m = dir.join(format!("{name}.onnx"));
+    std::fs::copy(fixture(&format!("tiny/{name}.onnx")), &m).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.toml")),
+        "[input]\nname = \"x\"\nwidth = 3\nheight = 3\ncolor = \"rgb\"\nmean = [0.0, 0.0, 0.0]\nstd = [1.0, 1.0, 1.0]\n[output]\nlogits = \"logits\"\n",
+    )
+    .unwrap();
+    m
+}
+
+#[test]
+fn bad_inputs_give_one_clear_line_and_their_own_exit_code() {
+    let dir = scratch("bad_inputs");
+    let clip = s(&media("carphone_pristine.mp4"));
+    let out = s(&dir.join("out.mp4"));
+
+    // Config: unknown key, invalid value, bad flag value.
+    let cfg = dir.join("typo.toml");
+    std::fs::write(&cfg, "[pipeline]\nbatch_sise = 4\n").unwrap();
+    expect_error(
+        &run(&["run", "--config", &s(&cfg)]),
+        2,
+        &["typo.toml", "batch_sise"],
+    );
+    std::fs::write(&cfg, "[pipeline]\nbatch_size = 0\n").unwrap();
+    expect_error(&run(&["run", "--config", &s(&cfg)]), 2, &["batch_size"]);
+    expect_error(
+        &run(&[
+            "run",
+            "--source",
+            &clip,
+            "--output",
+            &out,
+            "--batch-size",
+            "0",
+        ]),
+        2,
+        &["batch_size"],
+    );
+    expect_error(
+        &run(&[
+            "run",
+            "--source",
+            &clip,
+            "--output",
+            &out,
+            "--target",
+            "tabbby cat",
+        ]),
+        2,
+        &["tabbby cat"],
+    );
+
+    // Model: missing, corrupt.
+    expect_error(
+        &run(&[
+            "run",
+            "--source",
+            &clip,
+            "--output",
+            &out,
+            "--model",
+            "/nonexistent/m.onnx",
+        ]),
+        3,
+        &["/nonexistent/m.onnx"],
+    );
+    let bad = dir.join("corrupt.onnx");
+    std::fs::write(&bad, b"\x08\x07garbage, not protobuf\xff\xff\xff").unwrap();
+    std::fs::copy(
+        root().join("models/efficientnet_lite0.toml"),
+        dir.join("corrupt.toml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        root().join("models/imagenet_labels.txt"),
+        dir.join("imagenet_labels.txt"),
+    )
+    .unwrap();
+    expect_error(
+        &run(&[
+            "run",
+            "--source",
+            &clip,
+            "--output",
+            &out,
+            "--model",
+            &s(&bad),
+        ]),
+        3,
+        &["corrupt.onnx", "not a valid ONNX"],
+    );
+
+    // Model: not a CNN classifier, unsupported head op.
+    let m = tiny_with_sidecar(&dir, "no_pool");
+    expect_error(
+        &run(&[
+            "run",
+            "--source",
+            &clip,
+            "--output",
+            &out,
+            "--model",
+            &s(&m),
+        ]),
+        4,
+        &["not a CNN classifier"],
+    );
+    let m = tiny_with_sidecar(&dir, "unsupported_op");
+    expect_error(
+        &run(&[
+            "run",
+            "--source",
+            &clip,
+            "--output",
+            &out,
+            "--model",
+            &s(&m),
+        ]),
+        4,
+        &["Erf", "node"],
+    );
+
+    // Video: missing, undecodable.
+    expect_error(
+        &run(&["run", "--source", "/nonexistent/clip.mp4", "--output", &out]),
+        5,
+        &["/nonexistent/clip.mp4"],
+    );
+    let junk = dir.join("junk.mp4");
+    std::fs::write(&junk, vec![0x42u8; 4096]).unwrap();
+    expect_error(
+        &run(&["run", "--source", &s(&junk), "--output", &out]),
+        5,
+        &["junk.mp4", "decode"],
+    );
+
+    // Output: directory missing, or not creatable.
+    expect_error(
+        &run(&[
+            "run",
+            "--source",
+            &clip,
+            "--output",
+            "/nonexistent/dir/o.mp4",
+        ]),
+        6,
+        &["/nonexistent/dir/o.mp4"],
+    );
+    expect_error(
+        &run(&[
+            "run",
+            "--source",
+            &clip,
+            "--output",
+            "/proc/gradcamd-test.mp4",
+        ]),
+        6,
+        &["/proc/gradcamd-test.mp4"],
+    );
+
+    assert!(
+        !dir.join("out.mp4").exists(),
+        "a failed run left an output file behind"
+    );
+}
+
+#[test]
+fn explain_writes_json_and_overlays() {
+    let dir = scratch("explain");
+    let json = dir.join("e.json");
+    let chelsea = s(&media("chelsea.png"));
+    let coffee = s(&media("coffee.png"));
+    let o = run(&[
+        "explain",
+        &chelsea,
+        &coffee,
+        "--json",
+        &s(&json),
+        "--overlay-dir",
+        &s(&dir.join("ov")),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = crate::util::read_json(&json);
+    let arr = v.as_array().expect("a JSON array");
+    assert_eq!(arr.len(), 2);
+    assert_eq!(arr[0]["image"], chelsea.as_str());
+    assert_eq!(arr[1]["target"]["label"], "espresso");
+    for e in arr {
+        let top5 = e["top5"].as_array().unwrap();
+        assert_eq!(top5.len(), 5);
+        let probs: Vec<f64> = top5.iter().map(|t| t["prob"].as_f64().unwrap()).collect();
+        assert!(
+            probs.windows(2).all(|w| w[0] >= w[1]) && probs[0] <= 1.0,
+            "top5 not sorted: {probs:?}"
+        );
+        assert_eq!(e["target"]["index"], top5[0]["index"], "top1 target");
+        let cam = e["cam_raw"].as_array().unwrap();
+        assert_eq!((cam.len(), cam[0].as_array().unwrap().len()), (7, 7));
+        assert!(
+            crate::util::floats(&e["cam_raw"]).iter().all(|&x| x >= 0.0),
+            "Grad-CAM is after ReLU"
+        );
+    }
+    for (name, w, h) in [("chelsea", 451, 300), ("coffee", 600, 400)] {
+        let p = dir.join("ov").join(format!("{name}.png"));
+        let m = opencv::imgcodecs::imread(&p, opencv::imgcodecs::IMREAD_COLOR).unwrap();
+        assert_eq!((m.cols(), m.rows()), (w, h), "{}", p.display());
+    }
+    // An explicit label target.
+    let o = run(&["explain", &chelsea, "--target", "Tabby", "--json", "-"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["target"]["index"], 281);
+    // Unknown label: suggestions, config exit code.
+    let o = run(&["explain", &chelsea, "--target", "tabby kat", "--json", "-"]);
+    expect_error(&o, 2, &["tabby kat"]);
+    let o = run(&["explain", "/nonexistent.png", "--json", "-"]);
+    expect_error(&o, 5, &["/nonexistent.png"]);
+}
+
+#[test]
+fn inspect_and_augment() {
+    let o = run(&["inspect", "models/efficientnet_lite0.onnx"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    for want in [
+        "target   /_swish_1/Clip_output_0",
+        "GlobalAveragePool",
+        "Gemm",
+        "candidates",
+        "cam      available",
+    ] {
+        assert!(text.contains(want), "inspect lacks {want:?}:\n{text}");
+    }
+    let dir = scratch("augment");
+    let out = dir.join("aug.onnx");
+    let o = run(&["augment", "models/efficientnet_lite0.onnx", "-o", &s(&out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = gradcamd::onnx::OnnxModel::load(&out).unwrap();
+    let outs: Vec<&str> = m.graph().output.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(
+        outs,
+        ["logits", "gradcamd_A", "gradcamd_dA", "gradcamd_class"]
+    );
+    // Augmenting twice is refused with a reason.
+    let o = run(&["augment", &s(&out), "-o", &s(&dir.join("twice.onnx"))]);
+    expect_error(&o, 4, &["already augmented"]);
+}

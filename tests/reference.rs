@@ -1,1 +1,246 @@
+//! The default model against pytorch-grad-cam (fixtures from tools/make_fixtures.py): the same
+//! stills, preprocessed by our Rust/OpenCV path, must give the reference's top-1, Grad-CAM
+//! weights, raw CAM, plain CAM, normalized 224×224 CAM and overlay.
 
+use gradcamd::cam::{self, correlation};
+use gradcamd::engine::{Engine, EngineOptions};
+use gradcamd::model::Model;
+use gradcamd::preprocess::Preprocessor;
+use gradcamd::render::{overlay, Blend, Scratch};
+use ndarray::{Array2, ArrayView4, Axis};
+use opencv::core::{Mat, Size};
+use opencv::prelude::*;
+use opencv::{imgcodecs, imgproc};
+
+use crate::util::{floats, max_abs, max_abs_diff, read_json, root};
+
+struct Out {
+    class: i64,
+    top5: Vec<usize>,
+    target_logit: f32,
+    weights: Vec<f32>,
+    cam: Array2<f32>,
+    cam_fc: Array2<f32>,
+}
+
+fn load() -> Model {
+    Model::load(
+        Some(&root().join("models/efficientnet_lite0.onnx")),
+        None,
+        None,
+        false,
+    )
+    .expect("default model")
+}
+
+fn image(rel: &str) -> Mat {
+    let p = root().join(rel);
+    assert!(p.is_file(), "{} missing: run `make setup`", p.display());
+    imgcodecs::imread(&p, imgcodecs::IMREAD_COLOR).expect("imread")
+}
+
+/// Runs `images` as one batch with `targets` and returns per-image results.
+fn explain(model: &Model, engine: &mut Engine, images: &[Mat], targets: &[i64]) -> Vec<Out> {
+    let mut pre = Preprocessor::new(&model.sidecar.input);
+    let item = pre.item_len();
+    let mut buf = vec![0f32; images.len() * item];
+    for (i, im) in images.iter().enumerate() {
+        pre.fill(im, &mut buf[i * item..(i + 1) * item])
+            .expect("preprocess");
+    }
+    let x = ArrayView4::from_shape((images.len(), 3, 224, 224), &buf[..]).unwrap();
+    let fc = model
+        .graph
+        .fc
+        .clone()
+        .expect("default model has a GAP+FC head");
+    engine
+        .run_with(x, targets, |b| {
+            (0..images.len())
+                .map(|i| {
+                    let class = b.class[i];
+                    let row = b.logits.index_axis(Axis(0), i);
+                    let mut idx: Vec<usize> = (0..row.len()).collect();
+                    idx.sort_by(|&p, &q| row[q].total_cmp(&row[p]));
+                    let a = b.a.index_axis(Axis(0), i);
+                    let da = b.da.index_axis(Axis(0), i);
+                    let w = ndarray::ArrayView1::from(
+                        &fc.weights
+                            [class as usize * fc.channels..(class as usize + 1) * fc.channels],
+                    );
+                    Out {
+                        class,
+                        top5: idx[..5].to_vec(),
+                        target_logit: row[class as usize],
+                        weights: cam::gradcam_weights(da),
+                        cam: cam::gradcam(a, da),
+                        cam_fc: cam::cam_fc(a, w),
+                    }
+                })
+                .collect()
+        })
+        .expect("run")
+}
+
+fn check(case: &serde_json::Value, got: &Out) {
+    let name = format!("{} target={}", case["image"], case["target"]);
+    assert_eq!(
+        got.class,
+        case["class_used"].as_i64().unwrap(),
+        "{name}: class used"
+    );
+    let top5: Vec<usize> = case["top5"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["index"].as_u64().unwrap() as usize)
+        .collect();
+    if case["target"].is_null() {
+        assert_eq!(got.top5[0], top5[0], "{name}: top-1");
+    }
+    let tl = case["target_logit"].as_f64().unwrap() as f32;
+    assert!(
+        (got.target_logit - tl).abs() < 1e-3,
+        "{name}: target logit got {} want {tl}",
+        got.target_logit
+    );
+    let w = floats(&case["weights"]);
+    let dw = max_abs_diff(&got.weights, &w);
+    assert!(
+        dw <= 1e-3 * max_abs(&w),
+        "{name}: Grad-CAM weights differ by {dw} (max |w| {})",
+        max_abs(&w)
+    );
+    let r = correlation(got.cam.as_slice().unwrap(), &floats(&case["cam_raw"]));
+    eprintln!(
+        "{name}: class {} weights max abs diff {dw:.3e}, Grad-CAM correlation {r:.9}",
+        got.class
+    );
+    assert!(r >= 0.9999, "{name}: Grad-CAM correlation {r} < 0.9999");
+    if !case["cam_fc_raw"].is_null() {
+        let r = correlation(got.cam_fc.as_slice().unwrap(), &floats(&case["cam_fc_raw"]));
+        assert!(r >= 0.9999, "{name}: CAM (fc) correlation {r} < 0.9999");
+    }
+}
+
+#[test]
+fn gradcam_matches_pytorch_grad_cam_batch_1_and_4() {
+    let fx = read_json(&root().join("tests/fixtures/default_gradcam.json"));
+    let cases = fx["cases"].as_array().unwrap();
+    let model = load();
+    let mut engine = Engine::new(&model.graph, &EngineOptions::default()).unwrap();
+    let top1: Vec<&serde_json::Value> = cases.iter().filter(|c| c["target"].is_null()).collect();
+    assert!(top1.len() >= 4, "fixtures need 4 top-1 stills");
+    // Batch of 4 in one run, as the fixtures were made.
+    let imgs: Vec<Mat> = top1
+        .iter()
+        .map(|c| image(c["image"].as_str().unwrap()))
+        .collect();
+    let outs = explain(&model, &mut engine, &imgs, &vec![-1; imgs.len()]);
+    for (c, o) in top1.iter().zip(&outs) {
+        check(c, o);
+    }
+    // Batch of 1, every case, explicit targets included.
+    for c in cases {
+        let t = c["target"].as_i64().unwrap_or(-1);
+        let o = explain(
+            &model,
+            &mut engine,
+            &[image(c["image"].as_str().unwrap())],
+            &[t],
+        );
+        check(c, &o[0]);
+    }
+}
+
+#[test]
+fn embedded_model_is_the_committed_file() {
+    let file = std::fs::read(root().join("models/efficientnet_lite0.onnx")).unwrap();
+    assert!(
+        file == gradcamd::model::EMBEDDED_ONNX,
+        "the binary embeds a different model than models/"
+    );
+}
+
+fn read_png16(rel: &str) -> Vec<f32> {
+    let m = imgcodecs::imread(&root().join(rel), imgcodecs::IMREAD_UNCHANGED).expect("png");
+    assert_eq!(m.depth(), opencv::core::CV_16U, "{rel} is not 16-bit");
+    m.data_typed::<u16>()
+        .unwrap()
+        .iter()
+        .map(|&v| v as f32 / 65535.0)
+        .collect()
+}
+
+#[test]
+fn normalized_cam_and_overlay_match_pytorch_grad_cam() {
+    let fx = read_json(&root().join("tests/fixtures/default_gradcam.json"));
+    let model = load();
+    let mut engine = Engine::new(&model.graph, &EngineOptions::default()).unwrap();
+    for c in fx["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["target"].is_null())
+    {
+        let img = image(c["image"].as_str().unwrap());
+        let o = &explain(&model, &mut engine, std::slice::from_ref(&img), &[-1])[0];
+        let name = c["image"].as_str().unwrap();
+
+        // The normalized, upsampled CAM pytorch-grad-cam returns.
+        let mut n = o.cam.clone();
+        cam::normalize(n.view_mut());
+        let small = Mat::new_rows_cols_with_data(7, 7, n.as_slice().unwrap()).unwrap();
+        let mut big = Mat::default();
+        imgproc::resize(
+            &small,
+            &mut big,
+            Size::new(224, 224),
+            0.0,
+            0.0,
+            imgproc::INTER_LINEAR,
+        )
+        .unwrap();
+        let mut big =
+            Array2::from_shape_vec((224, 224), big.data_typed::<f32>().unwrap().to_vec()).unwrap();
+        cam::normalize(big.view_mut());
+        let want = read_png16(c["cam_224"].as_str().unwrap());
+        let d = max_abs_diff(big.as_slice().unwrap(), &want);
+        assert!(d < 2e-3, "{name}: 224x224 CAM max abs diff {d}");
+
+        // The overlay, on the 224x224 input image, against show_cam_on_image.
+        let mut small_img = Mat::default();
+        imgproc::resize(
+            &img,
+            &mut small_img,
+            Size::new(224, 224),
+            0.0,
+            0.0,
+            imgproc::INTER_LINEAR,
+        )
+        .unwrap();
+        let ov = overlay(
+            &o.cam,
+            &small_img,
+            0.5,
+            Blend::Reference,
+            &mut Scratch::default(),
+        )
+        .unwrap();
+        let want = imgcodecs::imread(
+            &root().join(c["overlay_224"].as_str().unwrap()),
+            imgcodecs::IMREAD_COLOR,
+        )
+        .unwrap();
+        let (g, w) = (ov.data_bytes().unwrap(), want.data_bytes().unwrap());
+        assert_eq!(g.len(), w.len());
+        let diffs: Vec<u8> = g.iter().zip(w).map(|(a, b)| a.abs_diff(*b)).collect();
+        let mean = diffs.iter().map(|&d| d as f64).sum::<f64>() / diffs.len() as f64;
+        let off = diffs.iter().filter(|&&d| d > 2).count() as f64 / diffs.len() as f64;
+        eprintln!("{name}: overlay mean abs diff {mean:.4}, share of values off by > 2: {off:.5}");
+        assert!(
+            mean < 0.01 && off < 1e-4,
+            "{name}: overlay differs: mean {mean}, share > 2 levels {off}"
+        );
+    }
+}

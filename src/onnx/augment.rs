@@ -110,6 +110,11 @@ pub fn augment(m: &OnnxModel, opts: &AugmentOptions) -> Result<Augmented, OnnxEr
         });
     }
     let g = m.graph();
+    if g.output.iter().any(|o| o.name == OUT_DA) {
+        return Err(OnnxError::NotCnn(
+            "this model was already augmented by gradcamd; give it the original model".into(),
+        ));
+    }
     let input = m
         .real_inputs()
         .next()

@@ -19,11 +19,8 @@ pub use model::OnnxModel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
-    #[error("cannot read model {path}: {source}; check the path given as --model or [model] path")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot read model {path}: {err}; check the path given as --model or [model] path")]
+    Read { path: PathBuf, err: std::io::Error },
     #[error(
         "model {path} is not a valid ONNX file: {msg}; re-export it or check it is not truncated"
     )]

@@ -38,7 +38,7 @@ impl OnnxModel {
     pub fn load(path: &Path) -> Result<Self, OnnxError> {
         let bytes = std::fs::read(path).map_err(|e| OnnxError::Read {
             path: path.to_path_buf(),
-            source: e,
+            err: e,
         })?;
         Self::from_bytes(bytes).map_err(|e| match e {
             OnnxError::Decode(msg) => OnnxError::Corrupt {
