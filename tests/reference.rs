@@ -163,7 +163,7 @@ fn embedded_model_is_the_committed_file() {
 }
 
 fn read_png16(rel: &str) -> Vec<f32> {
-    let m = imgcodecs::imread(&root().join(rel), imgcodecs::IMREAD_UNCHANGED).expect("png");
+    let m = imgcodecs::imread(root().join(rel), imgcodecs::IMREAD_UNCHANGED).expect("png");
     assert_eq!(m.depth(), opencv::core::CV_16U, "{rel} is not 16-bit");
     m.data_typed::<u16>()
         .unwrap()
@@ -228,7 +228,7 @@ fn normalized_cam_and_overlay_match_pytorch_grad_cam() {
         )
         .unwrap();
         let want = imgcodecs::imread(
-            &root().join(c["overlay_224"].as_str().unwrap()),
+            root().join(c["overlay_224"].as_str().unwrap()),
             imgcodecs::IMREAD_COLOR,
         )
         .unwrap();
