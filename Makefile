@@ -19,6 +19,7 @@ demo: build
 	@$(BIN) run --config configs/demo.toml
 
 test: setup
+	@cd models && sha256sum -c --quiet efficientnet_lite0.onnx.sha256
 	@$(CARGO) test --release -q 2>&1
 
 lint:

@@ -17,7 +17,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 # --- apt ----------------------------------------------------------------------
 # clang is needed by the opencv crate's binding generator (it panics without the binary).
-APT_PKGS=(libopencv-dev clang libclang-dev ffmpeg xvfb python3-pip opencv-doc pkg-config unzip)
+APT_PKGS=(build-essential pkg-config libopencv-dev clang libclang-dev ffmpeg python3-pip unzip)
 need_apt() {
   local missing=()
   for p in "${APT_PKGS[@]}"; do
@@ -100,8 +100,15 @@ need_media() {
   rm -rf $DEPS/wheels
 }
 
+need_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    log "no Rust toolchain: install rustup, Rust >= 1.85; Debian 12's cargo is too old"
+    exit 1
+  fi
+}
+
 case "$what" in
-  all) need_apt; need_ort; need_media ;;
+  all) need_rust; need_apt; need_ort; need_media ;;
   ort) need_ort ;;
   media) need_media ;;
   *) log "unknown target '$what' (all, ort, media)"; exit 2 ;;

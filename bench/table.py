@@ -1,0 +1,33 @@
+"""Prints the side-by-side table of `make bench` from the JSON files in out/bench (stdlib only)."""
+import json
+import os
+import sys
+
+out = sys.argv[1] if len(sys.argv) > 1 else "out/bench"
+rows = []
+for clip in ("carphone_pristine", "bikes"):
+    g = os.path.join(out, f"gradcamd_{clip}.json")
+    if not os.path.exists(g):
+        continue
+    r = json.load(open(g))
+    p = os.path.join(out, f"pgc_{clip}.json")
+    peer = None
+    if os.path.exists(p):
+        lines = [l for l in open(p).read().splitlines() if l.strip().startswith("{")]
+        peer = json.loads(lines[-1])["fps"] if lines else None
+    rows.append((clip, r, peer))
+
+print(f"{'clip':<18} {'batch':>5} {'forward':>9} {'fwd+grad':>9} {'pipeline':>9} {'pipe/floor':>10} {'pytorch-grad-cam':>17} {'speed-up':>8}")
+for clip, r, peer in rows:
+    ratio = r["pipeline_fps"] / r["gradients_fps"] if r.get("pipeline_fps") else float("nan")
+    peer_s = f"{peer:17.1f}" if peer else f"{'-':>17}"
+    sp = f"{r['pipeline_fps'] / peer:7.1f}x" if peer else f"{'-':>8}"
+    print(f"{clip:<18} {r['batch_size']:>5} {r['forward_fps']:9.1f} {r['gradients_fps']:9.1f} {r['pipeline_fps']:9.1f} {ratio:10.2f} {peer_s} {sp}")
+print()
+print("engine (frames/s):")
+for clip, r, _ in rows[:1]:
+    for e in r["engine"]:
+        print(f"  batch {e['batch_size']:>3}: forward {e['forward_fps']:7.1f}  forward+gradients {e['gradients_fps']:7.1f}  cost x{e['gradient_cost_ratio']:.3f}")
+for clip, r, _ in rows:
+    st = r["pipeline"]["stage_seconds"]
+    print(f"{clip}: cpu seconds per stage: " + "  ".join(f"{k}={v:.2f}" for k, v in st.items()))
