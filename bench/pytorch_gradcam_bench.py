@@ -21,7 +21,8 @@ a zero batch are not included.
 
 Run (paths relative to the repo root):
   /tmp/pyenv/venv/bin/python bench/pytorch_gradcam_bench.py \
-      --video .deps/media/bikes.mp4 --out out/bench_bikes_pgc.mp4 [--batch-size 8] [--max-frames N]
+      --video .deps/media/bikes.mp4 --out out/bench_bikes_pgc.mp4 \
+      [--batch-size 8] [--max-frames N] [--threads T]
 
 Dev-time only; never part of gradcamd or `make test`.
 """
@@ -75,7 +76,10 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-frames", type=int, default=0, help="0 = all")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     args = ap.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     labels = lc.load_labels()
     model = lc.load_model(split_head_act=True)

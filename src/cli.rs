@@ -48,6 +48,18 @@ pub struct ModelArgs {
     pub target_layer: Option<String>,
 }
 
+impl ModelArgs {
+    /// Loads and augments the model these flags name.
+    pub fn load(&self) -> anyhow::Result<crate::model::Model> {
+        crate::model::Model::load(
+            self.model.as_deref(),
+            self.sidecar.as_deref(),
+            self.target_layer.as_deref(),
+            false,
+        )
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Config file (see configs/).

@@ -124,10 +124,20 @@ impl Plan {
         let opened = open_io(cfg, &mut sources, &mut sinks);
         if let Err(e) = opened {
             // Outputs opened before the failure hold no frame: remove them, and say so.
-            for s in &sinks {
-                let _ = std::fs::remove_file(&s.path);
+            if sinks.is_empty() {
+                return Err(e);
             }
-            return Err(e);
+            let removed: Vec<String> = sinks
+                .iter()
+                .map(|s| {
+                    let _ = std::fs::remove_file(&s.path);
+                    s.path.display().to_string()
+                })
+                .collect();
+            return Err(e.context(format!(
+                "removed the unstarted outputs {}",
+                removed.join(", ")
+            )));
         }
         let p = &cfg.pipeline;
         let workers = if p.render_workers == 0 {

@@ -137,33 +137,27 @@ pub fn draw_hud(img: &mut Mat, text: &str, fps: Option<f32>) -> opencv::Result<(
         0,
     )?;
     let white = Scalar::new(255.0, 255.0, 255.0, 0.0);
-    imgproc::put_text(
-        img,
-        text,
-        Point::new(pad, pad + sz.height),
-        font,
-        scale,
-        white,
-        thick,
-        imgproc::LINE_AA,
-        false,
-    )?;
+    let put = |img: &mut Mat, t: &str, x: i32| {
+        let org = Point::new(x, pad + sz.height);
+        imgproc::put_text(
+            img,
+            t,
+            org,
+            font,
+            scale,
+            white,
+            thick,
+            imgproc::LINE_AA,
+            false,
+        )
+    };
+    put(img, text, pad)?;
     if let Some(fps) = fps {
         let t = format!("{fps:.1} fps");
         let fs = imgproc::get_text_size(&t, font, scale, thick, &mut base)?;
         let x = img.cols() - fs.width - pad;
         if x > pad + sz.width + pad {
-            imgproc::put_text(
-                img,
-                &t,
-                Point::new(x, pad + sz.height),
-                font,
-                scale,
-                white,
-                thick,
-                imgproc::LINE_AA,
-                false,
-            )?;
+            put(img, &t, x)?;
         }
     }
     Ok(())

@@ -234,8 +234,14 @@ fn bad_inputs_give_one_clear_line_and_their_own_exit_code() {
     let dir = scratch("bad_inputs");
     let clip = s(&media("carphone_pristine.mp4"));
     let out = s(&dir.join("out.mp4"));
+    // `run --source clip --output out` plus extra flags.
+    let run_on = |source: &str, output: &str, extra: &[&str]| {
+        let mut a = vec!["run", "--source", source, "--output", output];
+        a.extend_from_slice(extra);
+        run(&a)
+    };
 
-    // Config: unknown key, invalid value, bad flag value.
+    // Config: unknown key, invalid value, bad flag value, unknown label.
     let cfg = dir.join("typo.toml");
     std::fs::write(&cfg, "[pipeline]\nbatch_sise = 4\n").unwrap();
     expect_error(
@@ -246,43 +252,19 @@ fn bad_inputs_give_one_clear_line_and_their_own_exit_code() {
     std::fs::write(&cfg, "[pipeline]\nbatch_size = 0\n").unwrap();
     expect_error(&run(&["run", "--config", &s(&cfg)]), 2, &["batch_size"]);
     expect_error(
-        &run(&[
-            "run",
-            "--source",
-            &clip,
-            "--output",
-            &out,
-            "--batch-size",
-            "0",
-        ]),
+        &run_on(&clip, &out, &["--batch-size", "0"]),
         2,
         &["batch_size"],
     );
     expect_error(
-        &run(&[
-            "run",
-            "--source",
-            &clip,
-            "--output",
-            &out,
-            "--target",
-            "tabbby cat",
-        ]),
+        &run_on(&clip, &out, &["--target", "tabbby cat"]),
         2,
         &["tabbby cat"],
     );
 
     // Model: missing, corrupt.
     expect_error(
-        &run(&[
-            "run",
-            "--source",
-            &clip,
-            "--output",
-            &out,
-            "--model",
-            "/nonexistent/m.onnx",
-        ]),
+        &run_on(&clip, &out, &["--model", "/nonexistent/m.onnx"]),
         3,
         &["/nonexistent/m.onnx"],
     );
@@ -299,15 +281,7 @@ fn bad_inputs_give_one_clear_line_and_their_own_exit_code() {
     )
     .unwrap();
     expect_error(
-        &run(&[
-            "run",
-            "--source",
-            &clip,
-            "--output",
-            &out,
-            "--model",
-            &s(&bad),
-        ]),
+        &run_on(&clip, &out, &["--model", &s(&bad)]),
         3,
         &["corrupt.onnx", "not a valid ONNX"],
     );
@@ -315,67 +289,35 @@ fn bad_inputs_give_one_clear_line_and_their_own_exit_code() {
     // Model: not a CNN classifier, unsupported head op.
     let m = tiny_with_sidecar(&dir, "no_pool");
     expect_error(
-        &run(&[
-            "run",
-            "--source",
-            &clip,
-            "--output",
-            &out,
-            "--model",
-            &s(&m),
-        ]),
+        &run_on(&clip, &out, &["--model", &s(&m)]),
         4,
         &["not a CNN classifier"],
     );
     let m = tiny_with_sidecar(&dir, "unsupported_op");
     expect_error(
-        &run(&[
-            "run",
-            "--source",
-            &clip,
-            "--output",
-            &out,
-            "--model",
-            &s(&m),
-        ]),
+        &run_on(&clip, &out, &["--model", &s(&m)]),
         4,
         &["Erf", "node"],
     );
 
     // Video: missing, undecodable.
     expect_error(
-        &run(&["run", "--source", "/nonexistent/clip.mp4", "--output", &out]),
+        &run_on("/nonexistent/clip.mp4", &out, &[]),
         5,
         &["/nonexistent/clip.mp4"],
     );
     let junk = dir.join("junk.mp4");
     std::fs::write(&junk, vec![0x42u8; 4096]).unwrap();
-    expect_error(
-        &run(&["run", "--source", &s(&junk), "--output", &out]),
-        5,
-        &["junk.mp4", "decode"],
-    );
+    expect_error(&run_on(&s(&junk), &out, &[]), 5, &["junk.mp4", "decode"]);
 
     // Output: directory missing, or not creatable.
     expect_error(
-        &run(&[
-            "run",
-            "--source",
-            &clip,
-            "--output",
-            "/nonexistent/dir/o.mp4",
-        ]),
+        &run_on(&clip, "/nonexistent/dir/o.mp4", &[]),
         6,
         &["/nonexistent/dir/o.mp4"],
     );
     expect_error(
-        &run(&[
-            "run",
-            "--source",
-            &clip,
-            "--output",
-            "/proc/gradcamd-test.mp4",
-        ]),
+        &run_on(&clip, "/proc/gradcamd-test.mp4", &[]),
         6,
         &["/proc/gradcamd-test.mp4"],
     );

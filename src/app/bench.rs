@@ -10,7 +10,6 @@ use serde::Serialize;
 use crate::cli::BenchArgs;
 use crate::engine::{Engine, EngineOptions, Provider};
 use crate::error::{fail, Kind};
-use crate::model::Model;
 
 #[derive(Serialize)]
 pub struct EnginePoint {
@@ -80,12 +79,7 @@ fn measure(
 }
 
 pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
-    let model = Model::load(
-        args.model.model.as_deref(),
-        args.model.sidecar.as_deref(),
-        args.model.target_layer.as_deref(),
-        false,
-    )?;
+    let model = args.model.load()?;
     let provider = match args.provider.as_str() {
         "cpu" => Provider::Cpu,
         "cuda" => Provider::Cuda { device_id: 0 },

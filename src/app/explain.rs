@@ -141,12 +141,7 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
     if args.batch_size == 0 {
         return Err(fail(Kind::Config, "--batch-size must be at least 1"));
     }
-    let model = Model::load(
-        args.model.model.as_deref(),
-        args.model.sidecar.as_deref(),
-        args.model.target_layer.as_deref(),
-        false,
-    )?;
+    let model = args.model.load()?;
     check_method(&model, args.method)?;
     let target = resolve_target(&model, &args.target)?;
     let images: Vec<(String, Mat)> = args
