@@ -143,7 +143,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_values_t = vec![8usize])]
     pub batch_size: Vec<usize>,
     /// Timed engine runs per measurement (after one warm-up run).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 20)]
     pub iters: usize,
     /// Repeats of each measurement; the median is reported.
     #[arg(long, default_value_t = 3)]
