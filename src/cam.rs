@@ -1,45 +1,261 @@
 //! CAM methods on one item's activations `A` [C,h,w] and gradients `dA` [C,h,w], with ndarray.
 //!
-//! Definitions follow pytorch-grad-cam (`base_cam.py`, `grad_cam.py`):
-//! - Grad-CAM: `a_k = mean_ij dA_k(i,j)`, `L = ReLU(sum_k a_k A_k)`;
-//! - CAM (Zhou et al. 2016) for GAP + fully-connected heads: `L = sum_k w_ck A_k`, with `w_c` the
-//!   FC weight row of the class. The formula has no ReLU; the display normalization below maps
-//!   its range to [0, 1] all the same.
+//! Every method is defined as pytorch-grad-cam 1.5 defines it (`get_cam_weights` /
+//! `get_cam_image` of each class); [`raw`] is that map, and [`compute`] applies the ReLU that
+//! pytorch-grad-cam's `compute_cam_per_layer` applies to all of them:
+//!
+//! | method | map before ReLU |
+//! |---|---|
+//! | `gradcam` | `Σ_k a_k A_k`, `a_k = mean_ij dA_k` |
+//! | `gradcampp` | `Σ_k a_k A_k`, `a_k = Σ_ij relu(g) α`, `α = g² / (2g² + (Σ_ij A_k) g³ + 1e-6)`, 0 where `g = 0` |
+//! | `xgradcam` | `Σ_k a_k A_k`, `a_k = Σ_ij g A / (Σ_ij A_k + 1e-7)` |
+//! | `hirescam` | `Σ_k g A` (element-wise) |
+//! | `layercam` | `Σ_k relu(g) A` |
+//! | `eigencam` | projection of the centred `A` (positions × channels) on its first principal axis |
+//! | `eigengradcam` | the same for `g A` |
+//! | `cam` | `Σ_k w_ck A_k` with `w_c` the fully-connected row of the class (Zhou et al. 2016); no ReLU |
+//!
+//! The SVD leaves the sign of the eigen methods' projection free (pytorch-grad-cam keeps
+//! whatever LAPACK returns). gradcamd fixes it: the projection is flipped when its most negative
+//! value is larger in magnitude than its most positive one, so the strongest response is
+//! positive and survives the ReLU (the rule of Seg-Eigen-CAM, Chung & Ying 2025, eq. 13).
 //!
 //! [`normalize`] is pytorch-grad-cam's `scale_cam_image` without the resize:
 //! `(L - min) / (max(L - min) + 1e-7)`.
 
-use ndarray::{Array2, ArrayView1, ArrayView3, ArrayViewMut2, Axis};
+use ndarray::{Array2, ArrayView1, ArrayView3, ArrayViewMut2, Axis, Zip};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
-    /// Gradient-weighted class activation mapping.
     GradCam,
+    GradCamPP,
+    XGradCam,
+    HiResCam,
+    LayerCam,
+    EigenCam,
+    EigenGradCam,
     /// Class activation mapping from the fully-connected weights (GAP + FC heads only).
     Cam,
+}
+
+impl Method {
+    pub const ALL: [Method; 8] = [
+        Method::GradCam,
+        Method::GradCamPP,
+        Method::XGradCam,
+        Method::HiResCam,
+        Method::LayerCam,
+        Method::EigenCam,
+        Method::EigenGradCam,
+        Method::Cam,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::GradCam => "gradcam",
+            Method::GradCamPP => "gradcampp",
+            Method::XGradCam => "xgradcam",
+            Method::HiResCam => "hirescam",
+            Method::LayerCam => "layercam",
+            Method::EigenCam => "eigencam",
+            Method::EigenGradCam => "eigengradcam",
+            Method::Cam => "cam",
+        }
+    }
 }
 
 impl std::str::FromStr for Method {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "gradcam" | "grad-cam" => Ok(Method::GradCam),
-            "cam" => Ok(Method::Cam),
-            other => Err(format!(
-                "unknown CAM method '{other}' (expected gradcam or cam)"
-            )),
-        }
+        let key: String = s
+            .to_ascii_lowercase()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '+')
+            .collect();
+        let key = key.replace("++", "pp");
+        Method::ALL
+            .into_iter()
+            .find(|m| m.name() == key)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
+                format!(
+                    "unknown CAM method '{s}' (expected one of {})",
+                    names.join(", ")
+                )
+            })
     }
 }
 
 impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Method::GradCam => "gradcam",
-            Method::Cam => "cam",
-        })
+        f.write_str(self.name())
     }
+}
+
+/// The method's map before the final ReLU. `fc_row` is needed by [`Method::Cam`] only.
+pub fn raw(
+    method: Method,
+    a: ArrayView3<f32>,
+    da: ArrayView3<f32>,
+    fc_row: Option<ArrayView1<f32>>,
+) -> Array2<f32> {
+    let (h, w) = (a.shape()[1], a.shape()[2]);
+    let weighted = |weights: &[f32]| {
+        let mut out = Array2::zeros((h, w));
+        for (ak, &wk) in a.outer_iter().zip(weights) {
+            if wk != 0.0 {
+                out.scaled_add(wk, &ak);
+            }
+        }
+        out
+    };
+    match method {
+        Method::GradCam => weighted(&gradcam_weights(da)),
+        Method::GradCamPP => {
+            let weights: Vec<f32> = a
+                .outer_iter()
+                .zip(da.outer_iter())
+                .map(|(ak, gk)| {
+                    let sum_a = ak.sum();
+                    gk.iter()
+                        .map(|&g| {
+                            if g == 0.0 {
+                                return 0.0;
+                            }
+                            let g2 = g * g;
+                            let alpha = g2 / (2.0 * g2 + sum_a * g2 * g + 1e-6);
+                            g.max(0.0) * alpha
+                        })
+                        .sum()
+                })
+                .collect();
+            weighted(&weights)
+        }
+        Method::XGradCam => {
+            let weights: Vec<f32> = a
+                .outer_iter()
+                .zip(da.outer_iter())
+                .map(|(ak, gk)| {
+                    let denom = ak.sum() + 1e-7;
+                    Zip::from(&ak)
+                        .and(&gk)
+                        .fold(0.0f32, |acc, &x, &g| acc + g * x / denom)
+                })
+                .collect();
+            weighted(&weights)
+        }
+        Method::HiResCam | Method::LayerCam => {
+            let relu_g = method == Method::LayerCam;
+            let mut out = Array2::zeros((h, w));
+            for (ak, gk) in a.outer_iter().zip(da.outer_iter()) {
+                Zip::from(&mut out).and(&ak).and(&gk).for_each(|o, &x, &g| {
+                    *o += if relu_g { g.max(0.0) } else { g } * x;
+                });
+            }
+            out
+        }
+        Method::EigenCam => projection(a.to_owned().view()),
+        Method::EigenGradCam => projection((&a * &da).view()),
+        Method::Cam => match fc_row {
+            Some(row) => cam_fc(a, row),
+            None => Array2::zeros((h, w)),
+        },
+    }
+}
+
+/// The method's map as pytorch-grad-cam hands it to normalization: ReLU of [`raw`] (plain CAM
+/// keeps its sign, as the original formula has no ReLU).
+pub fn compute(
+    method: Method,
+    a: ArrayView3<f32>,
+    da: ArrayView3<f32>,
+    fc_row: Option<ArrayView1<f32>>,
+) -> Array2<f32> {
+    let mut m = raw(method, a, da, fc_row);
+    if method != Method::Cam {
+        m.mapv_inplace(|v| v.max(0.0));
+    }
+    m
+}
+
+/// Projection of the centred positions × channels matrix of `x` [C,h,w] on its first right
+/// singular vector (pytorch-grad-cam's `get_2d_projection`), with the sign rule above.
+///
+/// Computed through the positions × positions Gram matrix, whose top eigenvector `u` gives the
+/// projection `σ₁ u`; power iteration in f64 on that small matrix.
+pub fn projection(x: ArrayView3<f32>) -> Array2<f32> {
+    let (c, h, w) = x.dim();
+    let n = h * w;
+    // m[p, k]: position p, channel k, centred over positions; NaN -> 0 as the reference does.
+    let mut m = vec![0f64; n * c];
+    for (k, xk) in x.outer_iter().enumerate() {
+        let vals: Vec<f64> = xk
+            .iter()
+            .map(|&v| if v.is_nan() { 0.0 } else { v as f64 })
+            .collect();
+        let mean = vals.iter().sum::<f64>() / n as f64;
+        for (p, v) in vals.into_iter().enumerate() {
+            m[p * c + k] = v - mean;
+        }
+    }
+    let mut g = vec![0f64; n * n];
+    for i in 0..n {
+        for j in i..n {
+            let d: f64 = m[i * c..(i + 1) * c]
+                .iter()
+                .zip(&m[j * c..(j + 1) * c])
+                .map(|(a, b)| a * b)
+                .sum();
+            g[i * n + j] = d;
+            g[j * n + i] = d;
+        }
+    }
+    let u = top_eigenvector(&g, n);
+    let lambda: f64 = (0..n)
+        .map(|i| u[i] * (0..n).map(|j| g[i * n + j] * u[j]).sum::<f64>())
+        .sum();
+    let sigma = lambda.max(0.0).sqrt();
+    let mut proj: Vec<f64> = u.iter().map(|v| v * sigma).collect();
+    let (lo, hi) = proj
+        .iter()
+        .fold((0f64, 0f64), |(l, h), &v| (l.min(v), h.max(v)));
+    if -lo > hi {
+        proj.iter_mut().for_each(|v| *v = -*v);
+    }
+    Array2::from_shape_vec((h, w), proj.into_iter().map(|v| v as f32).collect())
+        .unwrap_or_else(|_| Array2::zeros((h, w)))
+}
+
+/// Unit eigenvector of the largest eigenvalue of the symmetric PSD matrix `g` (n × n).
+fn top_eigenvector(g: &[f64], n: usize) -> Vec<f64> {
+    // A start with a component along every direction, deterministic.
+    let mut v: Vec<f64> = (0..n)
+        .map(|i| 1.0 + (i as f64 * 0.618_033_988_75).fract())
+        .collect();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nv = norm(&v);
+    v.iter_mut().for_each(|x| *x /= nv);
+    for _ in 0..2000 {
+        let mut next: Vec<f64> = (0..n)
+            .map(|i| (0..n).map(|j| g[i * n + j] * v[j]).sum())
+            .collect();
+        let nn = norm(&next);
+        if nn == 0.0 {
+            return v;
+        }
+        next.iter_mut().for_each(|x| *x /= nn);
+        let delta: f64 = next
+            .iter()
+            .zip(&v)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        v = next;
+        if delta < 1e-12 {
+            break;
+        }
+    }
+    v
 }
 
 /// Grad-CAM of one item into `out` [h,w] (no allocation).
@@ -105,7 +321,7 @@ pub fn correlation(a: &[f32], b: &[f32]) -> f64 {
     sab / (saa.sqrt() * sbb.sqrt()).max(f64::MIN_POSITIVE)
 }
 
-/// Mass-weighted centroid (x, y) in [0,1] map coordinates and the peak location.
+/// Location (row, col) of the maximum.
 pub fn peak(m: &Array2<f32>) -> (usize, usize) {
     let mut best = (0, 0);
     let mut bv = f32::NEG_INFINITY;
@@ -172,5 +388,83 @@ mod tests {
         for (x, y) in g.iter().zip(c.iter()) {
             assert!((x - y).abs() < 1e-6, "gradcam {x} vs relu(cam)/hw {y}");
         }
+    }
+
+    #[test]
+    fn elementwise_methods() {
+        // one position each: A = [2, 3], g = [-1, 0.5] over 2 channels of 1x1
+        let a = Array3::from_shape_vec((2, 1, 1), vec![2.0, 3.0]).unwrap();
+        let g = Array3::from_shape_vec((2, 1, 1), vec![-1.0, 0.5]).unwrap();
+        assert_eq!(
+            raw(Method::HiResCam, a.view(), g.view(), None),
+            array![[-2.0 + 1.5]]
+        );
+        assert_eq!(
+            raw(Method::LayerCam, a.view(), g.view(), None),
+            array![[1.5]]
+        );
+        assert_eq!(
+            compute(Method::HiResCam, a.view(), g.view(), None),
+            array![[0.0]],
+            "ReLU"
+        );
+        // XGrad-CAM: a_k = g*A / (A + 1e-7) ~ g here, so the map ~ sum_k g_k A_k
+        let x = raw(Method::XGradCam, a.view(), g.view(), None)[[0, 0]];
+        assert!((x - (-0.5)).abs() < 1e-5, "{x}");
+    }
+
+    #[test]
+    fn gradcam_plus_plus_weights() {
+        // one channel, two positions: A = [1, 3] (sum 4), g = [0.5, 0]
+        // alpha = g^2 / (2 g^2 + 4 g^3 + 1e-6) = 0.25 / (0.5 + 0.5 + 1e-6); g = 0 gives 0
+        let a = Array3::from_shape_vec((1, 1, 2), vec![1.0, 3.0]).unwrap();
+        let g = Array3::from_shape_vec((1, 1, 2), vec![0.5, 0.0]).unwrap();
+        let w = 0.5 * 0.25 / (1.0 + 1e-6);
+        let got = raw(Method::GradCamPP, a.view(), g.view(), None);
+        assert!(
+            (got[[0, 0]] - w).abs() < 1e-7 && (got[[0, 1]] - 3.0 * w).abs() < 1e-6,
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn eigen_projection_of_a_rank_one_map_has_its_shape_and_positive_peak() {
+        // Every channel is a multiple of one spatial pattern f: the first principal axis is f.
+        let f = [0.0f32, 1.0, 6.0, 2.0, -1.0, 3.0];
+        let scale = [1.0f32, -2.0, 0.5];
+        let a = Array3::from_shape_fn((3, 2, 3), |(k, i, j)| scale[k] * f[i * 3 + j]);
+        let p = projection(a.view());
+        let fc: Vec<f32> = {
+            let m = f.iter().sum::<f32>() / 6.0;
+            f.iter().map(|v| v - m).collect()
+        };
+        let r = correlation(p.as_slice().unwrap(), &fc);
+        assert!(r > 0.999999, "correlation with the pattern {r}: {p}");
+        let (lo, hi) = p
+            .iter()
+            .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+        assert!(
+            hi >= -lo,
+            "sign rule: the strongest response must be positive: {p}"
+        );
+        // Flipping the input flips nothing: the sign is fixed by the rule, not by the data's sign.
+        let p2 = projection((-&a).view());
+        assert!(max_diff(&p, &p2) < 1e-4, "{p} vs {p2}");
+    }
+
+    fn max_diff(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
+        a.iter()
+            .zip(b.iter())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn method_names_round_trip() {
+        for m in Method::ALL {
+            assert_eq!(m.name().parse::<Method>(), Ok(m));
+        }
+        assert_eq!("Grad-CAM++".parse::<Method>(), Ok(Method::GradCamPP));
+        assert!("scorecam".parse::<Method>().is_err());
     }
 }

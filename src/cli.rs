@@ -108,6 +108,10 @@ pub struct ExplainArgs {
     /// Images per ORT run.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// Also write each image's activations and gradients as DIR/<stem>_A.npy and
+    /// DIR/<stem>_dA.npy (float32, [C,h,w]), for comparison with other tools.
+    #[arg(long, value_name = "DIR")]
+    pub save_tensors: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

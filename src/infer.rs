@@ -149,15 +149,17 @@ pub fn explain_batch(out: &BatchView, n: usize, cfg: &InferConfig) -> Vec<ItemRe
             let logits = out.logits.index_axis(Axis(0), i);
             let prob = softmax_at(class, logits.iter().copied());
             let a = out.a.index_axis(Axis(0), i);
-            let cam = match (cfg.method, &cfg.fc, &out.cam) {
-                (Method::Cam, Some(fc), _) => {
-                    let row = ndarray::ArrayView1::from(
-                        &fc.weights[class * fc.channels..(class + 1) * fc.channels],
-                    );
-                    cam::cam_fc(a, row)
+            let cam = match (&out.cam, cfg.method) {
+                // The in-graph map is Grad-CAM, already after its ReLU.
+                (Some(c), Method::GradCam) => c.index_axis(Axis(0), i).to_owned(),
+                _ => {
+                    let fc_row = cfg.fc.as_ref().and_then(|fc| {
+                        fc.weights
+                            .get(class * fc.channels..(class + 1) * fc.channels)
+                            .map(ndarray::ArrayView1::from)
+                    });
+                    cam::compute(cfg.method, a, out.da.index_axis(Axis(0), i), fc_row)
                 }
-                (_, _, Some(c)) => c.index_axis(Axis(0), i).to_owned(),
-                _ => cam::gradcam(a, out.da.index_axis(Axis(0), i)),
             };
             ItemResult { class, prob, cam }
         })

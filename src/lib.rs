@@ -23,6 +23,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod model;
+pub mod npy;
 pub mod onnx;
 pub mod sidecar;
 

@@ -12,11 +12,10 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use ndarray::Array2;
-use opencv::core::{Mat, Point, Rect, Scalar, CV_8U};
+use opencv::core::{Mat, Point, Rect, Scalar, Size, CV_8U};
 use opencv::imgproc;
 use opencv::prelude::*;
 
-use crate::cam;
 use crate::frame::{Annotated, Explained};
 use crate::stats::Stats;
 
@@ -42,6 +41,25 @@ pub struct Scratch {
     heat: Mat,
 }
 
+/// The CAM as pytorch-grad-cam hands it to the colormap: normalized, upsampled bilinearly to
+/// `size`, normalized again (upsampling never lands exactly on the extremes). f32 in [0, 1].
+pub fn upsample_normalized(cam: &Array2<f32>, size: Size, out: &mut Mat) -> opencv::Result<()> {
+    let mut c = cam.as_standard_layout().into_owned();
+    crate::cam::normalize(c.view_mut());
+    let (h, w) = c.dim();
+    let small = Mat::new_rows_cols_with_data(h as i32, w as i32, c.as_slice().unwrap_or(&[]))?;
+    imgproc::resize(&small, out, size, 0.0, 0.0, imgproc::INTER_LINEAR)?;
+    let data = out.data_typed_mut::<f32>()?;
+    let (lo, hi) = data
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+            (l.min(v), h.max(v))
+        });
+    let k = 1.0 / (hi - lo + 1e-7);
+    data.iter_mut().for_each(|v| *v = (*v - lo) * k);
+    Ok(())
+}
+
 /// Heatmap of `cam_raw` over `image` (BGR u8), at the image's size.
 pub fn overlay(
     cam_raw: &Array2<f32>,
@@ -50,35 +68,16 @@ pub fn overlay(
     blend: Blend,
     s: &mut Scratch,
 ) -> opencv::Result<Mat> {
-    let mut c = cam_raw.as_standard_layout().into_owned();
-    cam::normalize(c.view_mut());
-    let (h, w) = c.dim();
-    let data = c.as_slice().unwrap_or(&[]);
-    let small = Mat::new_rows_cols_with_data(h as i32, w as i32, data)?;
-    imgproc::resize(
-        &small,
-        &mut s.big,
-        image.size()?,
-        0.0,
-        0.0,
-        imgproc::INTER_LINEAR,
-    )?;
-    // pytorch-grad-cam min-max normalizes again after the resize (bilinear upsampling never
-    // lands exactly on the extremes), then np.uint8(255 * mask) truncates; convertTo would round.
+    upsample_normalized(cam_raw, image.size()?, &mut s.big)?;
+    // np.uint8(255 * mask) truncates; OpenCV's convertTo would round.
     if s.mask.size()? != image.size()? || s.mask.typ() != CV_8U {
         s.mask = Mat::new_size_with_default(image.size()?, CV_8U, Scalar::all(0.0))?;
     }
     {
         let src = s.big.data_typed::<f32>()?;
-        let (lo, hi) = src
-            .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
-                (l.min(v), h.max(v))
-            });
-        let k = 255.0 / (hi - lo + 1e-7);
         let dst = s.mask.data_bytes_mut()?;
         for (d, &v) in dst.iter_mut().zip(src) {
-            *d = ((v - lo) * k) as u8;
+            *d = (255.0 * v) as u8;
         }
     }
     imgproc::apply_color_map(&s.mask, &mut s.heat, imgproc::COLORMAP_JET)?;

@@ -342,6 +342,8 @@ fn explain_writes_json_and_overlays() {
         &s(&json),
         "--overlay-dir",
         &s(&dir.join("ov")),
+        "--save-tensors",
+        &s(&dir.join("t")),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v = crate::util::read_json(&json);
@@ -369,6 +371,15 @@ fn explain_writes_json_and_overlays() {
         let p = dir.join("ov").join(format!("{name}.png"));
         let m = opencv::imgcodecs::imread(&p, opencv::imgcodecs::IMREAD_COLOR).unwrap();
         assert_eq!((m.cols(), m.rows()), (w, h), "{}", p.display());
+    }
+    for t in ["chelsea_A", "chelsea_dA", "coffee_A", "coffee_dA"] {
+        let b = std::fs::read(dir.join("t").join(format!("{t}.npy"))).unwrap();
+        let header = String::from_utf8_lossy(&b[10..128]);
+        assert!(
+            header.contains("'shape': (1280, 7, 7)"),
+            "{t}.npy header: {header}"
+        );
+        assert_eq!(b.len(), 128 + 4 * 1280 * 49, "{t}.npy size");
     }
     // An explicit label target.
     let o = run(&["explain", &chelsea, "--target", "Tabby", "--json", "-"]);

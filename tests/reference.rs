@@ -6,7 +6,7 @@ use gradcamd::cam::{self, correlation};
 use gradcamd::engine::{Engine, EngineOptions};
 use gradcamd::model::Model;
 use gradcamd::preprocess::Preprocessor;
-use gradcamd::render::{overlay, Blend, Scratch};
+use gradcamd::render::{overlay, upsample_normalized, Blend, Scratch};
 use ndarray::{Array2, ArrayView4, Axis};
 use opencv::core::{Mat, Size};
 use opencv::prelude::*;
@@ -188,24 +188,11 @@ fn normalized_cam_and_overlay_match_pytorch_grad_cam() {
         let name = c["image"].as_str().unwrap();
 
         // The normalized, upsampled CAM pytorch-grad-cam returns.
-        let mut n = o.cam.clone();
-        cam::normalize(n.view_mut());
-        let small = Mat::new_rows_cols_with_data(7, 7, n.as_slice().unwrap()).unwrap();
         let mut big = Mat::default();
-        imgproc::resize(
-            &small,
-            &mut big,
-            Size::new(224, 224),
-            0.0,
-            0.0,
-            imgproc::INTER_LINEAR,
-        )
-        .unwrap();
-        let mut big =
-            Array2::from_shape_vec((224, 224), big.data_typed::<f32>().unwrap().to_vec()).unwrap();
-        cam::normalize(big.view_mut());
+        upsample_normalized(&o.cam, Size::new(224, 224), &mut big).unwrap();
+        let big = big.data_typed::<f32>().unwrap();
         let want = read_png16(c["cam_224"].as_str().unwrap());
-        let d = max_abs_diff(big.as_slice().unwrap(), &want);
+        let d = max_abs_diff(big, &want);
         assert!(d < 2e-3, "{name}: 224x224 CAM max abs diff {d}");
 
         // The overlay, on the 224x224 input image, against show_cam_on_image.

@@ -8,4 +8,6 @@ mod util;
 mod cli;
 mod configs;
 #[cfg(feature = "video")]
+mod methods;
+#[cfg(feature = "video")]
 mod reference;

@@ -11,4 +11,6 @@ scripts/setup.sh media
 "$PY" tools/export_default_model.py
 "$PY" tools/make_fixtures.py
 "$PY" tools/make_tiny_models.py
+"$PY" tools/make_method_fixtures.py
+"$PY" tools/make_vgg_replica.py
 (cd models && sha256sum -c efficientnet_lite0.onnx.sha256)

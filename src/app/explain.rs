@@ -2,9 +2,9 @@
 //! plus optional overlay PNGs. Stills are preprocessed exactly like video frames.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use ndarray::{Array2, ArrayView4, Axis};
+use ndarray::{Array2, Array3, ArrayView4, Axis};
 use opencv::core::{Mat, Vector};
 use opencv::imgcodecs;
 use opencv::prelude::*;
@@ -69,13 +69,21 @@ fn read_image(p: &Path) -> anyhow::Result<Mat> {
     Ok(m)
 }
 
+/// One image's result: the JSON object, the raw CAM, and A/dA when asked for.
+pub struct Explained {
+    pub json: Explanation,
+    pub cam: Array2<f32>,
+    pub tensors: Option<(Array3<f32>, Array3<f32>)>,
+}
+
 /// Explains `images` with an already-loaded model and session; used by the CLI and the tests.
 pub fn explain_images(
     model: &Model,
     engine: &mut Engine,
     images: &[(String, Mat)],
     cfg: &InferConfig,
-) -> anyhow::Result<Vec<(Explanation, Array2<f32>)>> {
+    keep_tensors: bool,
+) -> anyhow::Result<Vec<Explained>> {
     let mut pre = Preprocessor::new(&model.sidecar.input);
     let (h, w) = pre.input_hw();
     let item = pre.item_len();
@@ -105,14 +113,26 @@ pub fn explain_images(
                         (top, row[items[i].class])
                     })
                     .collect();
-                (items, tops)
+                let tensors: Vec<Option<(Array3<f32>, Array3<f32>)>> = (0..n)
+                    .map(|i| {
+                        keep_tensors.then(|| {
+                            (
+                                b.a.index_axis(Axis(0), i).to_owned(),
+                                b.da.index_axis(Axis(0), i).to_owned(),
+                            )
+                        })
+                    })
+                    .collect();
+                (items, tops, tensors)
             })
             .kind(Kind::Runtime)?;
-        let (items, tops) = batch;
-        for (((name, _), r), (top, score)) in chunk.iter().zip(items).zip(tops) {
+        let (items, tops, tensors) = batch;
+        for ((((name, _), r), (top, score)), tensors) in
+            chunk.iter().zip(items).zip(tops).zip(tensors)
+        {
             let label = |k: usize| model.sidecar.label(k);
-            out.push((
-                Explanation {
+            out.push(Explained {
+                json: Explanation {
                     image: name.clone(),
                     top5: top
                         .into_iter()
@@ -130,11 +150,30 @@ pub fn explain_images(
                     target_score: score,
                     cam_raw: r.cam.outer_iter().map(|row| row.to_vec()).collect(),
                 },
-                r.cam,
-            ));
+                cam: r.cam,
+                tensors,
+            });
         }
     }
     Ok(out)
+}
+
+/// File stems for per-image outputs, made unique when two images share one (`a/x.png`, `b/x.png`).
+fn unique_stems(images: &[(String, Mat)]) -> Vec<String> {
+    let mut used: Vec<String> = Vec::new();
+    for (name, _) in images {
+        let stem = Path::new(name)
+            .file_stem()
+            .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
+        let mut s = stem.clone();
+        let mut k = 1;
+        while used.contains(&s) {
+            s = format!("{stem}-{k}");
+            k += 1;
+        }
+        used.push(s);
+    }
+    used
 }
 
 pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
@@ -182,23 +221,39 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
         target,
         fc: model.graph.fc.clone(),
     };
-    let results = explain_images(&model, &mut engine, &images, &cfg)?;
+    let results = explain_images(
+        &model,
+        &mut engine,
+        &images,
+        &cfg,
+        args.save_tensors.is_some(),
+    )?;
+    let stems = unique_stems(&images);
+    if let Some(dir) = &args.save_tensors {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            fail(
+                Kind::Output,
+                format!("cannot create tensor directory {}: {e}", dir.display()),
+            )
+        })?;
+        for (stem, r) in stems.iter().zip(&results) {
+            if let Some((a, da)) = &r.tensors {
+                for (suffix, t) in [("A", a), ("dA", da)] {
+                    let p = dir.join(format!("{stem}_{suffix}.npy"));
+                    let data = t.as_standard_layout();
+                    crate::npy::write_f32(&p, t.shape(), data.as_slice().unwrap_or(&[])).map_err(
+                        |e| fail(Kind::Output, format!("cannot write {}: {e}", p.display())),
+                    )?;
+                }
+            }
+        }
+    }
 
     if let Some(dir) = &args.overlay_dir {
         let mut scratch = Scratch::default();
-        let mut used: Vec<PathBuf> = Vec::new();
-        for ((name, img), (_, cam)) in images.iter().zip(&results) {
-            let stem = Path::new(name)
-                .file_stem()
-                .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
-            let mut path = dir.join(format!("{stem}.png"));
-            let mut k = 1;
-            while used.contains(&path) {
-                path = dir.join(format!("{stem}-{k}.png"));
-                k += 1;
-            }
-            used.push(path.clone());
-            let ov = overlay(cam, img, 0.5, Blend::Reference, &mut scratch)?;
+        for ((stem, (_, img)), r) in stems.iter().zip(&images).zip(&results) {
+            let path = dir.join(format!("{stem}.png"));
+            let ov = overlay(&r.cam, img, 0.5, Blend::Reference, &mut scratch)?;
             let ok = imgcodecs::imwrite(&path, &ov, &Vector::new()).unwrap_or(false);
             if !ok {
                 return Err(fail(
@@ -208,7 +263,7 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let exps: Vec<&Explanation> = results.iter().map(|(e, _)| e).collect();
+    let exps: Vec<&Explanation> = results.iter().map(|r| &r.json).collect();
     let text = serde_json::to_string_pretty(&exps)?;
     match json_file.as_mut() {
         Some(f) => {

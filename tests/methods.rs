@@ -1,0 +1,191 @@
+//! Every CAM method against pytorch-grad-cam (tools/make_method_fixtures.py,
+//! tools/make_vgg_replica.py): the default model on four stills, and a small VGG-like model whose
+//! gradients vary over space, where HiResCAM and XGrad-CAM really differ from Grad-CAM.
+
+use std::path::Path;
+
+use gradcamd::cam::{self, correlation, Method};
+use gradcamd::engine::{Engine, EngineOptions};
+use gradcamd::model::Model;
+use gradcamd::preprocess::Preprocessor;
+use gradcamd::render::upsample_normalized;
+use ndarray::{Array2, Array3, ArrayView4, Axis};
+use opencv::core::{Mat, Size};
+use opencv::imgcodecs;
+use opencv::prelude::*;
+
+use crate::util::{floats, max_abs, max_abs_diff, read_json, root};
+
+fn method_of(reference_name: &str) -> Method {
+    match reference_name {
+        "GradCAM" => Method::GradCam,
+        "GradCAMPlusPlus" => Method::GradCamPP,
+        "XGradCAM" => Method::XGradCam,
+        "HiResCAM" => Method::HiResCam,
+        "LayerCAM" => Method::LayerCam,
+        "EigenCAM" => Method::EigenCam,
+        "EigenGradCAM" => Method::EigenGradCam,
+        other => panic!("fixture names an unknown method {other}"),
+    }
+}
+
+/// A, dA and class of each image, from one batch.
+fn run_batch(model: &Model, images: &[String]) -> Vec<(Array3<f32>, Array3<f32>, i64)> {
+    let mut engine = Engine::new(&model.graph, &EngineOptions::default()).unwrap();
+    let mut pre = Preprocessor::new(&model.sidecar.input);
+    let (h, w) = pre.input_hw();
+    let item = pre.item_len();
+    let mut buf = vec![0f32; images.len() * item];
+    for (i, p) in images.iter().enumerate() {
+        let p = root().join(p);
+        assert!(p.is_file(), "{} missing: run `make setup`", p.display());
+        let m = imgcodecs::imread(&p, imgcodecs::IMREAD_COLOR).unwrap();
+        pre.fill(&m, &mut buf[i * item..(i + 1) * item]).unwrap();
+    }
+    let x = ArrayView4::from_shape((images.len(), 3, h, w), &buf[..]).unwrap();
+    engine
+        .run_with(x, &vec![-1; images.len()], |b| {
+            (0..images.len())
+                .map(|i| {
+                    (
+                        b.a.index_axis(Axis(0), i).to_owned(),
+                        b.da.index_axis(Axis(0), i).to_owned(),
+                        b.class[i],
+                    )
+                })
+                .collect()
+        })
+        .unwrap()
+}
+
+/// pytorch-grad-cam's final map from a raw map: ReLU, normalize, resize, normalize.
+fn final_map(raw: &Array2<f32>, size: i32) -> Vec<f32> {
+    let relu = raw.mapv(|v| v.max(0.0));
+    let mut big = Mat::default();
+    upsample_normalized(&relu, Size::new(size, size), &mut big).unwrap();
+    big.data_typed::<f32>().unwrap().to_vec()
+}
+
+/// Checks every method of one fixture file; `final_key` names the stored final map and
+/// `stride`/`offset` how it was subsampled from `size`×`size`.
+fn check_fixture(
+    file: &str,
+    model: &Model,
+    final_key: &str,
+    size: i32,
+    stride: usize,
+    offset: usize,
+) -> Vec<(Method, f64)> {
+    let fx = read_json(&root().join(file));
+    let imgs = fx["images"].as_array().unwrap();
+    let names: Vec<String> = imgs
+        .iter()
+        .map(|i| i["image"].as_str().unwrap().to_string())
+        .collect();
+    let outs = run_batch(model, &names);
+    let mut worst: Vec<(Method, f64)> = Vec::new();
+    for (img, (a, da, class)) in imgs.iter().zip(&outs) {
+        let name = img["image"].as_str().unwrap();
+        assert_eq!(*class, img["class_used"].as_i64().unwrap(), "{name}: class");
+        if let Some(want) = img.get("da") {
+            let want = floats(want);
+            let got: Vec<f32> = da.iter().copied().collect();
+            let d = max_abs_diff(&got, &want);
+            assert!(
+                d <= 1e-4 * max_abs(&want),
+                "{name}: dA differs by {d} (max |dA| {})",
+                max_abs(&want)
+            );
+        }
+        for (mname, entry) in img["methods"].as_object().unwrap() {
+            let m = method_of(mname);
+            let mut raw = cam::raw(m, a.view(), da.view(), None);
+            let want_raw = floats(&entry["raw"]);
+            let mut r = correlation(raw.as_slice().unwrap(), &want_raw);
+            if matches!(m, Method::EigenCam | Method::EigenGradCam) {
+                // The reference keeps LAPACK's arbitrary sign; ours follows the documented rule.
+                let (lo, hi) = raw
+                    .iter()
+                    .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+                assert!(hi >= -lo, "{name} {mname}: sign rule violated");
+                if r < 0.0 {
+                    r = -r;
+                    raw.mapv_inplace(|v| -v);
+                }
+            }
+            assert!(
+                r >= 0.9999,
+                "{name} {mname}: raw map correlation {r} < 0.9999"
+            );
+            let got = final_map(&raw, size);
+            let n = size as usize;
+            let sub: Vec<f32> = (offset..n)
+                .step_by(stride)
+                .flat_map(|i| (offset..n).step_by(stride).map(move |j| (i, j)))
+                .map(|(i, j)| got[i * n + j])
+                .collect();
+            let want_final = floats(&entry[final_key]);
+            let d = max_abs_diff(&sub, &want_final);
+            assert!(
+                d < 2e-3,
+                "{name} {mname}: final {size}x{size} map differs by {d}"
+            );
+            match worst.iter_mut().find(|(w, _)| *w == m) {
+                Some(e) => e.1 = e.1.min(r),
+                None => worst.push((m, r)),
+            }
+        }
+    }
+    worst
+}
+
+fn model(path: &str, sidecar: Option<&str>) -> Model {
+    let sc = sidecar.map(|s| root().join(s));
+    Model::load(
+        Some(&root().join(path)),
+        sc.as_deref().map(Path::new),
+        None,
+        false,
+    )
+    .unwrap()
+}
+
+#[test]
+fn every_method_matches_pytorch_grad_cam_on_the_default_model() {
+    let m = model("models/efficientnet_lite0.onnx", None);
+    for (method, r) in check_fixture(
+        "tests/fixtures/methods_default.json",
+        &m,
+        "final_224",
+        224,
+        8,
+        4,
+    ) {
+        eprintln!("default model, {method}: worst raw correlation {r:.9}");
+    }
+}
+
+#[test]
+fn every_method_matches_pytorch_grad_cam_where_gradients_vary_over_space() {
+    let m = model(
+        "tests/fixtures/vgg_replica.onnx",
+        Some("tests/fixtures/vgg_replica.toml"),
+    );
+    assert_eq!(
+        m.graph.head.first().map(|(op, _)| op.as_str()),
+        Some("AveragePool")
+    );
+    for (method, r) in check_fixture("tests/fixtures/methods_vgg.json", &m, "final", 64, 1, 0) {
+        eprintln!("vgg replica, {method}: worst raw correlation {r:.9}");
+    }
+    // The fixture is only a test of HiResCAM and XGrad-CAM if they differ from Grad-CAM here.
+    let outs = run_batch(&m, &[".deps/media/chelsea.png".to_string()]);
+    let (a, da, _) = &outs[0];
+    let g = cam::raw(Method::GradCam, a.view(), da.view(), None);
+    let h = cam::raw(Method::HiResCam, a.view(), da.view(), None);
+    let r = correlation(g.as_slice().unwrap(), h.as_slice().unwrap());
+    assert!(
+        r < 0.9,
+        "HiResCAM and Grad-CAM agree ({r}) on a head where they should not"
+    );
+}
