@@ -74,16 +74,10 @@ impl std::str::FromStr for Method {
             .filter(|c| c.is_ascii_alphanumeric() || *c == '+')
             .collect();
         let key = key.replace("++", "pp");
-        Method::ALL
-            .into_iter()
-            .find(|m| m.name() == key)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
-                format!(
-                    "unknown CAM method '{s}' (expected one of {})",
-                    names.join(", ")
-                )
-            })
+        Method::ALL.into_iter().find(|m| m.name() == key).ok_or_else(|| {
+            let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
+            format!("unknown CAM method '{s}' (expected one of {})", names.join(", "))
+        })
     }
 }
 
@@ -217,9 +211,7 @@ pub fn projection(x: ArrayView3<f32>) -> Array2<f32> {
         .sum();
     let sigma = lambda.max(0.0).sqrt();
     let mut proj: Vec<f64> = u.iter().map(|v| v * sigma).collect();
-    let (lo, hi) = proj
-        .iter()
-        .fold((0f64, 0f64), |(l, h), &v| (l.min(v), h.max(v)));
+    let (lo, hi) = proj.iter().fold((0f64, 0f64), |(l, h), &v| (l.min(v), h.max(v)));
     if -lo > hi {
         proj.iter_mut().for_each(|v| *v = -*v);
     }
@@ -378,9 +370,7 @@ mod tests {
     #[test]
     fn gradcam_equals_cam_for_spatially_constant_gradients() {
         // For GAP + FC heads dA_k = w_ck / (h*w) everywhere: Grad-CAM = ReLU(CAM) / (h*w).
-        let a = Array3::from_shape_fn((3, 4, 5), |(k, i, j)| {
-            ((k * 7 + i * 3 + j) % 5) as f32 - 1.5
-        });
+        let a = Array3::from_shape_fn((3, 4, 5), |(k, i, j)| ((k * 7 + i * 3 + j) % 5) as f32 - 1.5);
         let w = array![0.3f32, -0.7, 1.1];
         let da = Array3::from_shape_fn((3, 4, 5), |(k, _, _)| w[k] / 20.0);
         let g = gradcam(a.view(), da.view());
@@ -399,10 +389,7 @@ mod tests {
             raw(Method::HiResCam, a.view(), g.view(), None),
             array![[-2.0 + 1.5]]
         );
-        assert_eq!(
-            raw(Method::LayerCam, a.view(), g.view(), None),
-            array![[1.5]]
-        );
+        assert_eq!(raw(Method::LayerCam, a.view(), g.view(), None), array![[1.5]]);
         assert_eq!(
             compute(Method::HiResCam, a.view(), g.view(), None),
             array![[0.0]],
@@ -440,9 +427,7 @@ mod tests {
         };
         let r = correlation(p.as_slice().unwrap(), &fc);
         assert!(r > 0.999999, "correlation with the pattern {r}: {p}");
-        let (lo, hi) = p
-            .iter()
-            .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+        let (lo, hi) = p.iter().fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
         assert!(
             hi >= -lo,
             "sign rule: the strongest response must be positive: {p}"

@@ -44,12 +44,8 @@ impl Source {
                 format!("source '{name}': video file {uri} does not exist"),
             ));
         }
-        let cap = VideoCapture::from_file(uri, videoio::CAP_ANY).map_err(|e| {
-            fail(
-                Kind::Input,
-                format!("source '{name}': cannot open {uri}: {e}"),
-            )
-        })?;
+        let cap = VideoCapture::from_file(uri, videoio::CAP_ANY)
+            .map_err(|e| fail(Kind::Input, format!("source '{name}': cannot open {uri}: {e}")))?;
         let undecodable = || {
             fail(
                 Kind::Input,

@@ -80,7 +80,8 @@ pub struct ExplainConfig {
     /// "gradcam" or "cam" (CAM needs a GAP + fully-connected head).
     #[serde(default = "default_method")]
     pub method: Method,
-    /// Class to explain: "top1", a class index, or a label (case-insensitive).
+    /// Class to explain: "top1", "topk:K" (K maps per frame, shown as a grid), a class index,
+    /// or a label (case-insensitive, any synonym).
     #[serde(default = "default_target")]
     pub target: String,
     /// Heatmap weight in the overlay, 0..1 (pytorch-grad-cam uses 0.5).
@@ -191,8 +192,10 @@ pub struct SourceConfig {
     pub uri: String,
     /// Backpressure policy; default: file.
     pub mode: Option<SourceMode>,
-    /// Annotated video written here (.mp4 or .avi).
+    /// Annotated video written here (.mp4, .avi, .mkv or .mov).
     pub output: Option<PathBuf>,
+    /// Class(es) to explain for this source; default: `[explain] target`.
+    pub target: Option<String>,
 }
 
 impl Config {
@@ -203,8 +206,7 @@ impl Config {
                 format!("cannot read config {}: {e}", path.display()),
             )
         })?;
-        Self::parse(&text)
-            .map_err(|e| fail(Kind::Config, format!("config {}: {e:#}", path.display())))
+        Self::parse(&text).map_err(|e| fail(Kind::Config, format!("config {}: {e:#}", path.display())))
     }
 
     pub fn parse(text: &str) -> anyhow::Result<Self> {
@@ -217,19 +219,13 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         let p = &self.pipeline;
         if p.batch_size == 0 || p.batch_size > 256 {
-            anyhow::bail!(
-                "pipeline.batch_size = {} is out of range 1..=256",
-                p.batch_size
-            );
+            anyhow::bail!("pipeline.batch_size = {} is out of range 1..=256", p.batch_size);
         }
         if p.queue_frames == 0 {
             anyhow::bail!("pipeline.queue_frames must be at least 1");
         }
         if !(0.0..=1.0).contains(&self.explain.alpha) {
-            anyhow::bail!(
-                "explain.alpha = {} is out of range 0..=1",
-                self.explain.alpha
-            );
+            anyhow::bail!("explain.alpha = {} is out of range 0..=1", self.explain.alpha);
         }
         if !["cpu", "cuda"].contains(&self.model.provider.as_str()) {
             anyhow::bail!(

@@ -78,9 +78,7 @@ pub fn init_runtime(explicit: Option<&Path>) -> Result<(), EngineError> {
     if RUNTIME.get().is_some() {
         return Ok(());
     }
-    let path = explicit
-        .map(Path::to_path_buf)
-        .unwrap_or_else(default_library);
+    let path = explicit.map(Path::to_path_buf).unwrap_or_else(default_library);
     if !path.is_file() {
         return Err(EngineError::LibraryMissing(path));
     }
@@ -217,8 +215,7 @@ impl Engine {
                 .get(name)
                 .ok_or_else(|| EngineError::Run(format!("the session has no output '{name}'")))
         };
-        let dims =
-            |e: ndarray::ShapeError| EngineError::Run(format!("unexpected output shape: {e}"));
+        let dims = |e: ndarray::ShapeError| EngineError::Run(format!("unexpected output shape: {e}"));
         let logits = get(&self.logits)?.try_extract_array::<f32>().map_err(run)?;
         let logits = logits.into_dimensionality::<Ix2>().map_err(dims)?;
         if !self.augmented {

@@ -4,8 +4,9 @@
 //! capture ──Frame──▶ infer ──Explained──▶ render ×N ──Annotated──▶ sink (per source)
 //! ```
 
-use ndarray::Array2;
 use opencv::core::Mat;
+
+use crate::explainer::ClassMap;
 
 /// One decoded frame.
 pub struct Frame {
@@ -22,13 +23,9 @@ pub struct Frame {
 /// A frame with its classification and explanation.
 pub struct Explained {
     pub frame: Frame,
-    /// Class explained (top-1 or the configured target).
-    pub class: usize,
-    /// Softmax probability of `class`.
-    pub prob: f32,
-    /// CAM at feature resolution, before normalization; `None` when the frame could not be
+    /// One map per explained class (several for `topk`); empty when the frame could not be
     /// explained (it is still written, without overlay, so the output keeps every frame).
-    pub cam: Option<Array2<f32>>,
+    pub maps: Vec<ClassMap>,
     /// Pipeline throughput when this frame left inference, for the HUD.
     pub fps: f32,
 }

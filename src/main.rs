@@ -11,8 +11,7 @@ fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,ort=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -33,20 +32,13 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     let s = stop.clone();
     ctrlc::set_handler(move || {
         if hits.fetch_add(1, Ordering::SeqCst) == 0 {
-            eprintln!(
-                "\nstopping: finishing the frames already read (Ctrl-C again to quit at once)"
-            );
+            eprintln!("\nstopping: finishing the frames already read (Ctrl-C again to quit at once)");
             s.store(true, Ordering::SeqCst);
         } else {
             std::process::exit(130);
         }
     })
-    .map_err(|e| {
-        fail(
-            Kind::Runtime,
-            format!("cannot install the Ctrl-C handler: {e}"),
-        )
-    })?;
+    .map_err(|e| fail(Kind::Runtime, format!("cannot install the Ctrl-C handler: {e}")))?;
     Ok(stop)
 }
 
@@ -65,7 +57,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         #[cfg(not(feature = "video"))]
         Command::Run(_) | Command::Explain(_) => {
             let _ = stop_flag;
-            Err(fail(Kind::Config, "this gradcamd was built without the `video` feature (OpenCV); run and explain need it"))
+            Err(fail(
+                Kind::Config,
+                "this gradcamd was built without the `video` feature (OpenCV); run and explain need it",
+            ))
         }
     }
 }

@@ -36,8 +36,7 @@ impl Model {
                     Some(p) => Sidecar::load(p),
                     None => Sidecar::embedded(),
                 };
-                let onnx = OnnxModel::from_bytes(EMBEDDED_ONNX.to_vec())
-                    .map_err(|e| fail(Kind::Model, e))?;
+                let onnx = OnnxModel::from_bytes(EMBEDDED_ONNX.to_vec()).map_err(|e| fail(Kind::Model, e))?;
                 (PathBuf::from(EMBEDDED_NAME), sc.kind(Kind::Config)?, onnx)
             }
             Some(path) => {
@@ -84,11 +83,7 @@ impl Model {
             fail(k, format!("{}: {e}", path.display()))
         })?;
         graph.input_name = sidecar.input.name.clone();
-        Ok(Model {
-            path,
-            sidecar,
-            graph,
-        })
+        Ok(Model { path, sidecar, graph })
     }
 
     pub fn num_classes(&self) -> Option<usize> {

@@ -22,6 +22,7 @@ use crate::capture::Source;
 use crate::config::{Config, SourceMode};
 use crate::engine::{Engine, EngineOptions, Provider};
 use crate::error::{fail, Kind};
+use crate::explainer::{Explainer, TargetSpec};
 use crate::infer::{self, InferConfig};
 use crate::model::Model;
 use crate::preprocess::Preprocessor;
@@ -35,6 +36,7 @@ pub struct Plan {
     sources: Vec<Source>,
     sinks: Vec<FileSink>,
     infer: InferConfig,
+    method: Method,
     render: RenderConfig,
     render_workers: usize,
     queue: usize,
@@ -63,24 +65,10 @@ pub fn engine_options(cfg: &Config) -> EngineOptions {
     }
 }
 
-/// The class to explain: -1 for top-1, else a validated index.
-pub fn resolve_target(model: &Model, target: &str) -> anyhow::Result<i64> {
-    if target.eq_ignore_ascii_case("top1") {
-        return Ok(-1);
-    }
-    let c = model
-        .sidecar
-        .class_of(target)
-        .map_err(|e| fail(Kind::Config, format!("target: {e}")))?;
-    if let Some(n) = model.num_classes() {
-        if c >= n {
-            return Err(fail(
-                Kind::Config,
-                format!("target class {c} is out of range: the model has {n} classes"),
-            ));
-        }
-    }
-    Ok(c as i64)
+/// Parses a target (`top1`, `topk:K`, a class index or a label) against the model's labels.
+pub fn resolve_target(model: &Model, target: &str) -> anyhow::Result<TargetSpec> {
+    TargetSpec::parse(target, |t| model.sidecar.class_of(t), model.num_classes())
+        .map_err(|e| fail(Kind::Config, format!("target: {e}")))
 }
 
 /// Fails unless `method` can run on this model.
@@ -114,10 +102,18 @@ impl Plan {
             false,
         )?;
         check_method(&model, cfg.explain.method)?;
-        let target = resolve_target(&model, &cfg.explain.target)?;
+        let default_target = resolve_target(&model, &cfg.explain.target)?;
+        let targets = cfg
+            .source
+            .iter()
+            .map(|s| {
+                s.target
+                    .as_deref()
+                    .map_or(Ok(default_target), |t| resolve_target(&model, t))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
 
-        let engine =
-            Engine::new(&model.graph, &engine_options(cfg)).map_err(|e| fail(Kind::Runtime, e))?;
+        let engine = Engine::new(&model.graph, &engine_options(cfg)).map_err(|e| fail(Kind::Runtime, e))?;
 
         let mut sources = Vec::new();
         let mut sinks: Vec<FileSink> = Vec::new();
@@ -134,10 +130,7 @@ impl Plan {
                     s.path.display().to_string()
                 })
                 .collect();
-            return Err(e.context(format!(
-                "removed the unstarted outputs {}",
-                removed.join(", ")
-            )));
+            return Err(e.context(format!("removed the unstarted outputs {}", removed.join(", "))));
         }
         let p = &cfg.pipeline;
         let workers = if p.render_workers == 0 {
@@ -149,10 +142,9 @@ impl Plan {
             infer: InferConfig {
                 batch_size: p.batch_size,
                 batch_timeout: Duration::from_millis(p.batch_timeout_ms),
-                method: cfg.explain.method,
-                target,
-                fc: model.graph.fc.clone(),
+                targets,
             },
+            method: cfg.explain.method,
             render: RenderConfig {
                 alpha: cfg.explain.alpha,
                 hud: cfg.explain.hud,
@@ -176,6 +168,7 @@ impl Plan {
             sources,
             sinks,
             infer,
+            method,
             render,
             render_workers,
             queue,
@@ -186,7 +179,7 @@ impl Plan {
             target = %model.graph.target,
             provider = %engine.provider_used,
             batch_size,
-            method = %infer.method,
+            method = %method,
             "gradcamd ready"
         );
         let stats = Arc::new(Stats::default());
@@ -212,20 +205,22 @@ impl Plan {
         drop(frame_tx);
 
         let pre = Preprocessor::new(&model.sidecar.input);
+        let explainer = Explainer::new(
+            engine,
+            method,
+            model.graph.fc.clone(),
+            batch_size,
+            pre.item_dims(),
+        );
         let st = stats.clone();
         let infer_h = spawn("infer", move || {
-            infer::run(engine, pre, infer, frame_rx, expl_tx, st)
+            infer::run(explainer, pre, infer, frame_rx, expl_tx, st)
         })?;
 
         let render = Arc::new(render);
         let mut renders = Vec::new();
         for i in 0..render_workers {
-            let (rx, txs, cfg, st) = (
-                expl_rx.clone(),
-                sink_txs.clone(),
-                render.clone(),
-                stats.clone(),
-            );
+            let (rx, txs, cfg, st) = (expl_rx.clone(), sink_txs.clone(), render.clone(), stats.clone());
             renders.push(spawn(&format!("render-{i}"), move || {
                 render::run(rx, txs, cfg, st)
             })?);
@@ -271,21 +266,19 @@ impl Plan {
 }
 
 /// Opens every source, then its output, in config order.
-fn open_io(
-    cfg: &Config,
-    sources: &mut Vec<Source>,
-    sinks: &mut Vec<FileSink>,
-) -> anyhow::Result<()> {
+fn open_io(cfg: &Config, sources: &mut Vec<Source>, sinks: &mut Vec<FileSink>) -> anyhow::Result<()> {
     let mut seen_outputs: Vec<PathBuf> = Vec::new();
     for (i, s) in cfg.source.iter().enumerate() {
         let name = s.name.clone().unwrap_or_else(|| {
-            std::path::Path::new(&s.uri).file_stem().map_or_else(
-                || format!("source{i}"),
-                |n| n.to_string_lossy().into_owned(),
-            )
+            std::path::Path::new(&s.uri)
+                .file_stem()
+                .map_or_else(|| format!("source{i}"), |n| n.to_string_lossy().into_owned())
         });
         let out = s.output.clone().ok_or_else(|| {
-            fail(Kind::Config, format!("source '{name}' has no output: set output = \"out/{name}.mp4\" or pass --output"))
+            fail(
+                Kind::Config,
+                format!("source '{name}' has no output: set output = \"out/{name}.mp4\" or pass --output"),
+            )
         })?;
         if seen_outputs.contains(&out) {
             return Err(fail(

@@ -52,6 +52,12 @@ impl Preprocessor {
         (self.size.height as usize, self.size.width as usize)
     }
 
+    /// Shape of one item in the model's layout: [3, height, width].
+    pub fn item_dims(&self) -> [usize; 3] {
+        let (h, w) = self.input_hw();
+        [3, h, w]
+    }
+
     /// Floats per item: 3 × height × width.
     pub fn item_len(&self) -> usize {
         3 * (self.size.width * self.size.height) as usize
@@ -77,14 +83,7 @@ impl Preprocessor {
         if src.size()? == self.size {
             src.copy_to(&mut self.resized)?;
         } else {
-            imgproc::resize(
-                src,
-                &mut self.resized,
-                self.size,
-                0.0,
-                0.0,
-                imgproc::INTER_LINEAR,
-            )?;
+            imgproc::resize(src, &mut self.resized, self.size, 0.0, 0.0, imgproc::INTER_LINEAR)?;
         }
         let px = self
             .resized

@@ -103,11 +103,7 @@ pub fn overlay(
                 .zip(heat)
                 .map(|(&p, &q)| (1.0 - a) * (p as f32 / 255.0) + a * (q as f32 / 255.0))
                 .collect();
-            let max = mix
-                .iter()
-                .copied()
-                .fold(0.0f32, f32::max)
-                .max(f32::MIN_POSITIVE);
+            let max = mix.iter().copied().fold(0.0f32, f32::max).max(f32::MIN_POSITIVE);
             out = image.try_clone()?;
             for (d, m) in out.data_bytes_mut()?.iter_mut().zip(mix) {
                 *d = (255.0 * (m / max)) as u8;
@@ -127,28 +123,11 @@ pub fn draw_hud(img: &mut Mat, text: &str, fps: Option<f32>) -> opencv::Result<(
     let sz = imgproc::get_text_size(text, font, scale, thick, &mut base)?;
     let pad = (sz.height / 3).max(2);
     let band = Rect::new(0, 0, img.cols(), sz.height + base + 2 * pad);
-    imgproc::rectangle(
-        img,
-        band,
-        Scalar::new(0.0, 0.0, 0.0, 0.0),
-        -1,
-        imgproc::LINE_8,
-        0,
-    )?;
+    imgproc::rectangle(img, band, Scalar::new(0.0, 0.0, 0.0, 0.0), -1, imgproc::LINE_8, 0)?;
     let white = Scalar::new(255.0, 255.0, 255.0, 0.0);
     let put = |img: &mut Mat, t: &str, x: i32| {
         let org = Point::new(x, pad + sz.height);
-        imgproc::put_text(
-            img,
-            t,
-            org,
-            font,
-            scale,
-            white,
-            thick,
-            imgproc::LINE_AA,
-            false,
-        )
+        imgproc::put_text(img, t, org, font, scale, white, thick, imgproc::LINE_AA, false)
     };
     put(img, text, pad)?;
     if let Some(fps) = fps {
@@ -171,6 +150,49 @@ pub fn hud_text(labels: &[String], class: usize, prob: f32) -> String {
     format!("{label} {prob:.2}")
 }
 
+/// One map over the whole frame, or a grid of tiles (one per class, best first) for `topk`.
+fn render(e: &Explained, cfg: &RenderConfig, s: &mut Scratch) -> opencv::Result<Mat> {
+    let frame = &e.frame.image;
+    match e.maps.as_slice() {
+        [] => {
+            let mut img = frame.try_clone()?;
+            if cfg.hud {
+                draw_hud(&mut img, "not explained", Some(e.fps))?;
+            }
+            Ok(img)
+        }
+        [m] => {
+            let mut img = overlay(&m.cam, frame, cfg.alpha, Blend::Video, s)?;
+            if cfg.hud {
+                draw_hud(&mut img, &hud_text(&cfg.labels, m.class, m.prob), Some(e.fps))?;
+            }
+            Ok(img)
+        }
+        maps => {
+            // The output keeps the frame's size: K tiles in a near-square grid.
+            let size = frame.size()?;
+            let cols = (maps.len() as f64).sqrt().ceil() as i32;
+            let rows = (maps.len() as i32 + cols - 1) / cols;
+            let tile = Size::new(size.width / cols, size.height / rows);
+            let mut small = Mat::default();
+            imgproc::resize(frame, &mut small, tile, 0.0, 0.0, imgproc::INTER_AREA)?;
+            let mut out = Mat::new_size_with_default(size, frame.typ(), Scalar::all(0.0))?;
+            for (k, m) in maps.iter().enumerate() {
+                let mut t = overlay(&m.cam, &small, cfg.alpha, Blend::Video, s)?;
+                if cfg.hud {
+                    let text = format!("{}. {}", k + 1, hud_text(&cfg.labels, m.class, m.prob));
+                    draw_hud(&mut t, &text, (k == 0).then_some(e.fps))?;
+                }
+                let (r, c) = (k as i32 / cols, k as i32 % cols);
+                let roi = Rect::new(c * tile.width, r * tile.height, tile.width, tile.height);
+                let mut dst = Mat::roi_mut(&mut out, roi)?;
+                t.copy_to(&mut dst)?;
+            }
+            Ok(out)
+        }
+    }
+}
+
 /// One worker: renders until its input closes.
 pub fn run(
     rx: Receiver<Explained>,
@@ -183,45 +205,17 @@ pub fn run(
     let mut scratch = Scratch::default();
     for e in rx {
         let t = Instant::now();
-        let Explained {
-            frame,
-            class,
-            prob,
-            cam,
-            fps,
-        } = e;
-        let mut image = match &cam {
-            Some(c) => match overlay(c, &frame.image, cfg.alpha, Blend::Video, &mut scratch) {
-                Ok(m) => m,
-                Err(err) => {
-                    tracing::warn!(source = frame.source, frame = frame.seq, error = %err, "cannot draw heatmap; writing the frame as is");
-                    frame.image
-                }
-            },
-            None => frame.image,
-        };
-        if cfg.hud {
-            let text = if cam.is_some() {
-                hud_text(&cfg.labels, class, prob)
-            } else {
-                "not explained".to_string()
-            };
-            if let Err(err) = draw_hud(&mut image, &text, Some(fps)) {
-                tracing::warn!(error = %err, "cannot draw HUD");
+        let image = match render(&e, &cfg, &mut scratch) {
+            Ok(m) => m,
+            Err(err) => {
+                tracing::warn!(source = e.frame.source, frame = e.frame.seq, error = %err, "cannot draw the explanation; writing the frame as is");
+                e.frame.image
             }
-        }
-        stats.render.add(t.elapsed());
-        let Some(tx) = sinks.get(frame.source) else {
-            continue;
         };
-        if tx
-            .send(Annotated {
-                source: frame.source,
-                seq: frame.seq,
-                image,
-            })
-            .is_err()
-        {
+        stats.render.add(t.elapsed());
+        let (source, seq) = (e.frame.source, e.frame.seq);
+        let Some(tx) = sinks.get(source) else { continue };
+        if tx.send(Annotated { source, seq, image }).is_err() {
             return;
         }
     }

@@ -166,9 +166,8 @@ impl Sidecar {
         }
         // ImageNet-style labels list synonyms ("tabby, tabby cat"): any of them names the class.
         let t = target.trim().to_lowercase();
-        let exact = |l: &String| {
-            l.to_lowercase() == t || l.split(',').any(|syn| syn.trim().to_lowercase() == t)
-        };
+        let exact =
+            |l: &String| l.to_lowercase() == t || l.split(',').any(|syn| syn.trim().to_lowercase() == t);
         if let Some(i) = self.labels.iter().position(exact) {
             return Ok(i);
         }

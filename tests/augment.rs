@@ -16,8 +16,7 @@ struct Run {
 
 fn run(model: &OnnxModel, opts: &AugmentOptions, x: &[f32], n: usize, targets: &[i64]) -> Run {
     let aug = augment(model, opts).unwrap_or_else(|e| panic!("augment: {e}"));
-    let mut e =
-        Engine::new(&aug, &EngineOptions::default()).unwrap_or_else(|e| panic!("session: {e}"));
+    let mut e = Engine::new(&aug, &EngineOptions::default()).unwrap_or_else(|e| panic!("session: {e}"));
     let per = x.len() / n;
     let dims = per / 4;
     let side = (dims as f64).sqrt() as usize;
@@ -148,8 +147,7 @@ fn explicit_class_changes_the_seed() {
 
 #[test]
 fn default_model_original_outputs_are_bit_identical() {
-    let model =
-        OnnxModel::load(&crate::util::root().join("models/efficientnet_lite0.onnx")).unwrap();
+    let model = OnnxModel::load(&crate::util::root().join("models/efficientnet_lite0.onnx")).unwrap();
     let aug = augment(&model, &AugmentOptions::default()).unwrap();
     assert_eq!(aug.target, "/_swish_1/Clip_output_0");
     assert_eq!(
@@ -164,14 +162,10 @@ fn default_model_original_outputs_are_bit_identical() {
             (((b * 131 + c * 71 + i * 13 + j * 7) % 255) as f32 - 127.0) / 128.0
         });
         let l0: Vec<f32> = fwd
-            .run_with(x.view(), &vec![-1; n], |b| {
-                b.logits.iter().copied().collect()
-            })
+            .run_with(x.view(), &vec![-1; n], |b| b.logits.iter().copied().collect())
             .unwrap();
         let l1: Vec<f32> = grad
-            .run_with(x.view(), &vec![-1; n], |b| {
-                b.logits.iter().copied().collect()
-            })
+            .run_with(x.view(), &vec![-1; n], |b| b.logits.iter().copied().collect())
             .unwrap();
         let same = l0.iter().zip(&l1).all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(
@@ -192,10 +186,7 @@ fn unsupported_op_names_op_and_node() {
         msg.contains("Erf") && msg.contains("node '"),
         "error must name op and node: {msg}"
     );
-    assert!(
-        msg.contains("Gemm"),
-        "error must list the supported ops: {msg}"
-    );
+    assert!(msg.contains("Gemm"), "error must list the supported ops: {msg}");
 }
 
 #[test]
@@ -211,17 +202,13 @@ fn model_without_pooling_is_not_a_cnn() {
 
 #[test]
 fn unknown_target_layer_lists_candidates() {
-    let model =
-        OnnxModel::load(&crate::util::root().join("models/efficientnet_lite0.onnx")).unwrap();
+    let model = OnnxModel::load(&crate::util::root().join("models/efficientnet_lite0.onnx")).unwrap();
     let opts = AugmentOptions {
         target_layer: Some("nope".into()),
         ..Default::default()
     };
     let e = augment(&model, &opts).unwrap_err().to_string();
-    assert!(
-        e.contains("nope") && e.contains("/_swish_1/Clip_output_0"),
-        "{e}"
-    );
+    assert!(e.contains("nope") && e.contains("/_swish_1/Clip_output_0"), "{e}");
 }
 
 #[test]
@@ -230,11 +217,7 @@ fn truncated_and_garbage_models_are_errors() {
     for cut in [0, 1, 7, bytes.len() / 3, bytes.len() / 2, bytes.len() - 1] {
         let r = OnnxModel::from_bytes(bytes[..cut].to_vec())
             .and_then(|m| augment(&m, &AugmentOptions::default()).map(|_| ()));
-        assert!(
-            r.is_err(),
-            "truncated at {cut} of {} was accepted",
-            bytes.len()
-        );
+        assert!(r.is_err(), "truncated at {cut} of {} was accepted", bytes.len());
     }
     let r = OnnxModel::from_bytes(b"this is not a protobuf \xff\xfe".to_vec());
     assert!(r.is_err());

@@ -59,11 +59,7 @@ fn file_to_file_keeps_frame_count_fps_and_size() {
             batch,
         ]);
         let err = stderr(&o);
-        assert!(
-            o.status.success(),
-            "{clip}: exit {:?}\n{err}",
-            o.status.code()
-        );
+        assert!(o.status.success(), "{clip}: exit {:?}\n{err}", o.status.code());
         // The start-up line names model, target tensor, provider and batch size.
         let ready = err
             .lines()
@@ -99,14 +95,7 @@ fn output_frames_carry_the_heatmap() {
     let dir = scratch("heatmap");
     let out = dir.join("o.mp4");
     let input = media("carphone_pristine.mp4");
-    let o = run(&[
-        "run",
-        "--quiet",
-        "--source",
-        &s(&input),
-        "--output",
-        &s(&out),
-    ]);
+    let o = run(&["run", "--quiet", "--source", &s(&input), "--output", &s(&out)]);
     assert!(o.status.success(), "{}", stderr(&o));
     let mean_bgr = |p: &Path| {
         let mut cap = VideoCapture::from_file(p, videoio::CAP_ANY).unwrap();
@@ -184,11 +173,7 @@ fn sigint_finalizes_a_playable_file_with_every_accepted_frame() {
         log.push('\n');
     }
     let status = child.wait().unwrap();
-    assert!(
-        status.success(),
-        "exit {:?} after SIGINT:\n{log}",
-        status.code()
-    );
+    assert!(status.success(), "exit {:?} after SIGINT:\n{log}", status.code());
     let (n_out, _, w, h) = probe(&out);
     assert!(n_out > 0, "no frame in the finalized file:\n{log}");
     assert!(
@@ -251,11 +236,7 @@ fn bad_inputs_give_one_clear_line_and_their_own_exit_code() {
     );
     std::fs::write(&cfg, "[pipeline]\nbatch_size = 0\n").unwrap();
     expect_error(&run(&["run", "--config", &s(&cfg)]), 2, &["batch_size"]);
-    expect_error(
-        &run_on(&clip, &out, &["--batch-size", "0"]),
-        2,
-        &["batch_size"],
-    );
+    expect_error(&run_on(&clip, &out, &["--batch-size", "0"]), 2, &["batch_size"]);
     expect_error(
         &run_on(&clip, &out, &["--target", "tabbby cat"]),
         2,
@@ -294,11 +275,7 @@ fn bad_inputs_give_one_clear_line_and_their_own_exit_code() {
         &["not a CNN classifier"],
     );
     let m = tiny_with_sidecar(&dir, "unsupported_op");
-    expect_error(
-        &run_on(&clip, &out, &["--model", &s(&m)]),
-        4,
-        &["Erf", "node"],
-    );
+    expect_error(&run_on(&clip, &out, &["--model", &s(&m)]), 4, &["Erf", "node"]);
 
     // Video: missing, undecodable.
     expect_error(
@@ -413,11 +390,62 @@ fn inspect_and_augment() {
     assert!(o.status.success(), "{}", stderr(&o));
     let m = gradcamd::onnx::OnnxModel::load(&out).unwrap();
     let outs: Vec<&str> = m.graph().output.iter().map(|o| o.name.as_str()).collect();
-    assert_eq!(
-        outs,
-        ["logits", "gradcamd_A", "gradcamd_dA", "gradcamd_class"]
-    );
+    assert_eq!(outs, ["logits", "gradcamd_A", "gradcamd_dA", "gradcamd_class"]);
     // Augmenting twice is refused with a reason.
     let o = run(&["augment", &s(&out), "-o", &s(&dir.join("twice.onnx"))]);
     expect_error(&o, 4, &["already augmented"]);
+}
+
+#[test]
+fn topk_lists_k_maps_and_renders_a_grid() {
+    let dir = scratch("topk");
+    let chelsea = s(&media("chelsea.png"));
+    let o = run(&["explain", &chelsea, "--target", "topk:3", "--json", "-", "--overlay-dir", &s(&dir)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let e = &v[0];
+    let maps = e["maps"].as_array().expect("topk lists maps");
+    assert_eq!(maps.len(), 3);
+    for (k, m) in maps.iter().enumerate() {
+        assert_eq!(m["index"], e["top5"][k]["index"], "map {k} is the k-th best class");
+    }
+    assert_eq!(maps[0]["cam_raw"], e["cam_raw"], "the first map is the target's");
+    assert_ne!(maps[0]["cam_raw"], maps[1]["cam_raw"], "each class has its own map");
+    for f in ["chelsea.png", "chelsea.2.png", "chelsea.3.png"] {
+        assert!(dir.join(f).is_file(), "overlay {f} missing");
+    }
+
+    // Video: the grid keeps the frame size and every frame.
+    let out = dir.join("grid.mp4");
+    let input = media("carphone_pristine.mp4");
+    let o = run(&["run", "--quiet", "--source", &s(&input), "--output", &s(&out), "--target", "topk:4"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (n, fps, w, h) = probe(&out);
+    assert_eq!((n, w, h), (120, 176, 144));
+    assert!((fps - probe(&input).1).abs() < 0.01);
+}
+
+#[test]
+fn each_source_has_its_own_target() {
+    let dir = scratch("per_source");
+    let cfg = dir.join("two.toml");
+    let (a, b) = (s(&dir.join("a.mp4")), s(&dir.join("b.mp4")));
+    let clip = s(&media("carphone_pristine.mp4"));
+    let write = |t: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[explain]\ntarget = \"top1\"\n\n[[source]]\nuri = \"{clip}\"\noutput = \"{a}\"\ntarget = \"{t}\"\n\n[[source]]\nuri = \"{clip}\"\noutput = \"{b}\"\n"
+            ),
+        )
+        .unwrap()
+    };
+    write("bow tie");
+    let o = run(&["run", "--quiet", "--config", &s(&cfg)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(probe(Path::new(&a)).0, 120);
+    assert_eq!(probe(Path::new(&b)).0, 120);
+    // A bad per-source target is a config error that names it.
+    write("bowtye");
+    expect_error(&run(&["run", "--quiet", "--config", &s(&cfg)]), 2, &["bowtye"]);
 }

@@ -104,19 +104,14 @@ fn check_fixture(
             let mut r = correlation(raw.as_slice().unwrap(), &want_raw);
             if matches!(m, Method::EigenCam | Method::EigenGradCam) {
                 // The reference keeps LAPACK's arbitrary sign; ours follows the documented rule.
-                let (lo, hi) = raw
-                    .iter()
-                    .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+                let (lo, hi) = raw.iter().fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
                 assert!(hi >= -lo, "{name} {mname}: sign rule violated");
                 if r < 0.0 {
                     r = -r;
                     raw.mapv_inplace(|v| -v);
                 }
             }
-            assert!(
-                r >= 0.9999,
-                "{name} {mname}: raw map correlation {r} < 0.9999"
-            );
+            assert!(r >= 0.9999, "{name} {mname}: raw map correlation {r} < 0.9999");
             let got = final_map(&raw, size);
             let n = size as usize;
             let sub: Vec<f32> = (offset..n)
@@ -126,10 +121,7 @@ fn check_fixture(
                 .collect();
             let want_final = floats(&entry[final_key]);
             let d = max_abs_diff(&sub, &want_final);
-            assert!(
-                d < 2e-3,
-                "{name} {mname}: final {size}x{size} map differs by {d}"
-            );
+            assert!(d < 2e-3, "{name} {mname}: final {size}x{size} map differs by {d}");
             match worst.iter_mut().find(|(w, _)| *w == m) {
                 Some(e) => e.1 = e.1.min(r),
                 None => worst.push((m, r)),
@@ -153,14 +145,7 @@ fn model(path: &str, sidecar: Option<&str>) -> Model {
 #[test]
 fn every_method_matches_pytorch_grad_cam_on_the_default_model() {
     let m = model("models/efficientnet_lite0.onnx", None);
-    for (method, r) in check_fixture(
-        "tests/fixtures/methods_default.json",
-        &m,
-        "final_224",
-        224,
-        8,
-        4,
-    ) {
+    for (method, r) in check_fixture("tests/fixtures/methods_default.json", &m, "final_224", 224, 8, 4) {
         eprintln!("default model, {method}: worst raw correlation {r:.9}");
     }
 }

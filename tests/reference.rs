@@ -49,11 +49,7 @@ fn explain(model: &Model, engine: &mut Engine, images: &[Mat], targets: &[i64]) 
             .expect("preprocess");
     }
     let x = ArrayView4::from_shape((images.len(), 3, 224, 224), &buf[..]).unwrap();
-    let fc = model
-        .graph
-        .fc
-        .clone()
-        .expect("default model has a GAP+FC head");
+    let fc = model.graph.fc.clone().expect("default model has a GAP+FC head");
     engine
         .run_with(x, targets, |b| {
             (0..images.len())
@@ -65,8 +61,7 @@ fn explain(model: &Model, engine: &mut Engine, images: &[Mat], targets: &[i64]) 
                     let a = b.a.index_axis(Axis(0), i);
                     let da = b.da.index_axis(Axis(0), i);
                     let w = ndarray::ArrayView1::from(
-                        &fc.weights
-                            [class as usize * fc.channels..(class as usize + 1) * fc.channels],
+                        &fc.weights[class as usize * fc.channels..(class as usize + 1) * fc.channels],
                     );
                     Out {
                         class,
@@ -132,10 +127,7 @@ fn gradcam_matches_pytorch_grad_cam_batch_1_and_4() {
     let top1: Vec<&serde_json::Value> = cases.iter().filter(|c| c["target"].is_null()).collect();
     assert!(top1.len() >= 4, "fixtures need 4 top-1 stills");
     // Batch of 4 in one run, as the fixtures were made.
-    let imgs: Vec<Mat> = top1
-        .iter()
-        .map(|c| image(c["image"].as_str().unwrap()))
-        .collect();
+    let imgs: Vec<Mat> = top1.iter().map(|c| image(c["image"].as_str().unwrap())).collect();
     let outs = explain(&model, &mut engine, &imgs, &vec![-1; imgs.len()]);
     for (c, o) in top1.iter().zip(&outs) {
         check(c, o);
@@ -143,12 +135,7 @@ fn gradcam_matches_pytorch_grad_cam_batch_1_and_4() {
     // Batch of 1, every case, explicit targets included.
     for c in cases {
         let t = c["target"].as_i64().unwrap_or(-1);
-        let o = explain(
-            &model,
-            &mut engine,
-            &[image(c["image"].as_str().unwrap())],
-            &[t],
-        );
+        let o = explain(&model, &mut engine, &[image(c["image"].as_str().unwrap())], &[t]);
         check(c, &o[0]);
     }
 }
@@ -206,14 +193,7 @@ fn normalized_cam_and_overlay_match_pytorch_grad_cam() {
             imgproc::INTER_LINEAR,
         )
         .unwrap();
-        let ov = overlay(
-            &o.cam,
-            &small_img,
-            0.5,
-            Blend::Reference,
-            &mut Scratch::default(),
-        )
-        .unwrap();
+        let ov = overlay(&o.cam, &small_img, 0.5, Blend::Reference, &mut Scratch::default()).unwrap();
         let want = imgcodecs::imread(
             root().join(c["overlay_224"].as_str().unwrap()),
             imgcodecs::IMREAD_COLOR,

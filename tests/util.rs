@@ -42,17 +42,8 @@ pub fn floats(v: &serde_json::Value) -> Vec<f32> {
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(
-        a.len(),
-        b.len(),
-        "length: got {}, want {}",
-        a.len(),
-        b.len()
-    );
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    assert_eq!(a.len(), b.len(), "length: got {}, want {}", a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 pub fn max_abs(a: &[f32]) -> f32 {

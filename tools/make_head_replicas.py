@@ -161,21 +161,38 @@ ARCHS = {
 }
 
 
-def randomize(model, seed):
-    """Non-trivial BatchNorm statistics and affine parameters, non-trivial LayerNorm
-    affine parameters (torch's defaults make them identities)."""
+def randomize(model, seed, hw):
+    """Non-trivial BatchNorm and LayerNorm affine parameters (torch's defaults make them
+    identities), and BatchNorm running statistics measured on image-like inputs (as in a
+    trained model: with arbitrary statistics, the pooled features hardly depend on the
+    input, and the logits end up dominated by constants)."""
     g = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     with torch.no_grad():
+        for mod in bns:
+            mod.reset_running_stats()
+            mod.momentum = None          # cumulative average
+            mod.train()
+        model(torch.from_numpy(image_like(np.random.default_rng(seed + 2), 32, hw)))
+        for mod in bns:
+            mod.eval()
         for mod in model.modules():
             if isinstance(mod, nn.BatchNorm2d):
                 n = mod.num_features
                 mod.weight.copy_(0.5 + torch.rand(n, generator=g))
                 mod.bias.copy_(0.2 * torch.randn(n, generator=g))
-                mod.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-                mod.running_var.copy_(0.5 + torch.rand(n, generator=g))
             elif isinstance(mod, nn.LayerNorm):
                 mod.weight.copy_(0.5 + torch.rand(mod.weight.shape, generator=g))
                 mod.bias.copy_(0.2 * torch.randn(mod.bias.shape, generator=g))
+
+
+def image_like(rng, n, hw):
+    """Seeded image-like noise: a random 4x4 pattern upsampled (bilinear) to hw plus fine noise,
+    rounded to 3 decimals (so the JSON is short and parses back to the same float32). Plain
+    white noise gives nearly the same pooled features for every input."""
+    coarse = torch.from_numpy(rng.standard_normal((n, 3, 4, 4)))
+    smooth = F.interpolate(coarse, size=hw, mode="bilinear", align_corners=False).numpy()
+    return np.round(smooth + 0.3 * rng.standard_normal((n, 3, *hw)), 3).astype(np.float32)
 
 
 def build(arch):
@@ -183,12 +200,24 @@ def build(arch):
     seed = zlib.crc32(arch.encode())
     torch.manual_seed(seed)
     model, layer, last_fc, hw, desc = maker()
-    randomize(model, seed)
     model.eval()
+    randomize(model, seed, hw)
     # scale the last Linear so the logits have a useful spread
-    g = torch.Generator().manual_seed(seed + 1)
-    calib = torch.randn(16, 3, *hw, generator=g)
+    calib = torch.from_numpy(image_like(np.random.default_rng(seed + 1), 16, hw))
     with torch.no_grad():
+        # hidden Linear layers of the head (mobilenet_v3, vgg): outputs spread about 2, so that
+        # the Hardswish sees all its pieces
+        head = getattr(model, "classifier", None)
+        for lin in [] if head is None else [m for m in head.modules() if isinstance(m, nn.Linear)]:
+            if lin is last_fc:
+                continue
+            got = []
+            h = lin.register_forward_hook(lambda _m, _i, o: got.append(o.detach().clone()))
+            model(calib)
+            h.remove()
+            k = 2.0 / float(got[0].std())
+            lin.weight.mul_(k)
+            lin.bias.mul_(k)
         y = model(calib)
         # centre each class over the calibration inputs (else one class wins for every input),
         # then scale the spread across inputs
@@ -275,8 +304,7 @@ def pgc_tensors(model, layer, x):
 def make_input(arch, model, hw):
     rng = np.random.default_rng(zlib.crc32(("input:" + arch).encode()))
     for attempt in range(1000):
-        # 3-decimal values so the JSON is short and parses back to the same float32
-        x = np.round(rng.standard_normal((BATCH, 3, *hw)), 3).astype(np.float32)
+        x = image_like(rng, BATCH, hw)
         got, handles = kink_inputs(model)
         with torch.no_grad():
             logits = model(torch.from_numpy(x.astype(np.float64)).float()).double()
@@ -324,6 +352,10 @@ def graph_facts(path):
              for vi in list(inf.graph.value_info) + list(inf.graph.input) + list(inf.graph.output)
              if vi.type.tensor_type.HasField("shape")}
     producer = {o: n for n in g.node for o in n.output}
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = onnx.numpy_helper.to_array(n.attribute[0].t)
     target, pool = None, None
     queue, seen = [g.output[0].name], set()
     while queue:
@@ -332,7 +364,7 @@ def graph_facts(path):
         if n is None or id(n) in seen:
             continue
         seen.add(id(n))
-        if n.op_type in POOL_OPS and ranks.get(n.input[0]) == 4:
+        if n.op_type in POOL_OPS and ranks.get(n.input[0]) == 4 and spatial_pool(n, consts):
             target, pool = n.input[0], n
             break
         queue.extend(i for i in n.input if i and i not in inits)
@@ -362,6 +394,18 @@ def graph_facts(path):
     return m, dict(opset=opset, input=inputs[0].name, input_dims=dims(inputs[0]),
                    output=g.output[0].name, output_dims=dims(g.output[0]),
                    target=target, target_op=pool.op_type if pool is not None else None, head_ops=head)
+
+
+def spatial_pool(n, consts):
+    """A ReduceMean counts as a pooling op only if it reduces exactly axes {2, 3} of its 4-D
+    input (LayerNorm decomposed at opset < 17 has a ReduceMean over the last axis of a 4-D
+    tensor: ConvNeXt's head). GlobalAveragePool / AveragePool always pool H, W."""
+    if n.op_type != "ReduceMean":
+        return True
+    axes = next((list(a.ints) for a in n.attribute if a.name == "axes"), None)
+    if axes is None and len(n.input) > 1 and n.input[1] in consts:
+        axes = consts[n.input[1]].ravel().tolist()
+    return axes is not None and sorted(a % 4 for a in axes) == [2, 3]
 
 
 def run_ort(model_proto, target, x):
@@ -400,6 +444,26 @@ def write_json(path, doc):
 
 # --------------------------------------------------------------------------- densenet check
 
+STILLS = [".deps/media/chelsea.png", ".deps/media/coffee.png", ".deps/media/astronaut.png",
+          ".deps/media/rocket.jpg"]
+
+
+def densenet_check_input():
+    """The four stills (from `make setup`) preprocessed with the ImageNet mean/std like
+    tools/conformance.py, else torch.randn(4,3,224,224) after torch.manual_seed(0)."""
+    import cv2
+    xs = []
+    for rel in STILLS:
+        img = cv2.imread(os.path.join(REPO, rel), cv2.IMREAD_COLOR)
+        if img is None:
+            return torch.randn(4, 3, 224, 224), "torch.randn(4,3,224,224) (stills not found)"
+        rgb = cv2.cvtColor(cv2.resize(img, (224, 224), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
+        xs.append(((rgb.astype(np.float32) - np.float32([123.675, 116.28, 103.53]))
+                   / np.float32([58.395, 57.12, 57.375])).transpose(2, 0, 1))
+    return torch.from_numpy(np.stack(xs)), ("the stills chelsea, coffee, astronaut, rocket: cv2 resize 224x224, "
+                                            "RGB, ImageNet mean/std")
+
+
 def densenet_check():
     """What pytorch-grad-cam computes on the REAL torchvision densenet121 (random weights,
     CPU) with target_layers=[model.features[-1]], vs the Grad-CAM at the ReLU output."""
@@ -407,7 +471,7 @@ def densenet_check():
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     torch.manual_seed(0)
     model = torchvision.models.densenet121(weights=None).eval()
-    x = torch.randn(2, 3, 224, 224)
+    x, what = densenet_check_input()
     layer = model.features[-1]
     cam = GradCAM(model=model, target_layers=[layer])
     with torch.no_grad():
@@ -428,9 +492,11 @@ def densenet_check():
     z_, r_, dz, dr = (t.detach().numpy() for t in (z, r, z.grad, r.grad))
     cam_relu = (dr.mean((2, 3))[:, :, None, None] * r_).sum(1)          # correct, at ReLU output (ONNX target)
     cam_norm5 = (dz.mean((2, 3))[:, :, None, None] * z_).sum(1)        # correct, at norm5 output (pre-ReLU)
-    corr = lambda a, b: float(np.corrcoef(np.maximum(a, 0).ravel(), np.maximum(b, 0).ravel())[0, 1])  # noqa: E731
+    def corr(a, b):  # worst image
+        return min(float(np.corrcoef(np.maximum(p, 0).ravel(), np.maximum(q, 0).ravel())[0, 1])
+                   for p, q in zip(a, b))
     res = dict(
-        shape=list(pa.shape), classes=cls,
+        input=what, shape=list(pa.shape), classes=cls,
         pgc_A_vs_relu_out=float(np.abs(pa - r_).max()),
         pgc_A_vs_norm5_out=float(np.abs(pa - z_).max()),
         pgc_grad_vs_d_norm5=float(np.abs(pg - dz).max()),
@@ -443,8 +509,8 @@ def densenet_check():
         corr_pgc_vs_correct_relu=corr(pgc_raw, cam_relu),
         corr_pgc_vs_correct_norm5=corr(pgc_raw, cam_norm5),
         corr_correct_relu_vs_correct_norm5=corr(cam_relu, cam_norm5),
-        max_abs_diff_pgc_vs_correct_relu_rel=float(np.abs(np.maximum(pgc_raw, 0) - np.maximum(cam_relu, 0)).max()
-                                                   / np.abs(np.maximum(cam_relu, 0)).max()),
+        max_abs_diff_pgc_vs_correct_relu_rel=max(float(np.abs(np.maximum(p, 0) - np.maximum(q, 0)).max()
+                                                       / np.maximum(q, 0).max()) for p, q in zip(pgc_raw, cam_relu)),
     )
     return res
 
@@ -552,9 +618,9 @@ def main():
         print(json.dumps(dn, indent=1), flush=True)
         write_json(os.path.join(out_dir, "densenet121_pytorch_grad_cam_check.json"),
                    {"generator": "tools/make_head_replicas.py (densenet_check)",
-                    "setup": "torchvision densenet121(weights=None), torch.manual_seed(0), eval, CPU, input "
-                             "torch.randn(2,3,224,224), pytorch-grad-cam GradCAM target_layers=[model.features[-1]], "
-                             "top-1 targets", **dn})
+                    "setup": "torchvision densenet121(weights=None), torch.manual_seed(0), eval, CPU, "
+                             "pytorch-grad-cam GradCAM target_layers=[model.features[-1]], top-1 targets; "
+                             "correlations of the CAMs after ReLU at 7x7, worst image", **dn})
     write_readme(out_dir, args.out_dir, rows, failures, dn, archs)
     total = sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir))
     print(f"total {total / 1024:.0f} KiB in {out_dir}")
@@ -569,8 +635,9 @@ def write_readme(out_dir, rel, rows, failures, dn, archs):
          f"{torch.__version__}, torchvision {torchvision.__version__}, onnx {onnx.__version__}, "
          f"onnxruntime {ort.__version__}.", "",
          "Each model is an instance of the **real torchvision model class** (so `forward` is torchvision's "
-         "own code) with tiny widths, random weights (seed = crc32 of the family name; BatchNorm statistics "
-         "and Batch/LayerNorm affine parameters randomized; the last Linear rescaled so the logits spread "
+         "own code) with tiny widths, random weights (seed = crc32 of the family name; BatchNorm running "
+         "statistics measured on image-like inputs, Batch/LayerNorm affine parameters randomized, hidden head "
+         "Linears scaled to outputs of spread 2, the last Linear centred and scaled so the logits spread "
          f"about {LOGIT_STD}), eval mode, {NUM_CLASSES} classes. Between the Grad-CAM target and the logits "
          "each has exactly the layers of the full model:", "",
          "| family | full models | target (torch) | layers from the target to the logits |", "|---|---|---|---|",
@@ -584,10 +651,11 @@ def write_readme(out_dir, rel, rows, failures, dn, archs):
          "", "Input `input` [N,3,32,32] float32 (vgg16: [N,3,28,28], so its last MaxPool gives 7×7 like the "
          "real vgg16 at 224), output `logits` [N,10]. File names: `<family>_<exporter>_op<opset>.onnx` with "
          "`legacy` = `torch.onnx.export(dynamo=False)` and `dynamo` = `torch.onnx.export(dynamo=True)` "
-         "(onnxscript optimizer on), batch symbolic (`dim_param` \"N\" for legacy, \"N\" or \"s0\"-style for dynamo); "
+         "(onnxscript optimizer on, `dynamic_shapes` Dim \"N\"), batch symbolic (`dim_param` \"N\" for both); "
          "`<family>_legacy_op17_b2.onnx` has a FIXED batch of 2.", "",
          "## `<stem>.json`", "",
-         "- `input` [B,3,H,W] (B = 3; 2 for the `_b2` models): seeded normal noise rounded to 3 decimals, "
+         "- `input` [B,3,H,W] (B = 3; 2 for the `_b2` models): seeded image-like noise (a 4×4 normal pattern "
+         "upsampled bilinearly, plus 0.3 × normal noise) rounded to 3 decimals, "
          "written as the shortest decimals that parse back to the float32 values (parse as f32). Resampled "
          f"until the first two items have different classes, top-1 beats top-2 by > 0.01, and no head "
          f"ReLU/Hardswish input lies within {KINK_MARGIN} of a kink.",
@@ -616,9 +684,33 @@ def write_readme(out_dir, rel, rows, failures, dn, archs):
     L += ["", "## Combinations not made", ""]
     if failures:
         L += [f"- `{s}`: {w}" for s, w in failures]
+        if any("_dynamo_op" in s and "wrote opset" in w for s, w in failures):
+            L += ["", "torch's dynamo exporter only has opset-18 implementations (torchlib); for a lower opset it "
+                  "exports at 18 and converts with onnxscript's version converter, which falls back to the ONNX C "
+                  "API converter. That converter needs ReduceMean's `axes` input (opset 18) to be a constant to "
+                  "turn it back into an attribute, and conversion runs before constant folding, so every model "
+                  "with a ReduceMean stays at opset 18 (the exporter only logs it). vgg16 (pooling is AveragePool, "
+                  "no ReduceMean) converts. Opset-17 dynamo files for the other families are therefore not made."]
     else:
         L.append("None: every family exported with every combination.")
-    L += ["", "## DenseNet: what pytorch-grad-cam computes", "",
+    L += ["", "## Things these models show about the default-target rule", "",
+          "- **ConvNeXt at opset 13**: LayerNormalization does not exist before opset 17, so the legacy "
+          "exporter decomposes LayerNorm2d into Transpose → ReduceMean(axes=[-1]) → Sub → Pow → ReduceMean → "
+          "Add → Sqrt → Div → Mul → Add → Transpose. Those ReduceMeans have a 4-D input ([N,1,1,C]); a rule "
+          "\"first ReduceMean with a 4-D input\" picks the LayerNorm's Transpose output instead of the real "
+          "target. The rule must check the reduced axes ({2,3}, or {-2,-1}; attribute before opset 18, "
+          "input from 18). The head then needs backward rules for Sub, Pow, Sqrt, Div (and ReduceMean over "
+          "the last axis).",
+          "- **mobilenet_v3_small at opset 13**: HardSwish (opset 14) is exported as Mul(x, HardSigmoid(x)) "
+          "(alpha 1/6), both in the trunk (the target is a Mul output) and in the head.",
+          "- **dynamo** exports pool with ReduceMean(axes input [-1,-2] or [2,3], keepdims) and flatten with "
+          "Reshape; ConvNeXt's dynamo head has a Gather; tensor names are like `relu_8`, `add_21`.",
+          "- **VGG**: both exporters write AdaptiveAvgPool2d((7,7)) on a 7×7 input as AveragePool(kernel 1×1); "
+          "dA varies over space.",
+          "- **DenseNet**: the target is the output of the Relu after norm5 (the legacy exporter's "
+          "`/Relu_output_0`); norm5's BatchNormalization stays in the graph (its input is a Concat, so it is "
+          "not fused into a Conv) but lies before the target.",
+          "", "## DenseNet: what pytorch-grad-cam computes", "",
           "torchvision's `DenseNet.forward` is `features = self.features(x); out = F.relu(features, "
           "inplace=True); out = F.adaptive_avg_pool2d(out, (1, 1)); ...`, and pytorch-grad-cam's usual "
           "layer is `model.features[-1]` = `norm5` (BatchNorm2d). Its `ActivationsAndGradients` hooks store "
@@ -642,7 +734,7 @@ def write_readme(out_dir, rel, rows, failures, dn, archs):
           "weights_k = mean_hw(dL/dr_k · 1[z_k > 0]), CAM = relu(Σ_k weights_k · z_k).", ""]
     if dn:
         L += ["Verified on the full torchvision `densenet121(weights=None)` (torch.manual_seed(0), CPU, "
-              "input `torch.randn(2,3,224,224)`, top-1 targets, pytorch-grad-cam 1.5.7 "
+              f"input: {dn['input']}, top-1 targets, pytorch-grad-cam 1.5.7 "
               "`GradCAM(target_layers=[model.features[-1]])`); numbers in "
               "`densenet121_pytorch_grad_cam_check.json`:", "",
               f"- pytorch-grad-cam's stored activation vs relu(norm5 out): max abs diff "
@@ -652,11 +744,14 @@ def write_readme(out_dir, rel, rows, failures, dn, archs):
               f"- dL/dr is constant over space to {dn['dr_spatially_constant']:.1e}; positive fraction of z per "
               f"channel ranges {dn['frac_positive_min']:.2f} .. {dn['frac_positive_max']:.2f}",
               f"- pytorch-grad-cam's raw CAM = Σ_k mean(dL/dz_k)·relu(z_k) to {dn['pgc_raw_vs_mixed_formula']:.1e}",
-              f"- correlation (after ReLU, 7×7 maps) of pytorch-grad-cam's CAM with the correct Grad-CAM at the "
+              f"- correlation (after ReLU, 7×7 maps, worst image) of pytorch-grad-cam's CAM with the correct Grad-CAM at the "
               f"ReLU output: {dn['corr_pgc_vs_correct_relu']:.4f}; with the correct Grad-CAM at norm5: "
               f"{dn['corr_pgc_vs_correct_norm5']:.4f}; the two correct ones with each other: "
               f"{dn['corr_correct_relu_vs_correct_norm5']:.4f}; max abs diff pytorch-grad-cam vs correct-at-ReLU, "
-              f"relative to the max: {dn['max_abs_diff_pgc_vs_correct_relu_rel']:.3f}", ""]
+              f"relative to the max (worst image): {dn['max_abs_diff_pgc_vs_correct_relu_rel']:.3f}", "",
+              "So on random weights the two maps look alike (the positive fraction varies smoothly between "
+              "channels) but are not equal; a conformance test against unmodified pytorch-grad-cam on a "
+              "DenseNet must use a loose tolerance or, better, the hand-hooked ReLU output.", ""]
     L += ["To compare gradcamd with pytorch-grad-cam on a DenseNet, hook the ReLU output yourself "
           "(or replace the in-place ReLU) instead of `features[-1]`.", ""]
     with open(os.path.join(out_dir, "README.md"), "w") as f:

@@ -109,7 +109,10 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     for &b in &args.batch_size {
         let f = measure(&mut fwd, b, h, w, args.iters, args.repeats)?;
         let g = measure(&mut grad, b, h, w, args.iters, args.repeats)?;
-        eprintln!("batch {b:>3}: forward {f:8.1} fps   forward+gradients {g:8.1} fps   gradient cost x{:.3}", f / g);
+        eprintln!(
+            "batch {b:>3}: forward {f:8.1} fps   forward+gradients {g:8.1} fps   gradient cost x{:.3}",
+            f / g
+        );
         points.push(EnginePoint {
             batch_size: b,
             forward_fps: f,
@@ -178,6 +181,7 @@ fn pipeline_point(args: &BenchArgs, video: &std::path::Path) -> anyhow::Result<P
         uri: video.display().to_string(),
         mode: None,
         output: Some(out.clone()),
+        target: None,
     }];
     let mut runs = Vec::new();
     for _ in 0..args.repeats.max(1) {

@@ -1,10 +1,9 @@
 //! `gradcamd explain`: still images in, one JSON object per image out (top-5, target, raw CAM),
-//! plus optional overlay PNGs. Stills are preprocessed exactly like video frames.
+//! plus optional overlay PNGs and A/dA tensors. Stills are preprocessed exactly like video frames.
 
 use std::io::Write as _;
 use std::path::Path;
 
-use ndarray::{Array2, Array3, ArrayView4, Axis};
 use opencv::core::{Mat, Vector};
 use opencv::imgcodecs;
 use opencv::prelude::*;
@@ -13,7 +12,7 @@ use serde::Serialize;
 use crate::cli::ExplainArgs;
 use crate::engine::{Engine, EngineOptions};
 use crate::error::{fail, Kind, KindExt};
-use crate::infer::{explain_batch, softmax_at, InferConfig};
+use crate::explainer::{ClassMap, Explainer, ItemOut, TargetSpec};
 use crate::model::Model;
 use crate::pipeline::{check_method, resolve_target};
 use crate::preprocess::Preprocessor;
@@ -33,30 +32,78 @@ pub struct Target {
 }
 
 #[derive(Serialize)]
+pub struct MapJson {
+    pub index: usize,
+    pub label: String,
+    pub prob: f32,
+    /// Raw score (logit) of the class; pre-softmax when the model ends in a Softmax.
+    pub score: f32,
+    pub cam_raw: Vec<Vec<f32>>,
+}
+
+#[derive(Serialize)]
 pub struct Explanation {
     pub image: String,
     pub top5: Vec<ClassProb>,
+    /// The (first) explained class.
     pub target: Target,
     pub method: String,
     /// Raw score (logit) of the target class; pre-softmax when the model ends in a Softmax.
     pub target_score: f32,
-    /// CAM at feature resolution, after ReLU (Grad-CAM) and before normalization.
+    /// The method's map at feature resolution, before normalization (after the ReLU for every
+    /// method but `cam`).
     pub cam_raw: Vec<Vec<f32>>,
+    /// With `--target topk:K`: one entry per class, best first (the first is `target`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maps: Option<Vec<MapJson>>,
+}
+
+fn rows(m: &ClassMap) -> Vec<Vec<f32>> {
+    m.cam.outer_iter().map(|r| r.to_vec()).collect()
+}
+
+fn to_json(model: &Model, name: &str, r: &ItemOut, method: &str, topk: bool) -> Explanation {
+    let label = |k: usize| model.sidecar.label(k);
+    let first = &r.maps[0];
+    Explanation {
+        image: name.to_string(),
+        top5: r
+            .top5
+            .iter()
+            .map(|&(index, prob)| ClassProb {
+                index,
+                label: label(index),
+                prob,
+            })
+            .collect(),
+        target: Target {
+            index: first.class,
+            label: label(first.class),
+        },
+        method: method.to_string(),
+        target_score: first.score,
+        cam_raw: rows(first),
+        maps: topk.then(|| {
+            r.maps
+                .iter()
+                .map(|m| MapJson {
+                    index: m.class,
+                    label: label(m.class),
+                    prob: m.prob,
+                    score: m.score,
+                    cam_raw: rows(m),
+                })
+                .collect()
+        }),
+    }
 }
 
 fn read_image(p: &Path) -> anyhow::Result<Mat> {
     if !p.is_file() {
-        return Err(fail(
-            Kind::Input,
-            format!("image {} does not exist", p.display()),
-        ));
+        return Err(fail(Kind::Input, format!("image {} does not exist", p.display())));
     }
-    let m = imgcodecs::imread(p, imgcodecs::IMREAD_COLOR).map_err(|e| {
-        fail(
-            Kind::Input,
-            format!("cannot read image {}: {e}", p.display()),
-        )
-    })?;
+    let m = imgcodecs::imread(p, imgcodecs::IMREAD_COLOR)
+        .map_err(|e| fail(Kind::Input, format!("cannot read image {}: {e}", p.display())))?;
     if m.empty() {
         return Err(fail(
             Kind::Input,
@@ -69,91 +116,28 @@ fn read_image(p: &Path) -> anyhow::Result<Mat> {
     Ok(m)
 }
 
-/// One image's result: the JSON object, the raw CAM, and A/dA when asked for.
-pub struct Explained {
-    pub json: Explanation,
-    pub cam: Array2<f32>,
-    pub tensors: Option<(Array3<f32>, Array3<f32>)>,
-}
-
-/// Explains `images` with an already-loaded model and session; used by the CLI and the tests.
+/// Explains `images` in batches; used by the CLI and the tests.
 pub fn explain_images(
-    model: &Model,
-    engine: &mut Engine,
+    explainer: &mut Explainer,
+    pre: &mut Preprocessor,
     images: &[(String, Mat)],
-    cfg: &InferConfig,
+    spec: TargetSpec,
     keep_tensors: bool,
-) -> anyhow::Result<Vec<Explained>> {
-    let mut pre = Preprocessor::new(&model.sidecar.input);
-    let (h, w) = pre.input_hw();
+) -> anyhow::Result<Vec<ItemOut>> {
     let item = pre.item_len();
-    let mut buf = vec![0f32; cfg.batch_size * item];
-    let targets = vec![cfg.target; cfg.batch_size];
+    let mut buf = vec![0f32; explainer.batch_size * item];
     let mut out = Vec::new();
-    for chunk in images.chunks(cfg.batch_size) {
-        let n = chunk.len();
+    for chunk in images.chunks(explainer.batch_size) {
         for (i, (name, img)) in chunk.iter().enumerate() {
             pre.fill(img, &mut buf[i * item..(i + 1) * item])
                 .map_err(|e| fail(Kind::Input, format!("cannot preprocess {name}: {e:#}")))?;
         }
-        let x = ArrayView4::from_shape((n, 3, h, w), &buf[..n * item])?;
-        let batch = engine
-            .run_with(x, &targets[..n], |b| {
-                let items = explain_batch(&b, n, cfg);
-                let tops: Vec<(Vec<(usize, f32)>, f32)> = (0..n)
-                    .map(|i| {
-                        let row = b.logits.index_axis(Axis(0), i);
-                        let mut idx: Vec<usize> = (0..row.len()).collect();
-                        idx.sort_by(|&a, &c| row[c].total_cmp(&row[a]));
-                        let top = idx
-                            .iter()
-                            .take(5)
-                            .map(|&k| (k, softmax_at(k, row.iter().copied())))
-                            .collect();
-                        (top, row[items[i].class])
-                    })
-                    .collect();
-                let tensors: Vec<Option<(Array3<f32>, Array3<f32>)>> = (0..n)
-                    .map(|i| {
-                        keep_tensors.then(|| {
-                            (
-                                b.a.index_axis(Axis(0), i).to_owned(),
-                                b.da.index_axis(Axis(0), i).to_owned(),
-                            )
-                        })
-                    })
-                    .collect();
-                (items, tops, tensors)
-            })
-            .kind(Kind::Runtime)?;
-        let (items, tops, tensors) = batch;
-        for ((((name, _), r), (top, score)), tensors) in
-            chunk.iter().zip(items).zip(tops).zip(tensors)
-        {
-            let label = |k: usize| model.sidecar.label(k);
-            out.push(Explained {
-                json: Explanation {
-                    image: name.clone(),
-                    top5: top
-                        .into_iter()
-                        .map(|(index, prob)| ClassProb {
-                            index,
-                            label: label(index),
-                            prob,
-                        })
-                        .collect(),
-                    target: Target {
-                        index: r.class,
-                        label: label(r.class),
-                    },
-                    method: cfg.method.to_string(),
-                    target_score: score,
-                    cam_raw: r.cam.outer_iter().map(|row| row.to_vec()).collect(),
-                },
-                cam: r.cam,
-                tensors,
-            });
-        }
+        let specs = vec![spec; chunk.len()];
+        out.extend(
+            explainer
+                .explain(&buf[..chunk.len() * item], &specs, keep_tensors)
+                .kind(Kind::Runtime)?,
+        );
     }
     Ok(out)
 }
@@ -182,17 +166,17 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
     }
     let model = args.model.load()?;
     check_method(&model, args.method)?;
-    let target = resolve_target(&model, &args.target)?;
+    let spec = resolve_target(&model, &args.target)?;
     let images: Vec<(String, Mat)> = args
         .images
         .iter()
         .map(|p| Ok((p.display().to_string(), read_image(p)?)))
         .collect::<anyhow::Result<_>>()?;
-    if let Some(dir) = &args.overlay_dir {
+    for dir in [&args.overlay_dir, &args.save_tensors].into_iter().flatten() {
         std::fs::create_dir_all(dir).map_err(|e| {
             fail(
                 Kind::Output,
-                format!("cannot create overlay directory {}: {e}", dir.display()),
+                format!("cannot create directory {}: {e}", dir.display()),
             )
         })?;
     }
@@ -211,70 +195,68 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
             )
         })?)
     };
-    let mut engine =
-        Engine::new(&model.graph, &EngineOptions::default()).map_err(|e| fail(Kind::Runtime, e))?;
+    let engine = Engine::new(&model.graph, &EngineOptions::default()).map_err(|e| fail(Kind::Runtime, e))?;
     tracing::info!(model = %model.path.display(), target = %model.graph.target, provider = %engine.provider_used, images = images.len(), "explaining");
-    let cfg = InferConfig {
-        batch_size: args.batch_size,
-        batch_timeout: std::time::Duration::ZERO,
-        method: args.method,
-        target,
-        fc: model.graph.fc.clone(),
-    };
+    let mut pre = Preprocessor::new(&model.sidecar.input);
+    let mut explainer = Explainer::new(
+        engine,
+        args.method,
+        model.graph.fc.clone(),
+        args.batch_size,
+        pre.item_dims(),
+    );
     let results = explain_images(
-        &model,
-        &mut engine,
+        &mut explainer,
+        &mut pre,
         &images,
-        &cfg,
+        spec,
         args.save_tensors.is_some(),
     )?;
+
     let stems = unique_stems(&images);
     if let Some(dir) = &args.save_tensors {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            fail(
-                Kind::Output,
-                format!("cannot create tensor directory {}: {e}", dir.display()),
-            )
-        })?;
         for (stem, r) in stems.iter().zip(&results) {
-            if let Some((a, da)) = &r.tensors {
-                for (suffix, t) in [("A", a), ("dA", da)] {
-                    let p = dir.join(format!("{stem}_{suffix}.npy"));
-                    let data = t.as_standard_layout();
-                    crate::npy::write_f32(&p, t.shape(), data.as_slice().unwrap_or(&[])).map_err(
-                        |e| fail(Kind::Output, format!("cannot write {}: {e}", p.display())),
-                    )?;
+            let Some((a, da)) = &r.tensors else { continue };
+            for (suffix, t) in [("A", a), ("dA", da)] {
+                let p = dir.join(format!("{stem}_{suffix}.npy"));
+                let data = t.as_standard_layout();
+                crate::npy::write_f32(&p, t.shape(), data.as_slice().unwrap_or(&[]))
+                    .map_err(|e| fail(Kind::Output, format!("cannot write {}: {e}", p.display())))?;
+            }
+        }
+    }
+    if let Some(dir) = &args.overlay_dir {
+        let mut scratch = Scratch::default();
+        for ((stem, (_, img)), r) in stems.iter().zip(&images).zip(&results) {
+            for (k, m) in r.maps.iter().enumerate() {
+                let name = if k == 0 {
+                    format!("{stem}.png")
+                } else {
+                    format!("{stem}.{}.png", k + 1)
+                };
+                let path = dir.join(name);
+                let ov = overlay(&m.cam, img, 0.5, Blend::Reference, &mut scratch)?;
+                if !imgcodecs::imwrite(&path, &ov, &Vector::new()).unwrap_or(false) {
+                    return Err(fail(
+                        Kind::Output,
+                        format!("cannot write overlay {}", path.display()),
+                    ));
                 }
             }
         }
     }
-
-    if let Some(dir) = &args.overlay_dir {
-        let mut scratch = Scratch::default();
-        for ((stem, (_, img)), r) in stems.iter().zip(&images).zip(&results) {
-            let path = dir.join(format!("{stem}.png"));
-            let ov = overlay(&r.cam, img, 0.5, Blend::Reference, &mut scratch)?;
-            let ok = imgcodecs::imwrite(&path, &ov, &Vector::new()).unwrap_or(false);
-            if !ok {
-                return Err(fail(
-                    Kind::Output,
-                    format!("cannot write overlay {}", path.display()),
-                ));
-            }
-        }
-    }
-    let exps: Vec<&Explanation> = results.iter().map(|r| &r.json).collect();
+    let topk = matches!(spec, TargetSpec::TopK(_));
+    let exps: Vec<Explanation> = images
+        .iter()
+        .zip(&results)
+        .map(|((name, _), r)| to_json(&model, name, r, args.method.name(), topk))
+        .collect();
     let text = serde_json::to_string_pretty(&exps)?;
     match json_file.as_mut() {
         Some(f) => {
             f.write_all(text.as_bytes())
                 .and_then(|()| f.write_all(b"\n"))
-                .map_err(|e| {
-                    fail(
-                        Kind::Output,
-                        format!("cannot write {}: {e}", args.json.display()),
-                    )
-                })?;
+                .map_err(|e| fail(Kind::Output, format!("cannot write {}: {e}", args.json.display())))?;
             eprintln!("wrote {} ({} images)", args.json.display(), exps.len());
         }
         None => println!("{text}"),

@@ -76,10 +76,7 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
                     out,
                     "           {:<48} {:<18} from {}",
                     c.name,
-                    c.dims
-                        .as_deref()
-                        .map(fmt_dims)
-                        .unwrap_or_else(|| "[?]".into()),
+                    c.dims.as_deref().map(fmt_dims).unwrap_or_else(|| "[?]".into()),
                     c.producer
                 );
             }

@@ -21,6 +21,7 @@ pub fn config_from(args: &RunArgs) -> anyhow::Result<Config> {
             uri: uri.clone(),
             mode: None,
             output: None,
+            target: None,
         }];
     }
     if let Some(out) = &args.output {
@@ -58,8 +59,7 @@ pub fn config_from(args: &RunArgs) -> anyhow::Result<Config> {
     if let Some(t) = &args.target {
         cfg.explain.target = t.clone();
     }
-    cfg.validate()
-        .map_err(|e| fail(Kind::Config, format!("{e:#}")))?;
+    cfg.validate().map_err(|e| fail(Kind::Config, format!("{e:#}")))?;
     Ok(cfg)
 }
 

@@ -149,9 +149,7 @@ pub fn augment(m: &OnnxModel, opts: &AugmentOptions) -> Result<Augmented, OnnxEr
         }
     }
     let (score, pre_softmax) = match m.producer.get(&logits).map(|&i| m.node(i)) {
-        Some(n)
-            if !opts.through_softmax && (n.op_type == "Softmax" || n.op_type == "LogSoftmax") =>
-        {
+        Some(n) if !opts.through_softmax && (n.op_type == "Softmax" || n.op_type == "LogSoftmax") => {
             (n.input[0].clone(), true)
         }
         _ => (logits.clone(), false),
@@ -269,9 +267,9 @@ pub fn augment(m: &OnnxModel, opts: &AugmentOptions) -> Result<Augmented, OnnxEr
             grads.entry(n.input[i].clone()).or_default().push(gx);
         }
     }
-    let da_parts = grads.remove(&target).ok_or_else(|| {
-        OnnxError::NotCnn(format!("no gradient reached the target tensor '{target}'"))
-    })?;
+    let da_parts = grads
+        .remove(&target)
+        .ok_or_else(|| OnnxError::NotCnn(format!("no gradient reached the target tensor '{target}'")))?;
     let da = sum(&mut b, da_parts);
     b.op_into("Identity", &[&target], vec![], OUT_A);
     b.op_into("Identity", &[&da], vec![], OUT_DA);
@@ -287,9 +285,7 @@ pub fn augment(m: &OnnxModel, opts: &AugmentOptions) -> Result<Augmented, OnnxEr
         initializer: std::mem::take(&mut b.initializers),
         ..Default::default()
     };
-    extra
-        .input
-        .push(value_info(IN_TARGET, dtype::INT64, &[None]));
+    extra.input.push(value_info(IN_TARGET, dtype::INT64, &[None]));
     let mut outs = vec![
         value_info(OUT_A, elem_type, &[None, None, None, None]),
         value_info(OUT_DA, elem_type, &[None, None, None, None]),
@@ -383,10 +379,7 @@ fn pooling_target(m: &OnnxModel, score: &str) -> Option<String> {
             "GlobalAveragePool" | "AveragePool" => true,
             "ReduceMean" => {
                 let axes = attr_ints(n, "axes").or_else(|| m.constant_i64(n.input.get(1)?))?;
-                let mut a: Vec<i64> = axes
-                    .iter()
-                    .map(|&v| if v < 0 { v + 4 } else { v })
-                    .collect();
+                let mut a: Vec<i64> = axes.iter().map(|&v| if v < 0 { v + 4 } else { v }).collect();
                 a.sort_unstable();
                 a == [2, 3]
             }
@@ -462,10 +455,7 @@ fn fc_head(m: &OnnxModel, head: &[usize], score: &str) -> Option<FcHead> {
     let vals = w.to_f32()?;
     let (r, c) = (w.dims[0] as usize, w.dims[1] as usize);
     let (trans_a, trans_b) = if n.op_type == "Gemm" {
-        (
-            attr_i(n, "transA").unwrap_or(0),
-            attr_i(n, "transB").unwrap_or(0),
-        )
+        (attr_i(n, "transA").unwrap_or(0), attr_i(n, "transB").unwrap_or(0))
     } else {
         (0, 0)
     };

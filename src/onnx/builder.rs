@@ -89,12 +89,7 @@ impl Builder {
                     .flat_map(|&v| f32_to_f16_bits(v as f32).to_le_bytes())
                     .collect()
             }
-            _ => {
-                t.raw_data = values
-                    .iter()
-                    .flat_map(|&v| (v as f32).to_le_bytes())
-                    .collect()
-            }
+            _ => t.raw_data = values.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect(),
         }
         self.initializers.push(t);
         name

@@ -21,9 +21,7 @@ pub use model::OnnxModel;
 pub enum OnnxError {
     #[error("cannot read model {path}: {err}; check the path given as --model or [model] path")]
     Read { path: PathBuf, err: std::io::Error },
-    #[error(
-        "model {path} is not a valid ONNX file: {msg}; re-export it or check it is not truncated"
-    )]
+    #[error("model {path} is not a valid ONNX file: {msg}; re-export it or check it is not truncated")]
     Corrupt { path: PathBuf, msg: String },
     #[error("{0}")]
     Decode(String),
@@ -34,9 +32,5 @@ pub enum OnnxError {
     #[error("target tensor '{name}' is not in the model; candidates: {candidates}")]
     TargetNotFound { name: String, candidates: String },
     #[error("unsupported op {op} (node '{node}') between the target tensor and the logits: {why}")]
-    Unsupported {
-        op: String,
-        node: String,
-        why: String,
-    },
+    Unsupported { op: String, node: String, why: String },
 }

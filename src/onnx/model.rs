@@ -113,9 +113,7 @@ impl OnnxModel {
     }
 
     pub fn initializer(&self, name: &str) -> Option<&TensorProto> {
-        self.initializers
-            .get(name)
-            .map(|&i| &self.graph().initializer[i])
+        self.initializers.get(name).map(|&i| &self.graph().initializer[i])
     }
 
     /// The value of a tensor that is an initializer or the output of a `Constant` node.
@@ -198,8 +196,8 @@ impl OnnxModel {
                 .attribute
                 .iter()
                 .find_map(|a| a.t.as_ref().map(|t| t.dims.len())),
-            "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Where" | "Max" | "Min" | "Sum" | "Mean"
-            | "Equal" | "Greater" | "Less" | "And" | "Or" | "PRelu" | "Expand" => n
+            "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Where" | "Max" | "Min" | "Sum" | "Mean" | "Equal"
+            | "Greater" | "Less" | "And" | "Or" | "PRelu" | "Expand" => n
                 .input
                 .iter()
                 .filter(|s| !s.is_empty())
@@ -207,8 +205,8 @@ impl OnnxModel {
                 .collect::<Option<Vec<_>>>()
                 .and_then(|v| v.into_iter().max()),
             "MatMul" => Some(r(0)?.max(r(1)?)),
-            "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2"
-            | "ArgMax" | "ArgMin" => {
+            "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2" | "ArgMax"
+            | "ArgMin" => {
                 if keepdims {
                     r(0)
                 } else {

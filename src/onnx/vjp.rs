@@ -63,7 +63,9 @@ impl Ctx<'_> {
         self.m.rank(t).ok_or_else(|| OnnxError::Unsupported {
             op: self.m.node(node).op_type.clone(),
             node: self.m.node(node).name.clone(),
-            why: format!("the rank of tensor '{t}' is unknown (no value_info); run onnx shape inference on the model"),
+            why: format!(
+                "the rank of tensor '{t}' is unknown (no value_info); run onnx shape inference on the model"
+            ),
         })
     }
 
@@ -100,10 +102,7 @@ impl Ctx<'_> {
         Ok(self.b.op(
             "ReduceSum",
             &[&g, &axes],
-            vec![
-                ("keepdims", Attr::I(1)),
-                ("noop_with_empty_axes", Attr::I(1)),
-            ],
+            vec![("keepdims", Attr::I(1)), ("noop_with_empty_axes", Attr::I(1))],
         ))
     }
 
@@ -222,9 +221,7 @@ pub fn backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, String)>
             let r = cx.rank(&x, ni)? as i64;
             let default_axis = if cx.m.opset >= 13 { -1 } else { 1 };
             if cx.m.opset < 13 && r != 2 {
-                return Err(
-                    cx.unsupported(ni, "Softmax before opset 13 on a tensor that is not 2-D")
-                );
+                return Err(cx.unsupported(ni, "Softmax before opset 13 on a tensor that is not 2-D"));
             }
             let axis = attr_i(&n, "axis").unwrap_or(default_axis);
             let axis = if axis < 0 { axis + r } else { axis };
@@ -287,20 +284,18 @@ pub fn backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, String)>
         "ReduceMean" => {
             only_x(cx, "the axes input")?;
             let rx = cx.rank(&x, ni)? as i64;
-            let axes =
-                match attr_ints(&n, "axes") {
-                    Some(a) => Some(a),
-                    None => match n.input.get(1).filter(|s| !s.is_empty()) {
-                        Some(t) => Some(cx.m.constant_i64(t).ok_or_else(|| {
-                            cx.unsupported(ni, "the axes input is not a constant")
-                        })?),
-                        None => None,
-                    },
-                };
+            let axes = match attr_ints(&n, "axes") {
+                Some(a) => Some(a),
+                None => match n.input.get(1).filter(|s| !s.is_empty()) {
+                    Some(t) => Some(
+                        cx.m.constant_i64(t)
+                            .ok_or_else(|| cx.unsupported(ni, "the axes input is not a constant"))?,
+                    ),
+                    None => None,
+                },
+            };
             let axes: Vec<i64> = match axes {
-                Some(a) if !a.is_empty() => {
-                    a.iter().map(|&v| if v < 0 { v + rx } else { v }).collect()
-                }
+                Some(a) if !a.is_empty() => a.iter().map(|&v| if v < 0 { v + rx } else { v }).collect(),
                 _ if attr_i(&n, "noop_with_empty_axes") == Some(1) => {
                     return Ok(vec![(0, g.to_string())]);
                 }
@@ -320,9 +315,8 @@ pub fn backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, String)>
             let k = attr_ints(&n, "kernel_shape").unwrap_or_default();
             let strides = attr_ints(&n, "strides").unwrap_or_default();
             let pads = attr_ints(&n, "pads").unwrap_or_default();
-            let trivial = k.iter().all(|&v| v == 1)
-                && strides.iter().all(|&v| v == 1)
-                && pads.iter().all(|&v| v == 0);
+            let trivial =
+                k.iter().all(|&v| v == 1) && strides.iter().all(|&v| v == 1) && pads.iter().all(|&v| v == 0);
             if !trivial {
                 return Err(cx.unsupported(
                     ni,
@@ -381,14 +375,12 @@ pub fn backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, String)>
             };
             let mut v = Vec::new();
             if d(0) {
-                let bt =
-                    cx.b.op("Transpose", &[&b], vec![("perm", Attr::Ints(swap(rb)))]);
+                let bt = cx.b.op("Transpose", &[&b], vec![("perm", Attr::Ints(swap(rb)))]);
                 let ga = cx.b.op("MatMul", &[g, &bt], vec![]);
                 v.push((0, cx.unbroadcast(&ga, &a, ni)?));
             }
             if d(1) {
-                let at =
-                    cx.b.op("Transpose", &[&a], vec![("perm", Attr::Ints(swap(ra)))]);
+                let at = cx.b.op("Transpose", &[&a], vec![("perm", Attr::Ints(swap(ra)))]);
                 let gb = cx.b.op("MatMul", &[&at, g], vec![]);
                 v.push((1, cx.unbroadcast(&gb, &b, ni)?));
             }
@@ -422,10 +414,7 @@ pub fn backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, String)>
             for (i, &p) in perm.iter().enumerate() {
                 inv[p as usize] = i as i64;
             }
-            vec![(
-                0,
-                cx.b.op("Transpose", &[g], vec![("perm", Attr::Ints(inv))]),
-            )]
+            vec![(0, cx.b.op("Transpose", &[g], vec![("perm", Attr::Ints(inv))]))]
         }
         "LayerNormalization" => {
             only_x(cx, "the scale/bias inputs")?;
@@ -529,10 +518,7 @@ fn gather_backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, Strin
     if cx.m.opset >= 16 {
         attrs.push(("reduction", Attr::S("add")));
     }
-    Ok(vec![(
-        0,
-        cx.b.op("ScatterElements", &[&zero, &ie, &g], attrs),
-    )])
+    Ok(vec![(0, cx.b.op("ScatterElements", &[&zero, &ie, &g], attrs))])
 }
 
 fn elem_size(t: i32) -> usize {

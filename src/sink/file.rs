@@ -31,13 +31,7 @@ pub struct Written {
 }
 
 impl FileSink {
-    pub fn open(
-        path: &Path,
-        fourcc: &str,
-        fps: f64,
-        width: i32,
-        height: i32,
-    ) -> anyhow::Result<FileSink> {
+    pub fn open(path: &Path, fourcc: &str, fps: f64, width: i32, height: i32) -> anyhow::Result<FileSink> {
         let unwritable = |why: String| {
             fail(
                 Kind::Output,
@@ -59,10 +53,7 @@ impl FileSink {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         if !dir.is_dir() {
-            return Err(unwritable(format!(
-                "directory {} does not exist",
-                dir.display()
-            )));
+            return Err(unwritable(format!("directory {} does not exist", dir.display())));
         }
         if path.is_dir() {
             return Err(unwritable("it is a directory".into()));
@@ -72,11 +63,9 @@ impl FileSink {
         std::fs::write(&probe, b"").map_err(|e| unwritable(format!("{e}")))?;
         let _ = std::fs::remove_file(&probe);
         let cc: Vec<char> = fourcc.chars().collect();
-        let code = VideoWriter::fourcc(cc[0], cc[1], cc[2], cc[3])
-            .map_err(|e| unwritable(e.to_string()))?;
+        let code = VideoWriter::fourcc(cc[0], cc[1], cc[2], cc[3]).map_err(|e| unwritable(e.to_string()))?;
         let size = Size::new(width, height);
-        let writer =
-            VideoWriter::new(path, code, fps, size, true).map_err(|e| unwritable(e.to_string()))?;
+        let writer = VideoWriter::new(path, code, fps, size, true).map_err(|e| unwritable(e.to_string()))?;
         if !writer.is_opened().unwrap_or(false) {
             let _ = std::fs::remove_file(path);
             return Err(unwritable(format!(
@@ -92,12 +81,7 @@ impl FileSink {
 
     /// Writes frames in `seq` order until the input closes, then finalizes the file.
     /// `on_frame` is called after each written frame (progress bar).
-    pub fn run(
-        mut self,
-        rx: Receiver<Annotated>,
-        stats: Arc<Stats>,
-        on_frame: impl Fn(u64),
-    ) -> Written {
+    pub fn run(mut self, rx: Receiver<Annotated>, stats: Arc<Stats>, on_frame: impl Fn(u64)) -> Written {
         let span = tracing::info_span!("sink", path = %self.path.display());
         let _e = span.enter();
         let mut pending: BTreeMap<u64, Mat> = BTreeMap::new();
@@ -110,15 +94,8 @@ impl FileSink {
                 sink.writer.write(m)
             } else {
                 let mut r = Mat::default();
-                opencv::imgproc::resize(
-                    m,
-                    &mut r,
-                    sink.size,
-                    0.0,
-                    0.0,
-                    opencv::imgproc::INTER_LINEAR,
-                )
-                .and_then(|()| sink.writer.write(&r))
+                opencv::imgproc::resize(m, &mut r, sink.size, 0.0, 0.0, opencv::imgproc::INTER_LINEAR)
+                    .and_then(|()| sink.writer.write(&r))
             };
             stats.encode.add(t.elapsed());
             match res {
