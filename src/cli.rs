@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::cam::Method;
+use crate::model::{Model, ModelSpec};
+use crate::sidecar::{ColorOrder, InputOverrides};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,17 +48,79 @@ pub struct ModelArgs {
     /// Tensor to explain (see `gradcamd inspect`); default: input of the last pooling op.
     #[arg(long, value_name = "TENSOR")]
     pub target_layer: Option<String>,
+    /// Per-channel mean in the model's colour order, 0..255 scale (over the sidecar).
+    #[arg(long, value_name = "R,G,B", value_parser = parse_triple)]
+    pub mean: Option<[f32; 3]>,
+    /// Per-channel std, same order and scale: x = (pixel - mean) / std.
+    #[arg(long, value_name = "R,G,B", value_parser = parse_triple)]
+    pub std: Option<[f32; 3]>,
+    /// x = pixel * SCALE (instead of --mean/--std; 1/255 maps to 0..1).
+    #[arg(long, value_name = "SCALE")]
+    pub scale: Option<f32>,
+    /// Channel order the model expects.
+    #[arg(long, value_enum)]
+    pub color: Option<ColorOrder>,
+    /// Labels file, one class per line.
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
+    /// Model input size, for models whose input size is dynamic.
+    #[arg(long, value_name = "WxH", value_parser = parse_size)]
+    pub input_size: Option<(u32, u32)>,
+}
+
+pub fn parse_triple(s: &str) -> Result<[f32; 3], String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|x| {
+            x.trim()
+                .parse::<f32>()
+                .map_err(|_| format!("'{x}' is not a number"))
+        })
+        .collect::<Result<_, _>>()?;
+    match v.as_slice() {
+        [a] => Ok([*a; 3]),
+        [a, b, c] => Ok([*a, *b, *c]),
+        _ => Err("expected one value or three, comma separated".into()),
+    }
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s.split_once(['x', 'X']).ok_or("expected WxH, e.g. 224x224")?;
+    let p = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or(format!("'{v}' is not a positive size"))
+    };
+    Ok((p(w)?, p(h)?))
 }
 
 impl ModelArgs {
+    pub fn overrides(&self) -> InputOverrides {
+        InputOverrides {
+            mean: self.mean,
+            std: self.std,
+            scale: self.scale,
+            color: self.color,
+            labels: self.labels.clone(),
+            size: self.input_size,
+        }
+    }
+
+    pub fn spec(&self) -> ModelSpec {
+        ModelSpec {
+            path: self.model.clone(),
+            sidecar: self.sidecar.clone(),
+            target_layer: self.target_layer.clone(),
+            in_graph_cam: false,
+            input: self.overrides(),
+        }
+    }
+
     /// Loads and augments the model these flags name.
-    pub fn load(&self) -> anyhow::Result<crate::model::Model> {
-        crate::model::Model::load(
-            self.model.as_deref(),
-            self.sidecar.as_deref(),
-            self.target_layer.as_deref(),
-            false,
-        )
+    pub fn load(&self) -> anyhow::Result<Model> {
+        Model::load(&self.spec())
     }
 }
 

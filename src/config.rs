@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 use crate::cam::Method;
 use crate::error::{fail, Kind};
+use crate::model::ModelSpec;
+use crate::sidecar::{ColorOrder, InputOverrides};
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +40,17 @@ pub struct ModelConfig {
     pub sidecar: Option<PathBuf>,
     /// Tensor to explain; unset: the input of the pooling op nearest to the logits.
     pub target_layer: Option<String>,
+    /// Input normalization over (or, without a sidecar, instead of) the sidecar's: per-channel
+    /// mean and std in the model's colour order, 0..255 scale, or one `scale` (x = pixel*scale).
+    pub mean: Option<[f32; 3]>,
+    pub std: Option<[f32; 3]>,
+    pub scale: Option<f32>,
+    /// Channel order the model expects: "rgb" or "bgr".
+    pub color: Option<ColorOrder>,
+    /// Labels file, one class per line.
+    pub labels: Option<PathBuf>,
+    /// [width, height] for models whose input size is dynamic.
+    pub input_size: Option<[u32; 2]>,
     /// Execution provider: "cpu" or "cuda".
     #[serde(default = "default_provider")]
     pub provider: String,
@@ -55,6 +68,25 @@ pub struct ModelConfig {
     pub intra_op_spinning: bool,
 }
 
+impl ModelConfig {
+    pub fn spec(&self) -> ModelSpec {
+        ModelSpec {
+            path: self.path.clone(),
+            sidecar: self.sidecar.clone(),
+            target_layer: self.target_layer.clone(),
+            in_graph_cam: false,
+            input: InputOverrides {
+                mean: self.mean,
+                std: self.std,
+                scale: self.scale,
+                color: self.color,
+                labels: self.labels.clone(),
+                size: self.input_size.map(|[w, h]| (w, h)),
+            },
+        }
+    }
+}
+
 fn default_provider() -> String {
     "cpu".into()
 }
@@ -65,6 +97,12 @@ impl Default for ModelConfig {
             path: None,
             sidecar: None,
             target_layer: None,
+            mean: None,
+            std: None,
+            scale: None,
+            color: None,
+            labels: None,
+            input_size: None,
             provider: default_provider(),
             device_id: 0,
             fallback: false,

@@ -1,7 +1,7 @@
 //! A model ready to serve: the ONNX file, its sidecar, and the augmented graph, all checked
 //! before any thread starts.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The default model, built into the binary so that `gradcamd run --source clip.mp4` works
 /// from any directory. It is loaded exactly like a user's model.
@@ -12,7 +12,7 @@ pub const EMBEDDED_LABELS: &str = include_str!("../models/imagenet_labels.txt");
 
 use crate::error::{fail, Kind, KindExt};
 use crate::onnx::{augment, AugmentOptions, Augmented, OnnxModel};
-use crate::sidecar::Sidecar;
+use crate::sidecar::{InputOverrides, Sidecar};
 
 pub struct Model {
     /// The file, or [`EMBEDDED_NAME`] for the built-in model.
@@ -21,18 +21,25 @@ pub struct Model {
     pub graph: Augmented,
 }
 
+/// Everything that says which model to load and how to feed it.
+#[derive(Debug, Clone, Default)]
+pub struct ModelSpec {
+    /// ONNX file; `None` is the built-in model.
+    pub path: Option<PathBuf>,
+    /// Sidecar; `None` is `<stem>.toml` beside the model, or, when there is none, a sidecar
+    /// derived from the graph and `input`.
+    pub sidecar: Option<PathBuf>,
+    pub target_layer: Option<String>,
+    pub in_graph_cam: bool,
+    /// Flags / config keys over the sidecar.
+    pub input: InputOverrides,
+}
+
 impl Model {
-    /// Loads `path` (or the built-in model when `None`), its sidecar (`sidecar`, else
-    /// `<stem>.toml` beside the model) and augments it.
-    pub fn load(
-        path: Option<&Path>,
-        sidecar: Option<&Path>,
-        target_layer: Option<&str>,
-        in_graph_cam: bool,
-    ) -> anyhow::Result<Self> {
-        let (path, sidecar, onnx) = match path {
+    pub fn load(spec: &ModelSpec) -> anyhow::Result<Self> {
+        let (path, mut sidecar, onnx) = match &spec.path {
             None => {
-                let sc = match sidecar {
+                let sc = match &spec.sidecar {
                     Some(p) => Sidecar::load(p),
                     None => Sidecar::embedded(),
                 };
@@ -49,17 +56,20 @@ impl Model {
                         ),
                     ));
                 }
-                let sc_path = sidecar
-                    .map(Path::to_path_buf)
-                    .unwrap_or_else(|| Sidecar::path_for(path));
-                let sc = Sidecar::load(&sc_path).kind(Kind::Config)?;
                 let onnx = OnnxModel::load(path).map_err(|e| {
                     let k = Kind::from(&e);
                     fail(k, e)
                 })?;
-                (path.to_path_buf(), sc, onnx)
+                let implicit = Sidecar::path_for(path);
+                let sc = match &spec.sidecar {
+                    Some(p) => Sidecar::load(p).kind(Kind::Config)?,
+                    None if implicit.is_file() => Sidecar::load(&implicit).kind(Kind::Config)?,
+                    None => Sidecar::derive(&onnx, path, &spec.input).map_err(|e| fail(Kind::Config, e))?,
+                };
+                (path.clone(), sc, onnx)
             }
         };
+        sidecar.apply(&spec.input).map_err(|e| fail(Kind::Config, e))?;
         if !onnx.real_inputs().any(|v| v.name == sidecar.input.name) {
             let names: Vec<&str> = onnx.real_inputs().map(|v| v.name.as_str()).collect();
             return Err(fail(
@@ -73,9 +83,9 @@ impl Model {
             ));
         }
         let opts = AugmentOptions {
-            target_layer: target_layer.map(str::to_string),
+            target_layer: spec.target_layer.clone(),
             logits: Some(sidecar.output.logits.clone()),
-            in_graph_cam,
+            in_graph_cam: spec.in_graph_cam,
             ..Default::default()
         };
         let mut graph = augment(&onnx, &opts).map_err(|e| {

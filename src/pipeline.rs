@@ -95,12 +95,7 @@ impl Plan {
                 "no source: pass --source FILE or add a [[source]] table to the config",
             ));
         }
-        let model = Model::load(
-            cfg.model.path.as_deref(),
-            cfg.model.sidecar.as_deref(),
-            cfg.model.target_layer.as_deref(),
-            false,
-        )?;
+        let model = Model::load(&cfg.model.spec())?;
         check_method(&model, cfg.explain.method)?;
         let default_target = resolve_target(&model, &cfg.explain.target)?;
         let targets = cfg

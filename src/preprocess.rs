@@ -1,6 +1,6 @@
 //! Frame → model input: resize the whole frame to the model's size with OpenCV's INTER_LINEAR
 //! (no crop: we explain the full frame), then convert channel order, normalize and write NCHW
-//! floats in one pass into a slot of the pre-allocated batch buffer.
+//! (or NHWC) floats in one pass into a slot of the pre-allocated batch buffer.
 //!
 //! Resizing the u8 image before any float conversion keeps the float work at 224×224 whatever
 //! the frame size, and gives inputs byte-identical to Python's `cv2.resize` + `[:, :, ::-1]`.
@@ -10,10 +10,11 @@ use opencv::core::{Mat, Size};
 use opencv::imgproc;
 use opencv::prelude::*;
 
-use crate::sidecar::{ColorOrder, InputSpec};
+use crate::sidecar::{ColorOrder, InputSpec, Layout};
 
 pub struct Preprocessor {
     size: Size,
+    layout: Layout,
     /// Output plane for each of the frame's B, G, R channels.
     plane_of_bgr: [usize; 3],
     scale: [f32; 3],
@@ -39,6 +40,7 @@ impl Preprocessor {
         }
         Preprocessor {
             size: Size::new(spec.width as i32, spec.height as i32),
+            layout: spec.layout,
             plane_of_bgr,
             scale,
             offset,
@@ -52,10 +54,13 @@ impl Preprocessor {
         (self.size.height as usize, self.size.width as usize)
     }
 
-    /// Shape of one item in the model's layout: [3, height, width].
+    /// Shape of one item in the model's layout: [3, height, width] or [height, width, 3].
     pub fn item_dims(&self) -> [usize; 3] {
         let (h, w) = self.input_hw();
-        [3, h, w]
+        match self.layout {
+            Layout::Nchw => [3, h, w],
+            Layout::Nhwc => [h, w, 3],
+        }
     }
 
     /// Floats per item: 3 × height × width.
@@ -94,16 +99,27 @@ impl Preprocessor {
             out.len() == 3 * hw && px.len() == 3 * hw,
             "batch slot has the wrong size"
         );
-        let (p0, rest) = out.split_at_mut(hw);
-        let (p1, p2) = rest.split_at_mut(hw);
-        let planes: [&mut [f32]; 3] = [p0, p1, p2];
         let [b_plane, g_plane, r_plane] = self.plane_of_bgr;
         let [sb, sg, sr] = self.scale;
         let [ob, og, or] = self.offset;
-        for (i, bgr) in px.chunks_exact(3).enumerate() {
-            planes[b_plane][i] = bgr[0] as f32 * sb + ob;
-            planes[g_plane][i] = bgr[1] as f32 * sg + og;
-            planes[r_plane][i] = bgr[2] as f32 * sr + or;
+        match self.layout {
+            Layout::Nchw => {
+                let (p0, rest) = out.split_at_mut(hw);
+                let (p1, p2) = rest.split_at_mut(hw);
+                let planes: [&mut [f32]; 3] = [p0, p1, p2];
+                for (i, bgr) in px.chunks_exact(3).enumerate() {
+                    planes[b_plane][i] = bgr[0] as f32 * sb + ob;
+                    planes[g_plane][i] = bgr[1] as f32 * sg + og;
+                    planes[r_plane][i] = bgr[2] as f32 * sr + or;
+                }
+            }
+            Layout::Nhwc => {
+                for (o, bgr) in out.chunks_exact_mut(3).zip(px.chunks_exact(3)) {
+                    o[b_plane] = bgr[0] as f32 * sb + ob;
+                    o[g_plane] = bgr[1] as f32 * sg + og;
+                    o[r_plane] = bgr[2] as f32 * sr + or;
+                }
+            }
         }
         Ok(())
     }

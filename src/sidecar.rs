@@ -20,7 +20,7 @@ pub enum SidecarError {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ColorOrder {
     Rgb,
@@ -30,7 +30,10 @@ pub enum ColorOrder {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Layout {
+    /// [N, 3, H, W], planar (PyTorch, most ONNX exports).
     Nchw,
+    /// [N, H, W, 3], interleaved (TensorFlow exports).
+    Nhwc,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -62,6 +65,29 @@ fn default_layout() -> Layout {
 pub struct OutputSpec {
     /// Graph output holding the class scores.
     pub logits: String,
+}
+
+/// Input settings given on the command line or in `[model]`, over or instead of a sidecar.
+#[derive(Debug, Clone, Default)]
+pub struct InputOverrides {
+    pub mean: Option<[f32; 3]>,
+    pub std: Option<[f32; 3]>,
+    /// `x = pixel * scale` (mean 0, std 1/scale).
+    pub scale: Option<f32>,
+    pub color: Option<ColorOrder>,
+    pub labels: Option<PathBuf>,
+    /// (width, height).
+    pub size: Option<(u32, u32)>,
+}
+
+fn read_labels(p: &Path) -> Result<Vec<String>, String> {
+    let text =
+        std::fs::read_to_string(p).map_err(|e| format!("cannot read labels file {}: {e}", p.display()))?;
+    Ok(text
+        .lines()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,16 +146,6 @@ impl Sidecar {
             path: path.to_path_buf(),
             msg: e.message().to_string(),
         })?;
-        let invalid = |msg: String| SidecarError::Invalid {
-            path: path.to_path_buf(),
-            msg,
-        };
-        if raw.input.width == 0 || raw.input.height == 0 {
-            return Err(invalid("input width and height must be > 0".into()));
-        }
-        if raw.input.std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
-            return Err(invalid("input std must be finite and non-zero".into()));
-        }
         let labels = match &raw.labels {
             Some(l) => read_labels(l)?
                 .lines()
@@ -138,12 +154,123 @@ impl Sidecar {
                 .collect(),
             None => Vec::new(),
         };
-        Ok(Sidecar {
+        let sc = Sidecar {
             path: path.to_path_buf(),
             input: raw.input,
             output: raw.output,
             labels,
-        })
+        };
+        sc.validate()?;
+        Ok(sc)
+    }
+
+    /// A sidecar for a model that has none: input name, size and layout from the ONNX graph,
+    /// normalization, colour order and labels from `o`. Errors name the missing piece.
+    pub fn derive(onnx: &crate::onnx::OnnxModel, model: &Path, o: &InputOverrides) -> Result<Self, String> {
+        let input = onnx.real_inputs().next().ok_or("the model has no input")?;
+        let dims = input.dims().unwrap_or_default();
+        let (layout, h, w) = match dims.as_slice() {
+            [_, Some(3), h, w] => (Layout::Nchw, *h, *w),
+            [_, h, w, Some(3)] => (Layout::Nhwc, *h, *w),
+            _ => {
+                return Err(format!(
+                    "input '{}' has shape {}; gradcamd needs a 3-channel image input [N,3,H,W] or [N,H,W,3]",
+                    input.name,
+                    crate::onnx::proto::fmt_dims(&dims)
+                ))
+            }
+        };
+        let (height, width) = match (o.size, h, w) {
+            (Some((w, h)), _, _) => (h, w),
+            (None, Some(h), Some(w)) if h > 0 && w > 0 => (h as u32, w as u32),
+            _ => {
+                return Err(format!(
+                    "input '{}' has a dynamic size; pass --input-size WxH or write a sidecar {}",
+                    input.name,
+                    Self::path_for(model).display()
+                ))
+            }
+        };
+        let (mean, std) = match (o.mean, o.std, o.scale) {
+            (Some(m), Some(s), None) => (m, s),
+            (None, None, Some(k)) => ([0.0; 3], [1.0 / k; 3]),
+            (Some(m), None, None) => (m, [1.0; 3]),
+            (None, Some(s), None) => ([0.0; 3], s),
+            (None, None, None) => {
+                return Err(format!(
+                    "model {} has no sidecar ({}) and its input normalization is unknown: pass --mean R,G,B and --std R,G,B (0..255 scale), or --scale S, or write the sidecar (see models/efficientnet_lite0.toml)",
+                    model.display(),
+                    Self::path_for(model).display()
+                ))
+            }
+            _ => return Err("--scale cannot be combined with --mean/--std".into()),
+        };
+        let output = onnx.graph().output.first().ok_or("the model has no output")?;
+        let labels = match &o.labels {
+            Some(p) => read_labels(p)?,
+            None => Vec::new(),
+        };
+        let sc = Sidecar {
+            path: model.with_extension("(derived)"),
+            input: InputSpec {
+                name: input.name.clone(),
+                width,
+                height,
+                color: o.color.unwrap_or(ColorOrder::Rgb),
+                layout,
+                mean,
+                std,
+            },
+            output: OutputSpec {
+                logits: output.name.clone(),
+            },
+            labels,
+        };
+        sc.validate().map_err(|e| e.to_string())?;
+        Ok(sc)
+    }
+
+    /// Flags and config keys override what the sidecar says.
+    pub fn apply(&mut self, o: &InputOverrides) -> Result<(), String> {
+        if o.scale.is_some() && (o.mean.is_some() || o.std.is_some()) {
+            return Err("--scale cannot be combined with --mean/--std".into());
+        }
+        if let Some(k) = o.scale {
+            self.input.mean = [0.0; 3];
+            self.input.std = [1.0 / k; 3];
+        }
+        if let Some(m) = o.mean {
+            self.input.mean = m;
+        }
+        if let Some(s) = o.std {
+            self.input.std = s;
+        }
+        if let Some(c) = o.color {
+            self.input.color = c;
+        }
+        if let Some((w, h)) = o.size {
+            (self.input.width, self.input.height) = (w, h);
+        }
+        if let Some(p) = &o.labels {
+            self.labels = read_labels(p)?;
+        }
+        self.validate().map_err(|e| e.to_string())
+    }
+
+    fn validate(&self) -> Result<(), SidecarError> {
+        let invalid = |msg: &str| SidecarError::Invalid {
+            path: self.path.clone(),
+            msg: msg.to_string(),
+        };
+        if self.input.width == 0 || self.input.height == 0 {
+            return Err(invalid("input width and height must be > 0"));
+        }
+        if self.input.std.iter().any(|&s| s == 0.0 || !s.is_finite())
+            || self.input.mean.iter().any(|m| !m.is_finite())
+        {
+            return Err(invalid("input mean must be finite and std finite and non-zero"));
+        }
+        Ok(())
     }
 
     pub fn label(&self, class: usize) -> String {

@@ -400,17 +400,32 @@ fn inspect_and_augment() {
 fn topk_lists_k_maps_and_renders_a_grid() {
     let dir = scratch("topk");
     let chelsea = s(&media("chelsea.png"));
-    let o = run(&["explain", &chelsea, "--target", "topk:3", "--json", "-", "--overlay-dir", &s(&dir)]);
+    let o = run(&[
+        "explain",
+        &chelsea,
+        "--target",
+        "topk:3",
+        "--json",
+        "-",
+        "--overlay-dir",
+        &s(&dir),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let e = &v[0];
     let maps = e["maps"].as_array().expect("topk lists maps");
     assert_eq!(maps.len(), 3);
     for (k, m) in maps.iter().enumerate() {
-        assert_eq!(m["index"], e["top5"][k]["index"], "map {k} is the k-th best class");
+        assert_eq!(
+            m["index"], e["top5"][k]["index"],
+            "map {k} is the k-th best class"
+        );
     }
     assert_eq!(maps[0]["cam_raw"], e["cam_raw"], "the first map is the target's");
-    assert_ne!(maps[0]["cam_raw"], maps[1]["cam_raw"], "each class has its own map");
+    assert_ne!(
+        maps[0]["cam_raw"], maps[1]["cam_raw"],
+        "each class has its own map"
+    );
     for f in ["chelsea.png", "chelsea.2.png", "chelsea.3.png"] {
         assert!(dir.join(f).is_file(), "overlay {f} missing");
     }
@@ -418,7 +433,16 @@ fn topk_lists_k_maps_and_renders_a_grid() {
     // Video: the grid keeps the frame size and every frame.
     let out = dir.join("grid.mp4");
     let input = media("carphone_pristine.mp4");
-    let o = run(&["run", "--quiet", "--source", &s(&input), "--output", &s(&out), "--target", "topk:4"]);
+    let o = run(&[
+        "run",
+        "--quiet",
+        "--source",
+        &s(&input),
+        "--output",
+        &s(&out),
+        "--target",
+        "topk:4",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let (n, fps, w, h) = probe(&out);
     assert_eq!((n, w, h), (120, 176, 144));

@@ -2,11 +2,9 @@
 //! tools/make_vgg_replica.py): the default model on four stills, and a small VGG-like model whose
 //! gradients vary over space, where HiResCAM and XGrad-CAM really differ from Grad-CAM.
 
-use std::path::Path;
-
 use gradcamd::cam::{self, correlation, Method};
 use gradcamd::engine::{Engine, EngineOptions};
-use gradcamd::model::Model;
+use gradcamd::model::{Model, ModelSpec};
 use gradcamd::preprocess::Preprocessor;
 use gradcamd::render::upsample_normalized;
 use ndarray::{Array2, Array3, ArrayView4, Axis};
@@ -132,14 +130,12 @@ fn check_fixture(
 }
 
 fn model(path: &str, sidecar: Option<&str>) -> Model {
-    let sc = sidecar.map(|s| root().join(s));
-    Model::load(
-        Some(&root().join(path)),
-        sc.as_deref().map(Path::new),
-        None,
-        false,
-    )
-    .unwrap()
+    let spec = ModelSpec {
+        path: Some(root().join(path)),
+        sidecar: sidecar.map(|s| root().join(s)),
+        ..Default::default()
+    };
+    Model::load(&spec).unwrap()
 }
 
 #[test]

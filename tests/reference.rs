@@ -4,7 +4,7 @@
 
 use gradcamd::cam::{self, correlation};
 use gradcamd::engine::{Engine, EngineOptions};
-use gradcamd::model::Model;
+use gradcamd::model::{Model, ModelSpec};
 use gradcamd::preprocess::Preprocessor;
 use gradcamd::render::{overlay, upsample_normalized, Blend, Scratch};
 use ndarray::{Array2, ArrayView4, Axis};
@@ -24,13 +24,11 @@ struct Out {
 }
 
 fn load() -> Model {
-    Model::load(
-        Some(&root().join("models/efficientnet_lite0.onnx")),
-        None,
-        None,
-        false,
-    )
-    .expect("default model")
+    let spec = ModelSpec {
+        path: Some(root().join("models/efficientnet_lite0.onnx")),
+        ..Default::default()
+    };
+    Model::load(&spec).expect("default model")
 }
 
 fn image(rel: &str) -> Mat {

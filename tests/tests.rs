@@ -9,5 +9,6 @@ mod cli;
 mod configs;
 #[cfg(feature = "video")]
 mod methods;
+mod nhwc;
 #[cfg(feature = "video")]
 mod reference;

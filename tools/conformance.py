@@ -148,6 +148,8 @@ def export(model, path, exporter, opset):
     m = onnx.load(path, load_external_data=False)
     actual = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
     why = next((ln.strip() for ln in log.getvalue().splitlines() if ln.startswith("RuntimeError")), "")
+    if "adapt: " in why:  # "RuntimeError: /project/onnx/version_converter/adapters/<file>.h:55: adapt: ..."
+        why = "onnx version converter: " + why.split("adapt: ", 1)[1]
     return actual, why
 
 

@@ -704,7 +704,14 @@ def write_readme(out_dir, rel, rows, failures, dn, archs):
           "- **mobilenet_v3_small at opset 13**: HardSwish (opset 14) is exported as Mul(x, HardSigmoid(x)) "
           "(alpha 1/6), both in the trunk (the target is a Mul output) and in the head.",
           "- **dynamo** exports pool with ReduceMean(axes input [-1,-2] or [2,3], keepdims) and flatten with "
-          "Reshape; ConvNeXt's dynamo head has a Gather; tensor names are like `relu_8`, `add_21`.",
+          "Reshape; tensor names are like `relu_8`, `add_21`.",
+          "- **ConvNeXt, dynamo**: LayerNorm2d's permute of the pooled [N,C,1,1] tensor is exported as an "
+          "`as_strided`: `flat = Reshape(pooled, [-1])`; `idx = Range(0, N)·C` unsqueezed to [N,1,1,1] + "
+          "[[0..C-1]] of shape [1,C,1,1] (+ zeros) → idx [N,C,1,1]; `Gather(flat, idx, axis=0)` "
+          "(node `node_as_strided`) → [N,C,1,1], then Transpose → LayerNormalization → Transpose → Reshape → "
+          "Gemm. The Gather's indices are 4-D and computed at run time (they depend on N); its backward is a "
+          "scatter-add of the gradient into zeros shaped like `flat` (ScatterElements/ScatterND with "
+          "reduction \"add\", or, since the indices here are a permutation, ScatterND without reduction).",
           "- **VGG**: both exporters write AdaptiveAvgPool2d((7,7)) on a 7×7 input as AveragePool(kernel 1×1); "
           "dA varies over space.",
           "- **DenseNet**: the target is the output of the Relu after norm5 (the legacy exporter's "
@@ -749,8 +756,8 @@ def write_readme(out_dir, rel, rows, failures, dn, archs):
               f"{dn['corr_pgc_vs_correct_norm5']:.4f}; the two correct ones with each other: "
               f"{dn['corr_correct_relu_vs_correct_norm5']:.4f}; max abs diff pytorch-grad-cam vs correct-at-ReLU, "
               f"relative to the max (worst image): {dn['max_abs_diff_pgc_vs_correct_relu_rel']:.3f}", "",
-              "So on random weights the two maps look alike (the positive fraction varies smoothly between "
-              "channels) but are not equal; a conformance test against unmodified pytorch-grad-cam on a "
+              "So the two maps are similar (same activations relu(z); only each channel's weight is scaled by "
+              "its positive fraction) but not equal; a conformance test against unmodified pytorch-grad-cam on a "
               "DenseNet must use a loose tolerance or, better, the hand-hooked ReLU output.", ""]
     L += ["To compare gradcamd with pytorch-grad-cam on a DenseNet, hook the ReLU output yourself "
           "(or replace the in-place ReLU) instead of `features[-1]`.", ""]

@@ -170,9 +170,7 @@ fn pipeline_point(args: &BenchArgs, video: &std::path::Path) -> anyhow::Result<P
     use crate::config::{Config, SourceConfig};
     let out = std::env::temp_dir().join(format!("gradcamd-bench-{}.mp4", std::process::id()));
     let mut cfg = Config::default();
-    cfg.model.path = args.model.model.clone();
-    cfg.model.sidecar = args.model.sidecar.clone();
-    cfg.model.target_layer = args.model.target_layer.clone();
+    crate::app::run::apply_model_args(&mut cfg.model, &args.model);
     cfg.model.provider = args.provider.clone();
     cfg.model.intra_threads = args.threads;
     cfg.pipeline.batch_size = args.batch_size[0];

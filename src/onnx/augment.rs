@@ -94,6 +94,8 @@ pub struct Augmented {
     pub pre_softmax: bool,
     pub target: String,
     pub target_dims: Option<Vec<Option<i64>>>,
+    /// The target tensor is channels-last; `gradcamd_A`/`dA` are transposed to [N,C,h,w].
+    pub target_nhwc: bool,
     pub candidates: Vec<Candidate>,
     /// The head's ops from the target tensor to the score, in forward order: (op, node name).
     pub head: Vec<(String, String)>,
@@ -156,7 +158,7 @@ pub fn augment(m: &OnnxModel, opts: &AugmentOptions) -> Result<Augmented, OnnxEr
     };
 
     let candidates = candidates(m, &score);
-    let target = match &opts.target_layer {
+    let (target, nhwc) = match &opts.target_layer {
         Some(t) => {
             let known = m.producer.contains_key(t) || g.input.iter().any(|v| &v.name == t);
             if !known {
@@ -170,7 +172,7 @@ pub fn augment(m: &OnnxModel, opts: &AugmentOptions) -> Result<Augmented, OnnxEr
                     "target tensor '{t}' has rank {r}; Grad-CAM needs a 4-D [N,C,H,W] feature map"
                 )));
             }
-            t.clone()
+            (t.clone(), false)
         }
         None => pooling_target(m, &score).ok_or_else(|| {
             OnnxError::NotCnn(format!(
@@ -271,8 +273,15 @@ pub fn augment(m: &OnnxModel, opts: &AugmentOptions) -> Result<Augmented, OnnxEr
         .remove(&target)
         .ok_or_else(|| OnnxError::NotCnn(format!("no gradient reached the target tensor '{target}'")))?;
     let da = sum(&mut b, da_parts);
-    b.op_into("Identity", &[&target], vec![], OUT_A);
-    b.op_into("Identity", &[&da], vec![], OUT_DA);
+    if nhwc {
+        // Channels-last feature map: hand it out as [N,C,h,w] like every other.
+        let perm = || vec![("perm", Attr::Ints(vec![0, 3, 1, 2]))];
+        b.op_into("Transpose", &[&target], perm(), OUT_A);
+        b.op_into("Transpose", &[&da], perm(), OUT_DA);
+    } else {
+        b.op_into("Identity", &[&target], vec![], OUT_A);
+        b.op_into("Identity", &[&da], vec![], OUT_DA);
+    }
     if opts.in_graph_cam {
         let w = b.reduce("ReduceMean", OUT_DA, &[2, 3], true);
         let wa = b.op("Mul", &[OUT_A, &w], vec![]);
@@ -313,6 +322,7 @@ pub fn augment(m: &OnnxModel, opts: &AugmentOptions) -> Result<Augmented, OnnxEr
         target_dims: m.declared_dims(&target),
         fc: fc_head(m, &head, &score),
         target,
+        target_nhwc: nhwc,
         candidates,
         head: head_ops,
         elem_type,
@@ -368,24 +378,30 @@ fn walk_back(m: &OnnxModel, score: &str) -> Vec<usize> {
     order
 }
 
-fn pooling_target(m: &OnnxModel, score: &str) -> Option<String> {
+/// The input of the nearest pooling op over the spatial axes of a 4-D tensor, and whether that
+/// tensor is channels-last (a ReduceMean over axes 1,2, as TensorFlow exports have).
+fn pooling_target(m: &OnnxModel, score: &str) -> Option<(String, bool)> {
     walk_back(m, score).into_iter().find_map(|i| {
         let n = m.node(i);
         let x = n.input.first()?;
         if m.rank(x) != Some(4) {
             return None;
         }
-        let spatial = match n.op_type.as_str() {
-            "GlobalAveragePool" | "AveragePool" => true,
+        let nhwc = match n.op_type.as_str() {
+            "GlobalAveragePool" | "AveragePool" => false,
             "ReduceMean" => {
                 let axes = attr_ints(n, "axes").or_else(|| m.constant_i64(n.input.get(1)?))?;
                 let mut a: Vec<i64> = axes.iter().map(|&v| if v < 0 { v + 4 } else { v }).collect();
                 a.sort_unstable();
-                a == [2, 3]
+                match a.as_slice() {
+                    [2, 3] => false,
+                    [1, 2] => true,
+                    _ => return None,
+                }
             }
-            _ => false,
+            _ => return None,
         };
-        spatial.then(|| x.clone())
+        Some((x.clone(), nhwc))
     })
 }
 
