@@ -7,6 +7,7 @@ mod util;
 #[cfg(feature = "video")]
 mod cli;
 mod configs;
+mod fuzz;
 #[cfg(feature = "video")]
 mod methods;
 mod nhwc;

@@ -151,7 +151,11 @@ pub fn augment(m: &OnnxModel, opts: &AugmentOptions) -> Result<Augmented, OnnxEr
         }
     }
     let (score, pre_softmax) = match m.producer.get(&logits).map(|&i| m.node(i)) {
-        Some(n) if !opts.through_softmax && (n.op_type == "Softmax" || n.op_type == "LogSoftmax") => {
+        Some(n)
+            if !opts.through_softmax
+                && (n.op_type == "Softmax" || n.op_type == "LogSoftmax")
+                && n.input.first().is_some_and(|i| !i.is_empty()) =>
+        {
             (n.input[0].clone(), true)
         }
         _ => (logits.clone(), false),
@@ -469,7 +473,10 @@ fn fc_head(m: &OnnxModel, head: &[usize], score: &str) -> Option<FcHead> {
         return None;
     }
     let vals = w.to_f32()?;
-    let (r, c) = (w.dims[0] as usize, w.dims[1] as usize);
+    let (r, c) = (usize::try_from(w.dims[0]).ok()?, usize::try_from(w.dims[1]).ok()?);
+    if r.checked_mul(c) != Some(vals.len()) {
+        return None;
+    }
     let (trans_a, trans_b) = if n.op_type == "Gemm" {
         (attr_i(n, "transA").unwrap_or(0), attr_i(n, "transB").unwrap_or(0))
     } else {

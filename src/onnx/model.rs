@@ -16,6 +16,9 @@ use super::OnnxError;
 /// from 13 on, and the gradient graph needs dynamic axes.
 pub const MIN_OPSET: i64 = 13;
 
+/// Largest rank taken at face value; more comes only from corrupt graphs.
+pub const MAX_RANK: usize = 16;
+
 pub struct OnnxModel {
     /// The file as read; the augmented model is these bytes plus an appended graph.
     pub bytes: Vec<u8>,
@@ -161,12 +164,12 @@ impl OnnxModel {
                 if t.elem_type != 0 {
                     types.insert(v.name.clone(), t.elem_type);
                 }
-                if let Some(s) = &t.shape {
+                if let Some(s) = t.shape.as_ref().filter(|s| s.dim.len() <= MAX_RANK) {
                     ranks.insert(v.name.clone(), s.dim.len());
                 }
             }
         }
-        for t in &g.initializer {
+        for t in g.initializer.iter().filter(|t| t.dims.len() <= MAX_RANK) {
             ranks.insert(t.name.clone(), t.dims.len());
             types.insert(t.name.clone(), t.data_type);
         }
@@ -174,7 +177,8 @@ impl OnnxModel {
             if n.output.first().is_none_or(|o| ranks.contains_key(o)) {
                 continue;
             }
-            if let Some(r) = self.op_rank(n, &ranks) {
+            // ONNX tensors have a handful of axes; a bigger "rank" comes from a corrupt graph.
+            if let Some(r) = self.op_rank(n, &ranks).filter(|&r| r <= MAX_RANK) {
                 ranks.insert(n.output[0].clone(), r);
             }
         }

@@ -176,7 +176,9 @@ pub struct StringStringEntryProto {
 
 impl TensorProto {
     pub fn numel(&self) -> usize {
-        self.dims.iter().map(|&d| d.max(0) as usize).product()
+        self.dims
+            .iter()
+            .fold(1usize, |acc, &d| acc.saturating_mul(d.max(0) as usize))
     }
 
     /// The values as f32, for FLOAT and DOUBLE tensors stored inline.

@@ -106,6 +106,16 @@ impl Ctx<'_> {
         ))
     }
 
+    /// A possibly negative axis attribute, checked against the rank.
+    fn axis(&self, axis: i64, rank: i64, node: usize) -> Result<i64, OnnxError> {
+        let a = if axis < 0 { axis.saturating_add(rank) } else { axis };
+        if (0..rank).contains(&a) {
+            Ok(a)
+        } else {
+            Err(self.unsupported(node, format!("axis {axis} is out of range for rank {rank}")))
+        }
+    }
+
     fn reshape_like(&mut self, g: &str, x: &str) -> String {
         let s = self.b.op("Shape", &[x], vec![]);
         self.b.op("Reshape", &[g, &s], vec![])
@@ -121,7 +131,23 @@ impl Ctx<'_> {
 /// gradient of each differentiable input as `(input index, tensor name)`.
 pub fn backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, String)>, OnnxError> {
     let n = cx.m.node(ni).clone();
-    let x = n.input.first().cloned().unwrap_or_default();
+    // Corrupt or hand-made graphs can lack required inputs; index only after this check.
+    let arity = match n.op_type.as_str() {
+        "BatchNormalization" => 5,
+        "Add" | "Sub" | "Mul" | "Div" | "Gemm" | "MatMul" | "LayerNormalization" | "Gather" => 2,
+        _ => 1,
+    };
+    if n.input.len() < arity || n.input[..arity].iter().any(String::is_empty) || n.output.is_empty() {
+        return Err(cx.unsupported(
+            ni,
+            format!(
+                "the node has {} inputs; {} needs {arity}",
+                n.input.len(),
+                n.op_type
+            ),
+        ));
+    }
+    let x = n.input[0].clone();
     let y = n.output[0].clone();
     let d = |i: usize| n.input.get(i).is_some_and(|s| cx.diff.contains(s));
     if !n.domain.is_empty() && n.domain != "ai.onnx" {
@@ -223,8 +249,7 @@ pub fn backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, String)>
             if cx.m.opset < 13 && r != 2 {
                 return Err(cx.unsupported(ni, "Softmax before opset 13 on a tensor that is not 2-D"));
             }
-            let axis = attr_i(&n, "axis").unwrap_or(default_axis);
-            let axis = if axis < 0 { axis + r } else { axis };
+            let axis = cx.axis(attr_i(&n, "axis").unwrap_or(default_axis), r, ni)?;
             if n.op_type == "Softmax" {
                 let gy = cx.b.op("Mul", &[g, &y], vec![]);
                 let s = cx.b.reduce("ReduceSum", &gy, &[axis], true);
@@ -295,7 +320,9 @@ pub fn backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, String)>
                 },
             };
             let axes: Vec<i64> = match axes {
-                Some(a) if !a.is_empty() => a.iter().map(|&v| if v < 0 { v + rx } else { v }).collect(),
+                Some(a) if !a.is_empty() => {
+                    a.iter().map(|&v| cx.axis(v, rx, ni)).collect::<Result<_, _>>()?
+                }
                 _ if attr_i(&n, "noop_with_empty_axes") == Some(1) => {
                     return Ok(vec![(0, g.to_string())]);
                 }
@@ -410,6 +437,11 @@ pub fn backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, String)>
         "Transpose" => {
             let r = cx.rank(&x, ni)?;
             let perm = attr_ints(&n, "perm").unwrap_or_else(|| (0..r as i64).rev().collect());
+            let mut sorted = perm.clone();
+            sorted.sort_unstable();
+            if sorted != (0..perm.len() as i64).collect::<Vec<_>>() {
+                return Err(cx.unsupported(ni, format!("perm {perm:?} is not a permutation")));
+            }
             let mut inv = vec![0i64; perm.len()];
             for (i, &p) in perm.iter().enumerate() {
                 inv[p as usize] = i as i64;
@@ -419,8 +451,7 @@ pub fn backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, String)>
         "LayerNormalization" => {
             only_x(cx, "the scale/bias inputs")?;
             let r = cx.rank(&x, ni)? as i64;
-            let axis = attr_i(&n, "axis").unwrap_or(-1);
-            let axis = if axis < 0 { axis + r } else { axis };
+            let axis = cx.axis(attr_i(&n, "axis").unwrap_or(-1), r, ni)?;
             let axes: Vec<i64> = (axis..r).collect();
             let eps = attr_f(&n, "epsilon").unwrap_or(1e-5) as f64;
             // xhat = (x - mu) * rstd;  dx = rstd * (gs - mean(gs) - xhat * mean(gs * xhat))
@@ -474,8 +505,7 @@ fn gather_backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, Strin
     let (x, idx) = (n.input[0].clone(), n.input[1].clone());
     let r = cx.rank(&x, ni)? as i64;
     let ri = cx.rank(&idx, ni)?;
-    let axis = attr_i(&n, "axis").unwrap_or(0);
-    let axis = if axis < 0 { axis + r } else { axis };
+    let axis = cx.axis(attr_i(&n, "axis").unwrap_or(0), r, ni)?;
     if ri > 1 {
         return Err(cx.unsupported(ni, "Gather with indices of rank > 1"));
     }

@@ -1,0 +1,282 @@
+//! The ONNX reader and rewriter on corrupted input: truncated, bit-flipped, spliced and
+//! byte-inserted versions of real models must give errors, never panics.
+//!
+//! `make test` runs a few thousand cases; `GRADCAMD_FUZZ_CASES=200000 cargo test --release fuzz`
+//! runs a long campaign (the README reports the last one).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use gradcamd::onnx::proto::ModelProto;
+use gradcamd::onnx::{augment, AugmentOptions, OnnxModel};
+use proptest::prelude::*;
+use prost::Message;
+
+fn cases() -> u32 {
+    std::env::var("GRADCAMD_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1500)
+}
+
+fn seeds() -> Vec<Vec<u8>> {
+    let dir = crate::util::fixture("tiny");
+    let mut v: Vec<Vec<u8>> = [
+        "relu_head",
+        "se_broadcast_mul",
+        "transpose_layernorm",
+        "avgpool_1x1",
+        "softmax",
+        "reducemean_input",
+        "gap_reshape_matmul_add",
+    ]
+    .iter()
+    .map(|n| std::fs::read(dir.join(format!("{n}.onnx"))).expect("tiny model"))
+    .collect();
+    v.push(crate::nhwc::nhwc_model().0);
+    v
+}
+
+/// How far the cases got: [tried, decoded, augmented]; printed at the end of a campaign.
+static REACHED: [AtomicUsize; 3] = [AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)];
+
+/// Parse and augment; any Err is fine, a panic fails the test.
+fn exercise(bytes: Vec<u8>) {
+    REACHED[0].fetch_add(1, Ordering::Relaxed);
+    if let Ok(m) = OnnxModel::from_bytes(bytes) {
+        REACHED[1].fetch_add(1, Ordering::Relaxed);
+        if augment(&m, &AugmentOptions::default()).is_ok() {
+            REACHED[2].fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = augment(
+            &m,
+            &AugmentOptions {
+                target_layer: Some("x".into()),
+                in_graph_cam: true,
+                ..Default::default()
+            },
+        );
+    }
+}
+
+#[test]
+fn zz_report() {
+    // Runs after the campaigns only when asked for (test order is not guaranteed otherwise).
+    if std::env::var("GRADCAMD_FUZZ_CASES").is_ok() {
+        let r: Vec<usize> = REACHED.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        eprintln!(
+            "fuzz: {} inputs, {} decoded as ONNX, {} augmented without error",
+            r[0], r[1], r[2]
+        );
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    Truncate(usize),
+    Flip(usize, u8),
+    Set(usize, u8),
+    Insert(usize, Vec<u8>),
+    Splice(usize, usize, usize),
+}
+
+fn apply(mut b: Vec<u8>, muts: &[Mutation]) -> Vec<u8> {
+    for m in muts {
+        if b.is_empty() {
+            break;
+        }
+        let n = b.len();
+        match m {
+            Mutation::Truncate(at) => b.truncate(at % n),
+            Mutation::Flip(at, bit) => b[at % n] ^= 1 << (bit % 8),
+            Mutation::Set(at, v) => b[at % n] = *v,
+            Mutation::Insert(at, bytes) => {
+                let at = at % n;
+                b.splice(at..at, bytes.iter().copied());
+            }
+            Mutation::Splice(from, len, to) => {
+                let from = from % n;
+                let end = (from + len % 64).min(n);
+                let chunk: Vec<u8> = b[from..end].to_vec();
+                let to = to % b.len();
+                b.splice(to..to, chunk);
+            }
+        }
+    }
+    b
+}
+
+/// Edits of the decoded model that keep it valid protobuf, to reach the rewriter's logic.
+#[derive(Debug, Clone)]
+enum Edit {
+    OpType(usize, usize),
+    DropInput(usize, usize),
+    RewireInput(usize, usize, usize),
+    AttrInt(usize, usize, i64),
+    AttrInts(usize, usize, Vec<i64>),
+    DropNode(usize),
+    InitDims(usize, Vec<i64>),
+    DropShapes,
+    Opset(i64),
+}
+
+const OPS: &[&str] = &[
+    "Relu",
+    "Gemm",
+    "MatMul",
+    "Add",
+    "Mul",
+    "Div",
+    "Sub",
+    "Flatten",
+    "Reshape",
+    "Transpose",
+    "Softmax",
+    "Gather",
+    "GlobalAveragePool",
+    "ReduceMean",
+    "AveragePool",
+    "BatchNormalization",
+    "LayerNormalization",
+    "Clip",
+    "HardSwish",
+    "Sigmoid",
+    "Identity",
+    "Dropout",
+    "Squeeze",
+    "Unsqueeze",
+    "Shape",
+    "Concat",
+    "Erf",
+    "Constant",
+];
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Edit::OpType(a, b)),
+        (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Edit::DropInput(a, b)),
+        (any::<usize>(), any::<usize>(), any::<usize>()).prop_map(|(a, b, c)| Edit::RewireInput(a, b, c)),
+        (
+            any::<usize>(),
+            any::<usize>(),
+            prop_oneof![-6i64..6, any::<i64>()]
+        )
+            .prop_map(|(a, b, c)| Edit::AttrInt(a, b, c)),
+        (
+            any::<usize>(),
+            any::<usize>(),
+            prop::collection::vec(prop_oneof![-6i64..6, any::<i64>()], 0..6)
+        )
+            .prop_map(|(a, b, c)| Edit::AttrInts(a, b, c)),
+        any::<usize>().prop_map(Edit::DropNode),
+        (
+            any::<usize>(),
+            prop::collection::vec(prop_oneof![-2i64..40, any::<i64>()], 0..5)
+        )
+            .prop_map(|(a, d)| Edit::InitDims(a, d)),
+        Just(Edit::DropShapes),
+        (0i64..25).prop_map(Edit::Opset),
+    ]
+}
+
+fn apply_edit(m: &mut ModelProto, e: &Edit) {
+    let Some(g) = m.graph.as_mut() else { return };
+    let names: Vec<String> = g
+        .node
+        .iter()
+        .flat_map(|n| n.output.clone())
+        .chain(g.input.iter().map(|v| v.name.clone()))
+        .collect();
+    let nn = g.node.len().max(1);
+    match e {
+        Edit::OpType(n, o) => {
+            if let Some(node) = g.node.get_mut(n % nn) {
+                node.op_type = OPS[o % OPS.len()].to_string();
+            }
+        }
+        Edit::DropInput(n, i) => {
+            if let Some(node) = g.node.get_mut(n % nn) {
+                if !node.input.is_empty() {
+                    let k = i % node.input.len();
+                    node.input.remove(k);
+                }
+            }
+        }
+        Edit::RewireInput(n, i, t) => {
+            if let (Some(node), false) = (g.node.get_mut(n % nn), names.is_empty()) {
+                if !node.input.is_empty() {
+                    let k = i % node.input.len();
+                    node.input[k] = names[t % names.len()].clone();
+                }
+            }
+        }
+        Edit::AttrInt(n, ..) | Edit::AttrInts(n, ..)
+            if g.node.get(n % nn).is_none_or(|x| x.attribute.is_empty()) => {}
+        Edit::AttrInt(n, a, v) => {
+            let node = &mut g.node[n % nn];
+            let k = a % node.attribute.len();
+            node.attribute[k].i = *v;
+        }
+        Edit::AttrInts(n, a, v) => {
+            let node = &mut g.node[n % nn];
+            let k = a % node.attribute.len();
+            node.attribute[k].ints = v.clone();
+        }
+        Edit::DropNode(n) => {
+            if !g.node.is_empty() {
+                g.node.remove(n % nn);
+            }
+        }
+        Edit::InitDims(i, d) => {
+            let ni = g.initializer.len();
+            if ni > 0 {
+                g.initializer[i % ni].dims = d.clone();
+            }
+        }
+        Edit::DropShapes => {
+            g.value_info.clear();
+            for v in g.input.iter_mut().chain(g.output.iter_mut()) {
+                v.r#type = None;
+            }
+        }
+        Edit::Opset(v) => {
+            if let Some(o) = m.opset_import.first_mut() {
+                o.version = *v;
+            }
+        }
+    }
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        any::<usize>().prop_map(Mutation::Truncate),
+        (any::<usize>(), any::<u8>()).prop_map(|(a, b)| Mutation::Flip(a, b)),
+        (any::<usize>(), any::<u8>()).prop_map(|(a, b)| Mutation::Set(a, b)),
+        (any::<usize>(), prop::collection::vec(any::<u8>(), 1..12)).prop_map(|(a, v)| Mutation::Insert(a, v)),
+        (any::<usize>(), any::<usize>(), any::<usize>()).prop_map(|(a, l, t)| Mutation::Splice(a, l, t)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn mutated_models_never_panic(seed in 0usize..8, muts in prop::collection::vec(mutation(), 1..6)) {
+        let s = seeds();
+        exercise(apply(s[seed % s.len()].clone(), &muts));
+    }
+
+    #[test]
+    fn structurally_mutated_models_never_panic(seed in 0usize..8, edits in prop::collection::vec(edit(), 1..5)) {
+        let s = seeds();
+        let mut m = ModelProto::decode(s[seed % s.len()].as_slice()).expect("seed decodes");
+        for e in &edits {
+            apply_edit(&mut m, e);
+        }
+        exercise(m.encode_to_vec());
+    }
+
+    #[test]
+    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        exercise(bytes);
+    }
+}
