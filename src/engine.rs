@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use ndarray::{ArrayView1, ArrayView2, ArrayView3, ArrayView4, Ix1, Ix2, Ix3, Ix4};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
+use ort::session::SessionInputValue;
 use ort::value::TensorRef;
 
 use crate::onnx::augment::{IN_TARGET, OUT_A, OUT_CAM, OUT_CLASS, OUT_DA};
@@ -104,7 +105,11 @@ pub struct Engine {
     pub provider_used: String,
     augmented: bool,
     in_graph_cam: bool,
+    /// Output holding float32 logits.
     logits: String,
+    /// The model takes float16 input: each batch is converted into `input_half`.
+    input_f16: bool,
+    input_half: Vec<half::f16>,
 }
 
 /// Borrowed outputs of one batch, valid inside [`Engine::run_with`]'s callback.
@@ -116,13 +121,25 @@ pub struct BatchView<'a> {
     pub cam: Option<ArrayView3<'a, f32>>,
 }
 
-fn build_session(bytes: &[u8], opts: &EngineOptions, provider: &Provider) -> ort::Result<Session> {
+fn build_session(
+    bytes: &[u8],
+    external_dir: Option<&Path>,
+    opts: &EngineOptions,
+    provider: &Provider,
+) -> ort::Result<Session> {
     let env = RUNTIME
         .get()
         .ok_or_else(|| ort::Error::new("runtime not initialised"))?;
     let mut b = Session::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::All)?
         .with_intra_op_spinning(opts.intra_op_spinning)?;
+    if let Some(dir) = external_dir {
+        // A model built in memory has no path for ORT to resolve external data against.
+        b = b.with_config_entry(
+            "session.model_external_initializers_file_folder_path",
+            dir.to_string_lossy(),
+        )?;
+    }
     if opts.intra_threads > 0 {
         b = b.with_intra_threads(opts.intra_threads)?;
     }
@@ -163,7 +180,12 @@ impl Engine {
         augmented: bool,
     ) -> Result<Self, EngineError> {
         init_runtime(None)?;
-        let (session, provider_used) = match build_session(bytes, opts, &opts.provider) {
+        let (session, provider_used) = match build_session(
+            bytes,
+            model.external_data_dir.as_deref(),
+            opts,
+            &opts.provider,
+        ) {
             Ok(s) => (s, provider_name(&opts.provider)),
             Err(e) if opts.provider != Provider::Cpu => {
                 let msg = e.to_string();
@@ -174,7 +196,7 @@ impl Engine {
                     });
                 }
                 tracing::warn!(provider = %provider_name(&opts.provider), error = %msg, "provider unavailable, falling back to CPU");
-                let s = build_session(bytes, opts, &Provider::Cpu)
+                let s = build_session(bytes, model.external_data_dir.as_deref(), opts, &Provider::Cpu)
                     .map_err(|e| EngineError::Session(e.to_string()))?;
                 (s, "cpu (fallback)".to_string())
             }
@@ -186,7 +208,13 @@ impl Engine {
             provider_used,
             augmented,
             in_graph_cam: model.in_graph_cam,
-            logits: model.logits.clone(),
+            logits: if augmented {
+                model.logits_output.clone()
+            } else {
+                model.logits.clone()
+            },
+            input_f16: model.input_elem_type == crate::onnx::proto::dtype::FLOAT16,
+            input_half: Vec::new(),
         })
     }
 
@@ -199,7 +227,17 @@ impl Engine {
         f: impl FnOnce(BatchView) -> R,
     ) -> Result<R, EngineError> {
         let run = |e: ort::Error| EngineError::Run(e.to_string());
-        let x = TensorRef::from_array_view(input).map_err(run)?;
+        let x: SessionInputValue = if self.input_f16 {
+            self.input_half.clear();
+            self.input_half
+                .extend(input.iter().map(|&v| half::f16::from_f32(v)));
+            let shape: Vec<usize> = input.shape().to_vec();
+            TensorRef::from_array_view((shape, self.input_half.as_slice()))
+                .map_err(run)?
+                .into()
+        } else {
+            TensorRef::from_array_view(input).map_err(run)?.into()
+        };
         let t = TensorRef::from_array_view(([targets.len()], targets)).map_err(run)?;
         let outputs = if self.augmented {
             self.session
@@ -216,6 +254,23 @@ impl Engine {
                 .ok_or_else(|| EngineError::Run(format!("the session has no output '{name}'")))
         };
         let dims = |e: ndarray::ShapeError| EngineError::Run(format!("unexpected output shape: {e}"));
+        if !self.augmented && self.input_f16 {
+            // The original float16 model has float16 logits; only benchmarks run it.
+            let l = get(&self.logits)?
+                .try_extract_array::<half::f16>()
+                .map_err(run)?
+                .mapv(|v| v.to_f32());
+            let l = l.into_dimensionality::<Ix2>().map_err(dims)?;
+            let empty4 = ArrayView4::from_shape((0, 0, 0, 0), &[][..]).map_err(dims)?;
+            let empty1 = ArrayView1::from_shape(0, &[][..]).map_err(dims)?;
+            return Ok(f(BatchView {
+                logits: l.view(),
+                a: empty4,
+                da: empty4,
+                class: empty1,
+                cam: None,
+            }));
+        }
         let logits = get(&self.logits)?.try_extract_array::<f32>().map_err(run)?;
         let logits = logits.into_dimensionality::<Ix2>().map_err(dims)?;
         if !self.augmented {

@@ -222,3 +222,163 @@ fn truncated_and_garbage_models_are_errors() {
     let r = OnnxModel::from_bytes(b"this is not a protobuf \xff\xfe".to_vec());
     assert!(r.is_err());
 }
+
+#[test]
+fn external_data_models_load_and_explain() {
+    use gradcamd::onnx::proto::{ModelProto, StringStringEntryProto};
+    use prost::Message;
+    // gap_flatten_gemm with its Gemm weight moved to an external file, as onnx's
+    // save_as_external_data writes it.
+    let dir = crate::util::scratch("external_data");
+    let mut proto = ModelProto::decode(
+        std::fs::read(fixture("tiny/gap_flatten_gemm.onnx"))
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    let g = proto.graph.as_mut().unwrap();
+    let w = g
+        .initializer
+        .iter_mut()
+        .find(|t| t.dims == [5, 4])
+        .expect("the Gemm weight [5,4]");
+    let data = if w.raw_data.is_empty() {
+        w.float_data.iter().flat_map(|v| v.to_le_bytes()).collect()
+    } else {
+        std::mem::take(&mut w.raw_data)
+    };
+    w.float_data.clear();
+    let mut blob = vec![0u8; 16]; // an offset, so the offset is honoured
+    blob.extend_from_slice(&data);
+    std::fs::write(dir.join("weights.bin"), &blob).unwrap();
+    let kv = |k: &str, v: String| StringStringEntryProto {
+        key: k.into(),
+        value: v,
+    };
+    w.external_data = vec![
+        kv("location", "weights.bin".into()),
+        kv("offset", "16".into()),
+        kv("length", data.len().to_string()),
+    ];
+    w.data_location = 1;
+    let path = dir.join("ext.onnx");
+    std::fs::write(&path, proto.encode_to_vec()).unwrap();
+
+    let model = OnnxModel::load(&path).unwrap();
+    assert!(model.has_external_data());
+    let aug = augment(&model, &AugmentOptions::default()).unwrap();
+    assert_eq!(aug.external_data_dir.as_deref(), Some(dir.as_path()));
+    let fc = aug
+        .fc
+        .as_ref()
+        .expect("FC weights are read from the external file");
+    let want_w: Vec<f32> = data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    assert_eq!(fc.weights, want_w);
+
+    let j = read_json(&fixture("tiny/gap_flatten_gemm.json"));
+    let x = floats(&j["x"]);
+    let r = run(&model, &AugmentOptions::default(), &x, 3, &[-1, -1, -1]);
+    let want = floats(&j["dx"]);
+    let d = max_abs_diff(&r.da, &want);
+    assert!(
+        d <= 1e-4 * max_abs(&want),
+        "dA through external weights differs by {d}"
+    );
+
+    // An external file that escapes the model directory is refused, not read.
+    let mut p2 = ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
+    let g = p2.graph.as_mut().unwrap();
+    let w = g.initializer.iter_mut().find(|t| t.data_location == 1).unwrap();
+    w.external_data[0].value = "../../etc/passwd".into();
+    std::fs::write(dir.join("escape.onnx"), p2.encode_to_vec()).unwrap();
+    let m2 = OnnxModel::load(&dir.join("escape.onnx")).unwrap();
+    assert!(augment(&m2, &AugmentOptions::default()).unwrap().fc.is_none());
+}
+
+/// `name` with every float32 tensor and type turned into float16.
+fn to_float16(name: &str) -> Vec<u8> {
+    use gradcamd::onnx::proto::{dtype, ModelProto};
+    use prost::Message;
+    let mut p = ModelProto::decode(
+        std::fs::read(fixture(&format!("tiny/{name}.onnx")))
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    let g = p.graph.as_mut().unwrap();
+    let half_tensor = |t: &mut gradcamd::onnx::proto::TensorProto| {
+        if t.data_type == dtype::FLOAT {
+            let v = t.to_f32().unwrap();
+            t.float_data.clear();
+            t.raw_data = v
+                .iter()
+                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                .collect();
+            t.data_type = dtype::FLOAT16;
+        }
+    };
+    g.initializer.iter_mut().for_each(half_tensor);
+    for n in &mut g.node {
+        for a in &mut n.attribute {
+            if let Some(t) = a.t.as_mut() {
+                half_tensor(t);
+            }
+        }
+    }
+    for v in g
+        .input
+        .iter_mut()
+        .chain(g.output.iter_mut())
+        .chain(g.value_info.iter_mut())
+    {
+        if let Some(t) = v.r#type.as_mut().and_then(|t| t.tensor_type.as_mut()) {
+            if t.elem_type == dtype::FLOAT {
+                t.elem_type = dtype::FLOAT16;
+            }
+        }
+    }
+    p.encode_to_vec()
+}
+
+#[test]
+fn float16_models_differentiate_in_float16_and_hand_out_float32() {
+    for name in ["relu_head", "transpose_layernorm", "hardswish"] {
+        let model = OnnxModel::from_bytes(to_float16(name)).unwrap();
+        let aug = augment(
+            &model,
+            &AugmentOptions {
+                target_layer: Some("x".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(aug.elem_type, gradcamd::onnx::proto::dtype::FLOAT16);
+        assert_eq!(aug.logits_output, "gradcamd_logits");
+        let j = read_json(&fixture(&format!("tiny/{name}.json")));
+        let x = floats(&j["x"]);
+        let opts = AugmentOptions {
+            target_layer: Some("x".into()),
+            ..Default::default()
+        };
+        // Rounding to float16 can swap close logits, so seed the reference's classes explicitly.
+        let want_class: Vec<i64> = j["class"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        let r = run(&model, &opts, &x, 3, &want_class);
+        assert_eq!(r.class, want_class);
+        let want = floats(&j["dx"]);
+        let d = max_abs_diff(&r.da, &want);
+        // float16 keeps ~3 decimal digits.
+        assert!(
+            d <= 1e-2 * max_abs(&want),
+            "{name}: float16 dA differs by {d} (max |dx| {})",
+            max_abs(&want)
+        );
+    }
+}

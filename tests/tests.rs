@@ -8,6 +8,7 @@ mod util;
 mod cli;
 mod configs;
 mod fuzz;
+mod heads;
 #[cfg(feature = "video")]
 mod methods;
 mod nhwc;

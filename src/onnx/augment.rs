@@ -30,6 +30,8 @@ pub const OUT_A: &str = "gradcamd_A";
 pub const OUT_DA: &str = "gradcamd_dA";
 pub const OUT_CLASS: &str = "gradcamd_class";
 pub const OUT_CAM: &str = "gradcamd_cam";
+/// The logits as float32, for models whose logits are not.
+pub const OUT_LOGITS: &str = "gradcamd_logits";
 
 /// Ops whose outputs carry no gradient (integers, booleans, shapes).
 const NON_DIFFERENTIABLE: &[&str] = &[
@@ -90,6 +92,10 @@ pub struct Augmented {
     pub input_name: String,
     pub input_dims: Option<Vec<Option<i64>>>,
     pub logits: String,
+    /// The augmented model's float32 copy of the logits (`logits` itself when it is float32).
+    pub logits_output: String,
+    /// Element type of the model input (float32 or float16).
+    pub input_elem_type: i32,
     /// True when the logits come out of a Softmax and the score is its input.
     pub pre_softmax: bool,
     pub target: String,
@@ -102,6 +108,8 @@ pub struct Augmented {
     pub fc: Option<FcHead>,
     pub elem_type: i32,
     pub in_graph_cam: bool,
+    /// Where ORT must look for external initializer files, if the model has any.
+    pub external_data_dir: Option<std::path::PathBuf>,
 }
 
 pub fn augment(m: &OnnxModel, opts: &AugmentOptions) -> Result<Augmented, OnnxError> {
@@ -277,15 +285,33 @@ pub fn augment(m: &OnnxModel, opts: &AugmentOptions) -> Result<Augmented, OnnxEr
         .remove(&target)
         .ok_or_else(|| OnnxError::NotCnn(format!("no gradient reached the target tensor '{target}'")))?;
     let da = sum(&mut b, da_parts);
-    if nhwc {
-        // Channels-last feature map: hand it out as [N,C,h,w] like every other.
-        let perm = || vec![("perm", Attr::Ints(vec![0, 3, 1, 2]))];
-        b.op_into("Transpose", &[&target], perm(), OUT_A);
-        b.op_into("Transpose", &[&da], perm(), OUT_DA);
-    } else {
-        b.op_into("Identity", &[&target], vec![], OUT_A);
-        b.op_into("Identity", &[&da], vec![], OUT_DA);
+    // A and dA leave as float32 [N,C,h,w] whatever the model computes in (float16 models
+    // differentiate in float16; the CAM math runs in float32).
+    for (src, out) in [(target.as_str(), OUT_A), (da.as_str(), OUT_DA)] {
+        let t = if nhwc {
+            // Channels-last feature map: hand it out as [N,C,h,w] like every other.
+            b.op("Transpose", &[src], vec![("perm", Attr::Ints(vec![0, 3, 1, 2]))])
+        } else {
+            src.to_string()
+        };
+        if elem_type == dtype::FLOAT {
+            b.op_into("Identity", &[&t], vec![], out);
+        } else {
+            b.op_into("Cast", &[&t], vec![("to", Attr::I(dtype::FLOAT as i64))], out);
+        }
     }
+    let logits_type = *m.elem_types.get(&logits).unwrap_or(&dtype::FLOAT);
+    let logits_output = if logits_type == dtype::FLOAT {
+        logits.clone()
+    } else {
+        b.op_into(
+            "Cast",
+            &[&logits],
+            vec![("to", Attr::I(dtype::FLOAT as i64))],
+            OUT_LOGITS,
+        );
+        OUT_LOGITS.to_string()
+    };
     if opts.in_graph_cam {
         let w = b.reduce("ReduceMean", OUT_DA, &[2, 3], true);
         let wa = b.op("Mul", &[OUT_A, &w], vec![]);
@@ -300,12 +326,15 @@ pub fn augment(m: &OnnxModel, opts: &AugmentOptions) -> Result<Augmented, OnnxEr
     };
     extra.input.push(value_info(IN_TARGET, dtype::INT64, &[None]));
     let mut outs = vec![
-        value_info(OUT_A, elem_type, &[None, None, None, None]),
-        value_info(OUT_DA, elem_type, &[None, None, None, None]),
+        value_info(OUT_A, dtype::FLOAT, &[None, None, None, None]),
+        value_info(OUT_DA, dtype::FLOAT, &[None, None, None, None]),
         value_info(OUT_CLASS, dtype::INT64, &[None]),
     ];
+    if logits_output != logits {
+        outs.push(value_info(OUT_LOGITS, dtype::FLOAT, &[None, None]));
+    }
     if opts.in_graph_cam {
-        outs.push(value_info(OUT_CAM, elem_type, &[None, None, None]));
+        outs.push(value_info(OUT_CAM, dtype::FLOAT, &[None, None, None]));
     }
     extra.output = outs;
     let mut bytes = m.bytes.clone();
@@ -321,6 +350,8 @@ pub fn augment(m: &OnnxModel, opts: &AugmentOptions) -> Result<Augmented, OnnxEr
         opset: m.opset,
         input_name: input.name.clone(),
         input_dims: input.dims(),
+        input_elem_type: *m.elem_types.get(&input.name).unwrap_or(&dtype::FLOAT),
+        logits_output,
         logits,
         pre_softmax,
         target_dims: m.declared_dims(&target),
@@ -331,6 +362,11 @@ pub fn augment(m: &OnnxModel, opts: &AugmentOptions) -> Result<Augmented, OnnxEr
         head: head_ops,
         elem_type,
         in_graph_cam: opts.in_graph_cam,
+        external_data_dir: if m.has_external_data() {
+            m.dir.clone()
+        } else {
+            None
+        },
     })
 }
 

@@ -35,6 +35,8 @@ pub struct OnnxModel {
     pub ranks: HashMap<String, usize>,
     /// Element type of each tensor, where written in the model.
     pub elem_types: HashMap<String, i32>,
+    /// Directory of the model file, where external data lives (`None` for in-memory models).
+    pub dir: Option<std::path::PathBuf>,
 }
 
 impl OnnxModel {
@@ -43,13 +45,67 @@ impl OnnxModel {
             path: path.to_path_buf(),
             err: e,
         })?;
-        Self::from_bytes(bytes).map_err(|e| match e {
+        let mut m = Self::from_bytes(bytes).map_err(|e| match e {
             OnnxError::Decode(msg) => OnnxError::Corrupt {
                 path: path.to_path_buf(),
                 msg,
             },
             other => other,
-        })
+        })?;
+        m.dir = Some(
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+        );
+        Ok(m)
+    }
+
+    /// Whether any initializer keeps its data in an external file (models over 2 GB, or
+    /// exported with `save_as_external_data`).
+    pub fn has_external_data(&self) -> bool {
+        self.graph()
+            .initializer
+            .iter()
+            .any(|t| t.data_location == 1 || !t.external_data.is_empty())
+    }
+
+    /// Reads an external initializer's bytes from the model's directory into `raw_data`.
+    fn load_external(&self, t: &mut TensorProto) -> Option<()> {
+        let key = |k: &str| {
+            t.external_data
+                .iter()
+                .find(|e| e.key == k)
+                .map(|e| e.value.clone())
+        };
+        let location = key("location")?;
+        let rel = Path::new(&location);
+        // The spec allows only paths inside the model's directory.
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return None;
+        }
+        let offset: u64 = key("offset").map_or(Some(0), |v| v.parse().ok())?;
+        let mut f = std::fs::File::open(self.dir.as_ref()?.join(rel)).ok()?;
+        use std::io::{Read, Seek, SeekFrom};
+        f.seek(SeekFrom::Start(offset)).ok()?;
+        let want = match key("length") {
+            Some(v) => v.parse::<u64>().ok()?,
+            None => (t.numel() as u64).checked_mul(4)?,
+        };
+        // Never trust a length beyond the file.
+        let mut buf = Vec::new();
+        f.take(want).read_to_end(&mut buf).ok()?;
+        if buf.len() as u64 != want {
+            return None;
+        }
+        t.raw_data = buf;
+        t.external_data.clear();
+        t.data_location = 0;
+        Some(())
     }
 
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, OnnxError> {
@@ -93,6 +149,7 @@ impl OnnxModel {
             initializers,
             ranks: HashMap::new(),
             elem_types: HashMap::new(),
+            dir: None,
         };
         m.infer_ranks();
         Ok(m)
@@ -122,7 +179,11 @@ impl OnnxModel {
     /// The value of a tensor that is an initializer or the output of a `Constant` node.
     pub fn constant(&self, name: &str) -> Option<TensorProto> {
         if let Some(t) = self.initializer(name) {
-            return Some(t.clone());
+            let mut t = t.clone();
+            if !t.external_data.is_empty() {
+                self.load_external(&mut t)?;
+            }
+            return Some(t);
         }
         let n = self.node(*self.producer.get(name)?);
         if n.op_type != "Constant" {

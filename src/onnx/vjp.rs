@@ -23,6 +23,7 @@ pub const SUPPORTED: &[&str] = &[
     "Clip",
     "Div",
     "Dropout",
+    "Exp",
     "Flatten",
     "Gather",
     "Gemm",
@@ -36,13 +37,17 @@ pub const SUPPORTED: &[&str] = &[
     "MatMul",
     "Mul",
     "Neg",
+    "Pow",
+    "Reciprocal",
     "ReduceMean",
     "Relu",
     "Reshape",
     "Sigmoid",
     "Softmax",
+    "Sqrt",
     "Squeeze",
     "Sub",
+    "Tanh",
     "Transpose",
     "Unsqueeze",
 ];
@@ -134,7 +139,7 @@ pub fn backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, String)>
     // Corrupt or hand-made graphs can lack required inputs; index only after this check.
     let arity = match n.op_type.as_str() {
         "BatchNormalization" => 5,
-        "Add" | "Sub" | "Mul" | "Div" | "Gemm" | "MatMul" | "LayerNormalization" | "Gather" => 2,
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Gemm" | "MatMul" | "LayerNormalization" | "Gather" => 2,
         _ => 1,
     };
     if n.input.len() < arity || n.input[..arity].iter().any(String::is_empty) || n.output.is_empty() {
@@ -168,6 +173,39 @@ pub fn backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, String)>
             vec![(0, cx.reshape_like(g, &x))]
         }
         "Neg" => vec![(0, cx.b.op("Neg", &[g], vec![]))],
+        // Unary ops written with their output y where that is cheaper.
+        "Sqrt" => {
+            // d sqrt(x) = 1 / (2 y)
+            let two = cx.b.scalar(2.0);
+            let ty = cx.b.op("Mul", &[&y, &two], vec![]);
+            vec![(0, cx.b.op("Div", &[g, &ty], vec![]))]
+        }
+        "Reciprocal" => {
+            // d (1/x) = -y^2
+            let yy = cx.b.op("Mul", &[&y, &y], vec![]);
+            let gy = cx.b.op("Mul", &[g, &yy], vec![]);
+            vec![(0, cx.b.op("Neg", &[&gy], vec![]))]
+        }
+        "Exp" => vec![(0, cx.b.op("Mul", &[g, &y], vec![]))],
+        "Tanh" => {
+            let one = cx.b.scalar(1.0);
+            let yy = cx.b.op("Mul", &[&y, &y], vec![]);
+            let d = cx.b.op("Sub", &[&one, &yy], vec![]);
+            vec![(0, cx.b.op("Mul", &[g, &d], vec![]))]
+        }
+        "Pow" => {
+            // x^e with an exponent that does not depend on the target: e * x^(e-1).
+            only_x(cx, "the exponent")?;
+            let e = n.input[1].clone();
+            let one = cx.b.scalar(1.0);
+            let ef =
+                cx.b.op("Cast", &[&e], vec![("to", Attr::I(cx.b.elem_type as i64))]);
+            let em1 = cx.b.op("Sub", &[&ef, &one], vec![]);
+            let p = cx.b.op("Pow", &[&x, &em1], vec![]);
+            let d = cx.b.op("Mul", &[&p, &ef], vec![]);
+            let gd = cx.b.op("Mul", &[g, &d], vec![]);
+            vec![(0, cx.unbroadcast(&gd, &x, ni)?)]
+        }
         "Relu" => {
             let zero = cx.b.scalar(0.0);
             let pos = cx.b.op("Greater", &[&x, &zero], vec![]);
@@ -507,7 +545,25 @@ fn gather_backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, Strin
     let ri = cx.rank(&idx, ni)?;
     let axis = cx.axis(attr_i(&n, "axis").unwrap_or(0), r, ni)?;
     if ri > 1 {
-        return Err(cx.unsupported(ni, "Gather with indices of rank > 1"));
+        // data[idx] along axis 0 with an index tensor (ConvNeXt's dynamo export gathers a
+        // flattened map this way): scatter-add g back with ScatterND.
+        if axis != 0 || cx.m.opset < 16 {
+            return Err(cx.unsupported(
+                ni,
+                "Gather with indices of rank > 1 is supported on axis 0 from opset 16",
+            ));
+        }
+        let idx_nd = cx.b.unsqueeze(&idx, &[-1]);
+        let xs = cx.b.op("Shape", &[&x], vec![]);
+        let zero = zeros_like(cx, &xs);
+        return Ok(vec![(
+            0,
+            cx.b.op(
+                "ScatterND",
+                &[&zero, &idx_nd, g],
+                vec![("reduction", Attr::S("add"))],
+            ),
+        )]);
     }
     if cx.m.opset < 16 {
         let unique = cx.m.constant_i64(&idx).is_some_and(|v| {
@@ -535,20 +591,23 @@ fn gather_backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, Strin
     let gs = cx.b.op("Shape", &[&g], vec![]);
     let ie = cx.b.op("Expand", &[&i, &gs], vec![]);
     let xs = cx.b.op("Shape", &[&x], vec![]);
-    let zero = {
-        let t = super::proto::TensorProto {
-            dims: vec![1],
-            data_type: cx.b.elem_type,
-            raw_data: vec![0; elem_size(cx.b.elem_type)],
-            ..Default::default()
-        };
-        cx.b.op("ConstantOfShape", &[&xs], vec![("value", Attr::T(t))])
-    };
+    let zero = zeros_like(cx, &xs);
     let mut attrs = vec![("axis", Attr::I(axis))];
     if cx.m.opset >= 16 {
         attrs.push(("reduction", Attr::S("add")));
     }
     Ok(vec![(0, cx.b.op("ScatterElements", &[&zero, &ie, &g], attrs))])
+}
+
+/// Zeros of the graph's float type, shaped by the 1-D int64 tensor `shape`.
+fn zeros_like(cx: &mut Ctx, shape: &str) -> String {
+    let t = super::proto::TensorProto {
+        dims: vec![1],
+        data_type: cx.b.elem_type,
+        raw_data: vec![0; elem_size(cx.b.elem_type)],
+        ..Default::default()
+    };
+    cx.b.op("ConstantOfShape", &[shape], vec![("value", Attr::T(t))])
 }
 
 fn elem_size(t: i32) -> usize {
