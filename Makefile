@@ -33,6 +33,13 @@ bench: build
 	@mkdir -p out
 	@bench/run.sh
 
+# Dev-time only (Python + torch): full torchvision models vs pytorch-grad-cam, all exporters and
+# opsets (tools/conformance.py; about 5 minutes on 2 cores). Table in out/conformance/table.md.
+conformance: build
+	@PY=$${GRADCAMD_DEV_PYTHON:-.venv/bin/python}; \
+	if ! [ -x "$$PY" ]; then echo "conformance: no dev Python at $$PY; see tools/README.md" >&2; exit 1; fi; \
+	"$$PY" tools/conformance.py --out out/conformance
+
 # Dev-time only (Python + torch): regenerate the committed model and fixtures.
 fixtures:
 	@tools/regenerate.sh

@@ -326,3 +326,58 @@ fn provider_name(p: &Provider) -> String {
         Provider::Cuda { device_id } => format!("cuda:{device_id}"),
     }
 }
+
+/// Runs `model_bytes` once on zeros of `input_dims` (batch 1, float32) with `tensors` added as
+/// graph outputs, and returns each tensor's shape: the shapes `inspect` shows when the model
+/// carries no value_info. Fails for models whose input size is not fixed.
+pub fn probe_shapes(
+    model: &crate::onnx::OnnxModel,
+    input_name: &str,
+    input_dims: &[usize],
+    tensors: &[String],
+) -> Result<Vec<Vec<usize>>, EngineError> {
+    use crate::onnx::proto::{GraphProto, TensorTypeProto, TypeProto, ValueInfoProto};
+    init_runtime(None)?;
+    let extra = GraphProto {
+        output: tensors
+            .iter()
+            .filter(|t| !model.graph().output.iter().any(|o| &&o.name == t))
+            .map(|t| {
+                let elem_type = *model
+                    .elem_types
+                    .get(t)
+                    .unwrap_or(&crate::onnx::proto::dtype::FLOAT);
+                let tensor_type = Some(TensorTypeProto {
+                    elem_type,
+                    shape: None,
+                });
+                ValueInfoProto {
+                    name: t.clone(),
+                    r#type: Some(TypeProto { tensor_type }),
+                }
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut bytes = model.bytes.clone();
+    prost::encoding::message::encode(7, &extra, &mut bytes);
+    let opts = EngineOptions::default();
+    let mut session = build_session(&bytes, model.dir.as_deref(), &opts, &Provider::Cpu)
+        .map_err(|e| EngineError::Session(e.to_string()))?;
+    let n: usize = input_dims.iter().product();
+    let zeros = vec![0f32; n];
+    let x = TensorRef::from_array_view((input_dims.to_vec(), zeros.as_slice()))
+        .map_err(|e| EngineError::Run(e.to_string()))?;
+    let outputs = session
+        .run(ort::inputs![input_name => x])
+        .map_err(|e| EngineError::Run(e.to_string()))?;
+    Ok(tensors
+        .iter()
+        .map(|t| {
+            outputs
+                .get(t.as_str())
+                .map(|v| v.shape().iter().map(|&d| d.max(0) as usize).collect())
+                .unwrap_or_default()
+        })
+        .collect())
+}

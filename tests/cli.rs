@@ -380,7 +380,8 @@ fn inspect_and_augment() {
         "GlobalAveragePool",
         "Gemm",
         "candidates",
-        "cam      available",
+        "method cam available",
+        "[1,1280,7,7]",
     ] {
         assert!(text.contains(want), "inspect lacks {want:?}:\n{text}");
     }

@@ -1,9 +1,11 @@
 //! `gradcamd inspect` and `gradcamd augment`: what the rewriter sees in a model.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::cli::{AugmentArgs, InspectArgs};
 use crate::error::{fail, Kind, KindExt};
+use crate::onnx::augment::locate;
 use crate::onnx::proto::fmt_dims;
 use crate::onnx::vjp::is_supported;
 use crate::onnx::{augment, AugmentOptions, OnnxModel};
@@ -12,94 +14,160 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     let m = OnnxModel::load(&args.model).map_err(|e| fail(Kind::from(&e), e))?;
     let g = m.graph();
     let mut out = String::new();
-    let dims = |n: &str| {
-        m.declared_dims(n)
-            .map(|d| fmt_dims(&d))
-            .unwrap_or_else(|| "[?]".into())
-    };
-    let _ = writeln!(out, "model    {}", args.model.display());
-    let _ = writeln!(
-        out,
-        "producer {} {}  opset {}  ir {}",
-        m.proto.producer_name, m.proto.producer_version, m.opset, m.proto.ir_version
-    );
-    let _ = writeln!(out, "nodes    {}", g.node.len());
-    for v in m.real_inputs() {
-        let _ = writeln!(out, "input    {} {}", v.name, dims(&v.name));
-    }
-    for v in &g.output {
-        let _ = writeln!(out, "output   {} {}", v.name, dims(&v.name));
-    }
     let opts = AugmentOptions {
         target_layer: args.target_layer.clone(),
         ..Default::default()
     };
-    match augment(&m, &opts) {
+    let located = locate(&m, &opts);
+    let probed = probe(&m, located.as_ref().ok());
+    // Measured shape (batch 1), else the declared one, else the inferred rank.
+    let dims = |n: &str| {
+        if let Some(d) = probed.get(n).filter(|d| !d.is_empty()) {
+            return format!(
+                "[{}]",
+                d.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")
+            );
+        }
+        match (m.declared_dims(n), m.rank(n)) {
+            (Some(d), _) => fmt_dims(&d),
+            (None, Some(r)) => fmt_dims(&vec![None; r]),
+            (None, None) => "[?]".into(),
+        }
+    };
+    let _ = writeln!(out, "model    {}", args.model.display());
+    let _ = writeln!(
+        out,
+        "producer {} {}  opset {}  ir {}{}",
+        m.proto.producer_name,
+        m.proto.producer_version,
+        m.opset,
+        m.proto.ir_version,
+        if m.has_external_data() {
+            "  (external data)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(out, "nodes    {}", g.node.len());
+    let declared = |n: &str| {
+        m.declared_dims(n)
+            .map_or_else(|| "[?]".to_string(), |d| fmt_dims(&d))
+    };
+    for v in m.real_inputs() {
+        let _ = writeln!(out, "input    {} {}", v.name, declared(&v.name));
+    }
+    for v in &g.output {
+        let _ = writeln!(out, "output   {} {}", v.name, declared(&v.name));
+    }
+    if probed.is_empty() {
+        let _ = writeln!(
+            out,
+            "shapes   as declared (the input size is not fixed, so the model was not run)"
+        );
+    } else {
+        let _ = writeln!(out, "shapes   measured by one run at batch 1");
+    }
+    if let Ok(l) = &located {
+        let how = if args.target_layer.is_some() {
+            "named"
+        } else {
+            "pooling rule"
+        };
+        let layout = if l.nhwc {
+            ", channels-last: handed out as [N,C,h,w]"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "target   {} {} ({how}{layout})", l.target, dims(&l.target));
+        if l.pre_softmax {
+            let _ = writeln!(
+                out,
+                "score    {}: the input of the final Softmax (pre-softmax, as pytorch-grad-cam)",
+                l.score
+            );
+        }
+        let _ = writeln!(
+            out,
+            "head     {} ops from the target to the score (✓ has a backward rule):",
+            l.head.len()
+        );
+        for &i in &l.head {
+            let n = m.node(i);
+            let mark = if is_supported(&n.op_type) { "✓" } else { "✗" };
+            let _ = writeln!(
+                out,
+                "         {mark} {:<20} {:<40} -> {}",
+                n.op_type,
+                n.name,
+                dims(&n.output[0])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "candidates (4-D tensors, nearest the logits first; use one as --target-layer):"
+        );
+        for c in &l.candidates {
+            let _ = writeln!(
+                out,
+                "           {:<48} {:<18} from {}",
+                c.name,
+                dims(&c.name),
+                c.producer
+            );
+        }
+    }
+    let result = located.and_then(|_| augment(&m, &opts));
+    match result {
         Ok(a) => {
+            let cam = if a.fc.is_some() {
+                "available (global-average-pool + fully-connected head)"
+            } else {
+                "not available (the head is not GAP + FC); the gradient methods work"
+            };
+            let _ = writeln!(out, "method cam {cam}");
             let _ = writeln!(
                 out,
-                "target   {} {}{}",
-                a.target,
-                dims(&a.target),
-                if args.target_layer.is_some() {
-                    " (named)"
-                } else {
-                    " (pooling rule)"
-                }
+                "augment  ok: outputs gradcamd_A, gradcamd_dA, gradcamd_class (float32, [N,C,h,w])"
             );
-            if a.pre_softmax {
-                let _ = writeln!(
-                    out,
-                    "score    the input of the final Softmax (pre-softmax, as pytorch-grad-cam)"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "head     {} ops from the target to the logits:",
-                a.head.len()
-            );
-            for (op, name) in &a.head {
-                let _ = writeln!(out, "           {op:<20} {name}");
-            }
-            let _ = writeln!(
-                out,
-                "cam      {}",
-                if a.fc.is_some() {
-                    "available (GAP + fully-connected head)"
-                } else {
-                    "not available (head is not GAP + FC); use gradcam"
-                }
-            );
-            let _ = writeln!(out, "candidates (4-D tensors nearest the logits first):");
-            for c in &a.candidates {
-                let _ = writeln!(
-                    out,
-                    "           {:<48} {:<18} from {}",
-                    c.name,
-                    c.dims.as_deref().map(fmt_dims).unwrap_or_else(|| "[?]".into()),
-                    c.producer
-                );
-            }
+            print!("{out}");
+            Ok(())
         }
         Err(e) => {
             let _ = writeln!(out, "augment  FAILED: {e}");
-            let ops: std::collections::BTreeSet<&str> = g
-                .node
-                .iter()
-                .map(|n| n.op_type.as_str())
-                .filter(|o| !is_supported(o))
-                .collect();
-            let _ = writeln!(
-                out,
-                "ops without a backward rule in this model: {}",
-                ops.into_iter().collect::<Vec<_>>().join(", ")
-            );
             print!("{out}");
-            return Err(fail(Kind::from(&e), e));
+            Err(fail(Kind::from(&e), e))
         }
     }
-    print!("{out}");
-    Ok(())
+}
+
+/// Shapes of the target, head and candidate tensors from one ORT run on zeros, when the input
+/// size is fixed; empty otherwise (or when ORT cannot run the model).
+fn probe(m: &OnnxModel, l: Option<&crate::onnx::augment::Located>) -> HashMap<String, Vec<usize>> {
+    let Some(l) = l else { return HashMap::new() };
+    let Some(input) = m.real_inputs().next() else {
+        return HashMap::new();
+    };
+    let Some(dims) = input.dims() else {
+        return HashMap::new();
+    };
+    let fixed: Option<Vec<usize>> = dims
+        .iter()
+        .enumerate()
+        .map(|(i, d)| if i == 0 { Some(1) } else { d.map(|v| v as usize) })
+        .collect();
+    let Some(fixed) = fixed else { return HashMap::new() };
+    let mut names: Vec<String> = vec![l.target.clone()];
+    names.extend(l.head.iter().map(|&i| m.node(i).output[0].clone()));
+    names.extend(l.candidates.iter().map(|c| c.name.clone()));
+    names.sort();
+    names.dedup();
+    match crate::engine::probe_shapes(m, &input.name, &fixed, &names) {
+        Ok(shapes) => names.into_iter().zip(shapes).collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "shape probe failed");
+            HashMap::new()
+        }
+    }
 }
 
 pub fn augment_cmd(args: &AugmentArgs) -> anyhow::Result<()> {

@@ -112,7 +112,23 @@ pub struct Augmented {
     pub external_data_dir: Option<std::path::PathBuf>,
 }
 
-pub fn augment(m: &OnnxModel, opts: &AugmentOptions) -> Result<Augmented, OnnxError> {
+/// What augmentation will differentiate, found before any node is written: `inspect` shows it
+/// even when a head op has no backward rule.
+pub struct Located {
+    pub logits: String,
+    pub score: String,
+    pub pre_softmax: bool,
+    pub target: String,
+    pub nhwc: bool,
+    pub elem_type: i32,
+    pub candidates: Vec<Candidate>,
+    /// Nodes on a path from the target to the score, in graph order.
+    pub head: Vec<usize>,
+    /// Tensors that depend on the target.
+    pub diff: HashSet<String>,
+}
+
+pub fn locate(m: &OnnxModel, opts: &AugmentOptions) -> Result<Located, OnnxError> {
     if m.opset < MIN_OPSET {
         return Err(OnnxError::Opset {
             found: m.opset,
@@ -125,10 +141,9 @@ pub fn augment(m: &OnnxModel, opts: &AugmentOptions) -> Result<Augmented, OnnxEr
             "this model was already augmented by gradcamd; give it the original model".into(),
         ));
     }
-    let input = m
-        .real_inputs()
-        .next()
-        .ok_or_else(|| OnnxError::NotCnn("the model has no input".into()))?;
+    if m.real_inputs().next().is_none() {
+        return Err(OnnxError::NotCnn("the model has no input".into()));
+    }
     let logits = match &opts.logits {
         Some(l) => g
             .output
@@ -236,6 +251,35 @@ pub fn augment(m: &OnnxModel, opts: &AugmentOptions) -> Result<Augmented, OnnxEr
                 && n.output.iter().any(|o| anc.contains(o) && diff.contains(o))
         })
         .collect();
+    Ok(Located {
+        logits,
+        score,
+        pre_softmax,
+        target,
+        nhwc,
+        elem_type,
+        candidates,
+        head,
+        diff,
+    })
+}
+
+pub fn augment(m: &OnnxModel, opts: &AugmentOptions) -> Result<Augmented, OnnxError> {
+    let Located {
+        logits,
+        score,
+        pre_softmax,
+        target,
+        nhwc,
+        elem_type,
+        candidates,
+        head,
+        diff,
+    } = locate(m, opts)?;
+    let input = m
+        .real_inputs()
+        .next()
+        .ok_or_else(|| OnnxError::NotCnn("the model has no input".into()))?;
 
     let mut b = Builder::new(elem_type, m.opset);
 
