@@ -1,17 +1,26 @@
 //! Capture stage: one thread per source, decoding with OpenCV's `VideoCapture`.
 //!
-//! A file source is lossless: `send` blocks while the pipeline is full, so every decoded frame
-//! reaches the output. A live source never lets latency grow: when the channel is full the new
-//! frame is dropped and counted instead. The stop flag (Ctrl-C) is read only here; the stages
-//! downstream finish when this thread drops its sender.
+//! - A *file* source is lossless: `send` blocks while the pipeline is full, so every decoded
+//!   frame reaches the output.
+//! - A *live* source (camera, RTSP, any URL) never lets latency grow: its channel holds one
+//!   frame, and a newer frame replaces an older one that inference has not taken yet (counted as
+//!   dropped). On a read failure or timeout it reconnects with capped exponential backoff and
+//!   jitter, logging each attempt; while it is down it sends "stream lost" placeholder frames so
+//!   the outputs do not freeze, and its `up` gauge is 0.
+//!
+//! A video file given `mode = "live"` plays in real time and loops: a stand-in camera for demos,
+//! tests and benchmarks.
+//!
+//! The stop flag (Ctrl-C, SIGTERM) is read only here; the stages downstream finish when this
+//! thread drops its sender.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
-use opencv::core::Mat;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use opencv::core::{Mat, Scalar, Size, Vector, CV_8UC3};
 use opencv::prelude::*;
 use opencv::videoio::{self, VideoCapture};
 
@@ -20,120 +29,371 @@ use crate::error::{fail, Kind};
 use crate::frame::Frame;
 use crate::stats::Stats;
 
+/// What a source URI names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    File(String),
+    /// V4L2 camera index: `camera:N` or `/dev/videoN`.
+    Camera(i32),
+    /// Anything OpenCV's FFmpeg backend opens: `rtsp://`, `http://`, `udp://`, ...
+    Url(String),
+}
+
+impl SourceKind {
+    pub fn parse(uri: &str) -> SourceKind {
+        if let Some(n) = uri.strip_prefix("camera:").and_then(|n| n.parse().ok()) {
+            return SourceKind::Camera(n);
+        }
+        if let Some(n) = uri.strip_prefix("/dev/video").and_then(|n| n.parse().ok()) {
+            return SourceKind::Camera(n);
+        }
+        if uri.contains("://") {
+            return SourceKind::Url(uri.to_string());
+        }
+        SourceKind::File(uri.to_string())
+    }
+
+    pub fn default_mode(&self) -> SourceMode {
+        match self {
+            SourceKind::File(_) => SourceMode::File,
+            _ => SourceMode::Live,
+        }
+    }
+}
+
+/// How a live source reconnects.
+#[derive(Debug, Clone)]
+pub struct Reconnect {
+    pub initial: Duration,
+    pub max: Duration,
+    /// FFmpeg open and read timeouts: without them a stalled server blocks a read ~30 s.
+    pub open_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+            open_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 /// An opened source, with what the sinks need to know about it.
 pub struct Source {
     pub index: usize,
     pub name: String,
     pub uri: String,
+    pub kind: SourceKind,
     pub mode: SourceMode,
     pub fps: f64,
-    pub width: i32,
-    pub height: i32,
+    /// Frame size, once known (a live source that is down at start-up has none yet).
+    pub size: Option<(i32, i32)>,
     /// Frames in the file, if the container says (progress bar only; never trusted for logic).
     pub frame_count: Option<u64>,
-    cap: VideoCapture,
+    reconnect: Reconnect,
+    cap: Option<VideoCapture>,
     /// The first frame, read at open time to prove the stream decodes.
     first: Option<Mat>,
 }
 
+fn open_capture(kind: &SourceKind, rc: &Reconnect) -> opencv::Result<VideoCapture> {
+    match kind {
+        SourceKind::File(p) => VideoCapture::from_file(p, videoio::CAP_ANY),
+        SourceKind::Camera(i) => VideoCapture::new(*i, videoio::CAP_V4L2),
+        SourceKind::Url(u) => {
+            let params = Vector::from_slice(&[
+                videoio::CAP_PROP_OPEN_TIMEOUT_MSEC,
+                rc.open_timeout.as_millis() as i32,
+                videoio::CAP_PROP_READ_TIMEOUT_MSEC,
+                rc.read_timeout.as_millis() as i32,
+            ]);
+            VideoCapture::from_file_with_params(u, videoio::CAP_FFMPEG, &params)
+        }
+    }
+}
+
+/// Opens and reads one frame: (capture, first frame, fps, frame count).
+fn connect(kind: &SourceKind, rc: &Reconnect) -> Result<(VideoCapture, Mat), String> {
+    let mut cap = open_capture(kind, rc).map_err(|e| e.to_string())?;
+    if !cap.is_opened().unwrap_or(false) {
+        return Err("cannot open it".into());
+    }
+    let mut first = Mat::default();
+    if !cap.read(&mut first).unwrap_or(false) || first.empty() {
+        return Err("opened, but no frame could be read".into());
+    }
+    Ok((cap, first))
+}
+
 impl Source {
-    pub fn open(index: usize, name: String, uri: &str, mode: SourceMode) -> anyhow::Result<Source> {
-        if !Path::new(uri).exists() {
-            return Err(fail(
-                Kind::Input,
-                format!("source '{name}': video file {uri} does not exist"),
-            ));
+    /// Opens a source. A file that does not exist or decode is an error; a live source that is
+    /// down is an error only when `strict`, else it is logged and retried by [`Source::run`].
+    pub fn open(
+        index: usize,
+        name: String,
+        uri: &str,
+        mode: Option<SourceMode>,
+        reconnect: Reconnect,
+        strict: bool,
+    ) -> anyhow::Result<Source> {
+        let kind = SourceKind::parse(uri);
+        let mode = mode.unwrap_or_else(|| kind.default_mode());
+        if let SourceKind::File(p) = &kind {
+            if !Path::new(p).exists() {
+                return Err(fail(
+                    Kind::Input,
+                    format!("source '{name}': video file {uri} does not exist"),
+                ));
+            }
         }
-        let cap = VideoCapture::from_file(uri, videoio::CAP_ANY)
-            .map_err(|e| fail(Kind::Input, format!("source '{name}': cannot open {uri}: {e}")))?;
-        let undecodable = || {
-            fail(
-                Kind::Input,
-                format!("source '{name}': {uri} is not a video OpenCV can decode (corrupt, or a codec FFmpeg lacks)"),
-            )
+        let (cap, first) = match connect(&kind, &reconnect) {
+            Ok((c, f)) => (Some(c), Some(f)),
+            Err(why) => {
+                let msg = match &kind {
+                    SourceKind::File(_) => format!(
+                        "source '{name}': {uri} is not a video OpenCV can decode ({why}: corrupt, or a codec FFmpeg lacks)"
+                    ),
+                    SourceKind::Camera(i) => format!("source '{name}': camera {i} ({uri}): {why}; is it connected and free?"),
+                    SourceKind::Url(_) => format!("source '{name}': {uri}: {why}; is the stream reachable?"),
+                };
+                if matches!(kind, SourceKind::File(_)) || strict {
+                    return Err(fail(Kind::Input, msg));
+                }
+                tracing::error!(source = %name, "{msg}; serving the other sources and retrying (use --strict to fail instead)");
+                (None, None)
+            }
         };
-        if !cap.is_opened().unwrap_or(false) {
-            return Err(undecodable());
-        }
-        let mut cap = cap;
-        let mut first = Mat::default();
-        if !cap.read(&mut first).unwrap_or(false) || first.empty() {
-            return Err(undecodable());
-        }
-        let prop = |c: &VideoCapture, p| c.get(p).unwrap_or(0.0);
-        let mut fps = prop(&cap, videoio::CAP_PROP_FPS);
+        let prop = |p| cap.as_ref().and_then(|c| c.get(p).ok()).unwrap_or(0.0);
+        let mut fps = prop(videoio::CAP_PROP_FPS);
         if !(fps.is_finite() && fps > 0.0 && fps <= 1000.0) {
-            tracing::warn!(source = %name, fps, "container reports no usable frame rate; writing at 25 fps");
+            if cap.is_some() {
+                tracing::warn!(source = %name, fps, "source reports no usable frame rate; assuming 25 fps");
+            }
             fps = 25.0;
         }
-        let n = prop(&cap, videoio::CAP_PROP_FRAME_COUNT);
+        let n = prop(videoio::CAP_PROP_FRAME_COUNT);
         Ok(Source {
             index,
             name,
             uri: uri.to_string(),
             mode,
             fps,
-            width: first.cols(),
-            height: first.rows(),
-            frame_count: (n.is_finite() && n >= 1.0).then_some(n as u64),
+            size: first.as_ref().map(|f| (f.cols(), f.rows())),
+            frame_count: (matches!(kind, SourceKind::File(_)) && n.is_finite() && n >= 1.0)
+                .then_some(n as u64),
+            kind,
+            reconnect,
             cap,
-            first: Some(first),
+            first,
         })
     }
 
+    pub fn is_up(&self) -> bool {
+        self.cap.is_some()
+    }
+
     /// Decodes until the end of the stream or the stop flag, sending each frame downstream.
-    pub fn run(mut self, tx: Sender<Frame>, stop: Arc<AtomicBool>, stats: Arc<Stats>) {
+    /// `drain` is a receiver of the same channel, used by live sources to drop the older frame.
+    pub fn run(
+        mut self,
+        tx: Sender<Frame>,
+        drain: Receiver<Frame>,
+        stop: Arc<AtomicBool>,
+        stats: Arc<Stats>,
+    ) {
         let span = tracing::info_span!("capture", source = %self.name);
         let _e = span.enter();
+        let st = stats.source(self.index);
         let mut seq = 0u64;
         let mut next = self.first.take();
+        if let Some(s) = st {
+            s.up.store(self.cap.is_some() as u64, Ordering::Relaxed);
+        }
+        let mut backoff = self.reconnect.initial;
+        let mut retry_at = Instant::now();
+        let mut attempt = 0u32;
+        let mut last_lost = Instant::now() - Duration::from_secs(1);
+        // A file played as a live source runs in real time, like the camera it stands in for.
+        let pace = (self.mode == SourceMode::Live && matches!(self.kind, SourceKind::File(_)))
+            .then(|| Duration::from_secs_f64(1.0 / self.fps));
+        let mut due = Instant::now();
         loop {
             if stop.load(Ordering::SeqCst) {
                 tracing::info!(frames = seq, "stop requested; capture finished");
                 break;
+            }
+            if self.cap.is_none() {
+                // Down: placeholders at ~5 fps, and a reconnect attempt when the backoff is over.
+                if last_lost.elapsed() >= Duration::from_millis(200) {
+                    last_lost = Instant::now();
+                    let (w, h) = self.size.unwrap_or((640, 360));
+                    let image = Mat::new_size_with_default(Size::new(w, h), CV_8UC3, Scalar::all(40.0))
+                        .unwrap_or_default();
+                    let f = Frame {
+                        source: self.index,
+                        seq,
+                        pts_ms: 0.0,
+                        image,
+                        captured: Instant::now(),
+                        lost: true,
+                    };
+                    if !self.deliver(f, &tx, &drain, &stats) {
+                        break;
+                    }
+                    seq += 1;
+                }
+                if Instant::now() >= retry_at {
+                    attempt += 1;
+                    match connect(&self.kind, &self.reconnect) {
+                        Ok((cap, first)) => {
+                            tracing::info!(attempt, "reconnected");
+                            self.size = Some((first.cols(), first.rows()));
+                            self.cap = Some(cap);
+                            next = Some(first);
+                            backoff = self.reconnect.initial;
+                            attempt = 0;
+                            if let Some(s) = st {
+                                s.up.store(1, Ordering::Relaxed);
+                            }
+                        }
+                        Err(why) => {
+                            let wait = jitter(backoff, seq ^ attempt as u64);
+                            tracing::warn!(attempt, error = %why, retry_in_ms = wait.as_millis() as u64, "reconnect failed");
+                            retry_at = Instant::now() + wait;
+                            backoff = (backoff * 2).min(self.reconnect.max);
+                        }
+                    }
+                } else {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                continue;
             }
             let image = match next.take() {
                 Some(m) => m,
                 None => {
                     let t = Instant::now();
                     let mut m = Mat::default();
-                    let ok = self.cap.read(&mut m);
+                    let ok = self.cap.as_mut().map(|c| c.read(&mut m));
                     stats.decode.add(t.elapsed());
                     match ok {
-                        Ok(true) if !m.empty() => m,
-                        Ok(_) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, frame = seq, "decode error; ending the source");
-                            break;
+                        Some(Ok(true)) if !m.empty() => m,
+                        _ if self.mode == SourceMode::File && matches!(self.kind, SourceKind::File(_)) => {
+                            break
+                        }
+                        other => {
+                            let why = match other {
+                                Some(Err(e)) => e.to_string(),
+                                _ => "end of stream or read timeout".to_string(),
+                            };
+                            tracing::warn!(error = %why, frames = seq, "stream lost; reconnecting");
+                            self.cap = None;
+                            if let Some(s) = st {
+                                s.up.store(0, Ordering::Relaxed);
+                                s.reconnects.fetch_add(1, Ordering::Relaxed);
+                            }
+                            retry_at = Instant::now() + backoff;
+                            continue;
                         }
                     }
                 }
             };
-            let pts_ms = self.cap.get(videoio::CAP_PROP_POS_MSEC).unwrap_or(0.0);
+            if let Some(p) = pace {
+                due += p;
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                } else {
+                    due = now;
+                }
+            }
+            let pts_ms = self
+                .cap
+                .as_ref()
+                .and_then(|c| c.get(videoio::CAP_PROP_POS_MSEC).ok())
+                .unwrap_or(0.0);
             let frame = Frame {
                 source: self.index,
                 seq,
                 pts_ms,
                 image,
+                captured: Instant::now(),
+                lost: false,
             };
-            match self.mode {
-                SourceMode::File => {
-                    if tx.send(frame).is_err() {
-                        break;
-                    }
-                }
-                SourceMode::Live => match tx.try_send(frame) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(_)) => {
-                        stats.dropped.fetch_add(1, Ordering::Relaxed);
-                        continue; // seq not advanced: the sinks never wait for a dropped frame
-                    }
-                    Err(TrySendError::Disconnected(_)) => break,
-                },
+            if !self.deliver(frame, &tx, &drain, &stats) {
+                break;
             }
             stats.captured.fetch_add(1, Ordering::Relaxed);
+            if let Some(s) = st {
+                s.captured.fetch_add(1, Ordering::Relaxed);
+            }
             seq += 1;
         }
-        let _ = self.cap.release();
+        if let Some(mut c) = self.cap.take() {
+            let _ = c.release();
+        }
+    }
+
+    /// Sends a frame: blocking for file mode; for live mode replacing an older frame that is
+    /// still waiting. Returns false when the pipeline has shut down.
+    fn deliver(&self, frame: Frame, tx: &Sender<Frame>, drain: &Receiver<Frame>, stats: &Stats) -> bool {
+        match self.mode {
+            SourceMode::File => tx.send(frame).is_ok(),
+            SourceMode::Live => {
+                let mut frame = frame;
+                loop {
+                    match tx.try_send(frame) {
+                        Ok(()) => return true,
+                        Err(TrySendError::Full(f)) => {
+                            if drain.try_recv().is_ok() {
+                                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                                if let Some(s) = stats.source(self.index) {
+                                    s.dropped.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            frame = f;
+                        }
+                        Err(TrySendError::Disconnected(_)) => return false,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// ±20% of `d`, from a cheap hash, so that sources that dropped together do not retry in step.
+fn jitter(d: Duration, salt: u64) -> Duration {
+    let x = (salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) % 401; // 0..=400
+    d.mul_f64(0.8 + x as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris() {
+        assert_eq!(SourceKind::parse("camera:2"), SourceKind::Camera(2));
+        assert_eq!(SourceKind::parse("/dev/video0"), SourceKind::Camera(0));
+        assert_eq!(
+            SourceKind::parse("rtsp://10.0.0.1/x"),
+            SourceKind::Url("rtsp://10.0.0.1/x".into())
+        );
+        assert_eq!(
+            SourceKind::parse("clips/a.mp4"),
+            SourceKind::File("clips/a.mp4".into())
+        );
+        assert_eq!(SourceKind::parse("camera:2").default_mode(), SourceMode::Live);
+    }
+
+    #[test]
+    fn jitter_stays_within_20_percent() {
+        for s in 0..1000u64 {
+            let j = jitter(Duration::from_millis(1000), s).as_millis();
+            assert!((800..=1200).contains(&j), "{j}");
+        }
     }
 }

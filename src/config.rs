@@ -26,6 +26,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     #[serde(default)]
     pub output: OutputConfig,
+    #[serde(default)]
+    pub live: LiveConfig,
     /// Video sources; each gets its own capture thread and its own output.
     #[serde(default)]
     pub source: Vec<SourceConfig>,
@@ -212,6 +214,63 @@ impl Default for OutputConfig {
     }
 }
 
+/// Cameras and streams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveConfig {
+    /// First wait before reconnecting a lost source; doubles per failed attempt.
+    #[serde(default = "default_reconnect_initial_ms")]
+    pub reconnect_initial_ms: u64,
+    /// Longest wait between reconnect attempts.
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+    /// FFmpeg open timeout for stream URLs.
+    #[serde(default = "default_stream_timeout_ms")]
+    pub open_timeout_ms: u64,
+    /// FFmpeg read timeout: a stalled stream counts as lost after this.
+    #[serde(default = "default_stream_timeout_ms")]
+    pub read_timeout_ms: u64,
+    /// A live source that cannot be opened at start-up is an error (default: log it, serve the
+    /// other sources, and keep retrying it).
+    #[serde(default)]
+    pub strict: bool,
+}
+
+fn default_reconnect_initial_ms() -> u64 {
+    500
+}
+fn default_reconnect_max_ms() -> u64 {
+    30_000
+}
+fn default_stream_timeout_ms() -> u64 {
+    5_000
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            reconnect_initial_ms: default_reconnect_initial_ms(),
+            reconnect_max_ms: default_reconnect_max_ms(),
+            open_timeout_ms: default_stream_timeout_ms(),
+            read_timeout_ms: default_stream_timeout_ms(),
+            strict: false,
+        }
+    }
+}
+
+#[cfg(feature = "video")]
+impl LiveConfig {
+    pub fn reconnect(&self) -> crate::capture::Reconnect {
+        use std::time::Duration;
+        crate::capture::Reconnect {
+            initial: Duration::from_millis(self.reconnect_initial_ms),
+            max: Duration::from_millis(self.reconnect_max_ms.max(self.reconnect_initial_ms)),
+            open_timeout: Duration::from_millis(self.open_timeout_ms),
+            read_timeout: Duration::from_millis(self.read_timeout_ms),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceMode {
@@ -226,9 +285,9 @@ pub enum SourceMode {
 pub struct SourceConfig {
     /// Name in logs and metrics; default: the file stem or "source<N>".
     pub name: Option<String>,
-    /// Video file path (cameras and streams arrive with the live daemon).
+    /// Video file, `camera:N` or `/dev/videoN`, `rtsp://...` or any URL FFmpeg opens.
     pub uri: String,
-    /// Backpressure policy; default: file.
+    /// Backpressure policy; default: file for files, live for cameras and streams.
     pub mode: Option<SourceMode>,
     /// Annotated video written here (.mp4, .avi, .mkv or .mov).
     pub output: Option<PathBuf>,

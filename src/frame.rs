@@ -18,6 +18,10 @@ pub struct Frame {
     pub pts_ms: f64,
     /// BGR, 8-bit, 3 channels.
     pub image: Mat,
+    /// When capture read it: the start of the latency the sinks measure.
+    pub captured: std::time::Instant,
+    /// A placeholder while a live source is down: shown as "stream lost", never explained.
+    pub lost: bool,
 }
 
 /// A frame with its classification and explanation.
@@ -35,4 +39,5 @@ pub struct Annotated {
     pub source: usize,
     pub seq: u64,
     pub image: Mat,
+    pub captured: std::time::Instant,
 }

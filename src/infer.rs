@@ -1,16 +1,17 @@
-//! Inference stage: one thread that owns the ORT session (inside the [`Explainer`]). It batches
-//! frames across sources (up to `batch_size`, waiting at most `batch_timeout` for a batch to
-//! fill), preprocesses them into a pre-allocated NCHW buffer and explains the batch with one ORT
-//! run (more for `topk` targets).
+//! Inference stage: one thread that owns the ORT session (inside the [`Explainer`]). It reads
+//! every source's channel, batches frames across sources (up to `batch_size`, waiting at most
+//! `batch_timeout` after the first), preprocesses them into a pre-allocated NCHW buffer and
+//! explains the batch with one ORT run (more for `topk` targets).
 //!
 //! A frame that cannot be preprocessed, or a batch that ORT fails on, is logged and counted, and
-//! its frames go on without an overlay, so file outputs still keep every frame.
+//! its frames go on without an overlay, so file outputs still keep every frame. "Stream lost"
+//! placeholders of live sources go straight through.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Select, Sender};
 
 use crate::explainer::{Explainer, TargetSpec};
 use crate::frame::{Explained, Frame};
@@ -24,11 +25,66 @@ pub struct InferConfig {
     pub targets: Vec<TargetSpec>,
 }
 
-pub fn run(
-    mut explainer: Explainer,
-    mut pre: Preprocessor,
+/// The sources' channels, read together.
+struct Inputs {
+    rxs: Vec<Receiver<Frame>>,
+    open: Vec<bool>,
+}
+
+enum Next {
+    Frame(Frame),
+    Timeout,
+    Closed,
+}
+
+impl Inputs {
+    /// The next frame from any open source, waiting until `deadline` (forever if `None`).
+    fn next(&mut self, deadline: Option<Instant>) -> Next {
+        loop {
+            let idx: Vec<usize> = (0..self.rxs.len()).filter(|&i| self.open[i]).collect();
+            if idx.is_empty() {
+                return Next::Closed;
+            }
+            let mut sel = Select::new();
+            for &i in &idx {
+                sel.recv(&self.rxs[i]);
+            }
+            let op = match deadline {
+                Some(d) => match sel.select_deadline(d) {
+                    Ok(op) => op,
+                    Err(_) => return Next::Timeout,
+                },
+                None => sel.select(),
+            };
+            let i = idx[op.index()];
+            match op.recv(&self.rxs[i]) {
+                Ok(f) => return Next::Frame(f),
+                Err(_) => self.open[i] = false,
+            }
+        }
+    }
+}
+
+struct Stage {
+    explainer: Explainer,
+    pre: Preprocessor,
     cfg: InferConfig,
-    rx: Receiver<Frame>,
+    tx: Sender<Explained>,
+    stats: Arc<Stats>,
+    /// Pre-allocated input batch, `batch_size` items.
+    batch: Vec<f32>,
+    frames: Vec<Frame>,
+    specs: Vec<TargetSpec>,
+    usable: Vec<bool>,
+    started: Instant,
+    out_count: u64,
+}
+
+pub fn run(
+    explainer: Explainer,
+    pre: Preprocessor,
+    cfg: InferConfig,
+    rxs: Vec<Receiver<Frame>>,
     tx: Sender<Explained>,
     stats: Arc<Stats>,
 ) {
@@ -36,30 +92,88 @@ pub fn run(
     let _e = span.enter();
     let b = cfg.batch_size;
     let item_len = pre.item_len();
-    let mut batch = vec![0f32; b * item_len];
-    let mut frames: Vec<Frame> = Vec::with_capacity(b);
-    let mut specs: Vec<TargetSpec> = Vec::with_capacity(b);
-    let mut usable = vec![true; b];
-    let started = Instant::now();
-    let mut out_count = 0u64;
-
-    while let Ok(first) = rx.recv() {
-        frames.push(first);
-        let deadline = Instant::now() + cfg.batch_timeout;
-        while frames.len() < b {
-            match rx.recv_deadline(deadline) {
-                Ok(f) => frames.push(f),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+    let mut st = Stage {
+        explainer,
+        pre,
+        tx,
+        stats,
+        batch: vec![0f32; b * item_len],
+        frames: Vec::with_capacity(b),
+        specs: Vec::with_capacity(b),
+        usable: vec![true; b],
+        started: Instant::now(),
+        out_count: 0,
+        cfg,
+    };
+    let mut inputs = Inputs {
+        open: vec![true; rxs.len()],
+        rxs,
+    };
+    let mut deadline: Option<Instant> = None;
+    loop {
+        match inputs.next(deadline) {
+            Next::Frame(f) if f.lost => {
+                if !st.send(Explained {
+                    frame: f,
+                    maps: Vec::new(),
+                    fps: 0.0,
+                }) {
+                    return;
+                }
+            }
+            Next::Frame(f) => {
+                if st.frames.is_empty() {
+                    deadline = Some(Instant::now() + st.cfg.batch_timeout);
+                }
+                st.frames.push(f);
+                if st.frames.len() == b {
+                    deadline = None;
+                    if !st.flush() {
+                        return;
+                    }
+                }
+            }
+            Next::Timeout => {
+                deadline = None;
+                if !st.flush() {
+                    return;
+                }
+            }
+            Next::Closed => {
+                st.flush();
+                return;
             }
         }
-        let n = frames.len();
+    }
+}
 
+impl Stage {
+    fn send(&mut self, mut e: Explained) -> bool {
+        self.out_count += 1;
+        e.fps = self.out_count as f32 / self.started.elapsed().as_secs_f32().max(1e-3);
+        self.tx.send(e).is_ok()
+    }
+
+    /// Explains the frames gathered so far and sends them on; false when the next stage has
+    /// shut down.
+    fn flush(&mut self) -> bool {
+        let n = self.frames.len();
+        if n == 0 {
+            return true;
+        }
+        let item_len = self.pre.item_len();
         let t = Instant::now();
-        specs.clear();
-        for (i, f) in frames.iter().enumerate() {
-            specs.push(cfg.targets.get(f.source).copied().unwrap_or(TargetSpec::Top1));
-            let slot = &mut batch[i * item_len..(i + 1) * item_len];
-            usable[i] = match pre.fill(&f.image, slot) {
+        self.specs.clear();
+        for (i, f) in self.frames.iter().enumerate() {
+            self.specs.push(
+                self.cfg
+                    .targets
+                    .get(f.source)
+                    .copied()
+                    .unwrap_or(TargetSpec::Top1),
+            );
+            let slot = &mut self.batch[i * item_len..(i + 1) * item_len];
+            self.usable[i] = match self.pre.fill(&f.image, slot) {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::warn!(source = f.source, frame = f.seq, error = %e, "cannot preprocess frame; writing it without overlay");
@@ -68,15 +182,17 @@ pub fn run(
                 }
             };
         }
-        stats.preprocess.add(t.elapsed());
+        self.stats.preprocess.add(t.elapsed());
 
         let t = Instant::now();
-        let results = explainer.explain(&batch[..n * item_len], &specs, false);
-        stats
-            .inference
-            .add(t.elapsed().saturating_sub(explainer.cam_time));
-        stats.cam.add(explainer.cam_time);
-        stats.batches.fetch_add(1, Ordering::Relaxed);
+        let results = self
+            .explainer
+            .explain(&self.batch[..n * item_len], &self.specs, false);
+        let cam_time = self.explainer.cam_time;
+        self.stats.inference.add(t.elapsed().saturating_sub(cam_time));
+        self.stats.cam.add(cam_time);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.last_batch.store(n as u64, Ordering::Relaxed);
 
         let mut results: Vec<Option<_>> = match results {
             Ok(r) => r.into_iter().map(Some).collect(),
@@ -85,22 +201,29 @@ pub fn run(
                 (0..n).map(|_| None).collect()
             }
         };
-        for (i, frame) in frames.drain(..).enumerate() {
-            out_count += 1;
-            let fps = out_count as f32 / started.elapsed().as_secs_f32().max(1e-3);
-            let maps = match results[i].take().filter(|_| usable[i]) {
+        let frames: Vec<Frame> = self.frames.drain(..).collect();
+        for (i, frame) in frames.into_iter().enumerate() {
+            let maps = match results[i].take().filter(|_| self.usable[i]) {
                 Some(r) => {
-                    stats.explained.fetch_add(1, Ordering::Relaxed);
+                    self.stats.explained.fetch_add(1, Ordering::Relaxed);
+                    if let Some(s) = self.stats.source(frame.source) {
+                        s.processed.fetch_add(1, Ordering::Relaxed);
+                    }
                     r.maps
                 }
                 None => {
-                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
                     Vec::new()
                 }
             };
-            if tx.send(Explained { frame, maps, fps }).is_err() {
-                return;
+            if !self.send(Explained {
+                frame,
+                maps,
+                fps: 0.0,
+            }) {
+                return false;
             }
         }
+        true
     }
 }

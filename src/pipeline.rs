@@ -177,9 +177,8 @@ impl Plan {
             method = %method,
             "gradcamd ready"
         );
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats::new(sources.len()));
         let started = Instant::now();
-        let (frame_tx, frame_rx) = bounded(queue);
         let (expl_tx, expl_rx) = bounded(queue);
         let mut sink_txs = Vec::new();
         let mut sink_rxs = Vec::new();
@@ -190,14 +189,19 @@ impl Plan {
         }
 
         let bars = Progress::new(progress, &sources);
+        let strict_order: Vec<bool> = sources.iter().map(|s| s.mode == SourceMode::File).collect();
         let mut captures: Vec<JoinHandle<()>> = Vec::new();
+        let mut frame_rxs = Vec::new();
         for src in sources {
-            let (tx, stop, st) = (frame_tx.clone(), stop.clone(), stats.clone());
+            // Lossless file sources queue frames; a live source holds only its newest.
+            let cap = if src.mode == SourceMode::File { queue } else { 1 };
+            let (tx, rx) = bounded(cap);
+            frame_rxs.push(rx.clone());
+            let (stop, st) = (stop.clone(), stats.clone());
             captures.push(spawn(&format!("capture-{}", src.index), move || {
-                src.run(tx, stop, st)
+                src.run(tx, rx, stop, st)
             })?);
         }
-        drop(frame_tx);
 
         let pre = Preprocessor::new(&model.sidecar.input);
         let explainer = Explainer::new(
@@ -209,7 +213,7 @@ impl Plan {
         );
         let st = stats.clone();
         let infer_h = spawn("infer", move || {
-            infer::run(explainer, pre, infer, frame_rx, expl_tx, st)
+            infer::run(explainer, pre, infer, frame_rxs, expl_tx, st)
         })?;
 
         let render = Arc::new(render);
@@ -227,8 +231,9 @@ impl Plan {
         for (i, (sink, rx)) in sinks.into_iter().zip(sink_rxs).enumerate() {
             let st = stats.clone();
             let bar = bars.bar(i);
+            let strict = strict_order[i];
             sink_hs.push(spawn(&format!("sink-{i}"), move || {
-                sink.run(rx, st, move |n| bar.set_position(n))
+                sink.run(rx, st, strict, move |n| bar.set_position(n))
             })?);
         }
 
@@ -282,8 +287,8 @@ fn open_io(cfg: &Config, sources: &mut Vec<Source>, sinks: &mut Vec<FileSink>) -
             ));
         }
         seen_outputs.push(out.clone());
-        let src = Source::open(i, name, &s.uri, s.mode.unwrap_or(SourceMode::File))?;
-        let sink = FileSink::open(&out, &cfg.output.fourcc, src.fps, src.width, src.height)?;
+        let src = Source::open(i, name, &s.uri, s.mode, cfg.live.reconnect(), cfg.live.strict)?;
+        let sink = FileSink::open(&out, &cfg.output.fourcc, src.fps)?;
         sources.push(src);
         sinks.push(sink);
     }

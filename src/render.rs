@@ -156,7 +156,10 @@ fn render(e: &Explained, cfg: &RenderConfig, s: &mut Scratch) -> opencv::Result<
     match e.maps.as_slice() {
         [] => {
             let mut img = frame.try_clone()?;
-            if cfg.hud {
+            // A lost stream is always labelled: a frozen-looking frame must not pass for live.
+            if e.frame.lost {
+                draw_hud(&mut img, "stream lost - reconnecting", None)?;
+            } else if cfg.hud {
                 draw_hud(&mut img, "not explained", Some(e.fps))?;
             }
             Ok(img)
@@ -213,9 +216,17 @@ pub fn run(
             }
         };
         stats.render.add(t.elapsed());
-        let (source, seq) = (e.frame.source, e.frame.seq);
+        let (source, seq, captured) = (e.frame.source, e.frame.seq, e.frame.captured);
         let Some(tx) = sinks.get(source) else { continue };
-        if tx.send(Annotated { source, seq, image }).is_err() {
+        if tx
+            .send(Annotated {
+                source,
+                seq,
+                image,
+                captured,
+            })
+            .is_err()
+        {
             return;
         }
     }

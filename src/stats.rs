@@ -1,7 +1,9 @@
-//! Counters and per-stage CPU time, shared by all stage threads. Lock-free: stages add with
-//! relaxed atomics, readers (the progress bar, `bench`, the final summary) take snapshots.
+//! Counters, gauges and timings shared by all stage threads: lock-free atomics that stages add
+//! to, and readers (progress bar, `/metrics`, `bench`, the final summary) snapshot.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 #[derive(Default)]
@@ -16,6 +18,87 @@ impl Timer {
     }
 }
 
+/// Per-source counters, exported with a `source` label.
+#[derive(Default)]
+pub struct SourceStats {
+    pub captured: AtomicU64,
+    /// Live frames dropped because a newer one arrived before inference took the older.
+    pub dropped: AtomicU64,
+    /// Frames explained (the model ran on them).
+    pub processed: AtomicU64,
+    pub reconnects: AtomicU64,
+    /// 1 while the source delivers frames.
+    pub up: AtomicU64,
+    /// Share of CAM mass outside the region of interest in the last frame, f32 bits.
+    pub outside_roi: AtomicU64,
+    /// ROI alerts fired.
+    pub alerts: AtomicU64,
+}
+
+impl SourceStats {
+    pub fn set_outside_roi(&self, v: f32) {
+        self.outside_roi.store(v.to_bits() as u64, Ordering::Relaxed);
+    }
+    pub fn outside_roi(&self) -> f32 {
+        f32::from_bits(self.outside_roi.load(Ordering::Relaxed) as u32)
+    }
+}
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Capture-to-sink latency: a Prometheus histogram plus the last few thousand values for exact
+/// percentiles.
+#[derive(Default)]
+pub struct Latency {
+    buckets: [AtomicU64; 12],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+    recent: Mutex<VecDeque<f32>>,
+}
+
+const RECENT: usize = 4096;
+
+impl Latency {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (b, &le) in self.buckets.iter().zip(&LATENCY_BUCKETS) {
+            if s <= le {
+                b.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        if let Ok(mut r) = self.recent.lock() {
+            if r.len() == RECENT {
+                r.pop_front();
+            }
+            r.push_back(s as f32);
+        }
+    }
+
+    /// (cumulative count per bucket, total count, sum in seconds).
+    pub fn snapshot(&self) -> (Vec<u64>, u64, f64) {
+        let b = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        (
+            b,
+            self.count.load(Ordering::Relaxed),
+            self.sum_us.load(Ordering::Relaxed) as f64 * 1e-6,
+        )
+    }
+
+    /// Percentile `p` (0..100) of the recent latencies, in seconds.
+    pub fn percentile(&self, p: f64) -> Option<f64> {
+        let mut v: Vec<f32> = self.recent.lock().ok()?.iter().copied().collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f32::total_cmp);
+        let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+        Some(v[i.min(v.len() - 1)] as f64)
+    }
+}
+
 #[derive(Default)]
 pub struct Stats {
     pub captured: AtomicU64,
@@ -26,17 +109,33 @@ pub struct Stats {
     pub failed: AtomicU64,
     pub written: AtomicU64,
     pub batches: AtomicU64,
+    /// Size of the last inference batch.
+    pub last_batch: AtomicU64,
     pub decode: Timer,
     pub preprocess: Timer,
     pub inference: Timer,
     pub cam: Timer,
     pub render: Timer,
     pub encode: Timer,
+    pub latency: Latency,
+    /// Indexed by source.
+    pub sources: Vec<SourceStats>,
 }
 
 impl Stats {
+    pub fn new(sources: usize) -> Stats {
+        Stats {
+            sources: (0..sources).map(|_| SourceStats::default()).collect(),
+            ..Default::default()
+        }
+    }
+
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
+    }
+
+    pub fn source(&self, i: usize) -> Option<&SourceStats> {
+        self.sources.get(i)
     }
 
     /// Seconds spent in each stage, summed over its threads.
@@ -49,5 +148,27 @@ impl Stats {
             ("render", self.render.secs()),
             ("encode", self.encode.secs()),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_histogram_is_cumulative_and_percentiles_exact() {
+        let l = Latency::default();
+        for ms in [5u64, 20, 20, 120, 3000] {
+            l.observe(Duration::from_millis(ms));
+        }
+        let (b, n, sum) = l.snapshot();
+        assert_eq!(n, 5);
+        assert_eq!(b[0], 1, "<= 10 ms");
+        assert_eq!(b[1], 3, "<= 25 ms");
+        assert_eq!(b[4], 4, "<= 150 ms");
+        assert_eq!(b[11], 5, "<= 30 s");
+        assert!((sum - 3.165).abs() < 1e-6);
+        assert_eq!(l.percentile(50.0), Some(0.02f32 as f64));
+        assert_eq!(l.percentile(100.0), Some(3.0f32 as f64));
     }
 }

@@ -1,7 +1,12 @@
 //! File sink: writes one source's annotated frames, in order, to a video file with OpenCV's
-//! `VideoWriter`, at the source's frame rate and size. The writer is opened while the plan is
-//! built (so an unwritable path fails before any work) and released when the input closes,
-//! which writes the container trailer: the file plays after Ctrl-C too.
+//! `VideoWriter`, at the source's frame rate. The path is checked while the plan is built (so
+//! an unwritable output fails before any work); the writer itself opens on the first frame,
+//! whose size it takes (a live source that is down at start-up has no size yet). Releasing it
+//! when the input closes writes the container trailer: the file plays after Ctrl-C too.
+//!
+//! Frames of a file source are written strictly by `seq`. A live source can skip numbers (the
+//! frames capture replaced), so its frames are written as they come, dropping any that arrive
+//! after a newer one was written.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,8 +25,10 @@ use crate::stats::Stats;
 
 pub struct FileSink {
     pub path: PathBuf,
-    writer: VideoWriter,
-    size: Size,
+    fourcc: i32,
+    fps: f64,
+    /// Opened on the first frame.
+    writer: Option<(VideoWriter, Size)>,
 }
 
 /// What happened to the output file, for the final message.
@@ -31,7 +38,7 @@ pub struct Written {
 }
 
 impl FileSink {
-    pub fn open(path: &Path, fourcc: &str, fps: f64, width: i32, height: i32) -> anyhow::Result<FileSink> {
+    pub fn open(path: &Path, fourcc: &str, fps: f64) -> anyhow::Result<FileSink> {
         let unwritable = |why: String| {
             fail(
                 Kind::Output,
@@ -64,62 +71,99 @@ impl FileSink {
         let _ = std::fs::remove_file(&probe);
         let cc: Vec<char> = fourcc.chars().collect();
         let code = VideoWriter::fourcc(cc[0], cc[1], cc[2], cc[3]).map_err(|e| unwritable(e.to_string()))?;
-        let size = Size::new(width, height);
-        let writer = VideoWriter::new(path, code, fps, size, true).map_err(|e| unwritable(e.to_string()))?;
-        if !writer.is_opened().unwrap_or(false) {
-            let _ = std::fs::remove_file(path);
+        // Check that this build can encode the fourcc into this container, with a tiny file.
+        let test = dir.join(format!(".gradcamd-probe-{}.{ext}", std::process::id()));
+        let ok = VideoWriter::new(&test, code, fps, Size::new(64, 64), true)
+            .map(|w| w.is_opened().unwrap_or(false))
+            .unwrap_or(false);
+        let _ = std::fs::remove_file(&test);
+        if !ok {
             return Err(unwritable(format!(
                 "OpenCV cannot encode fourcc '{fourcc}' into .{ext}; try fourcc = \"mp4v\""
             )));
         }
         Ok(FileSink {
             path: path.to_path_buf(),
-            writer,
-            size,
+            fourcc: code,
+            fps,
+            writer: None,
         })
     }
 
-    /// Writes frames in `seq` order until the input closes, then finalizes the file.
+    fn write(&mut self, m: &Mat) -> opencv::Result<()> {
+        if self.writer.is_none() {
+            let size = m.size()?;
+            let w = VideoWriter::new(&self.path, self.fourcc, self.fps, size, true)?;
+            if !w.is_opened()? {
+                return Err(opencv::Error::new(
+                    0,
+                    format!("cannot open {} for writing", self.path.display()),
+                ));
+            }
+            self.writer = Some((w, size));
+        }
+        let Some((w, size)) = self.writer.as_mut() else {
+            return Ok(());
+        };
+        // A stream may change resolution mid-way; the container cannot, so scale to fit.
+        if m.size()? == *size {
+            w.write(m)
+        } else {
+            let mut r = Mat::default();
+            opencv::imgproc::resize(m, &mut r, *size, 0.0, 0.0, opencv::imgproc::INTER_LINEAR)?;
+            w.write(&r)
+        }
+    }
+
+    /// Writes frames until the input closes, then finalizes the file. `strict_order`: wait for
+    /// every `seq` (file sources); otherwise write as frames come and drop late ones (live).
     /// `on_frame` is called after each written frame (progress bar).
-    pub fn run(mut self, rx: Receiver<Annotated>, stats: Arc<Stats>, on_frame: impl Fn(u64)) -> Written {
+    pub fn run(
+        mut self,
+        rx: Receiver<Annotated>,
+        stats: Arc<Stats>,
+        strict_order: bool,
+        on_frame: impl Fn(u64),
+    ) -> Written {
         let span = tracing::info_span!("sink", path = %self.path.display());
         let _e = span.enter();
-        let mut pending: BTreeMap<u64, Mat> = BTreeMap::new();
+        let mut pending: BTreeMap<u64, Annotated> = BTreeMap::new();
         let mut next = 0u64;
         let mut written = 0u64;
-        let mut write = |sink: &mut FileSink, m: &Mat| {
+        let mut emit = |sink: &mut FileSink, a: Annotated| {
             let t = Instant::now();
-            // A stream may change resolution mid-way; the container cannot, so scale to fit.
-            let res = if m.size().ok() == Some(sink.size) {
-                sink.writer.write(m)
-            } else {
-                let mut r = Mat::default();
-                opencv::imgproc::resize(m, &mut r, sink.size, 0.0, 0.0, opencv::imgproc::INTER_LINEAR)
-                    .and_then(|()| sink.writer.write(&r))
-            };
+            let res = sink.write(&a.image);
             stats.encode.add(t.elapsed());
             match res {
                 Ok(()) => {
                     written += 1;
                     stats.written.fetch_add(1, Ordering::Relaxed);
+                    stats.latency.observe(a.captured.elapsed());
                     on_frame(written);
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot write frame"),
             }
         };
         for a in rx {
-            pending.insert(a.seq, a.image);
-            while let Some(m) = pending.remove(&next) {
-                write(&mut self, &m);
-                next += 1;
+            if strict_order {
+                pending.insert(a.seq, a);
+                while let Some(a) = pending.remove(&next) {
+                    emit(&mut self, a);
+                    next += 1;
+                }
+            } else if a.seq >= next {
+                next = a.seq + 1;
+                emit(&mut self, a);
             }
         }
-        // Only reachable with gaps, which capture never makes; write what is left in order.
-        for (_, m) in std::mem::take(&mut pending) {
-            write(&mut self, &m);
+        // Only reachable with gaps, which file capture never makes; write what is left in order.
+        for (_, a) in std::mem::take(&mut pending) {
+            emit(&mut self, a);
         }
-        if let Err(e) = self.writer.release() {
-            tracing::error!(error = %e, "cannot finalize the output file");
+        if let Some((mut w, _)) = self.writer.take() {
+            if let Err(e) = w.release() {
+                tracing::error!(error = %e, "cannot finalize the output file");
+            }
         }
         Written {
             path: self.path.clone(),
