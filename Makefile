@@ -18,7 +18,8 @@ demo: build
 	@mkdir -p out
 	@$(BIN) run --config configs/demo.toml
 
-test: setup
+test:
+	@scripts/setup.sh test
 	@cd models && sha256sum -c --quiet efficientnet_lite0.onnx.sha256
 	@$(CARGO) test --release -q 2>&1
 

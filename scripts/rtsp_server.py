@@ -85,6 +85,9 @@ class Clip:
                      f"lap {self.period / Gst.SECOND:.3f} s")
 
 
+COPY = Gst.BufferCopyFlags.FLAGS | Gst.BufferCopyFlags.MEMORY | Gst.BufferCopyFlags.META
+
+
 class LoopFactory(GstRtspServer.RTSPMediaFactory):
     """One pipeline per client, fed the clip's access units in an endless loop."""
 
@@ -101,19 +104,26 @@ class LoopFactory(GstRtspServer.RTSPMediaFactory):
     def on_configure(self, _factory, media):
         src = media.get_element().get_child_by_name("src")
         src.set_property("caps", self.clip.caps)
-        state = {"i": 0, "lap": 0, "base": None}
+        state = {}
+
+        def reset(*_):
+            # A media can be unprepared and prepared again (its running time restarts at 0),
+            # so every preparation starts from frame 0 with fresh timestamps.
+            state.update(i=0, lap=0)
+
+        reset()
+        media.connect("unprepared", reset)
         src.connect("need-data", self.on_need_data, state)
 
     def on_need_data(self, src, _length, state):
         clip = self.clip
-        if state["base"] is None:
-            # Stamp in the pipeline's running time, so clocksync paces at the clip's real rate.
-            clock = src.get_clock()
-            now = (clock.get_time() - src.get_base_time()) if clock else 0
-            state["base"] = now + 100 * Gst.MSECOND + clip.shift
         orig = clip.buffers[state["i"]]
-        buf = orig.copy()  # shallow: shares memory, own timestamps
-        off = state["base"] + state["lap"] * clip.period
+        # A new buffer sharing the clip's memory. (Not orig.copy(): in PyGObject that returns a
+        # wrapper whose timestamps write through to the original.)
+        buf = orig.copy_region(COPY, 0, orig.get_size())
+        # Running time of the pipeline starts at 0 when it goes to PLAYING; clocksync paces
+        # the buffers at the clip's real rate from there.
+        off = clip.shift + state["lap"] * clip.period
         if orig.pts != Gst.CLOCK_TIME_NONE:
             buf.pts = orig.pts + off
         if orig.dts != Gst.CLOCK_TIME_NONE:

@@ -3,6 +3,7 @@
 # Idempotent and quiet when nothing is missing; every download is pinned and checksummed.
 #
 #   scripts/setup.sh          apt packages + ONNX Runtime + sample media
+#   scripts/setup.sh test     the same, plus what the live tests need (RTSP server, Chromium)
 #   scripts/setup.sh ort      only the ONNX Runtime library (no apt, no media)
 #
 # Everything fetched lands in .deps/ (git-ignored):
@@ -18,9 +19,15 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 # --- apt ----------------------------------------------------------------------
 # clang is needed by the opencv crate's binding generator (it panics without the binary).
 APT_PKGS=(build-essential pkg-config libopencv-dev clang libclang-dev ffmpeg python3-pip unzip)
-need_apt() {
-  local missing=()
-  for p in "${APT_PKGS[@]}"; do
+# The live tests: scripts/rtsp_server.py (gst-rtsp-server through python3-gi, run with
+# /usr/bin/python3; -good brings qtdemux, rtph264pay and the RTP/UDP elements) and
+# scripts/browser_check.sh (Debian's headless Chromium).
+APT_TEST_PKGS=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+  chromium)
+need_apt() { # [package...] (default: APT_PKGS)
+  local want=("$@") missing=()
+  ((${#want[@]})) || want=("${APT_PKGS[@]}")
+  for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if ((${#missing[@]})); then
@@ -109,7 +116,8 @@ need_rust() {
 
 case "$what" in
   all) need_rust; need_apt; need_ort; need_media ;;
+  test) need_rust; need_apt "${APT_PKGS[@]}" "${APT_TEST_PKGS[@]}"; need_ort; need_media ;;
   ort) need_ort ;;
   media) need_media ;;
-  *) log "unknown target '$what' (all, ort, media)"; exit 2 ;;
+  *) log "unknown target '$what' (all, test, ort, media)"; exit 2 ;;
 esac

@@ -148,6 +148,13 @@ pub struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Serve the page, streams and metrics on this address (default port 8090 on loopback:
+    /// `--http 127.0.0.1:8090`).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8090")]
+    pub http: Option<String>,
+    /// Fail when a live source cannot be opened at start-up (default: retry it in the background).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Args)]

@@ -28,6 +28,8 @@ pub struct Config {
     pub output: OutputConfig,
     #[serde(default)]
     pub live: LiveConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
     /// Video sources; each gets its own capture thread and its own output.
     #[serde(default)]
     pub source: Vec<SourceConfig>,
@@ -212,6 +214,15 @@ impl Default for OutputConfig {
             fourcc: default_fourcc(),
         }
     }
+}
+
+/// The HTTP server: page, MJPEG streams, metrics.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to serve on, e.g. "127.0.0.1:8090"; unset: no server. Only loopback unless you
+    /// name another address: the page has no authentication.
+    pub listen: Option<String>,
 }
 
 /// Cameras and streams.

@@ -40,4 +40,7 @@ pub struct Annotated {
     pub seq: u64,
     pub image: Mat,
     pub captured: std::time::Instant,
+    /// Label of the (first) explained class, "" when not explained; for the HTTP page.
+    pub label: String,
+    pub prob: f32,
 }

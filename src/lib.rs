@@ -23,6 +23,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod explainer;
+pub mod metrics;
 pub mod model;
 pub mod npy;
 pub mod onnx;

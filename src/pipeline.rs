@@ -28,13 +28,16 @@ use crate::model::Model;
 use crate::preprocess::Preprocessor;
 use crate::render::{self, RenderConfig};
 use crate::sink::file::{FileSink, Written};
+use crate::sink::http::HttpServer;
+use crate::sink::SourceSink;
 use crate::stats::Stats;
 
 pub struct Plan {
     pub model: Model,
     engine: Engine,
     sources: Vec<Source>,
-    sinks: Vec<FileSink>,
+    sinks: Vec<SourceSink>,
+    http: Option<HttpServer>,
     infer: InferConfig,
     method: Method,
     render: RenderConfig,
@@ -111,20 +114,22 @@ impl Plan {
         let engine = Engine::new(&model.graph, &engine_options(cfg)).map_err(|e| fail(Kind::Runtime, e))?;
 
         let mut sources = Vec::new();
-        let mut sinks: Vec<FileSink> = Vec::new();
-        let opened = open_io(cfg, &mut sources, &mut sinks);
+        let mut sinks: Vec<SourceSink> = Vec::new();
+        let mut http = None;
+        let opened = open_io(cfg, &mut sources, &mut sinks, &mut http);
         if let Err(e) = opened {
             // Outputs opened before the failure hold no frame: remove them, and say so.
-            if sinks.is_empty() {
-                return Err(e);
-            }
             let removed: Vec<String> = sinks
                 .iter()
-                .map(|s| {
-                    let _ = std::fs::remove_file(&s.path);
-                    s.path.display().to_string()
+                .filter_map(|s| s.file.as_ref())
+                .map(|f| {
+                    let _ = std::fs::remove_file(&f.path);
+                    f.path.display().to_string()
                 })
                 .collect();
+            if removed.is_empty() {
+                return Err(e);
+            }
             return Err(e.context(format!("removed the unstarted outputs {}", removed.join(", "))));
         }
         let p = &cfg.pipeline;
@@ -151,6 +156,7 @@ impl Plan {
             engine,
             sources,
             sinks,
+            http,
             model,
         })
     }
@@ -162,6 +168,7 @@ impl Plan {
             engine,
             sources,
             sinks,
+            http,
             infer,
             method,
             render,
@@ -178,6 +185,10 @@ impl Plan {
             "gradcamd ready"
         );
         let stats = Arc::new(Stats::new(sources.len()));
+        let http_running = match http {
+            Some(h) => Some(h.start(stats.clone())?),
+            None => None,
+        };
         let started = Instant::now();
         let (expl_tx, expl_rx) = bounded(queue);
         let mut sink_txs = Vec::new();
@@ -189,7 +200,6 @@ impl Plan {
         }
 
         let bars = Progress::new(progress, &sources);
-        let strict_order: Vec<bool> = sources.iter().map(|s| s.mode == SourceMode::File).collect();
         let mut captures: Vec<JoinHandle<()>> = Vec::new();
         let mut frame_rxs = Vec::new();
         for src in sources {
@@ -231,9 +241,8 @@ impl Plan {
         for (i, (sink, rx)) in sinks.into_iter().zip(sink_rxs).enumerate() {
             let st = stats.clone();
             let bar = bars.bar(i);
-            let strict = strict_order[i];
             sink_hs.push(spawn(&format!("sink-{i}"), move || {
-                sink.run(rx, st, strict, move |n| bar.set_position(n))
+                sink.run(rx, st, move |n| bar.set_position(n))
             })?);
         }
 
@@ -252,7 +261,10 @@ impl Plan {
         }
         let mut outputs = Vec::new();
         for h in sink_hs {
-            outputs.push(h.join().map_err(|_| join_err("sink"))?);
+            outputs.extend(h.join().map_err(|_| join_err("sink"))?);
+        }
+        if let Some(h) = http_running {
+            h.stop();
         }
         bars.finish();
         let frames_in = Stats::get(&stats.captured);
@@ -265,32 +277,73 @@ impl Plan {
     }
 }
 
-/// Opens every source, then its output, in config order.
-fn open_io(cfg: &Config, sources: &mut Vec<Source>, sinks: &mut Vec<FileSink>) -> anyhow::Result<()> {
+/// Opens every source, then its outputs, in config order; binds the HTTP server.
+fn open_io(
+    cfg: &Config,
+    sources: &mut Vec<Source>,
+    sinks: &mut Vec<SourceSink>,
+    http: &mut Option<HttpServer>,
+) -> anyhow::Result<()> {
     let mut seen_outputs: Vec<PathBuf> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
     for (i, s) in cfg.source.iter().enumerate() {
-        let name = s.name.clone().unwrap_or_else(|| {
-            std::path::Path::new(&s.uri)
-                .file_stem()
-                .map_or_else(|| format!("source{i}"), |n| n.to_string_lossy().into_owned())
-        });
-        let out = s.output.clone().ok_or_else(|| {
-            fail(
-                Kind::Config,
-                format!("source '{name}' has no output: set output = \"out/{name}.mp4\" or pass --output"),
-            )
-        })?;
-        if seen_outputs.contains(&out) {
+        let name = match &s.name {
+            Some(n) if names.contains(n) => {
+                return Err(fail(
+                    Kind::Config,
+                    format!("two sources are named '{n}'; give each a unique name"),
+                ));
+            }
+            Some(n) => n.clone(),
+            None => {
+                // Default names come from the file stem, made unique: "clip", "clip-2".
+                let stem = std::path::Path::new(&s.uri)
+                    .file_stem()
+                    .map_or_else(|| format!("source{i}"), |n| n.to_string_lossy().into_owned());
+                let mut n = stem.clone();
+                let mut k = 2;
+                while names.contains(&n) {
+                    n = format!("{stem}-{k}");
+                    k += 1;
+                }
+                n
+            }
+        };
+        names.push(name.clone());
+        if s.output.is_none() && cfg.http.listen.is_none() {
             return Err(fail(
                 Kind::Config,
-                format!("two sources write to {}", out.display()),
+                format!("source '{name}' has no output: set output = \"out/{name}.mp4\", pass --output, or serve it with --http"),
             ));
         }
-        seen_outputs.push(out.clone());
+        if let Some(out) = &s.output {
+            if seen_outputs.contains(out) {
+                return Err(fail(
+                    Kind::Config,
+                    format!("two sources write to {}", out.display()),
+                ));
+            }
+            seen_outputs.push(out.clone());
+        }
         let src = Source::open(i, name, &s.uri, s.mode, cfg.live.reconnect(), cfg.live.strict)?;
-        let sink = FileSink::open(&out, &cfg.output.fourcc, src.fps)?;
+        let file = match &s.output {
+            Some(out) => Some(FileSink::open(out, &cfg.output.fourcc, src.fps)?),
+            None => None,
+        };
+        sinks.push(SourceSink {
+            index: i,
+            file,
+            hub: None,
+            strict_order: src.mode == SourceMode::File,
+        });
         sources.push(src);
-        sinks.push(sink);
+    }
+    if let Some(addr) = &cfg.http.listen {
+        let server = HttpServer::bind(addr, names)?;
+        for s in sinks.iter_mut() {
+            s.hub = Some(server.hub.clone());
+        }
+        *http = Some(server);
     }
     Ok(())
 }

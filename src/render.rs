@@ -141,13 +141,16 @@ pub fn draw_hud(img: &mut Mat, text: &str, fps: Option<f32>) -> opencv::Result<(
     Ok(())
 }
 
-pub fn hud_text(labels: &[String], class: usize, prob: f32) -> String {
-    // ImageNet-style labels list synonyms ("bow tie, bow-tie, bowtie"); the first fits a frame.
-    let label = labels.get(class).map_or_else(
+/// The first synonym of an ImageNet-style label ("bow tie, bow-tie, bowtie" → "bow tie").
+pub fn short_label(labels: &[String], class: usize) -> String {
+    labels.get(class).map_or_else(
         || format!("class {class}"),
         |l| l.split(',').next().unwrap_or(l).trim().to_string(),
-    );
-    format!("{label} {prob:.2}")
+    )
+}
+
+pub fn hud_text(labels: &[String], class: usize, prob: f32) -> String {
+    format!("{} {prob:.2}", short_label(labels, class))
 }
 
 /// One map over the whole frame, or a grid of tiles (one per class, best first) for `topk`.
@@ -208,6 +211,11 @@ pub fn run(
     let mut scratch = Scratch::default();
     for e in rx {
         let t = Instant::now();
+        let (label, prob) = match e.maps.first() {
+            Some(m) => (short_label(&cfg.labels, m.class), m.prob),
+            None if e.frame.lost => ("stream lost".to_string(), 0.0),
+            None => (String::new(), 0.0),
+        };
         let image = match render(&e, &cfg, &mut scratch) {
             Ok(m) => m,
             Err(err) => {
@@ -224,6 +232,8 @@ pub fn run(
                 seq,
                 image,
                 captured,
+                label,
+                prob,
             })
             .is_err()
         {

@@ -559,3 +559,152 @@ fn a_live_source_behind_slow_inference_drops_frames_and_keeps_latency_bounded() 
     let (n, ..) = probe(&out);
     assert_eq!(n as f64, frames_out, "the file holds every frame written");
 }
+
+/// Starts `run` in the background with `args`; returns the child and the HTTP address it logged.
+fn start_with_http(args: &[&str]) -> (std::process::Child, String, std::sync::mpsc::Receiver<String>) {
+    let mut child = bin().args(args).stderr(Stdio::piped()).spawn().unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(std::time::Duration::from_secs(1)) {
+            if let Some(rest) = l.split("page on http://").nth(1) {
+                let addr = rest.split('/').next().unwrap().to_string();
+                return (child, addr, rx);
+            }
+            if l.starts_with("error:") {
+                let _ = child.wait();
+                panic!("{l}");
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("no HTTP address in the log");
+}
+
+/// Reads one multipart JPEG part from an MJPEG stream.
+fn read_part(r: &mut impl std::io::BufRead) -> Vec<u8> {
+    let mut len = None;
+    loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "stream ended");
+        let l = line.trim_end();
+        if let Some(v) = l.strip_prefix("Content-Length: ") {
+            len = Some(v.parse::<usize>().unwrap());
+        }
+        if l.is_empty() && len.is_some() {
+            break;
+        }
+    }
+    let mut buf = vec![0u8; len.unwrap()];
+    r.read_exact(&mut buf).unwrap();
+    buf
+}
+
+#[test]
+fn http_serves_page_streams_metrics_and_health() {
+    let dir = scratch("http");
+    let cfg = dir.join("http.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[source]]\nname = \"bikes\"\nuri = \"{}\"\nmode = \"live\"\n\n[[source]]\nname = \"car\"\nuri = \"{}\"\nmode = \"live\"\n",
+            s(&media("bikes.mp4")),
+            s(&media("carphone_pristine.mp4"))
+        ),
+    )
+    .unwrap();
+    let (mut child, addr, _log) =
+        start_with_http(&["run", "--quiet", "--config", &s(&cfg), "--http", "127.0.0.1:0"]);
+    let base = format!("http://{addr}");
+    let get = |p: &str| ureq::get(&format!("{base}{p}")).call().map_err(Box::new);
+
+    // Wait for both sources to have produced frames.
+    let mut status = serde_json::Value::Null;
+    for _ in 0..100 {
+        status = serde_json::from_str(&get("/status.json").unwrap().into_string().unwrap()).unwrap();
+        if status
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["processed"].as_u64().unwrap_or(0) > 5)
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let names: Vec<&str> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["bikes", "car"]);
+    assert_eq!(status[1]["label"], "bow tie", "{status}");
+
+    let h = get("/healthz").unwrap();
+    assert_eq!((h.status(), h.into_string().unwrap().as_str()), (200, "ok\n"));
+    let page = get("/").unwrap().into_string().unwrap();
+    assert!(
+        page.contains("/stream/bikes") && page.contains("/stream/car"),
+        "{page}"
+    );
+
+    let m = get("/metrics").unwrap().into_string().unwrap();
+    for name in [
+        "gradcamd_frames_processed_total{source=\"car\"}",
+        "gradcamd_frames_dropped_total{source=\"bikes\"}",
+        "gradcamd_source_reconnects_total{source=\"car\"}",
+        "gradcamd_source_up{source=\"bikes\"} 1",
+        "gradcamd_latency_seconds_bucket{le=\"+Inf\"}",
+        "gradcamd_inference_batch_size",
+        "gradcamd_attention_outside_roi_ratio{source=\"car\"}",
+    ] {
+        assert!(m.contains(name), "metrics lack {name}:\n{m}");
+    }
+
+    // The MJPEG stream: decodable JPEGs that change from frame to frame.
+    let resp = get("/stream/car").unwrap();
+    assert!(
+        resp.content_type().starts_with("multipart/x-mixed-replace"),
+        "{}",
+        resp.content_type()
+    );
+    let mut r = std::io::BufReader::new(resp.into_reader());
+    let a = read_part(&mut r);
+    let mut b = read_part(&mut r);
+    for _ in 0..10 {
+        if b != a {
+            break;
+        }
+        b = read_part(&mut r);
+    }
+    assert_ne!(a, b, "the stream repeats one frame");
+    let img = opencv::imgcodecs::imdecode(
+        &opencv::core::Vector::from_slice(&b),
+        opencv::imgcodecs::IMREAD_COLOR,
+    )
+    .unwrap();
+    assert_eq!((img.cols(), img.rows()), (176, 144));
+    assert_eq!(
+        get("/stream/nope")
+            .unwrap_err()
+            .into_response()
+            .map(|r| r.status()),
+        Some(404)
+    );
+
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}

@@ -42,6 +42,12 @@ pub fn config_from(args: &RunArgs) -> anyhow::Result<Config> {
         }
     }
     apply_model_args(&mut cfg.model, &args.model);
+    if let Some(h) = &args.http {
+        cfg.http.listen = Some(h.clone());
+    }
+    if args.strict {
+        cfg.live.strict = true;
+    }
     if let Some(b) = args.batch_size {
         cfg.pipeline.batch_size = b;
     }

@@ -4,24 +4,13 @@
 //! whose size it takes (a live source that is down at start-up has no size yet). Releasing it
 //! when the input closes writes the container trailer: the file plays after Ctrl-C too.
 //!
-//! Frames of a file source are written strictly by `seq`. A live source can skip numbers (the
-//! frames capture replaced), so its frames are written as they come, dropping any that arrive
-//! after a newer one was written.
-
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Instant;
 
-use crossbeam_channel::Receiver;
 use opencv::core::{Mat, Size};
 use opencv::prelude::*;
 use opencv::videoio::VideoWriter;
 
 use crate::error::{fail, Kind};
-use crate::frame::Annotated;
-use crate::stats::Stats;
 
 pub struct FileSink {
     pub path: PathBuf,
@@ -115,59 +104,21 @@ impl FileSink {
         }
     }
 
-    /// Writes frames until the input closes, then finalizes the file. `strict_order`: wait for
-    /// every `seq` (file sources); otherwise write as frames come and drop late ones (live).
-    /// `on_frame` is called after each written frame (progress bar).
-    pub fn run(
-        mut self,
-        rx: Receiver<Annotated>,
-        stats: Arc<Stats>,
-        strict_order: bool,
-        on_frame: impl Fn(u64),
-    ) -> Written {
-        let span = tracing::info_span!("sink", path = %self.path.display());
-        let _e = span.enter();
-        let mut pending: BTreeMap<u64, Annotated> = BTreeMap::new();
-        let mut next = 0u64;
-        let mut written = 0u64;
-        let mut emit = |sink: &mut FileSink, a: Annotated| {
-            let t = Instant::now();
-            let res = sink.write(&a.image);
-            stats.encode.add(t.elapsed());
-            match res {
-                Ok(()) => {
-                    written += 1;
-                    stats.written.fetch_add(1, Ordering::Relaxed);
-                    stats.latency.observe(a.captured.elapsed());
-                    on_frame(written);
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot write frame"),
-            }
-        };
-        for a in rx {
-            if strict_order {
-                pending.insert(a.seq, a);
-                while let Some(a) = pending.remove(&next) {
-                    emit(&mut self, a);
-                    next += 1;
-                }
-            } else if a.seq >= next {
-                next = a.seq + 1;
-                emit(&mut self, a);
-            }
-        }
-        // Only reachable with gaps, which file capture never makes; write what is left in order.
-        for (_, a) in std::mem::take(&mut pending) {
-            emit(&mut self, a);
-        }
+    /// Writes one frame (opening the writer on the first).
+    pub fn write_frame(&mut self, m: &Mat) -> opencv::Result<()> {
+        self.write(m)
+    }
+
+    /// Finalizes the container (writes the trailer).
+    pub fn finish(mut self, frames: u64) -> Written {
         if let Some((mut w, _)) = self.writer.take() {
             if let Err(e) = w.release() {
-                tracing::error!(error = %e, "cannot finalize the output file");
+                tracing::error!(error = %e, path = %self.path.display(), "cannot finalize the output file");
             }
         }
         Written {
-            path: self.path.clone(),
-            frames: written,
+            path: self.path,
+            frames,
         }
     }
 }
