@@ -51,14 +51,20 @@ setsid "$CHROMIUM" --headless --no-sandbox --disable-gpu --disable-quic --no-fir
   >"$OUTDIR/chromium.log" 2>&1 </dev/null &
 CPID=$!
 
+alive() { # the main process runs (a zombie does not count)
+  local st
+  st=$(awk '{print $3}' "/proc/$CPID/stat" 2>/dev/null) && [ -n "$st" ] && [ "$st" != Z ]
+}
 stop_chromium() {
-  kill -TERM -- "-$CPID" 2>/dev/null || return 0
-  for _ in $(seq 20); do
-    kill -0 -- "-$CPID" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL -- "-$CPID" 2>/dev/null
+  # The checker asked Chromium to close (Browser.close): let it reap its own helpers first.
+  for _ in $(seq 15); do alive || break; sleep 0.1; done
+  kill -TERM -- "-$CPID" 2>/dev/null || { wait "$CPID" 2>/dev/null; return 0; }
+  # Then 2 s more, then KILL the whole group (helpers included).
+  ( sleep 2; kill -KILL -- "-$CPID" 2>/dev/null ) >/dev/null 2>&1 </dev/null &
+  local killer=$!
   wait "$CPID" 2>/dev/null
+  kill -KILL -- "-$CPID" 2>/dev/null
+  kill "$killer" 2>/dev/null
 }
 trap stop_chromium EXIT
 trap 'exit 2' INT TERM
@@ -71,8 +77,16 @@ interval = float(interval)
 T0 = time.monotonic()
 
 
+ws = None
+
+
 def result(ok, msg, code=None):
     print(f"browser_check: {'ok' if ok else 'FAIL'} {msg}", flush=True)
+    if ws is not None:
+        try:  # a graceful close lets Chromium reap its helpers; the shell kills it anyway
+            ws.send(json.dumps({"id": 999999, "method": "Browser.close"}))
+        except OSError:
+            pass
     sys.exit(0 if ok else (code or 1))
 
 
@@ -257,10 +271,6 @@ try:
     time.sleep(interval)
     imgs2 = evaluate(probe)
     shot(shot2)
-    try:
-        call("Browser.close", timeout=2)
-    except Exception:
-        pass  # the shell kills it anyway
 except (OSError, TimeoutError, RuntimeError) as e:
     result(False, f"DevTools: {e}")
 

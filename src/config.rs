@@ -304,6 +304,69 @@ pub struct SourceConfig {
     pub output: Option<PathBuf>,
     /// Class(es) to explain for this source; default: `[explain] target`.
     pub target: Option<String>,
+    /// Temporal smoothing: EMA weight of the previous CAM, 0.0 (off) ..< 1.0.
+    #[serde(default)]
+    pub smoothing: f32,
+    /// Region of interest: polygon of [x, y] points in frame-relative coordinates (0..1).
+    pub roi: Option<Vec<[f32; 2]>>,
+    /// Alert when the share of CAM mass outside the ROI exceeds this...
+    #[serde(default = "default_roi_ratio")]
+    pub roi_alert_ratio: f32,
+    /// ...for this many consecutive frames.
+    #[serde(default = "default_roi_frames")]
+    pub roi_alert_frames: u32,
+    /// JSON-lines event log (appended): class, score, CAM peak, centroid, hot box, ROI share.
+    pub events: Option<PathBuf>,
+    /// One event line every N explained frames (alerts are always written).
+    #[serde(default = "default_events_every")]
+    pub events_every: u32,
+    /// The hot region's box covers the normalized CAM at or above this.
+    #[serde(default = "default_hot")]
+    pub hot_threshold: f32,
+}
+
+fn default_roi_ratio() -> f32 {
+    0.5
+}
+fn default_roi_frames() -> u32 {
+    15
+}
+fn default_events_every() -> u32 {
+    1
+}
+fn default_hot() -> f32 {
+    0.5
+}
+
+impl SourceConfig {
+    pub fn new(uri: &str) -> SourceConfig {
+        SourceConfig {
+            name: None,
+            uri: uri.to_string(),
+            mode: None,
+            output: None,
+            target: None,
+            smoothing: 0.0,
+            roi: None,
+            roi_alert_ratio: default_roi_ratio(),
+            roi_alert_frames: default_roi_frames(),
+            events: None,
+            events_every: default_events_every(),
+            hot_threshold: default_hot(),
+        }
+    }
+
+    pub fn monitor(&self) -> crate::monitor::MonitorConfig {
+        crate::monitor::MonitorConfig {
+            smoothing: self.smoothing,
+            roi: self.roi.clone(),
+            roi_alert_ratio: self.roi_alert_ratio,
+            roi_alert_frames: self.roi_alert_frames,
+            events: self.events.clone(),
+            events_every: self.events_every,
+            hot_threshold: self.hot_threshold,
+        }
+    }
 }
 
 impl Config {
@@ -350,6 +413,20 @@ impl Config {
         for s in &self.source {
             if s.uri.trim().is_empty() {
                 anyhow::bail!("source.uri is empty");
+            }
+            if !(0.0..1.0).contains(&s.smoothing) {
+                anyhow::bail!(
+                    "source.smoothing = {} is out of range 0..1 (0 = off)",
+                    s.smoothing
+                );
+            }
+            if let Some(r) = &s.roi {
+                if r.len() < 3 || r.iter().flatten().any(|v| !(0.0..=1.0).contains(v)) {
+                    anyhow::bail!("source.roi needs at least 3 [x, y] points with coordinates in 0..1 (fractions of the frame)");
+                }
+            }
+            if !(0.0..=1.0).contains(&s.roi_alert_ratio) || !(0.0..=1.0).contains(&s.hot_threshold) {
+                anyhow::bail!("source.roi_alert_ratio and source.hot_threshold must be in 0..1");
             }
         }
         Ok(())

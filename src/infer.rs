@@ -15,6 +15,7 @@ use crossbeam_channel::{Receiver, Select, Sender};
 
 use crate::explainer::{Explainer, TargetSpec};
 use crate::frame::{Explained, Frame};
+use crate::monitor::Monitor;
 use crate::preprocess::Preprocessor;
 use crate::stats::Stats;
 
@@ -23,6 +24,9 @@ pub struct InferConfig {
     pub batch_timeout: Duration,
     /// What to explain, per source index.
     pub targets: Vec<TargetSpec>,
+    /// Smoothing, ROI and events, per source index.
+    pub monitors: Vec<Monitor>,
+    pub labels: Arc<Vec<String>>,
 }
 
 /// The sources' channels, read together.
@@ -204,8 +208,19 @@ impl Stage {
         let frames: Vec<Frame> = self.frames.drain(..).collect();
         for (i, frame) in frames.into_iter().enumerate() {
             let maps = match results[i].take().filter(|_| self.usable[i]) {
-                Some(r) => {
+                Some(mut r) => {
                     self.stats.explained.fetch_add(1, Ordering::Relaxed);
+                    if let Some(m) = self.cfg.monitors.get_mut(frame.source) {
+                        let o = m.observe(frame.seq, frame.pts_ms, &mut r.maps, &self.cfg.labels);
+                        if let Some(s) = self.stats.source(frame.source) {
+                            if let Some(v) = o.outside_roi {
+                                s.set_outside_roi(v);
+                            }
+                            if o.alert {
+                                s.alerts.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
                     if let Some(s) = self.stats.source(frame.source) {
                         s.processed.fetch_add(1, Ordering::Relaxed);
                     }

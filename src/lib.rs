@@ -25,6 +25,7 @@ pub mod error;
 pub mod explainer;
 pub mod metrics;
 pub mod model;
+pub mod monitor;
 pub mod npy;
 pub mod onnx;
 pub mod sidecar;

@@ -25,6 +25,7 @@ use crate::error::{fail, Kind};
 use crate::explainer::{Explainer, TargetSpec};
 use crate::infer::{self, InferConfig};
 use crate::model::Model;
+use crate::monitor::Monitor;
 use crate::preprocess::Preprocessor;
 use crate::render::{self, RenderConfig};
 use crate::sink::file::{FileSink, Written};
@@ -132,6 +133,11 @@ impl Plan {
             }
             return Err(e.context(format!("removed the unstarted outputs {}", removed.join(", "))));
         }
+        let monitors = sources
+            .iter()
+            .zip(&cfg.source)
+            .map(|(src, sc)| Monitor::new(src.name.clone(), sc.monitor()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let p = &cfg.pipeline;
         let workers = if p.render_workers == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -143,6 +149,8 @@ impl Plan {
                 batch_size: p.batch_size,
                 batch_timeout: Duration::from_millis(p.batch_timeout_ms),
                 targets,
+                monitors,
+                labels: Arc::new(model.sidecar.labels.clone()),
             },
             method: cfg.explain.method,
             render: RenderConfig {

@@ -708,3 +708,86 @@ fn http_serves_page_streams_metrics_and_health() {
         .unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+fn events(p: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn roi_alerts_events_and_smoothing() {
+    // carphone: the model looks at the bow tie, low in the frame. A ROI over the top half puts
+    // most attention outside it (alert); one over the bottom half does not.
+    let dir = scratch("roi");
+    let clip = s(&media("carphone_pristine.mp4"));
+    let run_roi = |name: &str, roi: &str, smoothing: f32| {
+        let cfg = dir.join(format!("{name}.toml"));
+        let ev = dir.join(format!("{name}.jsonl"));
+        let _ = std::fs::remove_file(&ev);
+        std::fs::write(
+            &cfg,
+            format!(
+                "[[source]]\nname = \"{name}\"\nuri = \"{clip}\"\noutput = \"{}\"\nroi = {roi}\nroi_alert_ratio = 0.5\nroi_alert_frames = 5\nsmoothing = {smoothing}\nevents = \"{}\"\n",
+                s(&dir.join(format!("{name}.mp4"))),
+                s(&ev)
+            ),
+        )
+        .unwrap();
+        let o = run(&["run", "--quiet", "--config", &s(&cfg)]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        (events(&ev), stderr(&o))
+    };
+    let (top, log) = run_roi("top", "[[0.0, 0.0], [1.0, 0.0], [1.0, 0.5], [0.0, 0.5]]", 0.0);
+    assert_eq!(top.len(), 120, "one event per frame");
+    for k in [
+        "ts",
+        "source",
+        "seq",
+        "class",
+        "label",
+        "prob",
+        "score",
+        "peak",
+        "centroid",
+        "hot_bbox",
+        "outside_roi",
+        "alert",
+    ] {
+        assert!(top[0].get(k).is_some(), "event lacks {k}: {}", top[0]);
+    }
+    let alerts: Vec<&serde_json::Value> = top.iter().filter(|e| e["alert"] == true).collect();
+    assert_eq!(alerts.len(), 1, "one alert for one long excursion");
+    assert_eq!(alerts[0]["seq"], 4, "the alert fires on the 5th frame outside");
+    assert!(alerts[0]["outside_roi"].as_f64().unwrap() > 0.5);
+    assert!(log.contains("attention left the region of interest"), "{log}");
+    assert!(
+        top.iter().all(|e| e["centroid"][1].as_f64().unwrap() > 0.5),
+        "attention is low in the frame"
+    );
+
+    let (bottom, _) = run_roi("bottom", "[[0.0, 0.5], [1.0, 0.5], [1.0, 1.0], [0.0, 1.0]]", 0.0);
+    assert!(
+        bottom.iter().all(|e| e["alert"] == false),
+        "attention stays inside the bottom half"
+    );
+
+    // Smoothing damps the frame-to-frame motion of the attention centroid.
+    let jitter = |ev: &[serde_json::Value]| {
+        ev.windows(2)
+            .map(|w| {
+                let d =
+                    |k: usize| w[1]["centroid"][k].as_f64().unwrap() - w[0]["centroid"][k].as_f64().unwrap();
+                d(0).hypot(d(1))
+            })
+            .sum::<f64>()
+    };
+    let (smooth, _) = run_roi("smooth", "[[0.0, 0.5], [1.0, 0.5], [1.0, 1.0], [0.0, 1.0]]", 0.8);
+    let (j0, j1) = (jitter(&bottom), jitter(&smooth));
+    assert!(
+        j1 < 0.6 * j0,
+        "smoothing 0.8 should damp centroid motion: {j1} vs {j0} without"
+    );
+}

@@ -175,11 +175,8 @@ fn pipeline_point(args: &BenchArgs, video: &std::path::Path) -> anyhow::Result<P
     cfg.model.intra_threads = args.threads;
     cfg.pipeline.batch_size = args.batch_size[0];
     cfg.source = vec![SourceConfig {
-        name: None,
-        uri: video.display().to_string(),
-        mode: None,
         output: Some(out.clone()),
-        target: None,
+        ..SourceConfig::new(&video.display().to_string())
     }];
     let mut runs = Vec::new();
     for _ in 0..args.repeats.max(1) {

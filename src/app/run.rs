@@ -16,13 +16,7 @@ pub fn config_from(args: &RunArgs) -> anyhow::Result<Config> {
         None => Config::default(),
     };
     if let Some(uri) = &args.source {
-        cfg.source = vec![SourceConfig {
-            name: None,
-            uri: uri.clone(),
-            mode: None,
-            output: None,
-            target: None,
-        }];
+        cfg.source = vec![SourceConfig::new(uri)];
     }
     if let Some(out) = &args.output {
         match cfg.source.as_mut_slice() {

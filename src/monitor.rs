@@ -1,0 +1,335 @@
+//! Per-source monitoring, applied in frame order by the inference stage: temporal smoothing of
+//! the CAM, the share of attention outside a region of interest with its alert, and the
+//! JSON-lines event log.
+//!
+//! Everything here works on the CAM normalized to [0, 1] at feature resolution, sampled
+//! bilinearly on a finer grid for the ROI share and the hot-region box, in frame-relative
+//! coordinates (0..1), so results do not depend on the frame size.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use ndarray::Array2;
+use serde::Serialize;
+
+use crate::cam;
+use crate::explainer::ClassMap;
+
+/// Settings of one source, from `[[source]]`.
+#[derive(Debug, Clone, Default)]
+pub struct MonitorConfig {
+    /// EMA weight of the previous map, 0 (off) ..< 1.
+    pub smoothing: f32,
+    /// Polygon in frame-relative coordinates.
+    pub roi: Option<Vec<[f32; 2]>>,
+    /// Alert when the share of attention outside the ROI exceeds this...
+    pub roi_alert_ratio: f32,
+    /// ...for this many consecutive frames.
+    pub roi_alert_frames: u32,
+    /// JSON-lines file.
+    pub events: Option<PathBuf>,
+    /// Write one event every N explained frames.
+    pub events_every: u32,
+    /// The hot region is where the normalized CAM is at least this.
+    pub hot_threshold: f32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Event<'a> {
+    /// Seconds since the Unix epoch.
+    pub ts: f64,
+    pub source: &'a str,
+    pub seq: u64,
+    pub pts_ms: f64,
+    pub class: usize,
+    pub label: &'a str,
+    pub prob: f32,
+    pub score: f32,
+    /// Peak and mass centroid of the CAM, [x, y] in 0..1.
+    pub peak: [f32; 2],
+    pub centroid: [f32; 2],
+    /// Bounding box [x0, y0, x1, y1] of the hot region, 0..1.
+    pub hot_bbox: Option<[f32; 4]>,
+    /// Share of CAM mass outside the ROI (absent without a ROI).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outside_roi: Option<f32>,
+    /// True on the frame that starts an alert.
+    pub alert: bool,
+}
+
+pub struct Monitor {
+    pub name: String,
+    cfg: MonitorConfig,
+    smoothed: Option<Array2<f32>>,
+    over: u32,
+    alerting: bool,
+    events: Option<std::io::BufWriter<std::fs::File>>,
+    explained: u64,
+}
+
+/// What one frame's observation found.
+pub struct Observation {
+    pub outside_roi: Option<f32>,
+    /// An alert started on this frame.
+    pub alert: bool,
+}
+
+/// Samples per feature cell for the ROI share and the hot box.
+const UPSAMPLE: usize = 4;
+
+impl Monitor {
+    pub fn new(name: String, cfg: MonitorConfig) -> anyhow::Result<Monitor> {
+        let events = match &cfg.events {
+            Some(p) => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| {
+                        crate::error::fail(
+                            crate::error::Kind::Output,
+                            format!("cannot write events file {}: {e}", p.display()),
+                        )
+                    })?;
+                Some(std::io::BufWriter::new(f))
+            }
+            None => None,
+        };
+        Ok(Monitor {
+            name,
+            cfg,
+            smoothed: None,
+            over: 0,
+            alerting: false,
+            events,
+            explained: 0,
+        })
+    }
+
+    /// Smooths the first map in place and computes the frame's statistics and event.
+    pub fn observe(
+        &mut self,
+        seq: u64,
+        pts_ms: f64,
+        maps: &mut [ClassMap],
+        labels: &[String],
+    ) -> Observation {
+        let Some(m) = maps.first_mut() else {
+            return Observation {
+                outside_roi: None,
+                alert: false,
+            };
+        };
+        let mut cur = m.cam.clone();
+        cam::normalize(cur.view_mut());
+        let s = self.cfg.smoothing;
+        if s > 0.0 {
+            if let Some(prev) = self.smoothed.as_ref().filter(|p| p.dim() == cur.dim()) {
+                cur = prev * s + &cur * (1.0 - s);
+            }
+            self.smoothed = Some(cur.clone());
+            m.cam = cur.clone();
+        }
+        let fine = upsample(&cur, UPSAMPLE);
+        let outside = self.cfg.roi.as_ref().map(|poly| outside_share(&fine, poly));
+        let mut alert = false;
+        if let Some(o) = outside {
+            if o > self.cfg.roi_alert_ratio {
+                self.over += 1;
+                if self.over >= self.cfg.roi_alert_frames.max(1) && !self.alerting {
+                    self.alerting = true;
+                    alert = true;
+                    tracing::warn!(source = %self.name, outside_roi = o, frames = self.over, "attention left the region of interest");
+                }
+            } else {
+                self.over = 0;
+                self.alerting = false;
+            }
+        }
+        self.explained += 1;
+        let every = self.cfg.events_every.max(1) as u64;
+        if let Some(w) = self.events.as_mut() {
+            if alert || self.explained % every == 1 || every == 1 {
+                let label = labels.get(m.class).map_or("", |l| l.as_str());
+                let ev = Event {
+                    ts: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64()),
+                    source: &self.name,
+                    seq,
+                    pts_ms,
+                    class: m.class,
+                    label,
+                    prob: m.prob,
+                    score: m.score,
+                    peak: peak(&fine),
+                    centroid: centroid(&fine),
+                    hot_bbox: hot_bbox(&fine, self.cfg.hot_threshold),
+                    outside_roi: outside,
+                    alert,
+                };
+                if let Ok(line) = serde_json::to_string(&ev) {
+                    if writeln!(w, "{line}").and_then(|()| w.flush()).is_err() {
+                        tracing::warn!(source = %self.name, "cannot write to the events file");
+                    }
+                }
+            }
+        }
+        Observation {
+            outside_roi: outside,
+            alert,
+        }
+    }
+}
+
+/// Bilinear upsampling by `k`, sampling at cell centres (as OpenCV's INTER_LINEAR does).
+pub fn upsample(m: &Array2<f32>, k: usize) -> Array2<f32> {
+    let (h, w) = m.dim();
+    let (hh, ww) = (h * k, w * k);
+    Array2::from_shape_fn((hh, ww), |(i, j)| {
+        let y = ((i as f32 + 0.5) / k as f32 - 0.5).clamp(0.0, (h - 1) as f32);
+        let x = ((j as f32 + 0.5) / k as f32 - 0.5).clamp(0.0, (w - 1) as f32);
+        let (y0, x0) = (y.floor() as usize, x.floor() as usize);
+        let (y1, x1) = ((y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
+        let (fy, fx) = (y - y0 as f32, x - x0 as f32);
+        let top = m[[y0, x0]] * (1.0 - fx) + m[[y0, x1]] * fx;
+        let bot = m[[y1, x0]] * (1.0 - fx) + m[[y1, x1]] * fx;
+        top * (1.0 - fy) + bot * fy
+    })
+}
+
+/// Even-odd rule point-in-polygon, frame-relative coordinates.
+pub fn inside(poly: &[[f32; 2]], x: f32, y: f32) -> bool {
+    let mut c = false;
+    let n = poly.len();
+    for i in 0..n {
+        let [xi, yi] = poly[i];
+        let [xj, yj] = poly[(i + n - 1) % n];
+        if (yi > y) != (yj > y) && x < (xj - xi) * (y - yi) / (yj - yi) + xi {
+            c = !c;
+        }
+    }
+    c
+}
+
+/// Share of the map's mass whose sample centre lies outside the polygon.
+pub fn outside_share(m: &Array2<f32>, poly: &[[f32; 2]]) -> f32 {
+    let (h, w) = m.dim();
+    let (mut total, mut out) = (0f64, 0f64);
+    for ((i, j), &v) in m.indexed_iter() {
+        let v = v.max(0.0) as f64;
+        total += v;
+        if !inside(poly, (j as f32 + 0.5) / w as f32, (i as f32 + 0.5) / h as f32) {
+            out += v;
+        }
+    }
+    if total > 0.0 {
+        (out / total) as f32
+    } else {
+        0.0
+    }
+}
+
+fn peak(m: &Array2<f32>) -> [f32; 2] {
+    let (h, w) = m.dim();
+    let (i, j) = cam::peak(m);
+    [(j as f32 + 0.5) / w as f32, (i as f32 + 0.5) / h as f32]
+}
+
+fn centroid(m: &Array2<f32>) -> [f32; 2] {
+    let (h, w) = m.dim();
+    let (mut s, mut sx, mut sy) = (0f64, 0f64, 0f64);
+    for ((i, j), &v) in m.indexed_iter() {
+        let v = v.max(0.0) as f64;
+        s += v;
+        sx += v * (j as f64 + 0.5) / w as f64;
+        sy += v * (i as f64 + 0.5) / h as f64;
+    }
+    if s > 0.0 {
+        [(sx / s) as f32, (sy / s) as f32]
+    } else {
+        [0.5, 0.5]
+    }
+}
+
+fn hot_bbox(m: &Array2<f32>, t: f32) -> Option<[f32; 4]> {
+    let (h, w) = m.dim();
+    let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+    for ((i, j), &v) in m.indexed_iter() {
+        if v >= t {
+            x0 = x0.min(j);
+            y0 = y0.min(i);
+            x1 = x1.max(j);
+            y1 = y1.max(i);
+        }
+    }
+    (x0 != usize::MAX).then(|| {
+        [
+            x0 as f32 / w as f32,
+            y0 as f32 / h as f32,
+            (x1 + 1) as f32 / w as f32,
+            (y1 + 1) as f32 / h as f32,
+        ]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn polygon_and_outside_share() {
+        let left_half = [[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]];
+        assert!(inside(&left_half, 0.25, 0.5));
+        assert!(!inside(&left_half, 0.75, 0.5));
+        // all mass in the right column of a 2x2 map
+        let m = array![[0.0f32, 1.0], [0.0, 3.0]];
+        assert!((outside_share(&m, &left_half) - 1.0).abs() < 1e-6);
+        let m = array![[1.0f32, 1.0], [1.0, 1.0]];
+        assert!((outside_share(&m, &left_half) - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn upsampling_keeps_values_and_box_and_centroid_follow_the_mass() {
+        let m = array![[0.0f32, 0.0], [0.0, 1.0]];
+        let u = upsample(&m, 4);
+        assert_eq!(u.dim(), (8, 8));
+        assert_eq!(u[[7, 7]], 1.0);
+        assert_eq!(u[[0, 0]], 0.0);
+        let b = hot_bbox(&u, 0.5).unwrap();
+        assert!(b[0] >= 0.5 && b[1] >= 0.5 && b[2] == 1.0 && b[3] == 1.0, "{b:?}");
+        let c = centroid(&u);
+        assert!(c[0] > 0.7 && c[1] > 0.7, "{c:?}");
+    }
+
+    #[test]
+    fn alert_fires_once_after_n_frames_outside() {
+        let cfg = MonitorConfig {
+            roi: Some(vec![[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]),
+            roi_alert_ratio: 0.5,
+            roi_alert_frames: 3,
+            ..Default::default()
+        };
+        let mut mon = Monitor::new("t".into(), cfg).unwrap();
+        let right = ClassMap {
+            class: 0,
+            prob: 1.0,
+            score: 1.0,
+            cam: array![[0.0f32, 1.0], [0.0, 1.0]],
+        };
+        let left = ClassMap {
+            class: 0,
+            prob: 1.0,
+            score: 1.0,
+            cam: array![[1.0f32, 0.0], [1.0, 0.0]],
+        };
+        let alerts: Vec<bool> = (0..6)
+            .map(|i| {
+                let mut maps = vec![if i < 5 { right.clone() } else { left.clone() }];
+                mon.observe(i, 0.0, &mut maps, &[]).alert
+            })
+            .collect();
+        assert_eq!(alerts, [false, false, true, false, false, false]);
+    }
+}
