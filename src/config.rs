@@ -304,6 +304,9 @@ pub struct SourceConfig {
     pub output: Option<PathBuf>,
     /// Class(es) to explain for this source; default: `[explain] target`.
     pub target: Option<String>,
+    /// Split the output into files of this many seconds of video, named with their UTC start
+    /// time (`out/cam1-20261126T050200Z.mp4`); unset: one file.
+    pub segment_secs: Option<f64>,
     /// Temporal smoothing: EMA weight of the previous CAM, 0.0 (off) ..< 1.0.
     #[serde(default)]
     pub smoothing: f32,
@@ -346,6 +349,7 @@ impl SourceConfig {
             mode: None,
             output: None,
             target: None,
+            segment_secs: None,
             smoothing: 0.0,
             roi: None,
             roi_alert_ratio: default_roi_ratio(),
@@ -413,6 +417,9 @@ impl Config {
         for s in &self.source {
             if s.uri.trim().is_empty() {
                 anyhow::bail!("source.uri is empty");
+            }
+            if s.segment_secs.is_some_and(|v| !(v >= 1.0 && v.is_finite())) {
+                anyhow::bail!("source.segment_secs must be at least 1");
             }
             if !(0.0..1.0).contains(&s.smoothing) {
                 anyhow::bail!(

@@ -335,7 +335,7 @@ fn open_io(
         }
         let src = Source::open(i, name, &s.uri, s.mode, cfg.live.reconnect(), cfg.live.strict)?;
         let file = match &s.output {
-            Some(out) => Some(FileSink::open(out, &cfg.output.fourcc, src.fps)?),
+            Some(out) => Some(FileSink::open(out, &cfg.output.fourcc, src.fps, s.segment_secs)?),
             None => None,
         };
         sinks.push(SourceSink {

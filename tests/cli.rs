@@ -791,3 +791,40 @@ fn roi_alerts_events_and_smoothing() {
         "smoothing 0.8 should damp centroid motion: {j1} vs {j0} without"
     );
 }
+
+#[test]
+fn segmented_recordings_each_play_and_together_hold_every_frame() {
+    let dir = scratch("segments");
+    let cfg = dir.join("seg.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[source]]\nuri = \"{}\"\noutput = \"{}\"\nsegment_secs = 1\n",
+            s(&media("carphone_pristine.mp4")),
+            s(&dir.join("rec.mp4"))
+        ),
+    )
+    .unwrap();
+    let o = run(&["run", "--quiet", "--config", &s(&cfg)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "mp4"))
+        .collect();
+    files.sort();
+    // 120 frames at 29.97 fps in 1 s segments: 30 + 30 + 30 + 30.
+    assert_eq!(files.len(), 4, "{files:?}\n{}", stderr(&o));
+    let mut total = 0;
+    for f in &files {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with("rec-") && name.contains('T') && name.contains('Z'),
+            "{name}"
+        );
+        let (n, _, w, h) = probe(f);
+        assert_eq!((w, h), (176, 144), "{name} plays");
+        total += n;
+    }
+    assert_eq!(total, 120);
+}

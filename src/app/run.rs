@@ -96,8 +96,18 @@ pub fn run(args: &RunArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let mut empty = Vec::new();
     for w in &summary.outputs {
         if w.frames == 0 {
-            let _ = std::fs::remove_file(&w.path);
+            for f in w.files.iter().chain(std::iter::once(&w.path)) {
+                let _ = std::fs::remove_file(f);
+            }
             empty.push(w.path.display().to_string());
+        } else if w.files.len() > 1 {
+            let names: Vec<String> = w.files.iter().map(|f| f.display().to_string()).collect();
+            eprintln!(
+                "wrote {} frames in {} segments: {}",
+                w.frames,
+                w.files.len(),
+                names.join(", ")
+            );
         } else {
             eprintln!("wrote {} ({} frames)", w.path.display(), w.frames);
         }
