@@ -64,18 +64,6 @@ pub fn segment_path(base: &Path, t: std::time::SystemTime) -> PathBuf {
     base.with_file_name(format!("{stem}-{stamp}.{ext}"))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn segment_names_carry_the_utc_time() {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_670_520); // 2026-11-26T05:22:00Z
-        let p = super::segment_path(std::path::Path::new("out/cam1.mp4"), t);
-        assert_eq!(p, std::path::Path::new("out/cam1-20261126T052200Z.mp4"));
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400); // 2000-02-29
-        assert!(super::segment_path(std::path::Path::new("a.avi"), t).ends_with("a-20000229T000000Z.avi"));
-    }
-}
-
 impl FileSink {
     /// `segment_secs`: start a new, time-stamped file every so many seconds of video, so a run
     /// of weeks never holds one file open; every closed segment is finalized and plays.
@@ -213,5 +201,17 @@ impl FileSink {
             frames,
             files: self.closed,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn segment_names_carry_the_utc_time() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_670_520); // 2026-11-26T05:22:00Z
+        let p = super::segment_path(std::path::Path::new("out/cam1.mp4"), t);
+        assert_eq!(p, std::path::Path::new("out/cam1-20261126T052200Z.mp4"));
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400); // 2000-02-29
+        assert!(super::segment_path(std::path::Path::new("a.avi"), t).ends_with("a-20000229T000000Z.avi"));
     }
 }
