@@ -152,6 +152,9 @@ pub struct RunArgs {
     /// `--http 127.0.0.1:8090`).
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8090")]
     pub http: Option<String>,
+    /// Show every source in a window (`q` or Esc stops).
+    #[arg(long)]
+    pub display: bool,
     /// Fail when a live source cannot be opened at start-up (default: retry it in the background).
     #[arg(long)]
     pub strict: bool,

@@ -304,6 +304,9 @@ pub struct SourceConfig {
     pub output: Option<PathBuf>,
     /// Class(es) to explain for this source; default: `[explain] target`.
     pub target: Option<String>,
+    /// Show this source in a window (`q` or Esc stops the run).
+    #[serde(default)]
+    pub display: bool,
     /// Split the output into files of this many seconds of video, named with their UTC start
     /// time (`out/cam1-20261126T050200Z.mp4`); unset: one file.
     pub segment_secs: Option<f64>,
@@ -350,6 +353,7 @@ impl SourceConfig {
             output: None,
             target: None,
             segment_secs: None,
+            display: false,
             smoothing: 0.0,
             roi: None,
             roi_alert_ratio: default_roi_ratio(),

@@ -28,6 +28,7 @@ use crate::model::Model;
 use crate::monitor::Monitor;
 use crate::preprocess::Preprocessor;
 use crate::render::{self, RenderConfig};
+use crate::sink::display::Display;
 use crate::sink::file::{FileSink, Written};
 use crate::sink::http::HttpServer;
 use crate::sink::SourceSink;
@@ -39,6 +40,7 @@ pub struct Plan {
     sources: Vec<Source>,
     sinks: Vec<SourceSink>,
     http: Option<HttpServer>,
+    display: Option<Display>,
     infer: InferConfig,
     method: Method,
     render: RenderConfig,
@@ -117,7 +119,8 @@ impl Plan {
         let mut sources = Vec::new();
         let mut sinks: Vec<SourceSink> = Vec::new();
         let mut http = None;
-        let opened = open_io(cfg, &mut sources, &mut sinks, &mut http);
+        let mut display = None;
+        let opened = open_io(cfg, &mut sources, &mut sinks, &mut http, &mut display);
         if let Err(e) = opened {
             // Outputs opened before the failure hold no frame: remove them, and say so.
             let removed: Vec<String> = sinks
@@ -165,6 +168,7 @@ impl Plan {
             sources,
             sinks,
             http,
+            display,
             model,
         })
     }
@@ -177,6 +181,7 @@ impl Plan {
             sources,
             sinks,
             http,
+            display,
             infer,
             method,
             render,
@@ -193,6 +198,13 @@ impl Plan {
             "gradcamd ready"
         );
         let stats = Arc::new(Stats::new(sources.len()));
+        let display_h = match display {
+            Some(d) => {
+                let stop = stop.clone();
+                Some(spawn("display", move || d.run(stop))?)
+            }
+            None => None,
+        };
         let http_running = match http {
             Some(h) => Some(h.start(stats.clone())?),
             None => None,
@@ -274,6 +286,9 @@ impl Plan {
         if let Some(h) = http_running {
             h.stop();
         }
+        if let Some(h) = display_h {
+            h.join().map_err(|_| join_err("display"))?;
+        }
         bars.finish();
         let frames_in = Stats::get(&stats.captured);
         Ok(Summary {
@@ -291,6 +306,7 @@ fn open_io(
     sources: &mut Vec<Source>,
     sinks: &mut Vec<SourceSink>,
     http: &mut Option<HttpServer>,
+    display: &mut Option<Display>,
 ) -> anyhow::Result<()> {
     let mut seen_outputs: Vec<PathBuf> = Vec::new();
     let mut names: Vec<String> = Vec::new();
@@ -318,10 +334,10 @@ fn open_io(
             }
         };
         names.push(name.clone());
-        if s.output.is_none() && cfg.http.listen.is_none() {
+        if s.output.is_none() && cfg.http.listen.is_none() && !s.display {
             return Err(fail(
                 Kind::Config,
-                format!("source '{name}' has no output: set output = \"out/{name}.mp4\", pass --output, or serve it with --http"),
+                format!("source '{name}' has no output: set output = \"out/{name}.mp4\" or display = true, pass --output, or serve it with --http"),
             ));
         }
         if let Some(out) = &s.output {
@@ -342,9 +358,20 @@ fn open_io(
             index: i,
             file,
             hub: None,
+            display: None,
             strict_order: src.mode == SourceMode::File,
         });
         sources.push(src);
+    }
+    if cfg.source.iter().any(|s| s.display) {
+        crate::sink::display::check_display()?;
+        let d = Display::new(names.clone());
+        for (s, sc) in sinks.iter_mut().zip(&cfg.source) {
+            if sc.display {
+                s.display = Some(d.tx.clone());
+            }
+        }
+        *display = Some(d);
     }
     if let Some(addr) = &cfg.http.listen {
         let server = HttpServer::bind(addr, names)?;

@@ -828,3 +828,28 @@ fn segmented_recordings_each_play_and_together_hold_every_frame() {
     }
     assert_eq!(total, 120);
 }
+
+#[test]
+fn display_without_a_screen_is_a_clear_error_and_offscreen_works() {
+    let clip = s(&media("carphone_pristine.mp4"));
+    let o = bin()
+        .args(["run", "--quiet", "--source", &clip, "--display"])
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("QT_QPA_PLATFORM")
+        .output()
+        .unwrap();
+    expect_error(&o, 6, &["no display", "--http"]);
+    // Qt's offscreen platform stands in for a screen: the window path runs to the end.
+    let o = bin()
+        .args(["run", "--quiet", "--source", &clip, "--display"])
+        .env("QT_QPA_PLATFORM", "offscreen")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("frames_out=0") || stderr(&o).contains("done"),
+        "{}",
+        stderr(&o)
+    );
+}

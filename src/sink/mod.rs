@@ -6,6 +6,7 @@
 //! frames capture replaced), so its frames go out as they come, dropping any that arrive after
 //! a newer one went out.
 
+pub mod display;
 pub mod file;
 pub mod http;
 
@@ -26,6 +27,8 @@ pub struct SourceSink {
     pub index: usize,
     pub file: Option<FileSink>,
     pub hub: Option<Arc<Hub>>,
+    /// The display thread's input, when this source has a window.
+    pub display: Option<crossbeam_channel::Sender<(usize, opencv::core::Mat)>>,
     /// Wait for every `seq` (file sources) instead of dropping late frames (live).
     pub strict_order: bool,
 }
@@ -75,6 +78,10 @@ impl SourceSink {
         }
         if let Some(h) = &self.hub {
             h.publish(a.source, &a.image, &a.label, a.prob);
+        }
+        if let Some(d) = &self.display {
+            // A busy window skips frames rather than queueing them.
+            let _ = d.try_send((a.source, a.image.clone()));
         }
         stats.encode.add(t.elapsed());
         stats.written.fetch_add(1, Ordering::Relaxed);
