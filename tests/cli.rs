@@ -853,3 +853,131 @@ fn display_without_a_screen_is_a_clear_error_and_offscreen_works() {
         stderr(&o)
     );
 }
+
+/// The RTSP test server (scripts/rtsp_server.py, Debian's gst-rtsp-server) on a free port.
+fn rtsp_server(port: u16, clip: &Path) -> std::process::Child {
+    let mut child = Command::new("/usr/bin/python3")
+        .args([
+            "scripts/rtsp_server.py",
+            "--port",
+            &port.to_string(),
+            "--mount",
+            "/cam1",
+            "--video",
+            &s(clip),
+        ])
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("/usr/bin/python3 (scripts/setup.sh test installs the RTSP server packages)");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    if !line.starts_with("ready ") {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("RTSP server did not start ({line:?}); run scripts/setup.sh test");
+    }
+    child
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls /status.json until `ok` holds for the first source, up to `secs`.
+fn wait_status(base: &str, secs: u64, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let v: serde_json::Value = ureq::get(&format!("{base}/status.json"))
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok())
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(serde_json::Value::Null);
+        if ok(&v[0]) {
+            return v[0].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not reached in {secs} s; last status {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn rtsp_source_survives_a_server_restart() {
+    let dir = scratch("rtsp");
+    let port = free_port();
+    let clip = media("carphone_pristine.mp4");
+    let mut server = rtsp_server(port, &clip);
+    let cfg = dir.join("rtsp.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[live]\nreconnect_initial_ms = 300\nreconnect_max_ms = 2000\nopen_timeout_ms = 2000\nread_timeout_ms = 2000\n\n[[source]]\nname = \"cam1\"\nuri = \"rtsp://127.0.0.1:{port}/cam1\"\nevents = \"{}\"\n",
+            s(&dir.join("cam1.jsonl"))
+        ),
+    )
+    .unwrap();
+    let (mut daemon, addr, _log) =
+        start_with_http(&["run", "--quiet", "--config", &s(&cfg), "--http", "127.0.0.1:0"]);
+    let base = format!("http://{addr}");
+    let before = wait_status(&base, 30, |s| {
+        s["up"] == true && s["processed"].as_u64().unwrap_or(0) > 20
+    });
+    assert_eq!(before["label"], "bow tie");
+
+    // Pull the plug: the source goes down and shows "stream lost".
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let down = wait_status(&base, 20, |s| s["up"] == false);
+    assert_eq!(down["label"], "stream lost");
+    assert!(down["reconnects"].as_u64().unwrap() >= 1);
+    let m = ureq::get(&format!("{base}/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(m.contains("gradcamd_source_up{source=\"cam1\"} 0"), "{m}");
+
+    // Plug it back: the daemon reconnects by itself and frames flow again.
+    let mut server = rtsp_server(port, &clip);
+    let n = down["processed"].as_u64().unwrap();
+    let after = wait_status(&base, 40, |s| {
+        s["up"] == true && s["processed"].as_u64().unwrap_or(0) > n + 20
+    });
+    assert_eq!(after["label"], "bow tie");
+    let m = ureq::get(&format!("{base}/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        m.contains("gradcamd_source_reconnects_total{source=\"cam1\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("gradcamd_source_up{source=\"cam1\"} 1"), "{m}");
+
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(daemon.wait().unwrap().success(), "SIGTERM drains and exits 0");
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(
+        std::fs::read_to_string(dir.join("cam1.jsonl"))
+            .unwrap()
+            .lines()
+            .count() as u64
+            >= n
+    );
+}
