@@ -981,3 +981,49 @@ fn rtsp_source_survives_a_server_restart() {
             >= n
     );
 }
+
+#[test]
+fn the_page_plays_both_streams_in_headless_chromium() {
+    let dir = scratch("chromium");
+    let cfg = dir.join("page.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[source]]\nname = \"car\"\nuri = \"{}\"\nmode = \"live\"\n\n[[source]]\nname = \"bikes\"\nuri = \"{}\"\nmode = \"live\"\n",
+            s(&media("carphone_pristine.mp4")),
+            s(&media("bikes.mp4"))
+        ),
+    )
+    .unwrap();
+    let (mut daemon, addr, _log) =
+        start_with_http(&["run", "--quiet", "--config", &s(&cfg), "--http", "127.0.0.1:0"]);
+    wait_status(&format!("http://{addr}"), 30, |s| {
+        s["processed"].as_u64().unwrap_or(0) > 5
+    });
+    // scripts/browser_check.sh: Chromium over the DevTools protocol; page loads, and two
+    // screenshots 2 s apart differ inside every stream image.
+    let o = Command::new("bash")
+        .args([
+            "scripts/browser_check.sh",
+            &format!("http://{addr}/"),
+            &s(&dir.join("shots")),
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    Command::new("kill")
+        .args(["-INT", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    daemon.wait().unwrap();
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("browser_check: ok") && out.contains("2 image(s)"),
+        "{out}"
+    );
+}
