@@ -590,6 +590,22 @@ fn start_with_http(args: &[&str]) -> (std::process::Child, String, std::sync::mp
     panic!("no HTTP address in the log");
 }
 
+/// A config with two sample clips played as live sources (real time, looping).
+fn two_live_sources(dir: &Path, sources: [(&str, &str); 2]) -> PathBuf {
+    let cfg = dir.join("live2.toml");
+    let text: String = sources
+        .iter()
+        .map(|(name, clip)| {
+            format!(
+                "[[source]]\nname = \"{name}\"\nuri = \"{}\"\nmode = \"live\"\n\n",
+                s(&media(clip))
+            )
+        })
+        .collect();
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
 /// Reads one multipart JPEG part from an MJPEG stream.
 fn read_part(r: &mut impl std::io::BufRead) -> Vec<u8> {
     let mut len = None;
@@ -611,17 +627,10 @@ fn read_part(r: &mut impl std::io::BufRead) -> Vec<u8> {
 
 #[test]
 fn http_serves_page_streams_metrics_and_health() {
-    let dir = scratch("http");
-    let cfg = dir.join("http.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[[source]]\nname = \"bikes\"\nuri = \"{}\"\nmode = \"live\"\n\n[[source]]\nname = \"car\"\nuri = \"{}\"\nmode = \"live\"\n",
-            s(&media("bikes.mp4")),
-            s(&media("carphone_pristine.mp4"))
-        ),
-    )
-    .unwrap();
+    let cfg = two_live_sources(
+        &scratch("http"),
+        [("bikes", "bikes.mp4"), ("car", "carphone_pristine.mp4")],
+    );
     let (mut child, addr, _log) =
         start_with_http(&["run", "--quiet", "--config", &s(&cfg), "--http", "127.0.0.1:0"]);
     let base = format!("http://{addr}");
@@ -985,16 +994,7 @@ fn rtsp_source_survives_a_server_restart() {
 #[test]
 fn the_page_plays_both_streams_in_headless_chromium() {
     let dir = scratch("chromium");
-    let cfg = dir.join("page.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[[source]]\nname = \"car\"\nuri = \"{}\"\nmode = \"live\"\n\n[[source]]\nname = \"bikes\"\nuri = \"{}\"\nmode = \"live\"\n",
-            s(&media("carphone_pristine.mp4")),
-            s(&media("bikes.mp4"))
-        ),
-    )
-    .unwrap();
+    let cfg = two_live_sources(&dir, [("car", "carphone_pristine.mp4"), ("bikes", "bikes.mp4")]);
     let (mut daemon, addr, _log) =
         start_with_http(&["run", "--quiet", "--config", &s(&cfg), "--http", "127.0.0.1:0"]);
     wait_status(&format!("http://{addr}"), 30, |s| {
