@@ -24,8 +24,10 @@ listening, then runs until SIGTERM/SIGINT (exit 0). Any start-up failure exits 1
 message on stderr and no ready line.
 """
 import argparse
+import os
 import signal
 import sys
+import time
 
 import gi
 
@@ -46,25 +48,37 @@ class Clip:
     """All H.264 access units of one file, demuxed once, plus their caps and lap length."""
 
     def __init__(self, path):
+        if not os.path.isfile(path):
+            die(f"no such file: {path}")
         pipe = Gst.parse_launch(
-            f'filesrc location="{path}" ! qtdemux ! video/x-h264 ! appsink name=sink sync=false'
-        )
+            'filesrc name=file ! qtdemux ! video/x-h264 ! appsink name=sink sync=false')
+        pipe.get_by_name("file").set_property("location", path)
         sink = pipe.get_by_name("sink")
+        bus = pipe.get_bus()
         pipe.set_state(Gst.State.PLAYING)
         self.buffers = []
         self.caps = None
+        deadline = time.monotonic() + 60
         while True:
-            sample = sink.emit("pull-sample")  # None at EOS or error
-            if sample is None:
+            # pull-sample would block forever on an error (not-an-mp4, no H.264 track), so
+            # poll, and look at the bus between polls.
+            sample = sink.emit("try-pull-sample", 200 * Gst.MSECOND)
+            if sample is not None:
+                if self.caps is None:
+                    self.caps = sample.get_caps()
+                self.buffers.append(sample.get_buffer())
+                continue
+            msg = bus.pop_filtered(Gst.MessageType.ERROR)
+            if msg is not None:
+                pipe.set_state(Gst.State.NULL)
+                err, dbg = msg.parse_error()
+                die(f"cannot read H.264 from {path}: {err.message}")
+            if sink.get_property("eos"):
                 break
-            if self.caps is None:
-                self.caps = sample.get_caps()
-            self.buffers.append(sample.get_buffer())
-        msg = pipe.get_bus().pop_filtered(Gst.MessageType.ERROR)
+            if time.monotonic() > deadline:
+                pipe.set_state(Gst.State.NULL)
+                die(f"timed out demuxing {path}")
         pipe.set_state(Gst.State.NULL)
-        if msg is not None:
-            err, dbg = msg.parse_error()
-            die(f"cannot demux {path}: {err.message} ({dbg})")
         if not self.buffers or self.caps is None:
             die(f"no H.264 video track in {path}")
         # Lap length: end of the last frame in presentation order, minus the first start.
@@ -175,25 +189,26 @@ def main():
         table.add_factory(mount, factory)
         print(f"rtsp_server: {mount} <- {video}: {clip.desc}", file=sys.stderr, flush=True)
 
-    try:
-        server.attach(None)  # binds and listens (SO_REUSEADDR); raises on failure
-    except GLib.Error as e:
-        die(f"cannot listen on {HOST}:{args.port}: {e.message}")
+    # attach() binds and listens (SO_REUSEADDR); it returns 0 instead of raising on failure.
+    if server.attach(None) == 0 or server.get_bound_port() <= 0:
+        die(f"cannot listen on {HOST}:{args.port} (in use?)")
 
     loop = GLib.MainLoop()
 
     def stop(*_):
         loop.quit()
-        return GLib.SOURCE_REMOVE
+        return GLib.SOURCE_CONTINUE  # keep catching: a second signal must not kill us mid-exit
 
     GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGTERM, stop)
     GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGINT, stop)
     for mount, _ in mounts:
         print(f"ready rtsp://{HOST}:{server.get_bound_port()}{mount}", flush=True)
     loop.run()
-    # Tell clients goodbye quickly; no draining needed for a test source.
-    server.client_filter(lambda _s, _c, *_: GstRtspServer.RTSPFilterResult.REMOVE)
-    sys.exit(0)
+    # Exit at once with 0: the kernel closes every socket (clients see EOF). A normal interpreter
+    # shutdown with GStreamer's streaming threads still running can hang or crash.
+    print("rtsp_server: stopped", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

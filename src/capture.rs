@@ -30,17 +30,31 @@ use crate::frame::Frame;
 use crate::stats::Stats;
 
 /// What a source URI names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SourceKind {
     File(String),
     /// V4L2 camera index: `camera:N` or `/dev/videoN`.
     Camera(i32),
     /// Anything OpenCV's FFmpeg backend opens: `rtsp://`, `http://`, `udp://`, ...
     Url(String),
+    /// `synthetic:WxH@FPS`: generated frames in real time (a bright square moving over a
+    /// gradient), for benchmarks that need many cameras.
+    Synthetic {
+        width: i32,
+        height: i32,
+        fps: f64,
+    },
 }
 
 impl SourceKind {
     pub fn parse(uri: &str) -> SourceKind {
+        if let Some(spec) = uri.strip_prefix("synthetic:") {
+            let (size, fps) = spec.split_once('@').unwrap_or((spec, "30"));
+            let (w, h) = size.split_once('x').unwrap_or(("640", "360"));
+            if let (Ok(width), Ok(height), Ok(fps)) = (w.parse(), h.parse(), fps.parse()) {
+                return SourceKind::Synthetic { width, height, fps };
+            }
+        }
         if let Some(n) = uri.strip_prefix("camera:").and_then(|n| n.parse().ok()) {
             return SourceKind::Camera(n);
         }
@@ -102,6 +116,7 @@ pub struct Source {
 
 fn open_capture(kind: &SourceKind, rc: &Reconnect) -> opencv::Result<VideoCapture> {
     match kind {
+        SourceKind::Synthetic { .. } => Ok(VideoCapture::default()?),
         SourceKind::File(p) => VideoCapture::from_file(p, videoio::CAP_ANY),
         SourceKind::Camera(i) => VideoCapture::new(*i, videoio::CAP_V4L2),
         SourceKind::Url(u) => {
@@ -116,8 +131,36 @@ fn open_capture(kind: &SourceKind, rc: &Reconnect) -> opencv::Result<VideoCaptur
     }
 }
 
-/// Opens and reads one frame: (capture, first frame, fps, frame count).
+/// Frame `n` of a synthetic source: a bright square crossing a gradient.
+fn synthetic_frame(width: i32, height: i32, n: u64) -> Mat {
+    let mut m = Mat::new_size_with_default(
+        Size::new(width, height),
+        CV_8UC3,
+        Scalar::new(60.0, 90.0, 120.0, 0.0),
+    )
+    .unwrap_or_default();
+    let side = (height / 3).max(8);
+    let span = (width - side).max(1) as u64;
+    let x = ((n * 4) % (2 * span)) as i64;
+    let x = if x as u64 >= span { 2 * span as i64 - x } else { x } as i32;
+    let r = opencv::core::Rect::new(x, height / 3, side, side);
+    let _ = opencv::imgproc::rectangle(
+        &mut m,
+        r,
+        Scalar::new(240.0, 240.0, 250.0, 0.0),
+        -1,
+        opencv::imgproc::LINE_8,
+        0,
+    );
+    m
+}
+
+/// Opens and reads one frame: (capture, first frame).
 fn connect(kind: &SourceKind, rc: &Reconnect) -> Result<(VideoCapture, Mat), String> {
+    if let SourceKind::Synthetic { width, height, .. } = kind {
+        let cap = VideoCapture::default().map_err(|e| e.to_string())?;
+        return Ok((cap, synthetic_frame(*width, *height, 0)));
+    }
     let mut cap = open_capture(kind, rc).map_err(|e| e.to_string())?;
     if !cap.is_opened().unwrap_or(false) {
         return Err("cannot open it".into());
@@ -159,6 +202,7 @@ impl Source {
                     ),
                     SourceKind::Camera(i) => format!("source '{name}': camera {i} ({uri}): {why}; is it connected and free?"),
                     SourceKind::Url(_) => format!("source '{name}': {uri}: {why}; is the stream reachable?"),
+                    SourceKind::Synthetic { .. } => format!("source '{name}': {uri}: {why}"),
                 };
                 if matches!(kind, SourceKind::File(_)) || strict {
                     return Err(fail(Kind::Input, msg));
@@ -168,7 +212,10 @@ impl Source {
             }
         };
         let prop = |p| cap.as_ref().and_then(|c| c.get(p).ok()).unwrap_or(0.0);
-        let mut fps = prop(videoio::CAP_PROP_FPS);
+        let mut fps = match &kind {
+            SourceKind::Synthetic { fps, .. } => *fps,
+            _ => prop(videoio::CAP_PROP_FPS),
+        };
         if !(fps.is_finite() && fps > 0.0 && fps <= 1000.0) {
             if cap.is_some() {
                 tracing::warn!(source = %name, fps, "source reports no usable frame rate; assuming 25 fps");
@@ -218,8 +265,9 @@ impl Source {
         let mut attempt = 0u32;
         let mut last_lost = Instant::now() - Duration::from_secs(1);
         // A file played as a live source runs in real time, like the camera it stands in for.
-        let pace = (self.mode == SourceMode::Live && matches!(self.kind, SourceKind::File(_)))
-            .then(|| Duration::from_secs_f64(1.0 / self.fps));
+        let pace = (self.mode == SourceMode::Live
+            && matches!(self.kind, SourceKind::File(_) | SourceKind::Synthetic { .. }))
+        .then(|| Duration::from_secs_f64(1.0 / self.fps));
         let mut due = Instant::now();
         loop {
             if stop.load(Ordering::SeqCst) {
@@ -277,7 +325,13 @@ impl Source {
                 None => {
                     let t = Instant::now();
                     let mut m = Mat::default();
-                    let ok = self.cap.as_mut().map(|c| c.read(&mut m));
+                    let ok = match self.kind {
+                        SourceKind::Synthetic { width, height, .. } => {
+                            m = synthetic_frame(width, height, seq);
+                            Some(Ok(true))
+                        }
+                        _ => self.cap.as_mut().map(|c| c.read(&mut m)),
+                    };
                     stats.decode.add(t.elapsed());
                     match ok {
                         Some(Ok(true)) if !m.empty() => m,
@@ -387,6 +441,18 @@ mod tests {
             SourceKind::File("clips/a.mp4".into())
         );
         assert_eq!(SourceKind::parse("camera:2").default_mode(), SourceMode::Live);
+        assert_eq!(
+            SourceKind::parse("synthetic:320x240@15"),
+            SourceKind::Synthetic {
+                width: 320,
+                height: 240,
+                fps: 15.0
+            }
+        );
+        assert_eq!(
+            SourceKind::parse("synthetic:320x240@15").default_mode(),
+            SourceMode::Live
+        );
     }
 
     #[test]

@@ -235,4 +235,14 @@ pub struct BenchArgs {
     /// Write the results here as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Also run the live pipeline with this many synthetic cameras (comma separated, e.g.
+    /// 1,2,4,8) and report total fps, drop rate and latency for each count.
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub sources: Vec<usize>,
+    /// Seconds per multi-source run.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Synthetic camera stream: WxH@FPS.
+    #[arg(long, default_value = "640x360@30")]
+    pub camera: String,
 }

@@ -1027,3 +1027,46 @@ fn the_page_plays_both_streams_in_headless_chromium() {
         "{out}"
     );
 }
+
+#[test]
+fn bench_reports_engine_pipeline_and_multi_camera_numbers() {
+    let dir = scratch("bench");
+    let json = dir.join("bench.json");
+    let o = run(&[
+        "bench",
+        "--video",
+        &s(&media("carphone_pristine.mp4")),
+        "--batch-size",
+        "4",
+        "--iters",
+        "1",
+        "--repeats",
+        "1",
+        "--sources",
+        "1,2",
+        "--seconds",
+        "2",
+        "--camera",
+        "320x180@15",
+        "--json",
+        &s(&json),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = crate::util::read_json(&json);
+    for k in ["forward_fps", "gradients_fps", "pipeline_fps", "batch_size"] {
+        assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k} missing in {v}");
+    }
+    assert_eq!(v["pipeline"]["frames"], 120, "the pipeline run keeps every frame");
+    let src = v["sources"]
+        .as_array()
+        .expect("multi-camera results under `sources`");
+    assert_eq!(src.len(), 2);
+    for (p, n) in src.iter().zip([1, 2]) {
+        assert_eq!(p["sources"], n);
+        assert!(
+            p["processed"].as_u64().unwrap() > 0 && p["latency_p99_ms"].as_f64().unwrap() > 0.0,
+            "{p}"
+        );
+        assert!(p["drop_rate"].as_f64().unwrap() < 1.0);
+    }
+}

@@ -31,6 +31,22 @@ pub struct PipelinePoint {
 }
 
 #[derive(Serialize)]
+pub struct SourcesPoint {
+    pub sources: usize,
+    pub seconds: f64,
+    /// Frames explained per second, all sources together.
+    pub fps_total: f64,
+    pub fps_per_source: f64,
+    pub captured: u64,
+    pub processed: u64,
+    pub dropped: u64,
+    /// dropped / captured.
+    pub drop_rate: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+}
+
+#[derive(Serialize)]
 pub struct Report {
     pub model: String,
     pub provider: String,
@@ -41,6 +57,9 @@ pub struct Report {
     pub pipeline_fps: Option<f64>,
     pub engine: Vec<EnginePoint>,
     pub pipeline: Option<PipelinePoint>,
+    /// Live pipeline with N synthetic cameras.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourcesPoint>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -127,6 +146,20 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         Some(v) => Some(pipeline_point(args, v)?),
         None => None,
     };
+    let mut multi = Vec::new();
+    for &n in &args.sources {
+        let p = sources_point(args, n)?;
+        eprintln!(
+            "{n} camera(s) at {}: {:.1} fps explained in all ({:.1} per camera), drop rate {:.1}%, latency p50 {:.0} ms p99 {:.0} ms",
+            args.camera,
+            p.fps_total,
+            p.fps_per_source,
+            100.0 * p.drop_rate,
+            p.latency_p50_ms,
+            p.latency_p99_ms
+        );
+        multi.push(p);
+    }
     let first = &points[0];
     let report = Report {
         model: model.path.display().to_string(),
@@ -138,6 +171,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         pipeline_fps: pipeline.as_ref().map(|p| p.fps),
         engine: points,
         pipeline,
+        sources: multi,
     };
     if let Some(p) = &report.pipeline {
         eprintln!(
@@ -205,6 +239,72 @@ fn pipeline_point(args: &BenchArgs, video: &std::path::Path) -> anyhow::Result<P
     runs.sort_by(|a, b| a.fps.total_cmp(&b.fps));
     let mid = runs.len() / 2;
     Ok(runs.swap_remove(mid))
+}
+
+/// N synthetic live cameras through the whole live pipeline (served over HTTP, nobody
+/// watching) for `args.seconds`.
+#[cfg(feature = "video")]
+fn sources_point(args: &BenchArgs, n: usize) -> anyhow::Result<SourcesPoint> {
+    use crate::config::{Config, SourceConfig};
+    use crate::stats::Stats;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    if n == 0 {
+        return Err(fail(Kind::Config, "--sources needs counts >= 1"));
+    }
+    let mut cfg = Config::default();
+    crate::app::run::apply_model_args(&mut cfg.model, &args.model);
+    cfg.model.provider = args.provider.clone();
+    cfg.model.intra_threads = args.threads;
+    cfg.pipeline.batch_size = args.batch_size[0];
+    cfg.pipeline.batch_timeout_ms = 15;
+    cfg.http.listen = Some("127.0.0.1:0".into());
+    let uri = format!("synthetic:{}", args.camera);
+    cfg.source = (0..n)
+        .map(|i| SourceConfig {
+            name: Some(format!("cam{i}")),
+            ..SourceConfig::new(&uri)
+        })
+        .collect();
+    let plan = crate::pipeline::Plan::build(&cfg)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let timer = {
+        let (stop, secs) = (stop.clone(), args.seconds);
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(secs));
+            stop.store(true, Ordering::SeqCst);
+        })
+    };
+    let s = plan.run(stop, false)?;
+    let _ = timer.join();
+    let secs = s.elapsed.as_secs_f64();
+    let processed = Stats::get(&s.stats.explained);
+    let captured = Stats::get(&s.stats.captured);
+    let dropped = Stats::get(&s.stats.dropped);
+    Ok(SourcesPoint {
+        sources: n,
+        seconds: secs,
+        fps_total: processed as f64 / secs,
+        fps_per_source: processed as f64 / secs / n as f64,
+        captured,
+        processed,
+        dropped,
+        drop_rate: if captured > 0 {
+            dropped as f64 / captured as f64
+        } else {
+            0.0
+        },
+        latency_p50_ms: s.stats.latency.percentile(50.0).unwrap_or(0.0) * 1e3,
+        latency_p99_ms: s.stats.latency.percentile(99.0).unwrap_or(0.0) * 1e3,
+    })
+}
+
+#[cfg(not(feature = "video"))]
+fn sources_point(_: &BenchArgs, _: usize) -> anyhow::Result<SourcesPoint> {
+    Err(fail(
+        Kind::Config,
+        "--sources needs a build with the `video` feature (OpenCV)",
+    ))
 }
 
 #[cfg(not(feature = "video"))]
