@@ -92,7 +92,8 @@ pub fn run(args: &RunArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         latency_p50_ms = format!("{:.0}", s.latency.percentile(50.0).unwrap_or(0.0) * 1e3),
         latency_p99_ms = format!("{:.0}", s.latency.percentile(99.0).unwrap_or(0.0) * 1e3),
         seconds = format!("{secs:.2}"),
-        fps = format!("{:.1}", written as f64 / secs.max(1e-9)),
+        explained = Stats::get(&s.explained),
+        fps = format!("{:.1}", Stats::get(&s.explained) as f64 / secs.max(1e-9)),
         "done; thread time per stage: {}",
         stages.join(" ")
     );
