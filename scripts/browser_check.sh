@@ -20,8 +20,8 @@
 # Environment: INTERVAL (s between shots, default 2), BROWSER_CHECK_TIMEOUT (s, default 17, for
 # the DevTools part), CHROMIUM (default /usr/bin/chromium).
 # Self-test against the mock page (no gradcamd needed):
-#   /usr/bin/python3 scripts/mock_mjpeg_server.py --port 8090 &
-#   scripts/browser_check.sh http://127.0.0.1:8090/ out/browser-selftest
+#   /usr/bin/python3 scripts/mock_mjpeg_server.py --port 8095 &
+#   scripts/browser_check.sh http://127.0.0.1:8095/ out/browser-selftest
 set -uo pipefail
 
 if [ $# -lt 2 ] || [ $# -gt 3 ]; then

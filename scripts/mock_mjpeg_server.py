@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Mock of gradcamd's live page, for the self-test of scripts/browser_check.sh.
 
-    /usr/bin/python3 scripts/mock_mjpeg_server.py [--port 8090] [--fps 10] [--still]
+    /usr/bin/python3 scripts/mock_mjpeg_server.py [--port PORT] [--fps 10] [--still]
 
 Standard library only (plus the ffmpeg binary, once, to make the JPEGs). Binds 127.0.0.1 only.
 
@@ -12,12 +12,12 @@ Standard library only (plus the ffmpeg binary, once, to make the JPEGs). Binds 1
                     (ffmpeg's testsrc2 pattern, 64 frames looped: 6.4 s at 10 fps); with --still,
                     the same frame over and over (the negative self-test: browser_check must FAIL)
 
-Prints `ready http://127.0.0.1:PORT/` on stdout once listening (--port 0 picks a free port), and
+Prints `ready http://127.0.0.1:PORT/` on stdout once listening (the default --port 0 picks a free port), and
 exits 0 on SIGTERM/SIGINT. The Rust tests do not use it; it exists so that the browser harness
 can be checked on its own:
 
-    /usr/bin/python3 scripts/mock_mjpeg_server.py --port 8090 &
-    scripts/browser_check.sh http://127.0.0.1:8090/ out/browser-selftest      # exits 0
+    /usr/bin/python3 scripts/mock_mjpeg_server.py --port 8095 &
+    scripts/browser_check.sh http://127.0.0.1:8095/ out/browser-selftest      # exits 0
     # and with --still on another port, browser_check.sh exits 1 (IDENTICAL)
 """
 import argparse
@@ -110,7 +110,7 @@ class Handler(BaseHTTPRequestHandler):
 
 def main():
     ap = argparse.ArgumentParser(description="mock MJPEG page for scripts/browser_check.sh")
-    ap.add_argument("--port", type=int, default=8090)
+    ap.add_argument("--port", type=int, default=0, help="0 (default): a free port, see the ready line")
     ap.add_argument("--fps", type=float, default=10.0)
     ap.add_argument("--still", action="store_true", help="send one frame forever (frames never change)")
     args = ap.parse_args()
