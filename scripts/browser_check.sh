@@ -17,7 +17,7 @@
 # protocol (--remote-debugging-port, on 127.0.0.1) by a small stdlib-only Python client; the two
 # screenshots come from one live page, and ffmpeg's psnr filter compares their image regions.
 #
-# Environment: INTERVAL (s between shots, default 2), BROWSER_CHECK_TIMEOUT (s, default 17, for
+# Environment: INTERVAL (s between shots, default 2), BROWSER_CHECK_TIMEOUT (s, default 16, for
 # the DevTools part), CHROMIUM (default /usr/bin/chromium).
 # Self-test against the mock page (no gradcamd needed):
 #   /usr/bin/python3 scripts/mock_mjpeg_server.py --port 8095 &
@@ -31,7 +31,7 @@ fi
 URL=$1 OUTDIR=$2 SELECTOR=${3:-img}
 CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 INTERVAL=${INTERVAL:-2}
-LIMIT=${BROWSER_CHECK_TIMEOUT:-17}
+LIMIT=${BROWSER_CHECK_TIMEOUT:-16}
 for tool in "$CHROMIUM" /usr/bin/python3 ffmpeg; do
   command -v "$tool" >/dev/null || { echo "browser_check: FAIL missing $tool (scripts/setup.sh test)"; exit 2; }
 done
@@ -190,9 +190,12 @@ def call(method, timeout=5.0, **params):
     end = time.monotonic() + timeout
     while True:
         left = end - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"{method}: no answer in {timeout} s")
-        msg = ws.recv(left)
+        try:
+            if left <= 0:
+                raise socket.timeout
+            msg = ws.recv(left)
+        except socket.timeout:
+            raise TimeoutError(f"{method}: no answer in {timeout:g} s ({url})") from None
         if msg.get("id") == mid:
             if "error" in msg:
                 raise RuntimeError(f"{method}: {msg['error'].get('message')}")

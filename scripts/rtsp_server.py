@@ -19,9 +19,11 @@ server-side UDP ports if a client asks for RTP over UDP. RTP over TCP (interleav
 The listening socket is created with SO_REUSEADDR, so the server can be SIGKILLed and restarted
 on the same port at once.
 
-Prints exactly one line `ready rtsp://127.0.0.1:PORT/MOUNT` (one per mount) on stdout once
-listening, then runs until SIGTERM/SIGINT (exit 0). Any start-up failure exits 1 with a
-message on stderr and no ready line.
+Once listening it prints `ready rtsp://127.0.0.1:PORT/MOUNT` on stdout (flushed; one line per
+mount, --mount first), then runs until SIGTERM/SIGINT and exits 0. --port 0 picks a free port
+(read it from the ready line). A start-up failure (port in use, missing file, no H.264 track)
+exits 1 with one line on stderr and no ready line. --protocols tcp|udp|both (default both)
+limits the RTP transports offered; FFmpeg/OpenCV try UDP first, then TCP.
 """
 import argparse
 import os
