@@ -35,6 +35,29 @@ pub enum Command {
     Augment(AugmentArgs),
     /// Measure forward, forward+gradients and the whole pipeline in frames per second.
     Bench(BenchArgs),
+    /// Run the same preprocessed frames on two execution providers and compare their CAMs.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Preprocessed [N,C,H,W] float32 batch (.npy), e.g. from `explain --save-input`.
+    #[arg(long, value_name = "FILE.npy")]
+    pub input: PathBuf,
+    /// Provider under test.
+    #[arg(long, default_value = "cuda")]
+    pub provider: String,
+    /// Provider to compare against.
+    #[arg(long, default_value = "cpu")]
+    pub reference: String,
+    /// Fail below this CAM correlation.
+    #[arg(long, default_value_t = 0.999)]
+    pub min_correlation: f64,
+    /// Also write the comparison as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -182,6 +205,10 @@ pub struct ExplainArgs {
     /// Images per ORT run.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// Also write the preprocessed batch of all images as one [N,C,H,W] float32 .npy, for
+    /// `gradcamd compare` on a machine without OpenCV.
+    #[arg(long, value_name = "FILE.npy")]
+    pub save_input: Option<PathBuf>,
     /// Also write each image's activations and gradients as DIR/<stem>_A.npy and
     /// DIR/<stem>_dA.npy (float32, [C,h,w]), for comparison with other tools.
     #[arg(long, value_name = "DIR")]
@@ -235,6 +262,9 @@ pub struct BenchArgs {
     /// Write the results here as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Also measure forward + gradients + the Grad-CAM computed inside the graph.
+    #[arg(long)]
+    pub in_graph_cam: bool,
     /// Also run the live pipeline with this many synthetic cameras (comma separated, e.g.
     /// 1,2,4,8) and report total fps, drop rate and latency for each count.
     #[arg(long, value_delimiter = ',', value_name = "N,...")]

@@ -50,6 +50,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(a) => gradcamd::app::inspect::inspect(a),
         Command::Augment(a) => gradcamd::app::inspect::augment_cmd(a),
         Command::Bench(a) => gradcamd::app::bench::bench(a),
+        Command::Compare(a) => gradcamd::app::compare::compare(a),
         #[cfg(feature = "video")]
         Command::Run(a) => gradcamd::app::run::run(a, stop_flag()?),
         #[cfg(feature = "video")]

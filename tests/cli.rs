@@ -1070,3 +1070,43 @@ fn bench_reports_engine_pipeline_and_multi_camera_numbers() {
         assert!(p["drop_rate"].as_f64().unwrap() < 1.0);
     }
 }
+
+#[test]
+fn compare_runs_saved_real_frames_on_two_providers() {
+    let dir = scratch("compare");
+    let frames = dir.join("frames.npy");
+    let o = run(&[
+        "explain",
+        &s(&media("chelsea.png")),
+        &s(&media("coffee.png")),
+        "--json",
+        "-",
+        "--save-input",
+        &s(&frames),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json = dir.join("c.json");
+    let o = run(&[
+        "compare",
+        "--input",
+        &s(&frames),
+        "--provider",
+        "cpu",
+        "--reference",
+        "cpu",
+        "--json",
+        &s(&json),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = crate::util::read_json(&json);
+    assert_eq!(v["frames"], 2);
+    assert_eq!(v["top1_agree"], 2);
+    assert!(v["cam_min_correlation"].as_f64().unwrap() > 0.999999, "{v}");
+    // Without the cuda feature the CUDA provider is a clear runtime error, not a silent CPU run.
+    let o = run(&["compare", "--input", &s(&frames), "--provider", "cuda"]);
+    if !cfg!(feature = "cuda") {
+        expect_error(&o, 7, &["cuda", "not available"]);
+    }
+    let o = run(&["compare", "--input", &s(&media("chelsea.png"))]);
+    expect_error(&o, 5, &["not a float32 .npy"]);
+}

@@ -18,6 +18,10 @@ pub struct EnginePoint {
     pub gradients_fps: f64,
     /// forward+gradients time / forward-only time.
     pub gradient_cost_ratio: f64,
+    /// Forward + gradients + Grad-CAM computed inside the graph (only h×w floats per frame
+    /// leave the session), with `--in-graph-cam`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_graph_cam_fps: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -123,11 +127,26 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     );
     let mut fwd = Engine::forward_only(&model.graph, &opts).map_err(|e| fail(Kind::Runtime, e))?;
     let mut grad = Engine::new(&model.graph, &opts).map_err(|e| fail(Kind::Runtime, e))?;
+    let mut in_graph = if args.in_graph_cam {
+        let mut spec = args.model.spec();
+        spec.in_graph_cam = true;
+        let m = crate::model::Model::load(&spec)?;
+        Some(Engine::new(&m.graph, &opts).map_err(|e| fail(Kind::Runtime, e))?)
+    } else {
+        None
+    };
     let provider_used = grad.provider_used.clone();
     let mut points = Vec::new();
     for &b in &args.batch_size {
         let f = measure(&mut fwd, b, h, w, args.iters, args.repeats)?;
         let g = measure(&mut grad, b, h, w, args.iters, args.repeats)?;
+        let c = match in_graph.as_mut() {
+            Some(e) => Some(measure(e, b, h, w, args.iters, args.repeats)?),
+            None => None,
+        };
+        if let Some(c) = c {
+            eprintln!("batch {b:>3}: forward+in-graph CAM {c:8.1} fps");
+        }
         eprintln!(
             "batch {b:>3}: forward {f:8.1} fps   forward+gradients {g:8.1} fps   gradient cost x{:.3}",
             f / g
@@ -136,6 +155,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             batch_size: b,
             forward_fps: f,
             gradients_fps: g,
+            in_graph_cam_fps: c,
             gradient_cost_ratio: f / g,
         });
     }

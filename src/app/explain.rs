@@ -213,6 +213,17 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
         args.save_tensors.is_some(),
     )?;
 
+    if let Some(p) = &args.save_input {
+        let item = pre.item_len();
+        let mut buf = vec![0f32; images.len() * item];
+        for (i, (name, img)) in images.iter().enumerate() {
+            pre.fill(img, &mut buf[i * item..(i + 1) * item])
+                .map_err(|e| fail(Kind::Input, format!("cannot preprocess {name}: {e:#}")))?;
+        }
+        let [c, h, w] = pre.item_dims();
+        crate::npy::write_f32(p, &[images.len(), c, h, w], &buf)
+            .map_err(|e| fail(Kind::Output, format!("cannot write {}: {e}", p.display())))?;
+    }
     let stems = unique_stems(&images);
     if let Some(dir) = &args.save_tensors {
         for (stem, r) in stems.iter().zip(&results) {

@@ -1,5 +1,6 @@
 //! The subcommands. Each takes its parsed arguments and returns when done.
 pub mod bench;
+pub mod compare;
 #[cfg(feature = "video")]
 pub mod explain;
 pub mod inspect;
