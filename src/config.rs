@@ -406,12 +406,8 @@ impl Config {
         if !(0.0..=1.0).contains(&self.explain.alpha) {
             anyhow::bail!("explain.alpha = {} is out of range 0..=1", self.explain.alpha);
         }
-        if !["cpu", "cuda"].contains(&self.model.provider.as_str()) {
-            anyhow::bail!(
-                "model.provider = \"{}\": expected \"cpu\" or \"cuda\"",
-                self.model.provider
-            );
-        }
+        crate::engine::Provider::parse(&self.model.provider, self.model.device_id)
+            .map_err(|e| anyhow::anyhow!("model.{e}"))?;
         if self.output.fourcc.len() != 4 {
             anyhow::bail!(
                 "output.fourcc = \"{}\": a fourcc has 4 characters (mp4v, avc1, MJPG)",

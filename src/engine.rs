@@ -37,6 +37,17 @@ pub enum Provider {
     Cuda { device_id: i32 },
 }
 
+impl Provider {
+    /// `"cpu"` or `"cuda"` (the config's and the flags' spelling).
+    pub fn parse(name: &str, device_id: i32) -> Result<Provider, String> {
+        match name {
+            "cpu" => Ok(Provider::Cpu),
+            "cuda" => Ok(Provider::Cuda { device_id }),
+            p => Err(format!("provider \"{p}\": expected \"cpu\" or \"cuda\"")),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     pub provider: Provider,

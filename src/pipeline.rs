@@ -59,12 +59,8 @@ pub struct Summary {
 
 pub fn engine_options(cfg: &Config) -> EngineOptions {
     EngineOptions {
-        provider: match cfg.model.provider.as_str() {
-            "cuda" => Provider::Cuda {
-                device_id: cfg.model.device_id,
-            },
-            _ => Provider::Cpu,
-        },
+        // validate() has checked the name.
+        provider: Provider::parse(&cfg.model.provider, cfg.model.device_id).unwrap_or(Provider::Cpu),
         fallback: cfg.model.fallback,
         intra_threads: cfg.model.intra_threads,
         intra_op_spinning: cfg.model.intra_op_spinning,

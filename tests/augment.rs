@@ -6,7 +6,7 @@ use gradcamd::engine::{Engine, EngineOptions};
 use gradcamd::onnx::{augment, AugmentOptions, OnnxError, OnnxModel};
 use ndarray::ArrayView4;
 
-use crate::util::{fixture, floats, max_abs, max_abs_diff, read_json};
+use crate::util::{fixture, floats, ints, max_abs, max_abs_diff, read_json};
 
 struct Run {
     logits: Vec<f32>,
@@ -33,12 +33,7 @@ fn check_tiny(name: &str) {
     let model = OnnxModel::load(&fixture(&format!("tiny/{name}.onnx"))).expect("load tiny model");
     let j = read_json(&fixture(&format!("tiny/{name}.json")));
     let x = floats(&j["x"]);
-    let want_class: Vec<i64> = j["class"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect();
+    let want_class: Vec<i64> = ints(&j["class"]);
     let n = want_class.len();
     let through_softmax = name == "softmax";
     // Target x itself: the gradient every rule in the head contributes to.
@@ -364,12 +359,7 @@ fn float16_models_differentiate_in_float16_and_hand_out_float32() {
             ..Default::default()
         };
         // Rounding to float16 can swap close logits, so seed the reference's classes explicitly.
-        let want_class: Vec<i64> = j["class"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_i64().unwrap())
-            .collect();
+        let want_class: Vec<i64> = ints(&j["class"]);
         let r = run(&model, &opts, &x, 3, &want_class);
         assert_eq!(r.class, want_class);
         let want = floats(&j["dx"]);

@@ -9,7 +9,7 @@ use gradcamd::engine::{Engine, EngineOptions};
 use gradcamd::onnx::{augment, AugmentOptions, OnnxModel};
 use ndarray::{ArrayView4, Axis};
 
-use crate::util::{fixture, floats, max_abs, max_abs_diff, read_json};
+use crate::util::{fixture, floats, ints, max_abs, max_abs_diff, read_json};
 
 fn check(name: &str) {
     let model = OnnxModel::load(&fixture(&format!("heads/{name}.onnx"))).unwrap();
@@ -54,12 +54,7 @@ fn check(name: &str) {
             )
         })
         .unwrap();
-    let want_class: Vec<i64> = j["class"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect();
+    let want_class: Vec<i64> = ints(&j["class"]);
     assert_eq!(class, want_class, "{name}: top-1");
     let want_a = floats(&j["A"]);
     let d = max_abs_diff(&a, &want_a);

@@ -103,16 +103,7 @@ fn measure(
 
 pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let model = args.model.load()?;
-    let provider = match args.provider.as_str() {
-        "cpu" => Provider::Cpu,
-        "cuda" => Provider::Cuda { device_id: 0 },
-        p => {
-            return Err(fail(
-                Kind::Config,
-                format!("--provider {p}: expected cpu or cuda"),
-            ))
-        }
-    };
+    let provider = Provider::parse(&args.provider, 0).map_err(|e| fail(Kind::Config, e))?;
     if args.batch_size.is_empty() || args.batch_size.contains(&0) {
         return Err(fail(Kind::Config, "--batch-size needs values >= 1"));
     }

@@ -23,11 +23,7 @@ pub struct Comparison {
 }
 
 fn provider(name: &str) -> anyhow::Result<Provider> {
-    match name {
-        "cpu" => Ok(Provider::Cpu),
-        "cuda" => Ok(Provider::Cuda { device_id: 0 }),
-        p => Err(fail(Kind::Config, format!("provider {p}: expected cpu or cuda"))),
-    }
+    Provider::parse(name, 0).map_err(|e| fail(Kind::Config, e))
 }
 
 /// Raw Grad-CAM maps and top-1 classes of every item.
