@@ -259,6 +259,9 @@ pub struct BenchArgs {
     /// Execution provider: cpu or cuda.
     #[arg(long, default_value = "cpu")]
     pub provider: String,
+    /// Let ORT's threads spin between ops (`[model] intra_op_spinning`).
+    #[arg(long)]
+    pub spinning: bool,
     /// Write the results here as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,

@@ -67,7 +67,9 @@ pub struct ModelConfig {
     /// ONNX Runtime intra-op threads; 0 = one per core.
     #[serde(default)]
     pub intra_threads: usize,
-    /// Let ORT threads spin between ops (faster alone, slower on a busy small machine).
+    /// Let ORT threads spin between ops. Measured on 2 cores: +5% file to file and neutral with
+    /// 1-8 live cameras when gradcamd has the machine alone, but processes that share the cores
+    /// starve (bench/NOTES.md), so it is off unless asked for.
     #[serde(default)]
     pub intra_op_spinning: bool,
 }

@@ -55,8 +55,8 @@ pub struct EngineOptions {
     pub fallback: bool,
     /// ORT intra-op threads; 0 lets ORT choose (one per core).
     pub intra_threads: usize,
-    /// Busy-wait in ORT's thread pool between ops: lower latency, but it steals cores from
-    /// decode and render on small machines, so it is off unless asked for.
+    /// Busy-wait in ORT's thread pool between ops: faster when gradcamd has the machine alone,
+    /// but it starves whatever shares the cores, so it is off unless asked for.
     pub intra_op_spinning: bool,
 }
 

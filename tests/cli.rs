@@ -947,8 +947,8 @@ fn rtsp_source_survives_a_server_restart() {
     // Pull the plug: the source goes down and shows "stream lost".
     server.kill().unwrap();
     server.wait().unwrap();
-    let down = wait_status(&base, 20, |s| s["up"] == false);
-    assert_eq!(down["label"], "stream lost");
+    // `up` drops at once; the "stream lost" frame reaches the page through the pipeline.
+    let down = wait_status(&base, 20, |s| s["up"] == false && s["label"] == "stream lost");
     assert!(down["reconnects"].as_u64().unwrap() >= 1);
     let m = ureq::get(&format!("{base}/metrics"))
         .call()

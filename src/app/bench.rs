@@ -110,6 +110,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let opts = EngineOptions {
         provider,
         intra_threads: args.threads,
+        intra_op_spinning: args.spinning,
         ..Default::default()
     };
     let (h, w) = (
@@ -218,6 +219,7 @@ fn pipeline_point(args: &BenchArgs, video: &std::path::Path) -> anyhow::Result<P
     crate::app::run::apply_model_args(&mut cfg.model, &args.model);
     cfg.model.provider = args.provider.clone();
     cfg.model.intra_threads = args.threads;
+    cfg.model.intra_op_spinning = args.spinning;
     cfg.pipeline.batch_size = args.batch_size[0];
     cfg.source = vec![SourceConfig {
         output: Some(out.clone()),
@@ -267,6 +269,7 @@ fn sources_point(args: &BenchArgs, n: usize) -> anyhow::Result<SourcesPoint> {
     crate::app::run::apply_model_args(&mut cfg.model, &args.model);
     cfg.model.provider = args.provider.clone();
     cfg.model.intra_threads = args.threads;
+    cfg.model.intra_op_spinning = args.spinning;
     cfg.pipeline.batch_size = args.batch_size[0];
     cfg.pipeline.batch_timeout_ms = 15;
     cfg.http.listen = Some("127.0.0.1:0".into());
