@@ -23,7 +23,7 @@
 //! [`normalize`] is pytorch-grad-cam's `scale_cam_image` without the resize:
 //! `(L - min) / (max(L - min) + 1e-7)`.
 
-use ndarray::{Array2, ArrayView1, ArrayView3, ArrayViewMut2, Axis, Zip};
+use ndarray::{Array2, ArrayView1, ArrayView3, ArrayViewMut2, Zip};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -324,11 +324,6 @@ pub fn peak(m: &Array2<f32>) -> (usize, usize) {
         }
     }
     best
-}
-
-/// The item's own slice of a batch output.
-pub fn item<'a>(x: &'a ndarray::ArrayView4<'a, f32>, i: usize) -> ArrayView3<'a, f32> {
-    x.index_axis(Axis(0), i)
 }
 
 #[cfg(test)]

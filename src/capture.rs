@@ -239,10 +239,6 @@ impl Source {
         })
     }
 
-    pub fn is_up(&self) -> bool {
-        self.cap.is_some()
-    }
-
     /// Decodes until the end of the stream or the stop flag, sending each frame downstream.
     /// `drain` is a receiver of the same channel, used by live sources to drop the older frame.
     pub fn run(

@@ -211,16 +211,23 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pipeline config the bench flags describe: model, provider, threads, first batch size.
 #[cfg(feature = "video")]
-fn pipeline_point(args: &BenchArgs, video: &std::path::Path) -> anyhow::Result<PipelinePoint> {
-    use crate::config::{Config, SourceConfig};
-    let out = std::env::temp_dir().join(format!("gradcamd-bench-{}.mp4", std::process::id()));
-    let mut cfg = Config::default();
+fn pipeline_config(args: &BenchArgs) -> crate::config::Config {
+    let mut cfg = crate::config::Config::default();
     crate::app::run::apply_model_args(&mut cfg.model, &args.model);
     cfg.model.provider = args.provider.clone();
     cfg.model.intra_threads = args.threads;
     cfg.model.intra_op_spinning = args.spinning;
     cfg.pipeline.batch_size = args.batch_size[0];
+    cfg
+}
+
+#[cfg(feature = "video")]
+fn pipeline_point(args: &BenchArgs, video: &std::path::Path) -> anyhow::Result<PipelinePoint> {
+    use crate::config::SourceConfig;
+    let out = std::env::temp_dir().join(format!("gradcamd-bench-{}.mp4", std::process::id()));
+    let mut cfg = pipeline_config(args);
     cfg.source = vec![SourceConfig {
         output: Some(out.clone()),
         ..SourceConfig::new(&video.display().to_string())
@@ -258,19 +265,14 @@ fn pipeline_point(args: &BenchArgs, video: &std::path::Path) -> anyhow::Result<P
 /// watching) for `args.seconds`.
 #[cfg(feature = "video")]
 fn sources_point(args: &BenchArgs, n: usize) -> anyhow::Result<SourcesPoint> {
-    use crate::config::{Config, SourceConfig};
+    use crate::config::SourceConfig;
     use crate::stats::Stats;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     if n == 0 {
         return Err(fail(Kind::Config, "--sources needs counts >= 1"));
     }
-    let mut cfg = Config::default();
-    crate::app::run::apply_model_args(&mut cfg.model, &args.model);
-    cfg.model.provider = args.provider.clone();
-    cfg.model.intra_threads = args.threads;
-    cfg.model.intra_op_spinning = args.spinning;
-    cfg.pipeline.batch_size = args.batch_size[0];
+    let mut cfg = pipeline_config(args);
     cfg.pipeline.batch_timeout_ms = 15;
     cfg.http.listen = Some("127.0.0.1:0".into());
     let uri = format!("synthetic:{}", args.camera);

@@ -124,7 +124,8 @@ impl FileSink {
         })
     }
 
-    fn write(&mut self, m: &Mat) -> opencv::Result<()> {
+    /// Writes one frame (opening the writer on the first, and at each segment start).
+    pub fn write_frame(&mut self, m: &Mat) -> opencv::Result<()> {
         if self.segment_frames.is_some_and(|n| self.in_segment >= n) {
             self.close_current();
         }
@@ -169,11 +170,6 @@ impl FileSink {
             opencv::imgproc::resize(m, &mut r, *size, 0.0, 0.0, opencv::imgproc::INTER_LINEAR)?;
             w.write(&r)
         }
-    }
-
-    /// Writes one frame (opening the writer on the first, and at each segment start).
-    pub fn write_frame(&mut self, m: &Mat) -> opencv::Result<()> {
-        self.write(m)
     }
 
     fn close_current(&mut self) {
