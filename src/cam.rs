@@ -173,6 +173,30 @@ pub fn compute(
     m
 }
 
+/// [`compute`] into `out`, reusing its buffer when the shape agrees: Grad-CAM and CAM then
+/// allocate nothing; the other methods compute into a new map.
+pub fn compute_into(
+    method: Method,
+    a: ArrayView3<f32>,
+    da: ArrayView3<f32>,
+    fc_row: Option<ArrayView1<f32>>,
+    out: &mut Array2<f32>,
+) {
+    let dims = (a.shape()[1], a.shape()[2]);
+    match (method, fc_row) {
+        (Method::GradCam, _) | (Method::Cam, Some(_)) => {
+            if out.dim() != dims {
+                *out = Array2::zeros(dims);
+            }
+            match fc_row {
+                Some(w) if method == Method::Cam => cam_fc_into(a, w, out.view_mut()),
+                _ => gradcam_into(a, da, out.view_mut()),
+            }
+        }
+        _ => *out = compute(method, a, da, fc_row),
+    }
+}
+
 /// Projection of the centred positions × channels matrix of `x` [C,h,w] on its first right
 /// singular vector (pytorch-grad-cam's `get_2d_projection`), with the sign rule above.
 ///

@@ -26,7 +26,7 @@ use opencv::videoio::{self, VideoCapture};
 
 use crate::config::SourceMode;
 use crate::error::{fail, Kind};
-use crate::frame::Frame;
+use crate::frame::{Frame, Pool};
 use crate::stats::Stats;
 
 /// What a source URI names.
@@ -133,30 +133,46 @@ fn open_capture(kind: &SourceKind, rc: &Reconnect) -> opencv::Result<VideoCaptur
 
 /// Frame `n` of a synthetic source: a bright square crossing a gradient.
 fn synthetic_frame(width: i32, height: i32, n: u64) -> Mat {
-    let mut m = Mat::new_size_with_default(
-        Size::new(width, height),
-        CV_8UC3,
-        Scalar::new(60.0, 90.0, 120.0, 0.0),
-    )
-    .unwrap_or_default();
+    let mut m = Mat::default();
+    synthetic_into(&mut m, width, height, n);
+    m
+}
+
+/// [`synthetic_frame`] drawn into `m`, reusing its buffer.
+fn synthetic_into(m: &mut Mat, width: i32, height: i32, n: u64) {
+    let bg = Scalar::new(60.0, 90.0, 120.0, 0.0);
+    if m.size().ok() != Some(Size::new(width, height)) || m.typ() != CV_8UC3 {
+        *m = Mat::new_size_with_default(Size::new(width, height), CV_8UC3, bg).unwrap_or_default();
+    } else {
+        let _ = m.set_to_def(&bg);
+    }
     let side = (height / 3).max(8);
     let span = (width - side).max(1) as u64;
     let x = ((n * 4) % (2 * span)) as i64;
     let x = if x as u64 >= span { 2 * span as i64 - x } else { x } as i32;
     let r = opencv::core::Rect::new(x, height / 3, side, side);
     let _ = opencv::imgproc::rectangle(
-        &mut m,
+        m,
         r,
         Scalar::new(240.0, 240.0, 250.0, 0.0),
         -1,
         opencv::imgproc::LINE_8,
         0,
     );
-    m
 }
 
-/// Opens and reads one frame: (capture, first frame).
-fn connect(kind: &SourceKind, rc: &Reconnect) -> Result<(VideoCapture, Mat), String> {
+/// The name FFmpeg's decoder threads of source `index` carry (see [`crate::cpu::named`]).
+fn helper_name(index: usize) -> String {
+    format!("decode-{index}")
+}
+
+/// Opens and reads one frame: (capture, first frame). The decoder's own threads are named after
+/// the source, so their CPU counts as its decode time.
+fn connect(index: usize, kind: &SourceKind, rc: &Reconnect) -> Result<(VideoCapture, Mat), String> {
+    crate::cpu::named(&helper_name(index), || connect_inner(kind, rc))
+}
+
+fn connect_inner(kind: &SourceKind, rc: &Reconnect) -> Result<(VideoCapture, Mat), String> {
     if let SourceKind::Synthetic { width, height, .. } = kind {
         let cap = VideoCapture::default().map_err(|e| e.to_string())?;
         return Ok((cap, synthetic_frame(*width, *height, 0)));
@@ -193,7 +209,7 @@ impl Source {
                 ));
             }
         }
-        let (cap, first) = match connect(&kind, &reconnect) {
+        let (cap, first) = match connect(index, &kind, &reconnect) {
             Ok((c, f)) => (Some(c), Some(f)),
             Err(why) => {
                 let msg = match &kind {
@@ -247,6 +263,7 @@ impl Source {
         drain: Receiver<Frame>,
         stop: Arc<AtomicBool>,
         stats: Arc<Stats>,
+        pool: Pool<Mat>,
     ) {
         let span = tracing::info_span!("capture", source = %self.name);
         let _e = span.enter();
@@ -260,6 +277,9 @@ impl Source {
         let mut retry_at = Instant::now();
         let mut attempt = 0u32;
         let mut last_lost = Instant::now() - Duration::from_secs(1);
+        let helpers = helper_name(self.index);
+        let helpers_before = crate::cpu::threads_cpu(&helpers);
+        let mut meter = crate::alloc::Meter::new(crate::stats::WARM_FRAMES);
         // A file played as a live source runs in real time, like the camera it stands in for.
         let pace = (self.mode == SourceMode::Live
             && matches!(self.kind, SourceKind::File(_) | SourceKind::Synthetic { .. }))
@@ -285,14 +305,14 @@ impl Source {
                         captured: Instant::now(),
                         lost: true,
                     };
-                    if !self.deliver(f, &tx, &drain, &stats) {
+                    if !self.deliver(f, &tx, &drain, &stats, &pool) {
                         break;
                     }
                     seq += 1;
                 }
                 if Instant::now() >= retry_at {
                     attempt += 1;
-                    match connect(&self.kind, &self.reconnect) {
+                    match connect(self.index, &self.kind, &self.reconnect) {
                         Ok((cap, first)) => {
                             tracing::info!(attempt, "reconnected");
                             self.size = Some((first.cols(), first.rows()));
@@ -319,11 +339,12 @@ impl Source {
             let image = match next.take() {
                 Some(m) => m,
                 None => {
-                    let t = Instant::now();
-                    let mut m = Mat::default();
+                    let t = crate::cpu::Span::start();
+                    // A buffer the sink is done with: decoding into it allocates nothing.
+                    let mut m = pool.take().unwrap_or_default();
                     let ok = match self.kind {
                         SourceKind::Synthetic { width, height, .. } => {
-                            m = synthetic_frame(width, height, seq);
+                            synthetic_into(&mut m, width, height, seq);
                             Some(Ok(true))
                         }
                         _ => self.cap.as_mut().map(|c| c.read(&mut m)),
@@ -373,7 +394,7 @@ impl Source {
                 captured: Instant::now(),
                 lost: false,
             };
-            if !self.deliver(frame, &tx, &drain, &stats) {
+            if !self.deliver(frame, &tx, &drain, &stats, &pool) {
                 break;
             }
             stats.captured.fetch_add(1, Ordering::Relaxed);
@@ -381,7 +402,13 @@ impl Source {
                 s.captured.fetch_add(1, Ordering::Relaxed);
             }
             seq += 1;
+            meter.tick(1);
         }
+        stats.alloc_capture.record(&meter);
+        // Read before release: the decoder's threads end with it. (After a reconnect the old
+        // decoder's threads are gone and uncounted; a file source never reconnects.)
+        let helpers_cpu = crate::cpu::threads_cpu(&helpers).saturating_sub(helpers_before);
+        stats.decode.add(helpers_cpu);
         if let Some(mut c) = self.cap.take() {
             let _ = c.release();
         }
@@ -389,7 +416,14 @@ impl Source {
 
     /// Sends a frame: blocking for file mode; for live mode replacing an older frame that is
     /// still waiting. Returns false when the pipeline has shut down.
-    fn deliver(&self, frame: Frame, tx: &Sender<Frame>, drain: &Receiver<Frame>, stats: &Stats) -> bool {
+    fn deliver(
+        &self,
+        frame: Frame,
+        tx: &Sender<Frame>,
+        drain: &Receiver<Frame>,
+        stats: &Stats,
+        pool: &Pool<Mat>,
+    ) -> bool {
         match self.mode {
             SourceMode::File => tx.send(frame).is_ok(),
             SourceMode::Live => {
@@ -398,7 +432,8 @@ impl Source {
                     match tx.try_send(frame) {
                         Ok(()) => return true,
                         Err(TrySendError::Full(f)) => {
-                            if drain.try_recv().is_ok() {
+                            if let Ok(old) = drain.try_recv() {
+                                pool.give(old.image);
                                 stats.dropped.fetch_add(1, Ordering::Relaxed);
                                 if let Some(s) = stats.source(self.index) {
                                     s.dropped.fetch_add(1, Ordering::Relaxed);

@@ -71,6 +71,9 @@ impl Default for EngineOptions {
     }
 }
 
+/// The name ORT's intra-op threads carry (see [`crate::cpu::named`]).
+pub const POOL_THREADS: &str = "ort-pool";
+
 static RUNTIME: OnceLock<ort::environment::Environment> = OnceLock::new();
 
 /// The runtime library: `explicit`, else `ORT_DYLIB_PATH`, else the copy `make setup` put in
@@ -121,6 +124,41 @@ pub struct Engine {
     /// The model takes float16 input: each batch is converted into `input_half`.
     input_f16: bool,
     input_half: Vec<half::f16>,
+    /// The batch buffer of [`Engine::prepare`]: `batch` items, filled in place by the caller.
+    buffer: Buffer,
+}
+
+/// Where a prepared batch lives.
+enum Buffer {
+    None,
+    /// A plain buffer, run through `Session::run` (float16 models; outputs of other types).
+    Plain {
+        data: Vec<f32>,
+        dims: [usize; 4],
+    },
+    /// An IoBinding whose input and outputs are tensors allocated once: a full batch runs with
+    /// no allocation and no copy on our side; ORT writes the outputs where we read them.
+    Bound(Box<Bound>),
+}
+
+struct Bound {
+    binding: ort::session::IoBinding,
+    input: ort::value::Tensor<f32>,
+    dims: [usize; 4],
+    target: Option<ort::value::Tensor<i64>>,
+    /// Every session output, in `Session::outputs` order.
+    outputs: Vec<BoundOutput>,
+    /// Indices into `outputs`.
+    logits: usize,
+    a: Option<usize>,
+    da: Option<usize>,
+    class: Option<usize>,
+    cam: Option<usize>,
+}
+
+enum BoundOutput {
+    F32(ort::value::Tensor<f32>, Vec<usize>),
+    I64(ort::value::Tensor<i64>, Vec<usize>),
 }
 
 /// Borrowed outputs of one batch, valid inside [`Engine::run_with`]'s callback.
@@ -150,6 +188,12 @@ fn build_session(
             "session.model_external_initializers_file_folder_path",
             dir.to_string_lossy(),
         )?;
+    }
+    if let Ok(extra) = std::env::var("GRADCAMD_ORT_CONFIG") {
+        for kv in extra.split(',').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            b = b.with_config_entry(k, v)?;
+        }
     }
     if opts.intra_threads > 0 {
         b = b.with_intra_threads(opts.intra_threads)?;
@@ -191,12 +235,13 @@ impl Engine {
         augmented: bool,
     ) -> Result<Self, EngineError> {
         init_runtime(None)?;
-        let (session, provider_used) = match build_session(
-            bytes,
-            model.external_data_dir.as_deref(),
-            opts,
-            &opts.provider,
-        ) {
+        // The session starts its thread pool: name the threads so stages can count their CPU.
+        let build = |p: &Provider| {
+            crate::cpu::named(POOL_THREADS, || {
+                build_session(bytes, model.external_data_dir.as_deref(), opts, p)
+            })
+        };
+        let (session, provider_used) = match build(&opts.provider) {
             Ok(s) => (s, provider_name(&opts.provider)),
             Err(e) if opts.provider != Provider::Cpu => {
                 let msg = e.to_string();
@@ -207,8 +252,7 @@ impl Engine {
                     });
                 }
                 tracing::warn!(provider = %provider_name(&opts.provider), error = %msg, "provider unavailable, falling back to CPU");
-                let s = build_session(bytes, model.external_data_dir.as_deref(), opts, &Provider::Cpu)
-                    .map_err(|e| EngineError::Session(e.to_string()))?;
+                let s = build(&Provider::Cpu).map_err(|e| EngineError::Session(e.to_string()))?;
                 (s, "cpu (fallback)".to_string())
             }
             Err(e) => return Err(EngineError::Session(e.to_string())),
@@ -226,7 +270,171 @@ impl Engine {
             },
             input_f16: model.input_elem_type == crate::onnx::proto::dtype::FLOAT16,
             input_half: Vec::new(),
+            buffer: Buffer::None,
         })
+    }
+
+    /// Allocates the batch buffer for `batch` items of `item_dims` and, where the model allows
+    /// (float32 input and outputs), binds it and pre-allocated outputs to the session. Runs the
+    /// session once on zeros (which also warms it up).
+    pub fn prepare(&mut self, batch: usize, item_dims: [usize; 3]) -> Result<(), EngineError> {
+        let [c, h, w] = item_dims;
+        let dims = [batch.max(1), c, h, w];
+        let zeros = vec![0f32; dims.iter().product()];
+        let view = ArrayView4::from_shape(dims, &zeros).map_err(|e| EngineError::Run(format!("input buffer: {e}")))?;
+        let targets = vec![-1i64; dims[0]];
+        // The outputs' shapes at this batch size, from one ordinary run.
+        let shapes = self.run_with(view, &targets, |_| ())?;
+        let _ = shapes;
+        self.buffer = match (self.input_f16, self.bind(dims)) {
+            (false, Ok(Some(b))) => Buffer::Bound(Box::new(b)),
+            (_, Err(e)) => {
+                tracing::debug!(error = %e, "no IoBinding; running batches through Session::run");
+                Buffer::Plain { data: zeros, dims }
+            }
+            _ => Buffer::Plain { data: zeros, dims },
+        };
+        Ok(())
+    }
+
+    fn bind(&mut self, dims: [usize; 4]) -> ort::Result<Option<Bound>> {
+        use ort::value::{Tensor, TensorElementType, ValueType};
+        let mut binding = self.session.create_binding()?;
+        let input = Tensor::<f32>::new(self.session.allocator(), dims)?;
+        binding.bind_input(self.input_name.as_str(), &input)?;
+        let target = if self.augmented {
+            let t = Tensor::<i64>::new(self.session.allocator(), [dims[0]])?;
+            binding.bind_input(IN_TARGET, &t)?;
+            Some(t)
+        } else {
+            None
+        };
+        // Output types and shapes: run once with the outputs left to ORT, read what it made.
+        let names: Vec<String> = self.session.outputs().iter().map(|o| o.name().to_string()).collect();
+        let mem = ort::memory::MemoryInfo::new(
+            ort::memory::AllocationDevice::CPU,
+            0,
+            ort::memory::AllocatorType::Device,
+            ort::memory::MemoryType::Default,
+        )?;
+        for n in &names {
+            binding.bind_output_to_device(n.as_str(), &mem)?;
+        }
+        let mut kinds = Vec::new();
+        {
+            let probe = self.session.run_binding(&binding)?;
+            for n in &names {
+                let Some(v) = probe.get(n.as_str()) else { return Ok(None) };
+                match v.dtype() {
+                    ValueType::Tensor { ty, shape, .. } => {
+                        kinds.push((*ty, shape.iter().map(|&d| d.max(0) as usize).collect::<Vec<_>>()))
+                    }
+                    _ => return Ok(None),
+                }
+            }
+        }
+        let alloc = self.session.allocator();
+        let mut outputs = Vec::new();
+        for (ty, shape) in kinds {
+            outputs.push(match ty {
+                TensorElementType::Float32 => BoundOutput::F32(Tensor::<f32>::new(alloc, shape.clone())?, shape),
+                TensorElementType::Int64 => BoundOutput::I64(Tensor::<i64>::new(alloc, shape.clone())?, shape),
+                _ => return Ok(None),
+            });
+        }
+        binding.clear_outputs();
+        for (n, o) in names.iter().zip(outputs.iter_mut()) {
+            match o {
+                BoundOutput::F32(t, _) => binding.bind_output(n.as_str(), &mut *t)?,
+                BoundOutput::I64(t, _) => binding.bind_output(n.as_str(), &mut *t)?,
+            }
+        }
+        let find = |name: &str| names.iter().position(|n| n == name);
+        let Some(logits) = find(&self.logits) else { return Ok(None) };
+        Ok(Some(Bound {
+            binding,
+            input,
+            dims,
+            target,
+            logits,
+            a: find(OUT_A),
+            da: find(OUT_DA),
+            class: find(OUT_CLASS),
+            cam: find(OUT_CAM),
+            outputs,
+        }))
+    }
+
+    /// The prepared batch buffer (`batch` items, in the model's layout), to fill in place.
+    /// Empty before [`Engine::prepare`].
+    pub fn input_mut(&mut self) -> &mut [f32] {
+        match &mut self.buffer {
+            Buffer::None => &mut [],
+            Buffer::Plain { data, .. } => data,
+            Buffer::Bound(b) => b.input.extract_tensor_mut().1,
+        }
+    }
+
+    /// Runs the first `n` items of the prepared buffer, like [`Engine::run_with`]. A full
+    /// batch on a bound session allocates nothing; other batches go through `Session::run`.
+    pub fn run_prepared<R>(
+        &mut self,
+        n: usize,
+        targets: &[i64],
+        f: impl FnOnce(BatchView) -> R,
+    ) -> Result<R, EngineError> {
+        let run = |e: String| EngineError::Run(e);
+        match &mut self.buffer {
+            Buffer::Bound(b) if n == b.dims[0] => {
+                if let Some(t) = b.target.as_mut() {
+                    let data = t.extract_tensor_mut().1;
+                    for (i, d) in data.iter_mut().enumerate() {
+                        *d = if targets.len() == 1 { targets[0] } else { targets.get(i).copied().unwrap_or(-1) };
+                    }
+                }
+                let api = ort::api();
+                // SAFETY: the session and the binding are alive and ours; every bound value is
+                // owned by `b` and outlives the call. Session::run_binding would do the same call
+                // and then allocate a map of the outputs, which we read from `b` instead.
+                let status = unsafe {
+                    (api.RunWithBinding)(
+                        ort::AsPointer::ptr(&self.session).cast_mut(),
+                        std::ptr::null(),
+                        ort::AsPointer::ptr(&b.binding),
+                    )
+                };
+                if !status.0.is_null() {
+                    // SAFETY: a non-null status is an OrtStatus we own and must release.
+                    let msg = unsafe {
+                        let m = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0)).to_string_lossy().into_owned();
+                        (api.ReleaseStatus)(status.0);
+                        m
+                    };
+                    return Err(run(msg));
+                }
+                Ok(f(b.view().map_err(run)?))
+            }
+            Buffer::None => Err(run("the engine has no prepared batch buffer".into())),
+            _ => {
+                // A partial batch: an ordinary run on the first n items. The buffer steps out of
+                // `self` for the call (a move of a pointer), since the run needs `&mut self`.
+                let buffer = std::mem::replace(&mut self.buffer, Buffer::None);
+                let (data, [_, c, h, w]) = match &buffer {
+                    Buffer::Bound(b) => (b.input.extract_tensor().1, b.dims),
+                    Buffer::Plain { data, dims } => (data.as_slice(), *dims),
+                    Buffer::None => (&[][..], [0; 4]),
+                };
+                let r = data
+                    .get(..n * c * h * w)
+                    .ok_or_else(|| run(format!("batch of {n} is larger than the prepared buffer")))
+                    .and_then(|d| {
+                        ArrayView4::from_shape((n, c, h, w), d).map_err(|e| run(format!("input buffer: {e}")))
+                    })
+                    .and_then(|view| self.run_with(view, targets, f));
+                self.buffer = buffer;
+                r
+            }
+        }
     }
 
     /// Runs one batch. `targets[i]` is the class to explain for item i (-1 = top-1); a single
@@ -328,6 +536,49 @@ impl Engine {
             class,
             cam,
         }))
+    }
+}
+
+impl Bound {
+    fn view(&self) -> Result<BatchView<'_>, String> {
+        fn f32s(o: &BoundOutput) -> Option<(&[f32], &[usize])> {
+            match o {
+                BoundOutput::F32(t, s) => Some((t.extract_tensor().1, s)),
+                BoundOutput::I64(..) => None,
+            }
+        }
+        let get = |i: Option<usize>| i.and_then(|i| self.outputs.get(i)).and_then(f32s);
+        let v4 = |i: Option<usize>| -> Result<ArrayView4<'_, f32>, String> {
+            match get(i) {
+                Some((d, &[a, b, c, e])) => ArrayView4::from_shape((a, b, c, e), d).map_err(|e| e.to_string()),
+                _ => Err("missing A or dA output".into()),
+            }
+        };
+        let logits = match get(Some(self.logits)) {
+            Some((d, &[a, b])) => ArrayView2::from_shape((a, b), d).map_err(|e| e.to_string())?,
+            _ => return Err("logits are not [batch, classes]".into()),
+        };
+        let empty4 = ArrayView4::from_shape((0, 0, 0, 0), &[][..]).map_err(|e| e.to_string())?;
+        let (a, da) = if self.a.is_some() {
+            (v4(self.a)?, v4(self.da)?)
+        } else {
+            (empty4, empty4)
+        };
+        let class = match self.class.and_then(|i| self.outputs.get(i)) {
+            Some(BoundOutput::I64(t, s)) => ArrayView1::from_shape(s[0], t.extract_tensor().1).map_err(|e| e.to_string())?,
+            _ => ArrayView1::from_shape(0, &[][..]).map_err(|e| e.to_string())?,
+        };
+        let cam = match get(self.cam) {
+            Some((d, &[a, b, c])) => Some(ArrayView3::from_shape((a, b, c), d).map_err(|e| e.to_string())?),
+            _ => None,
+        };
+        Ok(BatchView {
+            logits,
+            a,
+            da,
+            class,
+            cam,
+        })
     }
 }
 

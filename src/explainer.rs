@@ -3,9 +3,9 @@
 //! ORT still owns them. `topk:K` targets need K gradients per item: the extra classes run as a
 //! second pass over replicated inputs, in batches, with explicit target classes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ndarray::{Array2, Array3, ArrayView4, Axis};
+use ndarray::{Array2, Array3, Axis};
 
 use crate::cam::{self, Method};
 use crate::engine::{BatchView, Engine, EngineError};
@@ -73,7 +73,7 @@ pub struct ClassMap {
     pub cam: Array2<f32>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ItemOut {
     /// One map per explained class, best first for `topk`.
     pub maps: Vec<ClassMap>,
@@ -83,6 +83,29 @@ pub struct ItemOut {
     pub tensors: Option<(Array3<f32>, Array3<f32>)>,
 }
 
+impl ClassMap {
+    fn empty() -> ClassMap {
+        ClassMap {
+            class: 0,
+            prob: 0.0,
+            score: 0.0,
+            cam: Array2::zeros((0, 0)),
+        }
+    }
+
+    /// Makes `self` a copy of `other`, reusing the map's buffer when the sizes agree.
+    pub fn copy_from(&mut self, other: &ClassMap) {
+        self.class = other.class;
+        self.prob = other.prob;
+        self.score = other.score;
+        if self.cam.dim() == other.cam.dim() {
+            self.cam.assign(&other.cam);
+        } else {
+            self.cam = other.cam.clone();
+        }
+    }
+}
+
 pub struct Explainer {
     pub engine: Engine,
     pub method: Method,
@@ -90,10 +113,15 @@ pub struct Explainer {
     pub batch_size: usize,
     /// Shape of one input item, e.g. [3, 224, 224].
     pub item_dims: [usize; 3],
-    /// Replicated inputs for the extra classes of `topk`, reused across calls.
-    extra: Vec<f32>,
-    /// CAM time of the last call, so callers can report it apart from inference.
+    /// CPU time of the last call's CAM math, so callers can report it apart from inference.
     pub cam_time: Duration,
+    /// Per-item results, reused across calls: once warm, explaining a full batch with
+    /// `gradcam` or `cam` allocates nothing.
+    outs: Vec<ItemOut>,
+    targets: Vec<i64>,
+    /// (item, class) pairs of the extra `topk` classes, and the batch's inputs they replicate.
+    extra: Vec<(usize, usize)>,
+    originals: Vec<f32>,
 }
 
 impl Explainer {
@@ -108,131 +136,232 @@ impl Explainer {
             engine,
             method,
             fc,
-            batch_size,
+            batch_size: batch_size.max(1),
             item_dims,
-            extra: Vec::new(),
             cam_time: Duration::ZERO,
+            outs: Vec::new(),
+            targets: Vec::with_capacity(batch_size.max(1)),
+            extra: Vec::new(),
+            originals: Vec::new(),
         }
+    }
+
+    /// Allocates the batch buffers and runs the session once. ORT's first run grows its memory
+    /// arena and prepares kernels (tens of ms); doing it at start-up keeps that off the first
+    /// frames' latency and makes an input the session cannot run fail before any output is
+    /// written.
+    pub fn warm_up(&mut self) -> Result<(), EngineError> {
+        self.engine.prepare(self.batch_size, self.item_dims)?;
+        let specs = vec![TargetSpec::Top1; self.batch_size];
+        self.explain_prepared(&specs, false).map(drop)
     }
 
     fn item_len(&self) -> usize {
         self.item_dims.iter().product()
     }
 
+    /// The batch buffer (`batch_size` items) to fill in place before [`Explainer::explain_prepared`].
+    pub fn input_mut(&mut self) -> Result<&mut [f32], EngineError> {
+        if self.engine.input_mut().is_empty() {
+            self.engine.prepare(self.batch_size, self.item_dims)?;
+        }
+        Ok(self.engine.input_mut())
+    }
+
     /// Explains the `specs.len()` items in `input` (item after item). `input` holds at most
-    /// `batch_size` items.
+    /// `batch_size` items; it is copied into the batch buffer.
     pub fn explain(
         &mut self,
         input: &[f32],
         specs: &[TargetSpec],
         keep_tensors: bool,
-    ) -> Result<Vec<ItemOut>, EngineError> {
+    ) -> Result<&mut [ItemOut], EngineError> {
+        let len = specs.len() * self.item_len();
+        let buf = self.input_mut()?;
+        match (buf.get_mut(..len), input.get(..len)) {
+            (Some(dst), Some(src)) => dst.copy_from_slice(src),
+            _ => return Err(EngineError::Run(format!("a batch of {} items does not fit the input or the batch buffer", specs.len()))),
+        }
+        self.explain_prepared(specs, keep_tensors)
+    }
+
+    /// Explains the first `specs.len()` items of the batch buffer ([`Explainer::input_mut`]).
+    pub fn explain_prepared(
+        &mut self,
+        specs: &[TargetSpec],
+        keep_tensors: bool,
+    ) -> Result<&mut [ItemOut], EngineError> {
         let n = specs.len();
         let len = self.item_len();
-        let [c, h, w] = self.item_dims;
-        let view = ArrayView4::from_shape((n, c, h, w), &input[..n * len])
-            .map_err(|e| EngineError::Run(format!("input buffer: {e}")))?;
-        let targets: Vec<i64> = specs.iter().map(|s| s.first_target()).collect();
-        let (method, fc) = (self.method, self.fc.as_ref());
+        if n > self.batch_size {
+            return Err(EngineError::Run(format!("{n} items exceed the batch size {}", self.batch_size)));
+        }
+        let Explainer {
+            engine,
+            method,
+            fc,
+            outs,
+            targets,
+            extra,
+            ..
+        } = self;
+        let (method, fc) = (*method, fc.as_ref());
+        targets.clear();
+        targets.extend(specs.iter().map(|s| s.first_target()));
+        if outs.len() < n {
+            outs.resize_with(n, ItemOut::default);
+        }
+        extra.clear();
         let mut cam_time = Duration::ZERO;
-        let (mut outs, extra) = self.engine.run_with(view, &targets, |b| {
-            let t = Instant::now();
-            let mut outs = Vec::with_capacity(n);
-            let mut extra: Vec<(usize, usize)> = Vec::new();
+        engine.run_prepared(n, targets, |b| {
+            let t = crate::cpu::Span::start();
             for (i, spec) in specs.iter().enumerate() {
+                let out = &mut outs[i];
                 let row = b.logits.index_axis(Axis(0), i);
-                let ranked = ranked(
-                    row.iter().copied(),
-                    match spec {
-                        TargetSpec::TopK(k) => (*k).max(5),
-                        _ => 5,
-                    },
-                );
+                let soft = Softmax::of(row.iter().copied());
+                let k = match spec {
+                    TargetSpec::TopK(k) => (*k).max(5),
+                    _ => 5,
+                };
+                top_k_into(row.iter().copied(), k, &soft, &mut out.top5);
                 if let TargetSpec::TopK(k) = spec {
-                    extra.extend(ranked.iter().skip(1).take(k - 1).map(|&(cl, _)| (i, cl)));
+                    extra.extend(out.top5.iter().skip(1).take(k - 1).map(|&(cl, _)| (i, cl)));
                 }
-                let class = b.class[i].max(0) as usize;
-                let tensors = keep_tensors.then(|| {
+                out.top5.truncate(5);
+                let class = b.class.get(i).map_or(0, |&c| c.max(0) as usize);
+                out.tensors = keep_tensors.then(|| {
                     (
                         b.a.index_axis(Axis(0), i).to_owned(),
                         b.da.index_axis(Axis(0), i).to_owned(),
                     )
                 });
-                outs.push(ItemOut {
-                    maps: vec![class_map(&b, i, class, method, fc)],
-                    top5: ranked.into_iter().take(5).collect(),
-                    tensors,
-                });
+                out.maps.truncate(1);
+                if out.maps.is_empty() {
+                    out.maps.push(ClassMap::empty());
+                }
+                class_map_into(&b, i, class, method, fc, &soft, &mut out.maps[0]);
             }
             cam_time += t.elapsed();
-            (outs, extra)
         })?;
 
         // topk: the other classes, on replicated inputs with explicit targets.
-        for chunk in extra.chunks(self.batch_size.max(1)) {
-            let m = chunk.len();
-            self.extra.resize(m * len, 0.0);
-            for (j, &(i, _)) in chunk.iter().enumerate() {
-                self.extra[j * len..(j + 1) * len].copy_from_slice(&input[i * len..(i + 1) * len]);
-            }
-            let view = ArrayView4::from_shape((m, c, h, w), &self.extra[..m * len])
-                .map_err(|e| EngineError::Run(format!("input buffer: {e}")))?;
-            let targets: Vec<i64> = chunk.iter().map(|&(_, cl)| cl as i64).collect();
-            let maps = self.engine.run_with(view, &targets, |b| {
-                let t = Instant::now();
-                let maps: Vec<ClassMap> = chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(j, &(_, cl))| class_map(&b, j, cl, method, fc))
-                    .collect();
-                cam_time += t.elapsed();
-                maps
-            })?;
-            for (&(i, _), map) in chunk.iter().zip(maps) {
-                outs[i].maps.push(map);
-            }
+        if !self.extra.is_empty() {
+            self.originals.clear();
+            self.originals.extend_from_slice(&self.engine.input_mut()[..n * len]);
         }
+        let extra = std::mem::take(&mut self.extra);
+        for chunk in extra.chunks(self.batch_size) {
+            let buf = self.engine.input_mut();
+            for (j, &(i, _)) in chunk.iter().enumerate() {
+                buf[j * len..(j + 1) * len].copy_from_slice(&self.originals[i * len..(i + 1) * len]);
+            }
+            self.targets.clear();
+            self.targets.extend(chunk.iter().map(|&(_, cl)| cl as i64));
+            let outs = &mut self.outs;
+            self.engine.run_prepared(chunk.len(), &self.targets, |b| {
+                let t = crate::cpu::Span::start();
+                for (j, &(i, cl)) in chunk.iter().enumerate() {
+                    let row = b.logits.index_axis(Axis(0), j);
+                    let soft = Softmax::of(row.iter().copied());
+                    let mut m = ClassMap::empty();
+                    class_map_into(&b, j, cl, method, fc, &soft, &mut m);
+                    outs[i].maps.push(m);
+                }
+                cam_time += t.elapsed();
+            })?;
+        }
+        self.extra = extra;
         self.cam_time = cam_time;
-        Ok(outs)
+        Ok(&mut self.outs[..n])
     }
 }
 
-fn class_map(b: &BatchView, i: usize, class: usize, method: Method, fc: Option<&FcHead>) -> ClassMap {
+fn class_map_into(
+    b: &BatchView,
+    i: usize,
+    class: usize,
+    method: Method,
+    fc: Option<&FcHead>,
+    soft: &Softmax,
+    dst: &mut ClassMap,
+) {
     let row = b.logits.index_axis(Axis(0), i);
     let a = b.a.index_axis(Axis(0), i);
-    let cam = match (&b.cam, method) {
+    dst.class = class;
+    dst.score = row.get(class).copied().unwrap_or(f32::NAN);
+    dst.prob = soft.prob(dst.score);
+    match (&b.cam, method) {
         // The in-graph map is Grad-CAM, already after its ReLU.
-        (Some(c), Method::GradCam) => c.index_axis(Axis(0), i).to_owned(),
+        (Some(c), Method::GradCam) => {
+            let c = c.index_axis(Axis(0), i);
+            if dst.cam.dim() == c.dim() {
+                dst.cam.assign(&c);
+            } else {
+                dst.cam = c.to_owned();
+            }
+        }
         _ => {
             let fc_row = fc.and_then(|fc| {
                 fc.weights
                     .get(class * fc.channels..(class + 1) * fc.channels)
                     .map(ndarray::ArrayView1::from)
             });
-            cam::compute(method, a, b.da.index_axis(Axis(0), i), fc_row)
+            cam::compute_into(method, a, b.da.index_axis(Axis(0), i), fc_row, &mut dst.cam);
         }
-    };
-    ClassMap {
-        class,
-        prob: softmax_at(class, row.iter().copied()),
-        score: row.get(class).copied().unwrap_or(f32::NAN),
-        cam,
+    }
+}
+
+/// Softmax of one row of logits, computed stably once (max, then the sum of exponentials) so
+/// that each probability after costs one exponential.
+struct Softmax {
+    max: f32,
+    sum: f64,
+}
+
+impl Softmax {
+    fn of(logits: impl Iterator<Item = f32> + Clone) -> Softmax {
+        let max = logits.clone().fold(f32::NEG_INFINITY, f32::max);
+        let sum = logits.map(|v| ((v - max) as f64).exp()).sum();
+        Softmax { max, sum }
+    }
+
+    fn prob(&self, logit: f32) -> f32 {
+        (((logit - self.max) as f64).exp() / self.sum) as f32
+    }
+}
+
+/// The `k` best classes with their softmax probabilities, best first, into `out` (which keeps
+/// its capacity: no allocation once it has held `k` entries).
+fn top_k_into(logits: impl Iterator<Item = f32>, k: usize, soft: &Softmax, out: &mut Vec<(usize, f32)>) {
+    out.clear();
+    if k == 0 {
+        return;
+    }
+    out.reserve(k);
+    for (i, v) in logits.enumerate() {
+        if out.len() == k {
+            match out.last() {
+                Some(&(_, worst)) if v.total_cmp(&worst).is_gt() => {
+                    out.pop();
+                }
+                _ => continue,
+            }
+        }
+        // Insert after every entry at least as large: ties keep the lower class first.
+        let at = out.partition_point(|&(_, x)| x.total_cmp(&v).is_ge());
+        out.insert(at, (i, v));
+    }
+    for e in out.iter_mut() {
+        e.1 = soft.prob(e.1);
     }
 }
 
 /// The `k` best classes with their softmax probabilities, best first.
+#[cfg(test)]
 fn ranked(logits: impl Iterator<Item = f32> + Clone, k: usize) -> Vec<(usize, f32)> {
-    let mut idx: Vec<(usize, f32)> = logits.clone().enumerate().collect();
-    let k = k.min(idx.len());
-    if k == 0 {
-        return Vec::new();
-    }
-    idx.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
-    idx.truncate(k);
-    idx.sort_by(|a, b| b.1.total_cmp(&a.1));
-    idx.into_iter()
-        .map(|(i, _)| (i, softmax_at(i, logits.clone())))
-        .collect()
+    let mut out = Vec::new();
+    top_k_into(logits.clone(), k, &Softmax::of(logits), &mut out);
+    out
 }
 
 /// Softmax probability of `class`, computed stably.

@@ -41,6 +41,39 @@ pub struct Annotated {
     pub image: Mat,
     pub captured: std::time::Instant,
     /// Label of the (first) explained class, "" when not explained; for the HTTP page.
-    pub label: String,
+    pub label: std::sync::Arc<str>,
     pub prob: f32,
+}
+
+/// Spare buffers handed back by a later stage for an earlier one to reuse, so that steady state
+/// allocates nothing: frames' `Mat`s (sink → capture) and CAM maps (render → inference). A
+/// bounded channel: giving to a full pool drops the buffer, taking from an empty one returns
+/// `None` (the caller allocates).
+pub struct Pool<T> {
+    tx: crossbeam_channel::Sender<T>,
+    rx: crossbeam_channel::Receiver<T>,
+}
+
+impl<T> Clone for Pool<T> {
+    fn clone(&self) -> Self {
+        Pool {
+            tx: self.tx.clone(),
+            rx: self.rx.clone(),
+        }
+    }
+}
+
+impl<T> Pool<T> {
+    pub fn new(capacity: usize) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        Pool { tx, rx }
+    }
+
+    pub fn take(&self) -> Option<T> {
+        self.rx.try_recv().ok()
+    }
+
+    pub fn give(&self, item: T) {
+        let _ = self.tx.try_send(item);
+    }
 }

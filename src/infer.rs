@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender};
 
-use crate::explainer::{Explainer, TargetSpec};
-use crate::frame::{Explained, Frame};
+use crate::explainer::{ClassMap, Explainer, TargetSpec};
+use crate::frame::{Explained, Frame, Pool};
 use crate::monitor::Monitor;
 use crate::preprocess::Preprocessor;
 use crate::stats::Stats;
@@ -27,12 +27,16 @@ pub struct InferConfig {
     /// Smoothing, ROI and events, per source index.
     pub monitors: Vec<Monitor>,
     pub labels: Arc<Vec<String>>,
+    /// CAM map buffers handed back by render.
+    pub maps_pool: Pool<Vec<ClassMap>>,
 }
 
-/// The sources' channels, read together.
-struct Inputs {
-    rxs: Vec<Receiver<Frame>>,
-    open: Vec<bool>,
+/// The sources' channels, read together through one `Select` built once (a closed channel is
+/// removed from it), so waiting for a frame allocates nothing.
+struct Inputs<'a> {
+    rxs: &'a [Receiver<Frame>],
+    sel: Select<'a>,
+    open: usize,
 }
 
 enum Next {
@@ -41,42 +45,51 @@ enum Next {
     Closed,
 }
 
-impl Inputs {
+impl<'a> Inputs<'a> {
+    fn new(rxs: &'a [Receiver<Frame>]) -> Self {
+        let mut sel = Select::new();
+        for r in rxs {
+            sel.recv(r);
+        }
+        Inputs {
+            rxs,
+            sel,
+            open: rxs.len(),
+        }
+    }
+
     /// The next frame from any open source, waiting until `deadline` (forever if `None`).
     fn next(&mut self, deadline: Option<Instant>) -> Next {
         loop {
-            let idx: Vec<usize> = (0..self.rxs.len()).filter(|&i| self.open[i]).collect();
-            if idx.is_empty() {
+            if self.open == 0 {
                 return Next::Closed;
             }
-            let mut sel = Select::new();
-            for &i in &idx {
-                sel.recv(&self.rxs[i]);
-            }
             let op = match deadline {
-                Some(d) => match sel.select_deadline(d) {
+                Some(d) => match self.sel.select_deadline(d) {
                     Ok(op) => op,
                     Err(_) => return Next::Timeout,
                 },
-                None => sel.select(),
+                None => self.sel.select(),
             };
-            let i = idx[op.index()];
+            let i = op.index();
             match op.recv(&self.rxs[i]) {
                 Ok(f) => return Next::Frame(f),
-                Err(_) => self.open[i] = false,
+                Err(_) => {
+                    self.sel.remove(i);
+                    self.open -= 1;
+                }
             }
         }
     }
 }
 
-struct Stage {
-    explainer: Explainer,
+struct Stage<'a> {
+    explainer: &'a mut Explainer,
+    meter: &'a mut crate::alloc::Meter,
     pre: Preprocessor,
     cfg: InferConfig,
     tx: Sender<Explained>,
     stats: Arc<Stats>,
-    /// Pre-allocated input batch, `batch_size` items.
-    batch: Vec<f32>,
     frames: Vec<Frame>,
     specs: Vec<TargetSpec>,
     usable: Vec<bool>,
@@ -94,14 +107,35 @@ pub fn run(
 ) {
     let span = tracing::info_span!("infer");
     let _e = span.enter();
+    // ORT's intra-op threads work for this stage: their CPU is inference time too. Read while
+    // the session (and its pool) is alive.
+    let pool = crate::engine::POOL_THREADS;
+    let before = crate::cpu::threads_cpu(pool);
+    let mut explainer = explainer;
+    let mut meter = crate::alloc::Meter::new(crate::stats::WARM_FRAMES);
+    run_loop(&mut explainer, pre, cfg, rxs, tx, &stats, &mut meter);
+    stats.alloc_infer.record(&meter);
+    stats
+        .inference
+        .add(crate::cpu::threads_cpu(pool).saturating_sub(before));
+}
+
+fn run_loop(
+    explainer: &mut Explainer,
+    pre: Preprocessor,
+    cfg: InferConfig,
+    rxs: Vec<Receiver<Frame>>,
+    tx: Sender<Explained>,
+    stats: &Arc<Stats>,
+    meter: &mut crate::alloc::Meter,
+) {
     let b = cfg.batch_size;
-    let item_len = pre.item_len();
     let mut st = Stage {
         explainer,
         pre,
         tx,
-        stats,
-        batch: vec![0f32; b * item_len],
+        stats: stats.clone(),
+        meter,
         frames: Vec::with_capacity(b),
         specs: Vec::with_capacity(b),
         usable: vec![true; b],
@@ -109,10 +143,7 @@ pub fn run(
         out_count: 0,
         cfg,
     };
-    let mut inputs = Inputs {
-        open: vec![true; rxs.len()],
-        rxs,
-    };
+    let mut inputs = Inputs::new(&rxs);
     let mut deadline: Option<Instant> = None;
     loop {
         match inputs.next(deadline) {
@@ -151,23 +182,29 @@ pub fn run(
     }
 }
 
-impl Stage {
-    fn send(&mut self, mut e: Explained) -> bool {
-        self.out_count += 1;
-        e.fps = self.out_count as f32 / self.started.elapsed().as_secs_f32().max(1e-3);
-        self.tx.send(e).is_ok()
+impl Stage<'_> {
+    fn send(&mut self, e: Explained) -> bool {
+        send(&self.tx, &mut self.out_count, self.started, e)
     }
 
     /// Explains the frames gathered so far and sends them on; false when the next stage has
-    /// shut down.
+    /// shut down. Frames are preprocessed straight into the session's batch buffer.
     fn flush(&mut self) -> bool {
         let n = self.frames.len();
         if n == 0 {
             return true;
         }
+        self.meter.tick(n as u64);
         let item_len = self.pre.item_len();
-        let t = Instant::now();
+        let t = crate::cpu::Span::start();
         self.specs.clear();
+        let buf = match self.explainer.input_mut() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "no batch buffer; writing the frames without overlay");
+                &mut []
+            }
+        };
         for (i, f) in self.frames.iter().enumerate() {
             self.specs.push(
                 self.cfg
@@ -176,7 +213,10 @@ impl Stage {
                     .copied()
                     .unwrap_or(TargetSpec::Top1),
             );
-            let slot = &mut self.batch[i * item_len..(i + 1) * item_len];
+            let Some(slot) = buf.get_mut(i * item_len..(i + 1) * item_len) else {
+                self.usable[i] = false;
+                continue;
+            };
             self.usable[i] = match self.pre.fill(&f.image, slot) {
                 Ok(()) => true,
                 Err(e) => {
@@ -188,30 +228,35 @@ impl Stage {
         }
         self.stats.preprocess.add(t.elapsed());
 
-        let t = Instant::now();
-        let results = self
-            .explainer
-            .explain(&self.batch[..n * item_len], &self.specs, false);
-        let cam_time = self.explainer.cam_time;
-        self.stats.inference.add(t.elapsed().saturating_sub(cam_time));
-        self.stats.cam.add(cam_time);
+        let t = crate::cpu::Span::start();
+        let results = self.explainer.explain_prepared(&self.specs, false);
+        let spent = t.elapsed();
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.last_batch.store(n as u64, Ordering::Relaxed);
 
-        let mut results: Vec<Option<_>> = match results {
-            Ok(r) => r.into_iter().map(Some).collect(),
+        let outs = match results {
+            Ok(r) => Some(r),
             Err(e) => {
                 tracing::warn!(frames = n, error = %e, "inference failed for a batch; writing its frames without overlay");
-                (0..n).map(|_| None).collect()
+                None
             }
         };
-        let frames: Vec<Frame> = self.frames.drain(..).collect();
-        for (i, frame) in frames.into_iter().enumerate() {
-            let maps = match results[i].take().filter(|_| self.usable[i]) {
-                Some(mut r) => {
+        let mut frames = std::mem::take(&mut self.frames);
+        for (i, frame) in frames.drain(..).enumerate() {
+            // The map buffers come back from render: once warm, nothing is allocated here.
+            let mut maps = self.cfg.maps_pool.take().unwrap_or_default();
+            match outs.as_ref().and_then(|o| o.get(i)).filter(|_| self.usable[i]) {
+                Some(r) => {
+                    maps.truncate(r.maps.len());
+                    for (k, m) in r.maps.iter().enumerate() {
+                        match maps.get_mut(k) {
+                            Some(d) => d.copy_from(m),
+                            None => maps.push(m.clone()),
+                        }
+                    }
                     self.stats.explained.fetch_add(1, Ordering::Relaxed);
                     if let Some(m) = self.cfg.monitors.get_mut(frame.source) {
-                        let o = m.observe(frame.seq, frame.pts_ms, &mut r.maps, &self.cfg.labels);
+                        let o = m.observe(frame.seq, frame.pts_ms, &mut maps, &self.cfg.labels);
                         if let Some(s) = self.stats.source(frame.source) {
                             if let Some(v) = o.outside_roi {
                                 s.set_outside_roi(v);
@@ -224,21 +269,31 @@ impl Stage {
                     if let Some(s) = self.stats.source(frame.source) {
                         s.processed.fetch_add(1, Ordering::Relaxed);
                     }
-                    r.maps
                 }
                 None => {
+                    maps.clear();
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    Vec::new()
                 }
-            };
-            if !self.send(Explained {
+            }
+            let e = Explained {
                 frame,
                 maps,
                 fps: 0.0,
-            }) {
+            };
+            if !send(&self.tx, &mut self.out_count, self.started, e) {
                 return false;
             }
         }
+        self.frames = frames;
+        let cam_time = self.explainer.cam_time;
+        self.stats.inference.add(spent.saturating_sub(cam_time));
+        self.stats.cam.add(cam_time);
         true
     }
+}
+
+fn send(tx: &Sender<Explained>, count: &mut u64, started: Instant, mut e: Explained) -> bool {
+    *count += 1;
+    e.fps = *count as f32 / started.elapsed().as_secs_f32().max(1e-3);
+    tx.send(e).is_ok()
 }

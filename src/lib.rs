@@ -15,11 +15,14 @@
 //! - [`infer`]: one thread owning the session; batching, [`preprocess`], CAM per frame;
 //! - [`render`]: N workers drawing heatmap and HUD;
 //! - [`sink`]: one writer thread per output, re-ordering by frame number;
-//! - [`pipeline`]: builds the validated plan and runs the threads; [`stats`] counts.
+//! - [`pipeline`]: builds the validated plan and runs the threads; [`stats`] counts, [`cpu`]
+//!   measures what each stage costs.
+pub mod alloc;
 pub mod app;
 pub mod cam;
 pub mod cli;
 pub mod config;
+pub mod cpu;
 pub mod engine;
 pub mod error;
 pub mod explainer;

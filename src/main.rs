@@ -7,7 +7,11 @@ use clap::Parser;
 use gradcamd::cli::{Cli, Command};
 use gradcamd::error::{fail, Kind};
 
+#[global_allocator]
+static ALLOC: gradcamd::alloc::Counting = gradcamd::alloc::Counting;
+
 fn main() {
+    gradcamd::alloc::Counting::mark_installed();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -61,6 +61,9 @@ pub struct Monitor {
     pub name: String,
     cfg: MonitorConfig,
     smoothed: Option<Array2<f32>>,
+    /// Normalized map and its upsampled copy, reused from frame to frame.
+    cur: Array2<f32>,
+    fine: Array2<f32>,
     over: u32,
     alerting: bool,
     events: Option<std::io::BufWriter<std::fs::File>>,
@@ -99,6 +102,8 @@ impl Monitor {
             name,
             cfg,
             smoothed: None,
+            cur: Array2::zeros((0, 0)),
+            fine: Array2::zeros((0, 0)),
             over: 0,
             alerting: false,
             events,
@@ -120,18 +125,37 @@ impl Monitor {
                 alert: false,
             };
         };
-        let mut cur = m.cam.clone();
-        cam::normalize(cur.view_mut());
+        self.explained += 1;
         let s = self.cfg.smoothing;
-        if s > 0.0 {
-            if let Some(prev) = self.smoothed.as_ref().filter(|p| p.dim() == cur.dim()) {
-                cur = prev * s + &cur * (1.0 - s);
-            }
-            self.smoothed = Some(cur.clone());
-            m.cam = cur.clone();
+        if s <= 0.0 && self.cfg.roi.is_none() && self.events.is_none() {
+            // Nothing to smooth, watch or report: leave the map as it is.
+            return Observation {
+                outside_roi: None,
+                alert: false,
+            };
         }
-        let fine = upsample(&cur, UPSAMPLE);
-        let outside = self.cfg.roi.as_ref().map(|poly| outside_share(&fine, poly));
+        let cur = &mut self.cur;
+        if cur.dim() == m.cam.dim() {
+            cur.assign(&m.cam);
+        } else {
+            *cur = m.cam.clone();
+        }
+        cam::normalize(cur.view_mut());
+        if s > 0.0 {
+            match self.smoothed.as_mut().filter(|p| p.dim() == cur.dim()) {
+                Some(prev) => {
+                    ndarray::Zip::from(&mut *cur)
+                        .and(&*prev)
+                        .for_each(|c, &p| *c = p * s + *c * (1.0 - s));
+                    prev.assign(cur);
+                }
+                None => self.smoothed = Some(cur.clone()),
+            }
+            m.cam.assign(cur);
+        }
+        upsample_into(cur, UPSAMPLE, &mut self.fine);
+        let fine = &self.fine;
+        let outside = self.cfg.roi.as_ref().map(|poly| outside_share(fine, poly));
         let mut alert = false;
         if let Some(o) = outside {
             if o > self.cfg.roi_alert_ratio {
@@ -146,7 +170,6 @@ impl Monitor {
                 self.alerting = false;
             }
         }
-        self.explained += 1;
         let every = self.cfg.events_every.max(1) as u64;
         if let Some(w) = self.events.as_mut() {
             if alert || self.explained % every == 1 || every == 1 {
@@ -162,9 +185,9 @@ impl Monitor {
                     label,
                     prob: m.prob,
                     score: m.score,
-                    peak: peak(&fine),
-                    centroid: centroid(&fine),
-                    hot_bbox: hot_bbox(&fine, self.cfg.hot_threshold),
+                    peak: peak(fine),
+                    centroid: centroid(fine),
+                    hot_bbox: hot_bbox(fine, self.cfg.hot_threshold),
                     outside_roi: outside,
                     alert,
                 };
@@ -184,9 +207,22 @@ impl Monitor {
 
 /// Bilinear upsampling by `k`, sampling at cell centres (as OpenCV's INTER_LINEAR does).
 pub fn upsample(m: &Array2<f32>, k: usize) -> Array2<f32> {
+    let mut out = Array2::zeros((0, 0));
+    upsample_into(m, k, &mut out);
+    out
+}
+
+/// [`upsample`] into `out`, reusing its buffer when the size agrees.
+pub fn upsample_into(m: &Array2<f32>, k: usize, out: &mut Array2<f32>) {
     let (h, w) = m.dim();
     let (hh, ww) = (h * k, w * k);
-    Array2::from_shape_fn((hh, ww), |(i, j)| {
+    if out.dim() != (hh, ww) {
+        *out = Array2::zeros((hh, ww));
+    }
+    if h == 0 || w == 0 {
+        return;
+    }
+    out.indexed_iter_mut().for_each(|((i, j), o)| {
         let y = ((i as f32 + 0.5) / k as f32 - 0.5).clamp(0.0, (h - 1) as f32);
         let x = ((j as f32 + 0.5) / k as f32 - 0.5).clamp(0.0, (w - 1) as f32);
         let (y0, x0) = (y.floor() as usize, x.floor() as usize);
@@ -194,8 +230,8 @@ pub fn upsample(m: &Array2<f32>, k: usize) -> Array2<f32> {
         let (fy, fx) = (y - y0 as f32, x - x0 as f32);
         let top = m[[y0, x0]] * (1.0 - fx) + m[[y0, x1]] * fx;
         let bot = m[[y1, x0]] * (1.0 - fx) + m[[y1, x1]] * fx;
-        top * (1.0 - fy) + bot * fy
-    })
+        *o = top * (1.0 - fy) + bot * fy;
+    });
 }
 
 /// Even-odd rule point-in-polygon, frame-relative coordinates.

@@ -23,6 +23,8 @@ use crate::config::{Config, SourceMode};
 use crate::engine::{Engine, EngineOptions, Provider};
 use crate::error::{fail, Kind};
 use crate::explainer::{Explainer, TargetSpec};
+use crate::frame::Pool;
+use opencv::core::Mat;
 use crate::infer::{self, InferConfig};
 use crate::model::Model;
 use crate::monitor::Monitor;
@@ -36,7 +38,9 @@ use crate::stats::Stats;
 
 pub struct Plan {
     pub model: Model,
-    engine: Engine,
+    /// The session, already run once at `batch_size` (see [`Explainer::warm_up`]).
+    explainer: Explainer,
+    pre: Preprocessor,
     sources: Vec<Source>,
     sinks: Vec<SourceSink>,
     http: Option<HttpServer>,
@@ -111,6 +115,15 @@ impl Plan {
             .collect::<anyhow::Result<Vec<_>>>()?;
 
         let engine = Engine::new(&model.graph, &engine_options(cfg)).map_err(|e| fail(Kind::Runtime, e))?;
+        let pre = Preprocessor::new(&model.sidecar.input);
+        let mut explainer = Explainer::new(
+            engine,
+            cfg.explain.method,
+            model.graph.fc.clone(),
+            cfg.pipeline.batch_size,
+            pre.item_dims(),
+        );
+        explainer.warm_up().map_err(|e| fail(Kind::Runtime, e))?;
 
         let mut sources = Vec::new();
         let mut sinks: Vec<SourceSink> = Vec::new();
@@ -150,17 +163,19 @@ impl Plan {
                 targets,
                 monitors,
                 labels: Arc::new(model.sidecar.labels.clone()),
+                maps_pool: Pool::new(1),
             },
             method: cfg.explain.method,
             render: RenderConfig {
                 alpha: cfg.explain.alpha,
                 hud: cfg.explain.hud,
-                labels: Arc::new(model.sidecar.labels.clone()),
+                labels: RenderConfig::short_labels(&model.sidecar.labels),
             },
             render_workers: workers,
             queue: p.queue_frames,
             batch_size: p.batch_size,
-            engine,
+            explainer,
+            pre,
             sources,
             sinks,
             http,
@@ -173,7 +188,8 @@ impl Plan {
     pub fn run(self, stop: Arc<AtomicBool>, progress: bool) -> anyhow::Result<Summary> {
         let Plan {
             model,
-            engine,
+            explainer,
+            pre,
             sources,
             sinks,
             http,
@@ -188,7 +204,7 @@ impl Plan {
         tracing::info!(
             model = %model.path.display(),
             target = %model.graph.target,
-            provider = %engine.provider_used,
+            provider = %explainer.engine.provider_used,
             batch_size,
             method = %method,
             "gradcamd ready"
@@ -206,6 +222,7 @@ impl Plan {
             None => None,
         };
         let started = Instant::now();
+        let cpu_started = crate::cpu::process_cpu();
         let (expl_tx, expl_rx) = bounded(queue);
         let mut sink_txs = Vec::new();
         let mut sink_rxs = Vec::new();
@@ -215,29 +232,31 @@ impl Plan {
             sink_rxs.push(rx);
         }
 
+        // Buffers in flight at most: queued at each stage, a batch, one per render worker.
+        let in_flight = 2 * queue + batch_size + render_workers + 2;
+        let maps_pool = Pool::new(in_flight);
+        let frame_pools: Vec<Pool<Mat>> = sources.iter().map(|_| Pool::new(in_flight)).collect();
+        let mut sinks = sinks;
+        for (s, p) in sinks.iter_mut().zip(&frame_pools) {
+            s.recycle = Some(p.clone());
+        }
         let bars = Progress::new(progress, &sources);
         let mut captures: Vec<JoinHandle<()>> = Vec::new();
         let mut frame_rxs = Vec::new();
-        for src in sources {
+        for (src, pool) in sources.into_iter().zip(frame_pools) {
             // Lossless file sources queue frames; a live source holds only its newest.
             let cap = if src.mode == SourceMode::File { queue } else { 1 };
             let (tx, rx) = bounded(cap);
             frame_rxs.push(rx.clone());
             let (stop, st) = (stop.clone(), stats.clone());
             captures.push(spawn(&format!("capture-{}", src.index), move || {
-                src.run(tx, rx, stop, st)
+                src.run(tx, rx, stop, st, pool)
             })?);
         }
 
-        let pre = Preprocessor::new(&model.sidecar.input);
-        let explainer = Explainer::new(
-            engine,
-            method,
-            model.graph.fc.clone(),
-            batch_size,
-            pre.item_dims(),
-        );
         let st = stats.clone();
+        let mut infer = infer;
+        infer.maps_pool = maps_pool.clone();
         let infer_h = spawn("infer", move || {
             infer::run(explainer, pre, infer, frame_rxs, expl_tx, st)
         })?;
@@ -246,8 +265,9 @@ impl Plan {
         let mut renders = Vec::new();
         for i in 0..render_workers {
             let (rx, txs, cfg, st) = (expl_rx.clone(), sink_txs.clone(), render.clone(), stats.clone());
+            let pool = maps_pool.clone();
             renders.push(spawn(&format!("render-{i}"), move || {
-                render::run(rx, txs, cfg, st)
+                render::run(rx, txs, cfg, st, pool)
             })?);
         }
         drop(expl_rx);
@@ -285,6 +305,9 @@ impl Plan {
         if let Some(h) = display_h {
             h.join().map_err(|_| join_err("display"))?;
         }
+        stats
+            .process
+            .add(crate::cpu::process_cpu().saturating_sub(cpu_started));
         bars.finish();
         let frames_in = Stats::get(&stats.captured);
         Ok(Summary {
@@ -356,6 +379,7 @@ fn open_io(
             hub: None,
             display: None,
             strict_order: src.mode == SourceMode::File,
+            recycle: None,
         });
         sources.push(src);
     }

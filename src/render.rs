@@ -8,7 +8,6 @@
 //! divided by its maximum, which would make video brightness flicker from frame to frame.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use ndarray::Array2;
@@ -16,7 +15,8 @@ use opencv::core::{Mat, Point, Rect, Scalar, Size, CV_8U};
 use opencv::imgproc;
 use opencv::prelude::*;
 
-use crate::frame::{Annotated, Explained};
+use crate::explainer::ClassMap;
+use crate::frame::{Annotated, Explained, Pool};
 use crate::stats::Stats;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,24 +30,56 @@ pub enum Blend {
 pub struct RenderConfig {
     pub alpha: f32,
     pub hud: bool,
-    pub labels: Arc<Vec<String>>,
+    /// Short label of each class ("bow tie"), shared so that frames carry it without copying.
+    pub labels: Arc<Vec<Arc<str>>>,
 }
 
-/// Scratch images reused across frames by one worker.
+impl RenderConfig {
+    /// The short labels of `labels`, as [`RenderConfig::labels`] holds them.
+    pub fn short_labels(labels: &[String]) -> Arc<Vec<Arc<str>>> {
+        Arc::new((0..labels.len()).map(|c| Arc::from(short_label(labels, c))).collect())
+    }
+
+    fn label(&self, class: usize) -> Arc<str> {
+        self.labels
+            .get(class)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(format!("class {class}")))
+    }
+}
+
+/// Buffers reused across frames by one worker: once they have the frame's size, rendering a
+/// frame allocates nothing.
 #[derive(Default)]
 pub struct Scratch {
+    small: Vec<f32>,
     big: Mat,
     mask: Mat,
     heat: Mat,
+    blend: Mat,
+    text: String,
+    fps: String,
 }
 
 /// The CAM as pytorch-grad-cam hands it to the colormap: normalized, upsampled bilinearly to
 /// `size`, normalized again (upsampling never lands exactly on the extremes). f32 in [0, 1].
 pub fn upsample_normalized(cam: &Array2<f32>, size: Size, out: &mut Mat) -> opencv::Result<()> {
-    let mut c = cam.as_standard_layout().into_owned();
-    crate::cam::normalize(c.view_mut());
-    let (h, w) = c.dim();
-    let small = Mat::new_rows_cols_with_data(h as i32, w as i32, c.as_slice().unwrap_or(&[]))?;
+    upsample_normalized_with(cam, size, out, &mut Vec::new())
+}
+
+fn upsample_normalized_with(
+    cam: &Array2<f32>,
+    size: Size,
+    out: &mut Mat,
+    small: &mut Vec<f32>,
+) -> opencv::Result<()> {
+    small.clear();
+    small.extend(cam.iter());
+    let (h, w) = cam.dim();
+    crate::cam::normalize(ndarray::ArrayViewMut2::from_shape((h, w), small.as_mut_slice()).map_err(
+        |e| opencv::Error::new(opencv::core::StsBadArg, format!("CAM shape: {e}")),
+    )?);
+    let small = Mat::new_rows_cols_with_data(h as i32, w as i32, small.as_slice())?;
     imgproc::resize(&small, out, size, 0.0, 0.0, imgproc::INTER_LINEAR)?;
     let data = out.data_typed_mut::<f32>()?;
     let (lo, hi) = data
@@ -68,19 +100,7 @@ pub fn overlay(
     blend: Blend,
     s: &mut Scratch,
 ) -> opencv::Result<Mat> {
-    upsample_normalized(cam_raw, image.size()?, &mut s.big)?;
-    // np.uint8(255 * mask) truncates; OpenCV's convertTo would round.
-    if s.mask.size()? != image.size()? || s.mask.typ() != CV_8U {
-        s.mask = Mat::new_size_with_default(image.size()?, CV_8U, Scalar::all(0.0))?;
-    }
-    {
-        let src = s.big.data_typed::<f32>()?;
-        let dst = s.mask.data_bytes_mut()?;
-        for (d, &v) in dst.iter_mut().zip(src) {
-            *d = (255.0 * v) as u8;
-        }
-    }
-    imgproc::apply_color_map(&s.mask, &mut s.heat, imgproc::COLORMAP_JET)?;
+    heatmap(cam_raw, image, s)?;
     let mut out = Mat::default();
     match blend {
         Blend::Video => {
@@ -113,8 +133,43 @@ pub fn overlay(
     Ok(out)
 }
 
-/// Draws "label  score" top-left and the fps top-right, on a dark band for contrast.
-pub fn draw_hud(img: &mut Mat, text: &str, fps: Option<f32>) -> opencv::Result<()> {
+/// Blends the heatmap of `cam_raw` into `image` (video blend). The result is written to a
+/// scratch buffer which then trades places with `image`, so buffers circulate instead of
+/// being allocated per frame.
+fn overlay_in_place(cam_raw: &Array2<f32>, image: &mut Mat, alpha: f32, s: &mut Scratch) -> opencv::Result<()> {
+    heatmap(cam_raw, image, s)?;
+    opencv::core::add_weighted(
+        &*image,
+        1.0 - alpha as f64,
+        &s.heat,
+        alpha as f64,
+        0.0,
+        &mut s.blend,
+        -1,
+    )?;
+    std::mem::swap(image, &mut s.blend);
+    Ok(())
+}
+
+/// The JET heatmap of `cam_raw` at `image`'s size, into `s.heat`.
+fn heatmap(cam_raw: &Array2<f32>, image: &Mat, s: &mut Scratch) -> opencv::Result<()> {
+    upsample_normalized_with(cam_raw, image.size()?, &mut s.big, &mut s.small)?;
+    // np.uint8(255 * mask) truncates; OpenCV's convertTo would round.
+    if s.mask.size()? != image.size()? || s.mask.typ() != CV_8U {
+        s.mask = Mat::new_size_with_default(image.size()?, CV_8U, Scalar::all(0.0))?;
+    }
+    {
+        let src = s.big.data_typed::<f32>()?;
+        let dst = s.mask.data_bytes_mut()?;
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = (255.0 * v) as u8;
+        }
+    }
+    imgproc::apply_color_map(&s.mask, &mut s.heat, imgproc::COLORMAP_JET)
+}
+
+/// Draws "label  score" top-left and `right` (the fps) top-right, on a dark band for contrast.
+pub fn draw_hud(img: &mut Mat, text: &str, right: Option<&str>) -> opencv::Result<()> {
     let rows = img.rows();
     let scale = (rows as f64 / 480.0 * 0.6).clamp(0.3, 1.2);
     let thick = if rows >= 480 { 2 } else { 1 };
@@ -130,12 +185,11 @@ pub fn draw_hud(img: &mut Mat, text: &str, fps: Option<f32>) -> opencv::Result<(
         imgproc::put_text(img, t, org, font, scale, white, thick, imgproc::LINE_AA, false)
     };
     put(img, text, pad)?;
-    if let Some(fps) = fps {
-        let t = format!("{fps:.1} fps");
-        let fs = imgproc::get_text_size(&t, font, scale, thick, &mut base)?;
+    if let Some(t) = right {
+        let fs = imgproc::get_text_size(t, font, scale, thick, &mut base)?;
         let x = img.cols() - fs.width - pad;
         if x > pad + sz.width + pad {
-            put(img, &t, x)?;
+            put(img, t, x)?;
         }
     }
     Ok(())
@@ -149,95 +203,125 @@ pub fn short_label(labels: &[String], class: usize) -> String {
     )
 }
 
-pub fn hud_text(labels: &[String], class: usize, prob: f32) -> String {
-    format!("{} {prob:.2}", short_label(labels, class))
+/// "label 0.87" into `out`.
+fn hud_text(out: &mut String, label: &str, prob: f32) {
+    use std::fmt::Write;
+    out.clear();
+    let _ = write!(out, "{label} {prob:.2}");
 }
 
-/// One map over the whole frame, or a grid of tiles (one per class, best first) for `topk`.
-fn render(e: &Explained, cfg: &RenderConfig, s: &mut Scratch) -> opencv::Result<Mat> {
-    let frame = &e.frame.image;
+fn fps_text(out: &mut String, fps: f32) -> &str {
+    use std::fmt::Write;
+    out.clear();
+    let _ = write!(out, "{fps:.1} fps");
+    out
+}
+
+/// Draws the explanation into the frame: one map over the whole frame, or a grid of tiles
+/// (one per class, best first) for `topk`.
+fn render(e: &mut Explained, cfg: &RenderConfig, s: &mut Scratch) -> opencv::Result<()> {
+    let Scratch { text, fps, .. } = s;
+    let (mut text, mut fps) = (std::mem::take(text), std::mem::take(fps));
+    let r = render_with(e, cfg, s, &mut text, &mut fps);
+    (s.text, s.fps) = (text, fps);
+    r
+}
+
+fn render_with(
+    e: &mut Explained,
+    cfg: &RenderConfig,
+    s: &mut Scratch,
+    text: &mut String,
+    fps: &mut String,
+) -> opencv::Result<()> {
+    let img = &mut e.frame.image;
     match e.maps.as_slice() {
         [] => {
-            let mut img = frame.try_clone()?;
             // A lost stream is always labelled: a frozen-looking frame must not pass for live.
             if e.frame.lost {
-                draw_hud(&mut img, "stream lost - reconnecting", None)?;
+                draw_hud(img, "stream lost - reconnecting", None)?;
             } else if cfg.hud {
-                draw_hud(&mut img, "not explained", Some(e.fps))?;
+                draw_hud(img, "not explained", Some(fps_text(fps, e.fps)))?;
             }
-            Ok(img)
         }
         [m] => {
-            let mut img = overlay(&m.cam, frame, cfg.alpha, Blend::Video, s)?;
+            overlay_in_place(&m.cam, img, cfg.alpha, s)?;
             if cfg.hud {
-                draw_hud(&mut img, &hud_text(&cfg.labels, m.class, m.prob), Some(e.fps))?;
+                hud_text(text, &cfg.label(m.class), m.prob);
+                draw_hud(img, text, Some(fps_text(fps, e.fps)))?;
             }
-            Ok(img)
         }
         maps => {
             // The output keeps the frame's size: K tiles in a near-square grid.
-            let size = frame.size()?;
+            let size = img.size()?;
             let cols = (maps.len() as f64).sqrt().ceil() as i32;
             let rows = (maps.len() as i32 + cols - 1) / cols;
             let tile = Size::new(size.width / cols, size.height / rows);
             let mut small = Mat::default();
-            imgproc::resize(frame, &mut small, tile, 0.0, 0.0, imgproc::INTER_AREA)?;
-            let mut out = Mat::new_size_with_default(size, frame.typ(), Scalar::all(0.0))?;
+            imgproc::resize(&*img, &mut small, tile, 0.0, 0.0, imgproc::INTER_AREA)?;
+            let mut out = Mat::new_size_with_default(size, img.typ(), Scalar::all(0.0))?;
             for (k, m) in maps.iter().enumerate() {
                 let mut t = overlay(&m.cam, &small, cfg.alpha, Blend::Video, s)?;
                 if cfg.hud {
-                    let text = format!("{}. {}", k + 1, hud_text(&cfg.labels, m.class, m.prob));
-                    draw_hud(&mut t, &text, (k == 0).then_some(e.fps))?;
+                    hud_text(text, &cfg.label(m.class), m.prob);
+                    text.insert_str(0, &format!("{}. ", k + 1));
+                    let right = (k == 0).then(|| fps_text(fps, e.fps));
+                    draw_hud(&mut t, text, right)?;
                 }
                 let (r, c) = (k as i32 / cols, k as i32 % cols);
                 let roi = Rect::new(c * tile.width, r * tile.height, tile.width, tile.height);
                 let mut dst = Mat::roi_mut(&mut out, roi)?;
                 t.copy_to(&mut dst)?;
             }
-            Ok(out)
+            *img = out;
         }
     }
+    Ok(())
 }
 
-/// One worker: renders until its input closes.
+/// One worker: renders until its input closes. Each frame's CAM maps go back to `maps_pool`
+/// for the inference stage to reuse.
 pub fn run(
     rx: Receiver<Explained>,
     sinks: Vec<Sender<Annotated>>,
     cfg: Arc<RenderConfig>,
     stats: Arc<Stats>,
+    maps_pool: Pool<Vec<ClassMap>>,
 ) {
     let span = tracing::info_span!("render");
     let _e = span.enter();
     let mut scratch = Scratch::default();
-    for e in rx {
-        let t = Instant::now();
+    let mut meter = crate::alloc::Meter::new(crate::stats::WARM_FRAMES);
+    let lost: Arc<str> = Arc::from("stream lost");
+    let none: Arc<str> = Arc::from("");
+    for mut e in rx {
+        meter.tick(1);
+        let t = crate::cpu::Span::start();
         let (label, prob) = match e.maps.first() {
-            Some(m) => (short_label(&cfg.labels, m.class), m.prob),
-            None if e.frame.lost => ("stream lost".to_string(), 0.0),
-            None => (String::new(), 0.0),
+            Some(m) => (cfg.label(m.class), m.prob),
+            None if e.frame.lost => (lost.clone(), 0.0),
+            None => (none.clone(), 0.0),
         };
-        let image = match render(&e, &cfg, &mut scratch) {
-            Ok(m) => m,
-            Err(err) => {
-                tracing::warn!(source = e.frame.source, frame = e.frame.seq, error = %err, "cannot draw the explanation; writing the frame as is");
-                e.frame.image
-            }
-        };
+        if let Err(err) = render(&mut e, &cfg, &mut scratch) {
+            tracing::warn!(source = e.frame.source, frame = e.frame.seq, error = %err, "cannot draw the explanation; writing the frame as is");
+        }
         stats.render.add(t.elapsed());
-        let (source, seq, captured) = (e.frame.source, e.frame.seq, e.frame.captured);
-        let Some(tx) = sinks.get(source) else { continue };
+        let Explained { frame, maps, .. } = e;
+        maps_pool.give(maps);
+        let Some(tx) = sinks.get(frame.source) else { continue };
         if tx
             .send(Annotated {
-                source,
-                seq,
-                image,
-                captured,
+                source: frame.source,
+                seq: frame.seq,
+                image: frame.image,
+                captured: frame.captured,
                 label,
                 prob,
             })
             .is_err()
         {
-            return;
+            break;
         }
     }
+    stats.alloc_render.record(&meter);
 }

@@ -49,7 +49,6 @@ pub const LATENCY_BUCKETS: [f64; 12] = [0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5,
 
 /// Capture-to-sink latency: a Prometheus histogram plus the last few thousand values for exact
 /// percentiles.
-#[derive(Default)]
 pub struct Latency {
     buckets: [AtomicU64; 12],
     count: AtomicU64,
@@ -58,6 +57,18 @@ pub struct Latency {
 }
 
 const RECENT: usize = 4096;
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency {
+            buckets: Default::default(),
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+            // Full size up front: observing a frame never allocates.
+            recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+        }
+    }
+}
 
 impl Latency {
     pub fn observe(&self, d: Duration) {
@@ -99,6 +110,36 @@ impl Latency {
     }
 }
 
+/// Allocations one stage made once warm, and the frames it handled meanwhile, summed over its
+/// threads (see [`crate::alloc::Meter`]).
+#[derive(Default)]
+pub struct AllocCount {
+    pub allocs: AtomicU64,
+    pub frames: AtomicU64,
+    /// Threads that reported: 0 when the counting allocator is not installed.
+    pub threads: AtomicU64,
+}
+
+impl AllocCount {
+    pub fn record(&self, meter: &crate::alloc::Meter) {
+        if let Some((a, n)) = meter.finish() {
+            self.allocs.fetch_add(a, Ordering::Relaxed);
+            self.frames.fetch_add(n, Ordering::Relaxed);
+            self.threads.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Allocations per frame, when counted.
+    pub fn per_frame(&self) -> Option<f64> {
+        let n = self.frames.load(Ordering::Relaxed);
+        (self.threads.load(Ordering::Relaxed) > 0 && n > 0)
+            .then(|| self.allocs.load(Ordering::Relaxed) as f64 / n as f64)
+    }
+}
+
+/// Frames a stage handles before its allocations count: buffers grow to size on the first ones.
+pub const WARM_FRAMES: u64 = 32;
+
 #[derive(Default)]
 pub struct Stats {
     pub captured: AtomicU64,
@@ -117,7 +158,15 @@ pub struct Stats {
     pub cam: Timer,
     pub render: Timer,
     pub encode: Timer,
+    /// CPU of the whole process during the run: the stages above plus what no stage claims
+    /// (the encoder's own threads, HTTP, channels, the main thread).
+    pub process: Timer,
     pub latency: Latency,
+    /// Heap allocations once warm, per stage thread kind.
+    pub alloc_capture: AllocCount,
+    pub alloc_infer: AllocCount,
+    pub alloc_render: AllocCount,
+    pub alloc_sink: AllocCount,
     /// Indexed by source.
     pub sources: Vec<SourceStats>,
 }
@@ -130,6 +179,16 @@ impl Stats {
         }
     }
 
+    /// Allocations per frame once warm, per stage (`None` where not counted).
+    pub fn allocs_per_frame(&self) -> Vec<(&'static str, Option<f64>)> {
+        vec![
+            ("capture", self.alloc_capture.per_frame()),
+            ("infer", self.alloc_infer.per_frame()),
+            ("render", self.alloc_render.per_frame()),
+            ("sink", self.alloc_sink.per_frame()),
+        ]
+    }
+
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
     }
@@ -138,16 +197,24 @@ impl Stats {
         self.sources.get(i)
     }
 
-    /// Seconds spent in each stage, summed over its threads.
+    /// CPU seconds of each stage, summed over its threads (decode includes the decoder's
+    /// threads, inference ORT's intra-op pool), then `other` and the process `total`.
     pub fn stage_seconds(&self) -> Vec<(&'static str, f64)> {
-        vec![
+        let mut v = vec![
             ("decode", self.decode.secs()),
             ("preprocess", self.preprocess.secs()),
             ("inference", self.inference.secs()),
             ("cam", self.cam.secs()),
             ("render", self.render.secs()),
             ("encode", self.encode.secs()),
-        ]
+        ];
+        let total = self.process.secs();
+        if total > 0.0 {
+            let staged: f64 = v.iter().map(|(_, s)| s).sum();
+            v.push(("other", (total - staged).max(0.0)));
+            v.push(("total", total));
+        }
+        v
     }
 }
 

@@ -1,6 +1,12 @@
 //! One integration test binary (as ripgrep does): faster to link, one place for helpers.
 //! The media and ONNX Runtime come from `make setup`; nothing here needs Python.
 
+// Counts each thread's allocations; `alloc` asserts the pipeline makes none per frame.
+#[global_allocator]
+static ALLOC: gradcamd::alloc::Counting = gradcamd::alloc::Counting;
+
+#[cfg(feature = "video")]
+mod alloc;
 mod augment;
 mod util;
 

@@ -30,8 +30,11 @@ pub struct PipelinePoint {
     pub frames: u64,
     pub seconds: f64,
     pub fps: f64,
-    /// CPU seconds per stage, summed over that stage's threads.
+    /// CPU seconds per stage, summed over that stage's threads (decode with the decoder's
+    /// threads, inference with ORT's pool), `other` and the process `total`.
     pub stage_seconds: std::collections::BTreeMap<String, f64>,
+    /// Heap allocations per frame once warm, per stage thread kind.
+    pub allocs_per_frame: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Serialize)]
@@ -71,29 +74,35 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median frames/s of `iters` runs at batch `b`, after one warm-up run.
+/// Median frames/s of `iters` runs at batch `b`, after one warm-up run. The batch runs the
+/// way the pipeline runs it: prepared buffers, bound to the session where the model allows.
 fn measure(
     engine: &mut Engine,
     b: usize,
-    h: usize,
-    w: usize,
+    item: [usize; 3],
     iters: usize,
     repeats: usize,
 ) -> anyhow::Result<f64> {
+    engine.prepare(b, item).map_err(|e| fail(Kind::Runtime, e))?;
     // Deterministic, image-like values: the numbers do not change the speed, NaNs would.
-    let x = Array4::from_shape_fn((b, 3, h, w), |(n, c, i, j)| {
+    let x = Array4::from_shape_fn((b, item[0], item[1], item[2]), |(n, c, i, j)| {
         (((n * 31 + c * 17 + i * 7 + j * 3) % 255) as f32 - 127.0) / 128.0
     });
+    let input = engine.input_mut();
+    match (input.len() == x.len(), x.as_slice()) {
+        (true, Some(src)) => input.copy_from_slice(src),
+        _ => return Err(fail(Kind::Runtime, "batch buffer has the wrong size")),
+    }
     let t = vec![-1i64; b];
     engine
-        .run_with(x.view(), &t, |_| ())
+        .run_prepared(b, &t, |_| ())
         .map_err(|e| fail(Kind::Runtime, e))?;
     let mut fps = Vec::new();
     for _ in 0..repeats.max(1) {
         let start = Instant::now();
         for _ in 0..iters.max(1) {
             engine
-                .run_with(x.view(), &t, |_| ())
+                .run_prepared(b, &t, |_| ())
                 .map_err(|e| fail(Kind::Runtime, e))?;
         }
         fps.push((b * iters.max(1)) as f64 / start.elapsed().as_secs_f64());
@@ -117,6 +126,10 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         model.sidecar.input.height as usize,
         model.sidecar.input.width as usize,
     );
+    let item = match model.sidecar.input.layout {
+        crate::sidecar::Layout::Nchw => [3, h, w],
+        crate::sidecar::Layout::Nhwc => [h, w, 3],
+    };
     let mut fwd = Engine::forward_only(&model.graph, &opts).map_err(|e| fail(Kind::Runtime, e))?;
     let mut grad = Engine::new(&model.graph, &opts).map_err(|e| fail(Kind::Runtime, e))?;
     let mut in_graph = if args.in_graph_cam {
@@ -130,10 +143,10 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let provider_used = grad.provider_used.clone();
     let mut points = Vec::new();
     for &b in &args.batch_size {
-        let f = measure(&mut fwd, b, h, w, args.iters, args.repeats)?;
-        let g = measure(&mut grad, b, h, w, args.iters, args.repeats)?;
+        let f = measure(&mut fwd, b, item, args.iters, args.repeats)?;
+        let g = measure(&mut grad, b, item, args.iters, args.repeats)?;
         let c = match in_graph.as_mut() {
-            Some(e) => Some(measure(e, b, h, w, args.iters, args.repeats)?),
+            Some(e) => Some(measure(e, b, item, args.iters, args.repeats)?),
             None => None,
         };
         if let Some(c) = c {
@@ -201,6 +214,14 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             .map(|(k, v)| format!("{k}={v:.2}s"))
             .collect();
         eprintln!("  cpu time per stage: {}", st.join(" "));
+        let al: Vec<String> = p
+            .allocs_per_frame
+            .iter()
+            .map(|(k, v)| format!("{k}={v:.2}"))
+            .collect();
+        if !al.is_empty() {
+            eprintln!("  heap allocations per frame once warm: {}", al.join(" "));
+        }
     }
     let text = serde_json::to_string_pretty(&report)?;
     match &args.json {
@@ -247,12 +268,19 @@ fn pipeline_point(args: &BenchArgs, video: &std::path::Path) -> anyhow::Result<P
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
+        let allocs = s
+            .stats
+            .allocs_per_frame()
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v?)))
+            .collect();
         runs.push(PipelinePoint {
             video: video.display().to_string(),
             frames,
             seconds: secs,
             fps: frames as f64 / secs,
             stage_seconds: stages,
+            allocs_per_frame: allocs,
         });
     }
     let _ = std::fs::remove_file(&out);

@@ -136,7 +136,9 @@ pub fn explain_images(
         out.extend(
             explainer
                 .explain(&buf[..chunk.len() * item], &specs, keep_tensors)
-                .kind(Kind::Runtime)?,
+                .kind(Kind::Runtime)?
+                .iter()
+                .cloned(),
         );
     }
     Ok(out)

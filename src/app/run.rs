@@ -94,7 +94,7 @@ pub fn run(args: &RunArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         seconds = format!("{secs:.2}"),
         explained = Stats::get(&s.explained),
         fps = format!("{:.1}", Stats::get(&s.explained) as f64 / secs.max(1e-9)),
-        "done; thread time per stage: {}",
+        "done; cpu time per stage: {}",
         stages.join(" ")
     );
     let mut empty = Vec::new();

@@ -10,14 +10,14 @@ pub mod display;
 pub mod file;
 pub mod http;
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 
-use crate::frame::Annotated;
+use crate::frame::{Annotated, Pool};
+use opencv::core::Mat;
 use crate::stats::Stats;
 use file::{FileSink, Written};
 use http::Hub;
@@ -31,6 +31,8 @@ pub struct SourceSink {
     pub display: Option<crossbeam_channel::Sender<(usize, opencv::core::Mat)>>,
     /// Wait for every `seq` (file sources) instead of dropping late frames (live).
     pub strict_order: bool,
+    /// Where written frames' buffers go back to capture.
+    pub recycle: Option<Pool<Mat>>,
 }
 
 impl SourceSink {
@@ -44,16 +46,28 @@ impl SourceSink {
     ) -> Option<Written> {
         let span = tracing::info_span!("sink", source = self.index);
         let _e = span.enter();
-        let mut pending: BTreeMap<u64, Annotated> = BTreeMap::new();
+        // Frames `next`, `next + 1`, ... that arrived early (render workers finish out of order);
+        // grows to the largest reordering distance once, then is reused.
+        let mut pending: VecDeque<Option<Annotated>> = VecDeque::new();
         let mut next = 0u64;
         let mut written = 0u64;
+        let mut meter = crate::alloc::Meter::new(crate::stats::WARM_FRAMES);
         for a in rx {
+            meter.tick(1);
             if self.strict_order {
-                pending.insert(a.seq, a);
-                while let Some(a) = pending.remove(&next) {
-                    self.emit(a, &stats, &mut written);
-                    on_frame(written);
-                    next += 1;
+                let Some(at) = a.seq.checked_sub(next).map(|d| d as usize) else {
+                    continue; // already written: cannot happen, seq is unique per source
+                };
+                if pending.len() <= at {
+                    pending.resize_with(at + 1, || None);
+                }
+                pending[at] = Some(a);
+                while let Some(Some(_)) = pending.front() {
+                    if let Some(Some(a)) = pending.pop_front() {
+                        self.emit(a, &stats, &mut written);
+                        on_frame(written);
+                        next += 1;
+                    }
                 }
             } else if a.seq >= next {
                 next = a.seq + 1;
@@ -61,15 +75,16 @@ impl SourceSink {
                 on_frame(written);
             }
         }
+        stats.alloc_sink.record(&meter);
         // Only reachable with gaps, which file capture never makes; write what is left in order.
-        for (_, a) in std::mem::take(&mut pending) {
+        for a in pending.into_iter().flatten() {
             self.emit(a, &stats, &mut written);
         }
         self.file.take().map(|f| f.finish(written))
     }
 
     fn emit(&mut self, a: Annotated, stats: &Stats, written: &mut u64) {
-        let t = Instant::now();
+        let t = crate::cpu::Span::start();
         if let Some(f) = self.file.as_mut() {
             match f.write_frame(&a.image) {
                 Ok(()) => *written += 1,
@@ -86,5 +101,8 @@ impl SourceSink {
         stats.encode.add(t.elapsed());
         stats.written.fetch_add(1, Ordering::Relaxed);
         stats.latency.observe(a.captured.elapsed());
+        if let Some(p) = &self.recycle {
+            p.give(a.image);
+        }
     }
 }

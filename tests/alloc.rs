@@ -1,0 +1,63 @@
+//! Issue 5, goal 4: once warm, the video pipeline allocates nothing per frame. The counting
+//! allocator this test binary installs (tests.rs) counts each stage thread's heap allocations
+//! after its first 32 frames; a per-frame allocation anywhere would count at least once per
+//! frame. What it cannot see: OpenCV's and ONNX Runtime's C++ heaps.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use gradcamd::config::{Config, SourceConfig};
+use gradcamd::pipeline::Plan;
+use gradcamd::stats::AllocCount;
+
+use crate::util::{media, scratch};
+
+fn counted(c: &AllocCount) -> (u64, u64) {
+    (c.allocs.load(Ordering::Relaxed), c.frames.load(Ordering::Relaxed))
+}
+
+fn run_carphone(name: &str, hud: bool) -> Arc<gradcamd::stats::Stats> {
+    gradcamd::alloc::Counting::mark_installed();
+    let mut cfg = Config::default();
+    cfg.explain.hud = hud;
+    cfg.pipeline.batch_size = 8;
+    cfg.pipeline.render_workers = 2;
+    cfg.source = vec![SourceConfig {
+        output: Some(scratch(name).join("out.mp4")),
+        ..SourceConfig::new(&media("carphone_pristine.mp4").display().to_string())
+    }];
+    let plan = Plan::build(&cfg).expect("plan");
+    let s = plan.run(Arc::new(AtomicBool::new(false)), false).expect("run");
+    assert_eq!(s.outputs.iter().map(|w| w.frames).sum::<u64>(), 120);
+    s.stats
+}
+
+#[test]
+fn file_pipeline_allocates_nothing_per_frame_once_warm() {
+    let stats = run_carphone("alloc_nohud", false);
+    for (stage, c) in [
+        ("capture", &stats.alloc_capture),
+        ("infer", &stats.alloc_infer),
+        ("render", &stats.alloc_render),
+        ("sink", &stats.alloc_sink),
+    ] {
+        let (allocs, frames) = counted(c);
+        assert!(frames >= 40, "{stage}: only {frames} frames counted");
+        // A few one-off growths are allowed (a channel's first blocking wait registers the
+        // thread); one allocation per frame would be >= 40.
+        assert!(allocs <= 4, "{stage}: {allocs} allocations in {frames} warm frames");
+    }
+}
+
+#[test]
+fn the_hud_costs_only_the_text_arguments() {
+    let stats = run_carphone("alloc_hud", true);
+    let (allocs, frames) = counted(&stats.alloc_render);
+    assert!(frames >= 40, "only {frames} frames counted");
+    // The opencv crate turns each text argument into a C string: label and fps, measured and
+    // drawn, 4 per frame (plus a few one-off growths of the reused text buffers when a longer
+    // label shows up). Anything else per frame would show above that.
+    assert!(allocs <= 4 * frames + 16, "{allocs} allocations in {frames} frames");
+    let (infer, _) = counted(&stats.alloc_infer);
+    assert!(infer <= 4, "infer: {infer}");
+}
