@@ -120,8 +120,14 @@ mod tests {
         let s = Span::start();
         spin(Duration::from_millis(60));
         let worked = s.elapsed();
-        assert!(slept < Duration::from_millis(20), "sleeping cost {slept:?} of CPU");
-        assert!(worked > Duration::from_millis(30), "60 ms of work measured {worked:?}");
+        assert!(
+            slept < Duration::from_millis(20),
+            "sleeping cost {slept:?} of CPU"
+        );
+        assert!(
+            worked > Duration::from_millis(30),
+            "60 ms of work measured {worked:?}"
+        );
     }
 
     #[test]

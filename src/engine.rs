@@ -281,11 +281,12 @@ impl Engine {
         let [c, h, w] = item_dims;
         let dims = [batch.max(1), c, h, w];
         let zeros = vec![0f32; dims.iter().product()];
-        let view = ArrayView4::from_shape(dims, &zeros).map_err(|e| EngineError::Run(format!("input buffer: {e}")))?;
+        let view = ArrayView4::from_shape(dims, &zeros)
+            .map_err(|e| EngineError::Run(format!("input buffer: {e}")))?;
         let targets = vec![-1i64; dims[0]];
-        // The outputs' shapes at this batch size, from one ordinary run.
-        let shapes = self.run_with(view, &targets, |_| ())?;
-        let _ = shapes;
+        // One ordinary run first: a model that cannot run at this batch size fails here, with
+        // ORT's own message, before any binding is made.
+        self.run_with(view, &targets, |_| ())?;
         self.buffer = match (self.input_f16, self.bind(dims)) {
             (false, Ok(Some(b))) => Buffer::Bound(Box::new(b)),
             (_, Err(e)) => {
@@ -310,7 +311,12 @@ impl Engine {
             None
         };
         // Output types and shapes: run once with the outputs left to ORT, read what it made.
-        let names: Vec<String> = self.session.outputs().iter().map(|o| o.name().to_string()).collect();
+        let names: Vec<String> = self
+            .session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
         let mem = ort::memory::MemoryInfo::new(
             ort::memory::AllocationDevice::CPU,
             0,
@@ -324,7 +330,9 @@ impl Engine {
         {
             let probe = self.session.run_binding(&binding)?;
             for n in &names {
-                let Some(v) = probe.get(n.as_str()) else { return Ok(None) };
+                let Some(v) = probe.get(n.as_str()) else {
+                    return Ok(None);
+                };
                 match v.dtype() {
                     ValueType::Tensor { ty, shape, .. } => {
                         kinds.push((*ty, shape.iter().map(|&d| d.max(0) as usize).collect::<Vec<_>>()))
@@ -337,8 +345,12 @@ impl Engine {
         let mut outputs = Vec::new();
         for (ty, shape) in kinds {
             outputs.push(match ty {
-                TensorElementType::Float32 => BoundOutput::F32(Tensor::<f32>::new(alloc, shape.clone())?, shape),
-                TensorElementType::Int64 => BoundOutput::I64(Tensor::<i64>::new(alloc, shape.clone())?, shape),
+                TensorElementType::Float32 => {
+                    BoundOutput::F32(Tensor::<f32>::new(alloc, shape.clone())?, shape)
+                }
+                TensorElementType::Int64 => {
+                    BoundOutput::I64(Tensor::<i64>::new(alloc, shape.clone())?, shape)
+                }
                 _ => return Ok(None),
             });
         }
@@ -350,7 +362,9 @@ impl Engine {
             }
         }
         let find = |name: &str| names.iter().position(|n| n == name);
-        let Some(logits) = find(&self.logits) else { return Ok(None) };
+        let Some(logits) = find(&self.logits) else {
+            return Ok(None);
+        };
         Ok(Some(Bound {
             binding,
             input,
@@ -389,7 +403,11 @@ impl Engine {
                 if let Some(t) = b.target.as_mut() {
                     let data = t.extract_tensor_mut().1;
                     for (i, d) in data.iter_mut().enumerate() {
-                        *d = if targets.len() == 1 { targets[0] } else { targets.get(i).copied().unwrap_or(-1) };
+                        *d = if targets.len() == 1 {
+                            targets[0]
+                        } else {
+                            targets.get(i).copied().unwrap_or(-1)
+                        };
                     }
                 }
                 let api = ort::api();
@@ -406,7 +424,9 @@ impl Engine {
                 if !status.0.is_null() {
                     // SAFETY: a non-null status is an OrtStatus we own and must release.
                     let msg = unsafe {
-                        let m = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0)).to_string_lossy().into_owned();
+                        let m = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0))
+                            .to_string_lossy()
+                            .into_owned();
                         (api.ReleaseStatus)(status.0);
                         m
                     };
@@ -550,7 +570,9 @@ impl Bound {
         let get = |i: Option<usize>| i.and_then(|i| self.outputs.get(i)).and_then(f32s);
         let v4 = |i: Option<usize>| -> Result<ArrayView4<'_, f32>, String> {
             match get(i) {
-                Some((d, &[a, b, c, e])) => ArrayView4::from_shape((a, b, c, e), d).map_err(|e| e.to_string()),
+                Some((d, &[a, b, c, e])) => {
+                    ArrayView4::from_shape((a, b, c, e), d).map_err(|e| e.to_string())
+                }
                 _ => Err("missing A or dA output".into()),
             }
         };
@@ -565,7 +587,9 @@ impl Bound {
             (empty4, empty4)
         };
         let class = match self.class.and_then(|i| self.outputs.get(i)) {
-            Some(BoundOutput::I64(t, s)) => ArrayView1::from_shape(s[0], t.extract_tensor().1).map_err(|e| e.to_string())?,
+            Some(BoundOutput::I64(t, s)) => {
+                ArrayView1::from_shape(s[0], t.extract_tensor().1).map_err(|e| e.to_string())?
+            }
             _ => ArrayView1::from_shape(0, &[][..]).map_err(|e| e.to_string())?,
         };
         let cam = match get(self.cam) {

@@ -180,7 +180,12 @@ impl Explainer {
         let buf = self.input_mut()?;
         match (buf.get_mut(..len), input.get(..len)) {
             (Some(dst), Some(src)) => dst.copy_from_slice(src),
-            _ => return Err(EngineError::Run(format!("a batch of {} items does not fit the input or the batch buffer", specs.len()))),
+            _ => {
+                return Err(EngineError::Run(format!(
+                    "a batch of {} items does not fit the input or the batch buffer",
+                    specs.len()
+                )))
+            }
         }
         self.explain_prepared(specs, keep_tensors)
     }
@@ -194,7 +199,10 @@ impl Explainer {
         let n = specs.len();
         let len = self.item_len();
         if n > self.batch_size {
-            return Err(EngineError::Run(format!("{n} items exceed the batch size {}", self.batch_size)));
+            return Err(EngineError::Run(format!(
+                "{n} items exceed the batch size {}",
+                self.batch_size
+            )));
         }
         let Explainer {
             engine,
@@ -247,7 +255,8 @@ impl Explainer {
         // topk: the other classes, on replicated inputs with explicit targets.
         if !self.extra.is_empty() {
             self.originals.clear();
-            self.originals.extend_from_slice(&self.engine.input_mut()[..n * len]);
+            self.originals
+                .extend_from_slice(&self.engine.input_mut()[..n * len]);
         }
         let extra = std::mem::take(&mut self.extra);
         for chunk in extra.chunks(self.batch_size) {

@@ -24,7 +24,6 @@ use crate::engine::{Engine, EngineOptions, Provider};
 use crate::error::{fail, Kind};
 use crate::explainer::{Explainer, TargetSpec};
 use crate::frame::Pool;
-use opencv::core::Mat;
 use crate::infer::{self, InferConfig};
 use crate::model::Model;
 use crate::monitor::Monitor;
@@ -35,6 +34,7 @@ use crate::sink::file::{FileSink, Written};
 use crate::sink::http::HttpServer;
 use crate::sink::SourceSink;
 use crate::stats::Stats;
+use opencv::core::Mat;
 
 pub struct Plan {
     pub model: Model,

@@ -37,7 +37,11 @@ pub struct RenderConfig {
 impl RenderConfig {
     /// The short labels of `labels`, as [`RenderConfig::labels`] holds them.
     pub fn short_labels(labels: &[String]) -> Arc<Vec<Arc<str>>> {
-        Arc::new((0..labels.len()).map(|c| Arc::from(short_label(labels, c))).collect())
+        Arc::new(
+            (0..labels.len())
+                .map(|c| Arc::from(short_label(labels, c)))
+                .collect(),
+        )
     }
 
     fn label(&self, class: usize) -> Arc<str> {
@@ -76,9 +80,10 @@ fn upsample_normalized_with(
     small.clear();
     small.extend(cam.iter());
     let (h, w) = cam.dim();
-    crate::cam::normalize(ndarray::ArrayViewMut2::from_shape((h, w), small.as_mut_slice()).map_err(
-        |e| opencv::Error::new(opencv::core::StsBadArg, format!("CAM shape: {e}")),
-    )?);
+    crate::cam::normalize(
+        ndarray::ArrayViewMut2::from_shape((h, w), small.as_mut_slice())
+            .map_err(|e| opencv::Error::new(opencv::core::StsBadArg, format!("CAM shape: {e}")))?,
+    );
     let small = Mat::new_rows_cols_with_data(h as i32, w as i32, small.as_slice())?;
     imgproc::resize(&small, out, size, 0.0, 0.0, imgproc::INTER_LINEAR)?;
     let data = out.data_typed_mut::<f32>()?;
@@ -136,7 +141,12 @@ pub fn overlay(
 /// Blends the heatmap of `cam_raw` into `image` (video blend). The result is written to a
 /// scratch buffer which then trades places with `image`, so buffers circulate instead of
 /// being allocated per frame.
-fn overlay_in_place(cam_raw: &Array2<f32>, image: &mut Mat, alpha: f32, s: &mut Scratch) -> opencv::Result<()> {
+fn overlay_in_place(
+    cam_raw: &Array2<f32>,
+    image: &mut Mat,
+    alpha: f32,
+    s: &mut Scratch,
+) -> opencv::Result<()> {
     heatmap(cam_raw, image, s)?;
     opencv::core::add_weighted(
         &*image,
@@ -308,7 +318,9 @@ pub fn run(
         stats.render.add(t.elapsed());
         let Explained { frame, maps, .. } = e;
         maps_pool.give(maps);
-        let Some(tx) = sinks.get(frame.source) else { continue };
+        let Some(tx) = sinks.get(frame.source) else {
+            continue;
+        };
         if tx
             .send(Annotated {
                 source: frame.source,

@@ -45,7 +45,10 @@ fn file_pipeline_allocates_nothing_per_frame_once_warm() {
         assert!(frames >= 40, "{stage}: only {frames} frames counted");
         // A few one-off growths are allowed (a channel's first blocking wait registers the
         // thread); one allocation per frame would be >= 40.
-        assert!(allocs <= 4, "{stage}: {allocs} allocations in {frames} warm frames");
+        assert!(
+            allocs <= 4,
+            "{stage}: {allocs} allocations in {frames} warm frames"
+        );
     }
 }
 
@@ -57,7 +60,10 @@ fn the_hud_costs_only_the_text_arguments() {
     // The opencv crate turns each text argument into a C string: label and fps, measured and
     // drawn, 4 per frame (plus a few one-off growths of the reused text buffers when a longer
     // label shows up). Anything else per frame would show above that.
-    assert!(allocs <= 4 * frames + 16, "{allocs} allocations in {frames} frames");
+    assert!(
+        allocs <= 4 * frames + 16,
+        "{allocs} allocations in {frames} frames"
+    );
     let (infer, _) = counted(&stats.alloc_infer);
     assert!(infer <= 4, "infer: {infer}");
 }

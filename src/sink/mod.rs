@@ -17,10 +17,10 @@ use std::sync::Arc;
 use crossbeam_channel::Receiver;
 
 use crate::frame::{Annotated, Pool};
-use opencv::core::Mat;
 use crate::stats::Stats;
 use file::{FileSink, Written};
 use http::Hub;
+use opencv::core::Mat;
 
 /// The outputs of one source.
 pub struct SourceSink {
