@@ -189,12 +189,6 @@ fn build_session(
             dir.to_string_lossy(),
         )?;
     }
-    if let Ok(extra) = std::env::var("GRADCAMD_ORT_CONFIG") {
-        for kv in extra.split(',').filter(|s| !s.is_empty()) {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            b = b.with_config_entry(k, v)?;
-        }
-    }
     if opts.intra_threads > 0 {
         b = b.with_intra_threads(opts.intra_threads)?;
     }

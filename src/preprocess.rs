@@ -106,11 +106,19 @@ impl Preprocessor {
             Layout::Nchw => {
                 let (p0, rest) = out.split_at_mut(hw);
                 let (p1, p2) = rest.split_at_mut(hw);
-                let planes: [&mut [f32]; 3] = [p0, p1, p2];
-                for (i, bgr) in px.chunks_exact(3).enumerate() {
-                    planes[b_plane][i] = bgr[0] as f32 * sb + ob;
-                    planes[g_plane][i] = bgr[1] as f32 * sg + og;
-                    planes[r_plane][i] = bgr[2] as f32 * sr + or;
+                // The plane order is RGB or BGR: name the planes by the frame's channel once, so
+                // the loop runs on iterators without index checks.
+                let (pb, pg, pr) = if b_plane == 2 { (p2, p1, p0) } else { (p0, p1, p2) };
+                debug_assert!(g_plane == 1 && (b_plane, r_plane) != (1, 1));
+                for (((bgr, b), g), r) in px
+                    .chunks_exact(3)
+                    .zip(pb.iter_mut())
+                    .zip(pg.iter_mut())
+                    .zip(pr.iter_mut())
+                {
+                    *b = bgr[0] as f32 * sb + ob;
+                    *g = bgr[1] as f32 * sg + og;
+                    *r = bgr[2] as f32 * sr + or;
                 }
             }
             Layout::Nhwc => {

@@ -161,21 +161,48 @@ fn overlay_in_place(
     Ok(())
 }
 
+/// OpenCV's JET colormap as a 256-entry BGR table, made once by OpenCV itself from a ramp.
+/// `applyColorMap` rebuilds this table on every call, which costs more than the lookup: on a
+/// 176×144 frame 166 µs against about 20 µs for the table lookup below.
+fn jet_lut() -> Option<&'static [[u8; 3]; 256]> {
+    static LUT: std::sync::OnceLock<Option<[[u8; 3]; 256]>> = std::sync::OnceLock::new();
+    LUT.get_or_init(|| {
+        let ramp: Vec<u8> = (0..=255).collect();
+        let ramp = Mat::new_rows_cols_with_data(1, 256, &ramp).ok()?;
+        let mut bgr = Mat::default();
+        imgproc::apply_color_map(&ramp, &mut bgr, imgproc::COLORMAP_JET).ok()?;
+        let b = bgr.data_bytes().ok()?;
+        let mut lut = [[0u8; 3]; 256];
+        for (e, px) in lut.iter_mut().zip(b.chunks_exact(3)) {
+            e.copy_from_slice(px);
+        }
+        Some(lut)
+    })
+    .as_ref()
+}
+
 /// The JET heatmap of `cam_raw` at `image`'s size, into `s.heat`.
 fn heatmap(cam_raw: &Array2<f32>, image: &Mat, s: &mut Scratch) -> opencv::Result<()> {
-    upsample_normalized_with(cam_raw, image.size()?, &mut s.big, &mut s.small)?;
+    let size = image.size()?;
+    upsample_normalized_with(cam_raw, size, &mut s.big, &mut s.small)?;
+    let src = s.big.data_typed::<f32>()?;
     // np.uint8(255 * mask) truncates; OpenCV's convertTo would round.
-    if s.mask.size()? != image.size()? || s.mask.typ() != CV_8U {
-        s.mask = Mat::new_size_with_default(image.size()?, CV_8U, Scalar::all(0.0))?;
-    }
-    {
-        let src = s.big.data_typed::<f32>()?;
-        let dst = s.mask.data_bytes_mut()?;
-        for (d, &v) in dst.iter_mut().zip(src) {
+    let Some(lut) = jet_lut() else {
+        if s.mask.size()? != size || s.mask.typ() != CV_8U {
+            s.mask = Mat::new_size_with_default(size, CV_8U, Scalar::all(0.0))?;
+        }
+        for (d, &v) in s.mask.data_bytes_mut()?.iter_mut().zip(src) {
             *d = (255.0 * v) as u8;
         }
+        return imgproc::apply_color_map(&s.mask, &mut s.heat, imgproc::COLORMAP_JET);
+    };
+    if s.heat.size()? != size || s.heat.typ() != opencv::core::CV_8UC3 {
+        s.heat = Mat::new_size_with_default(size, opencv::core::CV_8UC3, Scalar::all(0.0))?;
     }
-    imgproc::apply_color_map(&s.mask, &mut s.heat, imgproc::COLORMAP_JET)
+    for (d, &v) in s.heat.data_bytes_mut()?.chunks_exact_mut(3).zip(src) {
+        d.copy_from_slice(&lut[(255.0 * v) as u8 as usize]);
+    }
+    Ok(())
 }
 
 /// Draws "label  score" top-left and `right` (the fps) top-right, on a dark band for contrast.

@@ -30,6 +30,11 @@ pub struct PipelinePoint {
     pub frames: u64,
     pub seconds: f64,
     pub fps: f64,
+    /// Forward + gradients at the pipeline's batch size, measured right before each pipeline
+    /// run (median): the floor the pipeline is compared with, free of drift between phases.
+    pub floor_fps: f64,
+    /// fps / floor_fps.
+    pub floor_ratio: f64,
     /// CPU seconds per stage, summed over that stage's threads (decode with the decoder's
     /// threads, inference with ORT's pool), `other` and the process `total`.
     pub stage_seconds: std::collections::BTreeMap<String, f64>,
@@ -165,12 +170,12 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         });
     }
     drop(fwd);
-    drop(grad);
 
     let pipeline = match &args.video {
-        Some(v) => Some(pipeline_point(args, v)?),
+        Some(v) => Some(pipeline_point(args, v, &mut grad, item)?),
         None => None,
     };
+    drop(grad);
     let mut multi = Vec::new();
     for &n in &args.sources {
         let p = sources_point(args, n)?;
@@ -200,13 +205,14 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     };
     if let Some(p) = &report.pipeline {
         eprintln!(
-            "pipeline {}: {} frames in {:.2} s = {:.1} fps ({:.0}% of forward+gradients at batch {})",
+            "pipeline {}: {} frames in {:.2} s = {:.1} fps; floor (forward+gradients at batch {}, measured between the runs) {:.1} fps: {:.0}% of the floor",
             p.video,
             p.frames,
             p.seconds,
             p.fps,
-            100.0 * p.fps / report.gradients_fps,
-            report.batch_size
+            report.batch_size,
+            p.floor_fps,
+            100.0 * p.floor_ratio,
         );
         let st: Vec<String> = p
             .stage_seconds
@@ -245,7 +251,12 @@ fn pipeline_config(args: &BenchArgs) -> crate::config::Config {
 }
 
 #[cfg(feature = "video")]
-fn pipeline_point(args: &BenchArgs, video: &std::path::Path) -> anyhow::Result<PipelinePoint> {
+fn pipeline_point(
+    args: &BenchArgs,
+    video: &std::path::Path,
+    floor: &mut Engine,
+    item: [usize; 3],
+) -> anyhow::Result<PipelinePoint> {
     use crate::config::SourceConfig;
     let out = std::env::temp_dir().join(format!("gradcamd-bench-{}.mp4", std::process::id()));
     let mut cfg = pipeline_config(args);
@@ -254,7 +265,9 @@ fn pipeline_point(args: &BenchArgs, video: &std::path::Path) -> anyhow::Result<P
         ..SourceConfig::new(&video.display().to_string())
     }];
     let mut runs = Vec::new();
+    let mut floors = Vec::new();
     for _ in 0..args.repeats.max(1) {
+        floors.push(measure(floor, cfg.pipeline.batch_size, item, args.iters, 1)?);
         let plan = crate::pipeline::Plan::build(&cfg)?;
         let s = plan.run(
             std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
@@ -279,6 +292,8 @@ fn pipeline_point(args: &BenchArgs, video: &std::path::Path) -> anyhow::Result<P
             frames,
             seconds: secs,
             fps: frames as f64 / secs,
+            floor_fps: 0.0,
+            floor_ratio: 0.0,
             stage_seconds: stages,
             allocs_per_frame: allocs,
         });
@@ -286,7 +301,10 @@ fn pipeline_point(args: &BenchArgs, video: &std::path::Path) -> anyhow::Result<P
     let _ = std::fs::remove_file(&out);
     runs.sort_by(|a, b| a.fps.total_cmp(&b.fps));
     let mid = runs.len() / 2;
-    Ok(runs.swap_remove(mid))
+    let mut p = runs.swap_remove(mid);
+    p.floor_fps = median(floors);
+    p.floor_ratio = p.fps / p.floor_fps;
+    Ok(p)
 }
 
 /// N synthetic live cameras through the whole live pipeline (served over HTTP, nobody
@@ -352,7 +370,12 @@ fn sources_point(_: &BenchArgs, _: usize) -> anyhow::Result<SourcesPoint> {
 }
 
 #[cfg(not(feature = "video"))]
-fn pipeline_point(_: &BenchArgs, _: &std::path::Path) -> anyhow::Result<PipelinePoint> {
+fn pipeline_point(
+    _: &BenchArgs,
+    _: &std::path::Path,
+    _: &mut Engine,
+    _: [usize; 3],
+) -> anyhow::Result<PipelinePoint> {
     Err(fail(
         Kind::Config,
         "--video needs a build with the `video` feature (OpenCV)",
