@@ -124,27 +124,54 @@ pub struct Engine {
     /// The model takes float16 input: each batch is converted into `input_half`.
     input_f16: bool,
     input_half: Vec<half::f16>,
-    /// The batch buffer of [`Engine::prepare`]: `batch` items, filled in place by the caller.
-    buffer: Buffer,
-}
-
-/// Where a prepared batch lives.
-enum Buffer {
-    None,
-    /// A plain buffer, run through `Session::run` (float16 models; outputs of other types).
-    Plain {
-        data: Vec<f32>,
-        dims: [usize; 4],
-    },
-    /// An IoBinding whose input and outputs are tensors allocated once: a full batch runs with
-    /// no allocation and no copy on our side; ORT writes the outputs where we read them.
-    Bound(Box<Bound>),
-}
-
-struct Bound {
-    binding: ort::session::IoBinding,
-    input: ort::value::Tensor<f32>,
+    /// Set by [`Engine::prepare`]: the batch shape, the input slots at home, and the
+    /// bindings (one per slot, all sharing the same pre-allocated outputs).
     dims: [usize; 4],
+    slots: Vec<InputSlot>,
+    bound: Option<Box<Bound>>,
+}
+
+/// One batch's input buffer (`batch` items in the model's layout), filled in place, possibly on
+/// another thread, while the session runs another slot. A slot bound to the session runs a full
+/// batch with no allocation and no copy on our side.
+pub struct InputSlot {
+    id: usize,
+    data: SlotData,
+}
+
+enum SlotData {
+    /// ORT-allocated, bound as the input of binding `id`.
+    Tensor(ort::value::Tensor<f32>),
+    /// Run through `Session::run` (float16 models, outputs of other types than f32/i64).
+    Plain(Vec<f32>),
+}
+
+impl InputSlot {
+    /// The whole buffer, `batch` items.
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        match &mut self.data {
+            SlotData::Tensor(t) => t.extract_tensor_mut().1,
+            SlotData::Plain(v) => v,
+        }
+    }
+
+    /// The whole buffer, read-only.
+    pub fn data_ref(&self) -> &[f32] {
+        self.data()
+    }
+
+    fn data(&self) -> &[f32] {
+        match &self.data {
+            SlotData::Tensor(t) => t.extract_tensor().1,
+            SlotData::Plain(v) => v,
+        }
+    }
+}
+
+/// IoBindings whose outputs are tensors allocated once; ORT writes the outputs where we read them.
+struct Bound {
+    /// By slot id.
+    bindings: Vec<ort::session::IoBinding>,
     target: Option<ort::value::Tensor<i64>>,
     /// Every session output, in `Session::outputs` order.
     outputs: Vec<BoundOutput>,
@@ -264,69 +291,92 @@ impl Engine {
             },
             input_f16: model.input_elem_type == crate::onnx::proto::dtype::FLOAT16,
             input_half: Vec::new(),
-            buffer: Buffer::None,
+            dims: [0; 4],
+            slots: Vec::new(),
+            bound: None,
         })
     }
 
-    /// Allocates the batch buffer for `batch` items of `item_dims` and, where the model allows
-    /// (float32 input and outputs), binds it and pre-allocated outputs to the session. Runs the
-    /// session once on zeros (which also warms it up).
-    pub fn prepare(&mut self, batch: usize, item_dims: [usize; 3]) -> Result<(), EngineError> {
+    /// Allocates `slots` input buffers for `batch` items of `item_dims` and, where the model
+    /// allows (float32 input; float32 and int64 outputs), binds each of them and one set of
+    /// pre-allocated outputs to the session. Runs the session once on zeros (which also warms
+    /// it up).
+    pub fn prepare(&mut self, batch: usize, item_dims: [usize; 3], slots: usize) -> Result<(), EngineError> {
         let [c, h, w] = item_dims;
         let dims = [batch.max(1), c, h, w];
         let zeros = vec![0f32; dims.iter().product()];
-        let view = ArrayView4::from_shape(dims, &zeros)
-            .map_err(|e| EngineError::Run(format!("input buffer: {e}")))?;
+        let view = ArrayView4::from_shape(dims, &zeros).map_err(|e| EngineError::Run(format!("input buffer: {e}")))?;
         let targets = vec![-1i64; dims[0]];
         // One ordinary run first: a model that cannot run at this batch size fails here, with
         // ORT's own message, before any binding is made.
         self.run_with(view, &targets, |_| ())?;
-        self.buffer = match (self.input_f16, self.bind(dims)) {
-            (false, Ok(Some(b))) => Buffer::Bound(Box::new(b)),
-            (_, Err(e)) => {
-                tracing::debug!(error = %e, "no IoBinding; running batches through Session::run");
-                Buffer::Plain { data: zeros, dims }
+        self.dims = dims;
+        let slots = slots.max(1);
+        let bound = if self.input_f16 { Ok(None) } else { self.bind(dims, slots) };
+        match bound {
+            Ok(Some((b, inputs))) => {
+                self.slots = inputs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(id, t)| InputSlot {
+                        id,
+                        data: SlotData::Tensor(t),
+                    })
+                    .collect();
+                self.bound = Some(Box::new(b));
             }
-            _ => Buffer::Plain { data: zeros, dims },
-        };
+            other => {
+                if let Err(e) = other {
+                    tracing::debug!(error = %e, "no IoBinding; running batches through Session::run");
+                }
+                self.slots = (0..slots)
+                    .map(|id| InputSlot {
+                        id,
+                        data: SlotData::Plain(zeros.clone()),
+                    })
+                    .collect();
+                self.bound = None;
+            }
+        }
         Ok(())
     }
 
-    fn bind(&mut self, dims: [usize; 4]) -> ort::Result<Option<Bound>> {
+    fn bind(&mut self, dims: [usize; 4], slots: usize) -> ort::Result<Option<(Bound, Vec<ort::value::Tensor<f32>>)>> {
         use ort::value::{Tensor, TensorElementType, ValueType};
-        let mut binding = self.session.create_binding()?;
-        let input = Tensor::<f32>::new(self.session.allocator(), dims)?;
-        binding.bind_input(self.input_name.as_str(), &input)?;
         let target = if self.augmented {
-            let t = Tensor::<i64>::new(self.session.allocator(), [dims[0]])?;
-            binding.bind_input(IN_TARGET, &t)?;
-            Some(t)
+            Some(Tensor::<i64>::new(self.session.allocator(), [dims[0]])?)
         } else {
             None
         };
+        let mut inputs = Vec::new();
+        let mut bindings = Vec::new();
+        for _ in 0..slots {
+            let input = Tensor::<f32>::new(self.session.allocator(), dims)?;
+            let mut binding = self.session.create_binding()?;
+            binding.bind_input(self.input_name.as_str(), &input)?;
+            if let Some(t) = &target {
+                binding.bind_input(IN_TARGET, t)?;
+            }
+            inputs.push(input);
+            bindings.push(binding);
+        }
         // Output types and shapes: run once with the outputs left to ORT, read what it made.
-        let names: Vec<String> = self
-            .session
-            .outputs()
-            .iter()
-            .map(|o| o.name().to_string())
-            .collect();
+        let names: Vec<String> = self.session.outputs().iter().map(|o| o.name().to_string()).collect();
         let mem = ort::memory::MemoryInfo::new(
             ort::memory::AllocationDevice::CPU,
             0,
             ort::memory::AllocatorType::Device,
             ort::memory::MemoryType::Default,
         )?;
+        let Some(first) = bindings.first_mut() else { return Ok(None) };
         for n in &names {
-            binding.bind_output_to_device(n.as_str(), &mem)?;
+            first.bind_output_to_device(n.as_str(), &mem)?;
         }
         let mut kinds = Vec::new();
         {
-            let probe = self.session.run_binding(&binding)?;
+            let probe = self.session.run_binding(first)?;
             for n in &names {
-                let Some(v) = probe.get(n.as_str()) else {
-                    return Ok(None);
-                };
+                let Some(v) = probe.get(n.as_str()) else { return Ok(None) };
                 match v.dtype() {
                     ValueType::Tensor { ty, shape, .. } => {
                         kinds.push((*ty, shape.iter().map(|&d| d.max(0) as usize).collect::<Vec<_>>()))
@@ -335,120 +385,115 @@ impl Engine {
                 }
             }
         }
+        first.clear_outputs();
         let alloc = self.session.allocator();
         let mut outputs = Vec::new();
         for (ty, shape) in kinds {
             outputs.push(match ty {
-                TensorElementType::Float32 => {
-                    BoundOutput::F32(Tensor::<f32>::new(alloc, shape.clone())?, shape)
-                }
-                TensorElementType::Int64 => {
-                    BoundOutput::I64(Tensor::<i64>::new(alloc, shape.clone())?, shape)
-                }
+                TensorElementType::Float32 => BoundOutput::F32(Tensor::<f32>::new(alloc, shape.clone())?, shape),
+                TensorElementType::Int64 => BoundOutput::I64(Tensor::<i64>::new(alloc, shape.clone())?, shape),
                 _ => return Ok(None),
             });
         }
-        binding.clear_outputs();
-        for (n, o) in names.iter().zip(outputs.iter_mut()) {
-            match o {
-                BoundOutput::F32(t, _) => binding.bind_output(n.as_str(), &mut *t)?,
-                BoundOutput::I64(t, _) => binding.bind_output(n.as_str(), &mut *t)?,
+        // Every binding writes into the same outputs: runs are sequential, and each batch's
+        // outputs are read before the next run.
+        for binding in &mut bindings {
+            for (n, o) in names.iter().zip(outputs.iter_mut()) {
+                match o {
+                    BoundOutput::F32(t, _) => binding.bind_output(n.as_str(), &mut *t)?,
+                    BoundOutput::I64(t, _) => binding.bind_output(n.as_str(), &mut *t)?,
+                }
             }
         }
         let find = |name: &str| names.iter().position(|n| n == name);
-        let Some(logits) = find(&self.logits) else {
-            return Ok(None);
-        };
-        Ok(Some(Bound {
-            binding,
-            input,
-            dims,
-            target,
-            logits,
-            a: find(OUT_A),
-            da: find(OUT_DA),
-            class: find(OUT_CLASS),
-            cam: find(OUT_CAM),
-            outputs,
-        }))
+        let Some(logits) = find(&self.logits) else { return Ok(None) };
+        Ok(Some((
+            Bound {
+                bindings,
+                target,
+                logits,
+                a: find(OUT_A),
+                da: find(OUT_DA),
+                class: find(OUT_CLASS),
+                cam: find(OUT_CAM),
+                outputs,
+            },
+            inputs,
+        )))
     }
 
-    /// The prepared batch buffer (`batch` items, in the model's layout), to fill in place.
-    /// Empty before [`Engine::prepare`].
-    pub fn input_mut(&mut self) -> &mut [f32] {
-        match &mut self.buffer {
-            Buffer::None => &mut [],
-            Buffer::Plain { data, .. } => data,
-            Buffer::Bound(b) => b.input.extract_tensor_mut().1,
-        }
+    /// An input slot of [`Engine::prepare`] to fill (give it back with [`Engine::put_slot`]);
+    /// `None` when all are out.
+    pub fn take_slot(&mut self) -> Option<InputSlot> {
+        self.slots.pop()
     }
 
-    /// Runs the first `n` items of the prepared buffer, like [`Engine::run_with`]. A full
-    /// batch on a bound session allocates nothing; other batches go through `Session::run`.
-    pub fn run_prepared<R>(
+    pub fn put_slot(&mut self, slot: InputSlot) {
+        self.slots.push(slot);
+    }
+
+    /// Items per prepared batch (0 before [`Engine::prepare`]).
+    pub fn batch_capacity(&self) -> usize {
+        self.dims[0]
+    }
+
+    /// Runs the first `n` items of `slot`, like [`Engine::run_with`]. A full batch on a bound
+    /// slot allocates nothing; other batches go through `Session::run`.
+    pub fn run_slot<R>(
         &mut self,
+        slot: &InputSlot,
         n: usize,
         targets: &[i64],
         f: impl FnOnce(BatchView) -> R,
     ) -> Result<R, EngineError> {
         let run = |e: String| EngineError::Run(e);
-        match &mut self.buffer {
-            Buffer::Bound(b) if n == b.dims[0] => {
-                if let Some(t) = b.target.as_mut() {
-                    let data = t.extract_tensor_mut().1;
-                    for (i, d) in data.iter_mut().enumerate() {
-                        *d = if targets.len() == 1 {
-                            targets[0]
-                        } else {
-                            targets.get(i).copied().unwrap_or(-1)
-                        };
-                    }
-                }
-                let api = ort::api();
-                // SAFETY: the session and the binding are alive and ours; every bound value is
-                // owned by `b` and outlives the call. Session::run_binding would do the same call
-                // and then allocate a map of the outputs, which we read from `b` instead.
-                let status = unsafe {
-                    (api.RunWithBinding)(
-                        ort::AsPointer::ptr(&self.session).cast_mut(),
-                        std::ptr::null(),
-                        ort::AsPointer::ptr(&b.binding),
-                    )
-                };
-                if !status.0.is_null() {
-                    // SAFETY: a non-null status is an OrtStatus we own and must release.
-                    let msg = unsafe {
-                        let m = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0))
-                            .to_string_lossy()
-                            .into_owned();
-                        (api.ReleaseStatus)(status.0);
-                        m
+        let [b, c, h, w] = self.dims;
+        if let (Some(bound), SlotData::Tensor(_), true) = (self.bound.as_mut(), &slot.data, n == b) {
+            let binding = bound
+                .bindings
+                .get(slot.id)
+                .ok_or_else(|| run("input slot from another engine".into()))?;
+            if let Some(t) = bound.target.as_mut() {
+                let data = t.extract_tensor_mut().1;
+                for (i, d) in data.iter_mut().enumerate() {
+                    *d = if targets.len() == 1 {
+                        targets[0]
+                    } else {
+                        targets.get(i).copied().unwrap_or(-1)
                     };
-                    return Err(run(msg));
                 }
-                Ok(f(b.view().map_err(run)?))
             }
-            Buffer::None => Err(run("the engine has no prepared batch buffer".into())),
-            _ => {
-                // A partial batch: an ordinary run on the first n items. The buffer steps out of
-                // `self` for the call (a move of a pointer), since the run needs `&mut self`.
-                let buffer = std::mem::replace(&mut self.buffer, Buffer::None);
-                let (data, [_, c, h, w]) = match &buffer {
-                    Buffer::Bound(b) => (b.input.extract_tensor().1, b.dims),
-                    Buffer::Plain { data, dims } => (data.as_slice(), *dims),
-                    Buffer::None => (&[][..], [0; 4]),
+            let api = ort::api();
+            // SAFETY: the session and the binding are alive and ours; every bound value is owned
+            // by `bound` or by `slot` and outlives the call. Session::run_binding makes the same
+            // call and then allocates a map of the outputs, which we read from `bound` instead.
+            let status = unsafe {
+                (api.RunWithBinding)(
+                    ort::AsPointer::ptr(&self.session).cast_mut(),
+                    std::ptr::null(),
+                    ort::AsPointer::ptr(binding),
+                )
+            };
+            if !status.0.is_null() {
+                // SAFETY: a non-null status is an OrtStatus we own and must release.
+                let msg = unsafe {
+                    let m = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0))
+                        .to_string_lossy()
+                        .into_owned();
+                    (api.ReleaseStatus)(status.0);
+                    m
                 };
-                let r = data
-                    .get(..n * c * h * w)
-                    .ok_or_else(|| run(format!("batch of {n} is larger than the prepared buffer")))
-                    .and_then(|d| {
-                        ArrayView4::from_shape((n, c, h, w), d).map_err(|e| run(format!("input buffer: {e}")))
-                    })
-                    .and_then(|view| self.run_with(view, targets, f));
-                self.buffer = buffer;
-                r
+                return Err(run(msg));
             }
+            return Ok(f(bound.view().map_err(run)?));
         }
+        // A partial batch, or no binding: an ordinary run on the first n items.
+        let data = slot
+            .data()
+            .get(..n * c * h * w)
+            .ok_or_else(|| run(format!("batch of {n} is larger than the prepared buffer")))?;
+        let view = ArrayView4::from_shape((n, c, h, w), data).map_err(|e| run(format!("input buffer: {e}")))?;
+        self.run_with(view, targets, f)
     }
 
     /// Runs one batch. `targets[i]` is the class to explain for item i (-1 = top-1); a single

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ndarray::{Array2, Array3, Axis};
 
 use crate::cam::{self, Method};
-use crate::engine::{BatchView, Engine, EngineError};
+use crate::engine::{BatchView, Engine, EngineError, InputSlot};
 use crate::onnx::augment::FcHead;
 
 /// Which class(es) to explain for a frame.
@@ -119,9 +119,9 @@ pub struct Explainer {
     /// `gradcam` or `cam` allocates nothing.
     outs: Vec<ItemOut>,
     targets: Vec<i64>,
-    /// (item, class) pairs of the extra `topk` classes, and the batch's inputs they replicate.
+    /// (item, class) pairs of the extra `topk` classes, and their replicated inputs.
     extra: Vec<(usize, usize)>,
-    originals: Vec<f32>,
+    replicated: Vec<f32>,
 }
 
 impl Explainer {
@@ -142,34 +142,43 @@ impl Explainer {
             outs: Vec::new(),
             targets: Vec::with_capacity(batch_size.max(1)),
             extra: Vec::new(),
-            originals: Vec::new(),
+            replicated: Vec::new(),
         }
     }
 
-    /// Allocates the batch buffers and runs the session once. ORT's first run grows its memory
-    /// arena and prepares kernels (tens of ms); doing it at start-up keeps that off the first
-    /// frames' latency and makes an input the session cannot run fail before any output is
-    /// written.
-    pub fn warm_up(&mut self) -> Result<(), EngineError> {
-        self.engine.prepare(self.batch_size, self.item_dims)?;
+    /// Prepares `slots` input slots of `batch_size` items and runs the session once. ORT's
+    /// first run grows its memory arena and prepares kernels (tens of ms); doing it at start-up
+    /// keeps that off the first frames' latency and makes an input the session cannot run fail
+    /// before any output is written.
+    pub fn warm_up(&mut self, slots: usize) -> Result<(), EngineError> {
+        self.engine.prepare(self.batch_size, self.item_dims, slots)?;
+        let slot = self.take_slot()?;
         let specs = vec![TargetSpec::Top1; self.batch_size];
-        self.explain_prepared(&specs, false).map(drop)
+        let r = self.explain_slot(&slot, &specs, false).map(drop);
+        self.engine.put_slot(slot);
+        r
     }
 
     fn item_len(&self) -> usize {
         self.item_dims.iter().product()
     }
 
-    /// The batch buffer (`batch_size` items) to fill in place before [`Explainer::explain_prepared`].
-    pub fn input_mut(&mut self) -> Result<&mut [f32], EngineError> {
-        if self.engine.input_mut().is_empty() {
-            self.engine.prepare(self.batch_size, self.item_dims)?;
+    /// An input slot to fill with up to `batch_size` items (see [`Engine::take_slot`]).
+    pub fn take_slot(&mut self) -> Result<InputSlot, EngineError> {
+        if self.engine.batch_capacity() == 0 {
+            self.engine.prepare(self.batch_size, self.item_dims, 1)?;
         }
-        Ok(self.engine.input_mut())
+        self.engine
+            .take_slot()
+            .ok_or_else(|| EngineError::Run("every input slot is in use".into()))
+    }
+
+    pub fn put_slot(&mut self, slot: InputSlot) {
+        self.engine.put_slot(slot);
     }
 
     /// Explains the `specs.len()` items in `input` (item after item). `input` holds at most
-    /// `batch_size` items; it is copied into the batch buffer.
+    /// `batch_size` items; it is copied into an input slot.
     pub fn explain(
         &mut self,
         input: &[f32],
@@ -177,22 +186,25 @@ impl Explainer {
         keep_tensors: bool,
     ) -> Result<&mut [ItemOut], EngineError> {
         let len = specs.len() * self.item_len();
-        let buf = self.input_mut()?;
-        match (buf.get_mut(..len), input.get(..len)) {
-            (Some(dst), Some(src)) => dst.copy_from_slice(src),
-            _ => {
-                return Err(EngineError::Run(format!(
-                    "a batch of {} items does not fit the input or the batch buffer",
-                    specs.len()
-                )))
+        let mut slot = self.take_slot()?;
+        let r = match (slot.data_mut().get_mut(..len), input.get(..len)) {
+            (Some(dst), Some(src)) => {
+                dst.copy_from_slice(src);
+                self.explain_slot(&slot, specs, keep_tensors).map(|o| o.len())
             }
-        }
-        self.explain_prepared(specs, keep_tensors)
+            _ => Err(EngineError::Run(format!(
+                "a batch of {} items does not fit the input or the batch buffer",
+                specs.len()
+            ))),
+        };
+        self.put_slot(slot);
+        r.map(|n| &mut self.outs[..n])
     }
 
-    /// Explains the first `specs.len()` items of the batch buffer ([`Explainer::input_mut`]).
-    pub fn explain_prepared(
+    /// Explains the first `specs.len()` items of `slot`.
+    pub fn explain_slot(
         &mut self,
+        slot: &InputSlot,
         specs: &[TargetSpec],
         keep_tensors: bool,
     ) -> Result<&mut [ItemOut], EngineError> {
@@ -221,7 +233,7 @@ impl Explainer {
         }
         extra.clear();
         let mut cam_time = Duration::ZERO;
-        engine.run_prepared(n, targets, |b| {
+        engine.run_slot(slot, n, targets, |b| {
             let t = crate::cpu::Span::start();
             for (i, spec) in specs.iter().enumerate() {
                 let out = &mut outs[i];
@@ -252,22 +264,23 @@ impl Explainer {
             cam_time += t.elapsed();
         })?;
 
-        // topk: the other classes, on replicated inputs with explicit targets.
-        if !self.extra.is_empty() {
-            self.originals.clear();
-            self.originals
-                .extend_from_slice(&self.engine.input_mut()[..n * len]);
-        }
+        // topk: the other classes, on replicated inputs with explicit targets (an ordinary
+        // run: `topk` is not the allocation-free path).
         let extra = std::mem::take(&mut self.extra);
+        let [c, h, w] = self.item_dims;
         for chunk in extra.chunks(self.batch_size) {
-            let buf = self.engine.input_mut();
+            let m = chunk.len();
+            self.replicated.resize(m * len, 0.0);
+            let src = slot.data_ref();
             for (j, &(i, _)) in chunk.iter().enumerate() {
-                buf[j * len..(j + 1) * len].copy_from_slice(&self.originals[i * len..(i + 1) * len]);
+                self.replicated[j * len..(j + 1) * len].copy_from_slice(&src[i * len..(i + 1) * len]);
             }
             self.targets.clear();
             self.targets.extend(chunk.iter().map(|&(_, cl)| cl as i64));
             let outs = &mut self.outs;
-            self.engine.run_prepared(chunk.len(), &self.targets, |b| {
+            let view = ndarray::ArrayView4::from_shape((m, c, h, w), &self.replicated[..])
+                .map_err(|e| EngineError::Run(format!("input buffer: {e}")))?;
+            self.engine.run_with(view, &self.targets, |b| {
                 let t = crate::cpu::Span::start();
                 for (j, &(i, cl)) in chunk.iter().enumerate() {
                     let row = b.logits.index_axis(Axis(0), j);

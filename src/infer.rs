@@ -1,7 +1,12 @@
-//! Inference stage: one thread that owns the ORT session (inside the [`Explainer`]). It reads
-//! every source's channel, batches frames across sources (up to `batch_size`, waiting at most
-//! `batch_timeout` after the first), preprocesses them into a pre-allocated NCHW buffer and
-//! explains the batch with one ORT run (more for `topk` targets).
+//! Inference stage: two threads around the ORT session (owned by the [`Explainer`]).
+//!
+//! - `batch` reads every source's channel, batches frames across sources (up to `batch_size`,
+//!   waiting at most `batch_timeout` after the first) and preprocesses each frame, as it
+//!   arrives, straight into an input slot of the session;
+//! - `infer` runs full slots through the session, computes the CAMs and sends the frames on.
+//!
+//! Two slots alternate, so the next batch is preprocessed while the session runs this one and
+//! the session never waits on preprocessing.
 //!
 //! A frame that cannot be preprocessed, or a batch that ORT fails on, is logged and counted, and
 //! its frames go on without an overlay, so file outputs still keep every frame. "Stream lost"
@@ -11,13 +16,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select, Sender};
+use crossbeam_channel::{bounded, Receiver, Select, Sender};
 
+use crate::engine::InputSlot;
 use crate::explainer::{ClassMap, Explainer, TargetSpec};
 use crate::frame::{Explained, Frame, Pool};
 use crate::monitor::Monitor;
 use crate::preprocess::Preprocessor;
 use crate::stats::Stats;
+
+/// Input slots in rotation between the batcher and the session.
+pub const SLOTS: usize = 2;
 
 pub struct InferConfig {
     pub batch_size: usize,
@@ -29,6 +38,183 @@ pub struct InferConfig {
     pub labels: Arc<Vec<String>>,
     /// CAM map buffers handed back by render.
     pub maps_pool: Pool<Vec<ClassMap>>,
+}
+
+/// One batch on its way: an input slot and the frames preprocessed into it.
+struct Batch {
+    slot: InputSlot,
+    frames: Vec<Frame>,
+    specs: Vec<TargetSpec>,
+    /// Whether frame i was preprocessed (else it goes on without overlay).
+    usable: Vec<bool>,
+}
+
+pub fn run(
+    explainer: Explainer,
+    pre: Preprocessor,
+    cfg: InferConfig,
+    rxs: Vec<Receiver<Frame>>,
+    tx: Sender<Explained>,
+    stats: Arc<Stats>,
+) {
+    let span = tracing::info_span!("infer");
+    let _e = span.enter();
+    // ORT's intra-op threads work for this stage: their CPU is inference time too. Read while
+    // the session (and its pool) is alive.
+    let pool = crate::engine::POOL_THREADS;
+    let before = crate::cpu::threads_cpu(pool);
+    let mut explainer = explainer;
+    let b = cfg.batch_size.max(1);
+    let (free_tx, free_rx) = bounded::<Batch>(SLOTS);
+    let (full_tx, full_rx) = bounded::<Batch>(SLOTS);
+    for _ in 0..SLOTS {
+        match explainer.take_slot() {
+            Ok(slot) => {
+                let _ = free_tx.send(Batch {
+                    slot,
+                    frames: Vec::with_capacity(b),
+                    specs: Vec::with_capacity(b),
+                    usable: Vec::with_capacity(b),
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "fewer input slots than planned"),
+        }
+    }
+    let targets = cfg.targets.clone();
+    std::thread::scope(|scope| {
+        let batcher = std::thread::Builder::new().name("batch".into()).spawn_scoped(scope, {
+            let (stats, tx) = (stats.clone(), tx.clone());
+            let timeout = cfg.batch_timeout;
+            let rxs = &rxs;
+            move || batch(rxs, pre, &targets, b, timeout, free_rx, full_tx, tx, &stats)
+        });
+        if let Err(e) = batcher {
+            tracing::error!(error = %e, "cannot start the batching thread");
+            return;
+        }
+        let mut meter = crate::alloc::Meter::new(crate::stats::WARM_FRAMES);
+        let mut st = Stage {
+            explainer: &mut explainer,
+            cfg,
+            tx,
+            stats: stats.clone(),
+            started: Instant::now(),
+            out_count: 0,
+        };
+        for mut batch in full_rx.iter() {
+            meter.tick(batch.frames.len() as u64);
+            if !st.explain(&mut batch) {
+                break;
+            }
+            // After its last batch the batcher is gone: the slot is then simply dropped.
+            let _ = free_tx.send(batch);
+        }
+        // Dropping `free_tx` (and `full_rx`) ends the batcher if it is still waiting.
+        drop(free_tx);
+        drop(full_rx);
+        stats.alloc_infer.record(&meter);
+    });
+    stats
+        .inference
+        .add(crate::cpu::threads_cpu(pool).saturating_sub(before));
+}
+
+/// The batching thread: fills free slots with frames and hands them to the session.
+#[allow(clippy::too_many_arguments)]
+fn batch(
+    rxs: &[Receiver<Frame>],
+    mut pre: Preprocessor,
+    targets: &[TargetSpec],
+    b: usize,
+    timeout: Duration,
+    free: Receiver<Batch>,
+    full: Sender<Batch>,
+    tx: Sender<Explained>,
+    stats: &Stats,
+) {
+    let span = tracing::info_span!("batch");
+    let _e = span.enter();
+    let mut inputs = Inputs::new(rxs);
+    let mut meter = crate::alloc::Meter::new(crate::stats::WARM_FRAMES);
+    let item_len = pre.item_len();
+    let mut current: Option<Batch> = None;
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let next = inputs.next(deadline);
+        if let Next::Frame(f) = &next {
+            if f.lost {
+                if let Next::Frame(f) = next {
+                    let lost = Explained {
+                        frame: f,
+                        maps: Vec::new(),
+                        fps: 0.0,
+                    };
+                    if tx.send(lost).is_err() {
+                        break;
+                    }
+                }
+                continue;
+            }
+        }
+        match next {
+            Next::Frame(f) => {
+                if current.is_none() {
+                    // Waits while both slots are with the session: that is the backpressure.
+                    match free.recv() {
+                        Ok(mut batch) => {
+                            batch.frames.clear();
+                            batch.specs.clear();
+                            batch.usable.clear();
+                            current = Some(batch);
+                        }
+                        Err(_) => break,
+                    }
+                    deadline = Some(Instant::now() + timeout);
+                }
+                let Some(batch) = current.as_mut() else { break };
+                let t = crate::cpu::Span::start();
+                let i = batch.frames.len();
+                batch
+                    .specs
+                    .push(targets.get(f.source).copied().unwrap_or(TargetSpec::Top1));
+                let ok = match batch.slot.data_mut().get_mut(i * item_len..(i + 1) * item_len) {
+                    Some(slot) => match pre.fill(&f.image, slot) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(source = f.source, frame = f.seq, error = %e, "cannot preprocess frame; writing it without overlay");
+                            slot.fill(0.0);
+                            false
+                        }
+                    },
+                    None => false,
+                };
+                batch.usable.push(ok);
+                batch.frames.push(f);
+                stats.preprocess.add(t.elapsed());
+                meter.tick(1);
+                if batch.frames.len() >= b {
+                    deadline = None;
+                    if let Some(batch) = current.take() {
+                        if full.send(batch).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            Next::Timeout | Next::Closed => {
+                deadline = None;
+                if let Some(batch) = current.take() {
+                    if full.send(batch).is_err() {
+                        break;
+                    }
+                }
+                if matches!(next, Next::Closed) {
+                    break;
+                }
+            }
+        }
+    }
+    stats.alloc_infer.record(&meter);
 }
 
 /// The sources' channels, read together through one `Select` built once (a closed channel is
@@ -85,155 +271,26 @@ impl<'a> Inputs<'a> {
 
 struct Stage<'a> {
     explainer: &'a mut Explainer,
-    meter: &'a mut crate::alloc::Meter,
-    pre: Preprocessor,
     cfg: InferConfig,
     tx: Sender<Explained>,
     stats: Arc<Stats>,
-    frames: Vec<Frame>,
-    specs: Vec<TargetSpec>,
-    usable: Vec<bool>,
     started: Instant,
     out_count: u64,
 }
 
-pub fn run(
-    explainer: Explainer,
-    pre: Preprocessor,
-    cfg: InferConfig,
-    rxs: Vec<Receiver<Frame>>,
-    tx: Sender<Explained>,
-    stats: Arc<Stats>,
-) {
-    let span = tracing::info_span!("infer");
-    let _e = span.enter();
-    // ORT's intra-op threads work for this stage: their CPU is inference time too. Read while
-    // the session (and its pool) is alive.
-    let pool = crate::engine::POOL_THREADS;
-    let before = crate::cpu::threads_cpu(pool);
-    let mut explainer = explainer;
-    let mut meter = crate::alloc::Meter::new(crate::stats::WARM_FRAMES);
-    run_loop(&mut explainer, pre, cfg, rxs, tx, &stats, &mut meter);
-    stats.alloc_infer.record(&meter);
-    stats
-        .inference
-        .add(crate::cpu::threads_cpu(pool).saturating_sub(before));
-}
-
-fn run_loop(
-    explainer: &mut Explainer,
-    pre: Preprocessor,
-    cfg: InferConfig,
-    rxs: Vec<Receiver<Frame>>,
-    tx: Sender<Explained>,
-    stats: &Arc<Stats>,
-    meter: &mut crate::alloc::Meter,
-) {
-    let b = cfg.batch_size;
-    let mut st = Stage {
-        explainer,
-        pre,
-        tx,
-        stats: stats.clone(),
-        meter,
-        frames: Vec::with_capacity(b),
-        specs: Vec::with_capacity(b),
-        usable: vec![true; b],
-        started: Instant::now(),
-        out_count: 0,
-        cfg,
-    };
-    let mut inputs = Inputs::new(&rxs);
-    let mut deadline: Option<Instant> = None;
-    loop {
-        match inputs.next(deadline) {
-            Next::Frame(f) if f.lost => {
-                if !st.send(Explained {
-                    frame: f,
-                    maps: Vec::new(),
-                    fps: 0.0,
-                }) {
-                    return;
-                }
-            }
-            Next::Frame(f) => {
-                if st.frames.is_empty() {
-                    deadline = Some(Instant::now() + st.cfg.batch_timeout);
-                }
-                st.frames.push(f);
-                if st.frames.len() == b {
-                    deadline = None;
-                    if !st.flush() {
-                        return;
-                    }
-                }
-            }
-            Next::Timeout => {
-                deadline = None;
-                if !st.flush() {
-                    return;
-                }
-            }
-            Next::Closed => {
-                st.flush();
-                return;
-            }
-        }
-    }
-}
-
 impl Stage<'_> {
-    fn send(&mut self, e: Explained) -> bool {
-        send(&self.tx, &mut self.out_count, self.started, e)
-    }
-
-    /// Explains the frames gathered so far and sends them on; false when the next stage has
-    /// shut down. Frames are preprocessed straight into the session's batch buffer.
-    fn flush(&mut self) -> bool {
-        let n = self.frames.len();
+    /// Explains one batch and sends its frames on (emptying `batch.frames`); false when the
+    /// next stage has shut down.
+    fn explain(&mut self, batch: &mut Batch) -> bool {
+        let n = batch.frames.len();
         if n == 0 {
             return true;
         }
-        self.meter.tick(n as u64);
-        let item_len = self.pre.item_len();
         let t = crate::cpu::Span::start();
-        self.specs.clear();
-        let buf = match self.explainer.input_mut() {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "no batch buffer; writing the frames without overlay");
-                &mut []
-            }
-        };
-        for (i, f) in self.frames.iter().enumerate() {
-            self.specs.push(
-                self.cfg
-                    .targets
-                    .get(f.source)
-                    .copied()
-                    .unwrap_or(TargetSpec::Top1),
-            );
-            let Some(slot) = buf.get_mut(i * item_len..(i + 1) * item_len) else {
-                self.usable[i] = false;
-                continue;
-            };
-            self.usable[i] = match self.pre.fill(&f.image, slot) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(source = f.source, frame = f.seq, error = %e, "cannot preprocess frame; writing it without overlay");
-                    slot.fill(0.0);
-                    false
-                }
-            };
-        }
-        self.stats.preprocess.add(t.elapsed());
-
-        let t = crate::cpu::Span::start();
-        let results = self.explainer.explain_prepared(&self.specs, false);
+        let results = self.explainer.explain_slot(&batch.slot, &batch.specs, false);
         let spent = t.elapsed();
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.last_batch.store(n as u64, Ordering::Relaxed);
-
         let outs = match results {
             Ok(r) => Some(r),
             Err(e) => {
@@ -241,11 +298,11 @@ impl Stage<'_> {
                 None
             }
         };
-        let mut frames = std::mem::take(&mut self.frames);
-        for (i, frame) in frames.drain(..).enumerate() {
+        for (i, frame) in batch.frames.drain(..).enumerate() {
             // The map buffers come back from render: once warm, nothing is allocated here.
             let mut maps = self.cfg.maps_pool.take().unwrap_or_default();
-            match outs.as_ref().and_then(|o| o.get(i)).filter(|_| self.usable[i]) {
+            let usable = batch.usable.get(i).copied().unwrap_or(false);
+            match outs.as_ref().and_then(|o| o.get(i)).filter(|_| usable) {
                 Some(r) => {
                     maps.truncate(r.maps.len());
                     for (k, m) in r.maps.iter().enumerate() {
@@ -284,7 +341,6 @@ impl Stage<'_> {
                 return false;
             }
         }
-        self.frames = frames;
         let cam_time = self.explainer.cam_time;
         self.stats.inference.add(spent.saturating_sub(cam_time));
         self.stats.cam.add(cam_time);

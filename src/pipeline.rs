@@ -123,7 +123,9 @@ impl Plan {
             cfg.pipeline.batch_size,
             pre.item_dims(),
         );
-        explainer.warm_up().map_err(|e| fail(Kind::Runtime, e))?;
+        explainer
+            .warm_up(crate::infer::SLOTS)
+            .map_err(|e| fail(Kind::Runtime, e))?;
 
         let mut sources = Vec::new();
         let mut sinks: Vec<SourceSink> = Vec::new();

@@ -88,26 +88,29 @@ fn measure(
     iters: usize,
     repeats: usize,
 ) -> anyhow::Result<f64> {
-    engine.prepare(b, item).map_err(|e| fail(Kind::Runtime, e))?;
+    engine.prepare(b, item, 1).map_err(|e| fail(Kind::Runtime, e))?;
+    let mut slot = engine
+        .take_slot()
+        .ok_or_else(|| fail(Kind::Runtime, "no input slot"))?;
     // Deterministic, image-like values: the numbers do not change the speed, NaNs would.
     let x = Array4::from_shape_fn((b, item[0], item[1], item[2]), |(n, c, i, j)| {
         (((n * 31 + c * 17 + i * 7 + j * 3) % 255) as f32 - 127.0) / 128.0
     });
-    let input = engine.input_mut();
+    let input = slot.data_mut();
     match (input.len() == x.len(), x.as_slice()) {
         (true, Some(src)) => input.copy_from_slice(src),
         _ => return Err(fail(Kind::Runtime, "batch buffer has the wrong size")),
     }
     let t = vec![-1i64; b];
     engine
-        .run_prepared(b, &t, |_| ())
+        .run_slot(&slot, b, &t, |_| ())
         .map_err(|e| fail(Kind::Runtime, e))?;
     let mut fps = Vec::new();
     for _ in 0..repeats.max(1) {
         let start = Instant::now();
         for _ in 0..iters.max(1) {
             engine
-                .run_prepared(b, &t, |_| ())
+                .run_slot(&slot, b, &t, |_| ())
                 .map_err(|e| fail(Kind::Runtime, e))?;
         }
         fps.push((b * iters.max(1)) as f64 / start.elapsed().as_secs_f64());
