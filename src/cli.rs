@@ -253,6 +253,10 @@ pub struct BenchArgs {
     /// Repeats of each measurement; the median is reported.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
+    /// ORT sessions side by side, as the pipeline's `inference_workers` (0 = two on the CPU,
+    /// one on CUDA).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
     /// ORT intra-op threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,

@@ -175,6 +175,10 @@ pub struct PipelineConfig {
     /// Capacity of each inter-stage channel, in frames.
     #[serde(default = "default_queue")]
     pub queue_frames: usize,
+    /// ORT sessions running batches side by side; 0 = two on the CPU (one thread each on two
+    /// cores), one on CUDA.
+    #[serde(default)]
+    pub inference_workers: usize,
 }
 
 fn default_batch() -> usize {
@@ -194,6 +198,7 @@ impl Default for PipelineConfig {
             batch_timeout_ms: default_batch_timeout_ms(),
             render_workers: 0,
             queue_frames: default_queue(),
+            inference_workers: 0,
         }
     }
 }

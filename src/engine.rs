@@ -74,6 +74,27 @@ impl Default for EngineOptions {
 /// The name ORT's intra-op threads carry (see [`crate::cpu::named`]).
 pub const POOL_THREADS: &str = "ort-pool";
 
+impl EngineOptions {
+    /// How many sessions to run side by side, and `self` adjusted for each: `requested`, or
+    /// by default two on the CPU (when there are two cores or more) and one on CUDA. Unless
+    /// `intra_threads` is set, the cores are shared out between the CPU sessions: two sessions
+    /// of one thread each never wait on each other inside an operator, which one session of
+    /// two threads does whenever another stage takes one of its cores (bench/NOTES.md).
+    pub fn sessions(&self, requested: usize) -> (usize, EngineOptions) {
+        let mut opts = self.clone();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let n = match requested {
+            0 if opts.provider == Provider::Cpu => cores.clamp(1, 2),
+            0 => 1,
+            n => n,
+        };
+        if opts.intra_threads == 0 && opts.provider == Provider::Cpu && n > 1 {
+            opts.intra_threads = (cores / n).max(1);
+        }
+        (n, opts)
+    }
+}
+
 static RUNTIME: OnceLock<ort::environment::Environment> = OnceLock::new();
 
 /// The runtime library: `explicit`, else `ORT_DYLIB_PATH`, else the copy `make setup` put in
@@ -305,14 +326,19 @@ impl Engine {
         let [c, h, w] = item_dims;
         let dims = [batch.max(1), c, h, w];
         let zeros = vec![0f32; dims.iter().product()];
-        let view = ArrayView4::from_shape(dims, &zeros).map_err(|e| EngineError::Run(format!("input buffer: {e}")))?;
+        let view = ArrayView4::from_shape(dims, &zeros)
+            .map_err(|e| EngineError::Run(format!("input buffer: {e}")))?;
         let targets = vec![-1i64; dims[0]];
         // One ordinary run first: a model that cannot run at this batch size fails here, with
         // ORT's own message, before any binding is made.
         self.run_with(view, &targets, |_| ())?;
         self.dims = dims;
         let slots = slots.max(1);
-        let bound = if self.input_f16 { Ok(None) } else { self.bind(dims, slots) };
+        let bound = if self.input_f16 {
+            Ok(None)
+        } else {
+            self.bind(dims, slots)
+        };
         match bound {
             Ok(Some((b, inputs))) => {
                 self.slots = inputs
@@ -341,7 +367,11 @@ impl Engine {
         Ok(())
     }
 
-    fn bind(&mut self, dims: [usize; 4], slots: usize) -> ort::Result<Option<(Bound, Vec<ort::value::Tensor<f32>>)>> {
+    fn bind(
+        &mut self,
+        dims: [usize; 4],
+        slots: usize,
+    ) -> ort::Result<Option<(Bound, Vec<ort::value::Tensor<f32>>)>> {
         use ort::value::{Tensor, TensorElementType, ValueType};
         let target = if self.augmented {
             Some(Tensor::<i64>::new(self.session.allocator(), [dims[0]])?)
@@ -361,14 +391,21 @@ impl Engine {
             bindings.push(binding);
         }
         // Output types and shapes: run once with the outputs left to ORT, read what it made.
-        let names: Vec<String> = self.session.outputs().iter().map(|o| o.name().to_string()).collect();
+        let names: Vec<String> = self
+            .session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
         let mem = ort::memory::MemoryInfo::new(
             ort::memory::AllocationDevice::CPU,
             0,
             ort::memory::AllocatorType::Device,
             ort::memory::MemoryType::Default,
         )?;
-        let Some(first) = bindings.first_mut() else { return Ok(None) };
+        let Some(first) = bindings.first_mut() else {
+            return Ok(None);
+        };
         for n in &names {
             first.bind_output_to_device(n.as_str(), &mem)?;
         }
@@ -376,7 +413,9 @@ impl Engine {
         {
             let probe = self.session.run_binding(first)?;
             for n in &names {
-                let Some(v) = probe.get(n.as_str()) else { return Ok(None) };
+                let Some(v) = probe.get(n.as_str()) else {
+                    return Ok(None);
+                };
                 match v.dtype() {
                     ValueType::Tensor { ty, shape, .. } => {
                         kinds.push((*ty, shape.iter().map(|&d| d.max(0) as usize).collect::<Vec<_>>()))
@@ -390,8 +429,12 @@ impl Engine {
         let mut outputs = Vec::new();
         for (ty, shape) in kinds {
             outputs.push(match ty {
-                TensorElementType::Float32 => BoundOutput::F32(Tensor::<f32>::new(alloc, shape.clone())?, shape),
-                TensorElementType::Int64 => BoundOutput::I64(Tensor::<i64>::new(alloc, shape.clone())?, shape),
+                TensorElementType::Float32 => {
+                    BoundOutput::F32(Tensor::<f32>::new(alloc, shape.clone())?, shape)
+                }
+                TensorElementType::Int64 => {
+                    BoundOutput::I64(Tensor::<i64>::new(alloc, shape.clone())?, shape)
+                }
                 _ => return Ok(None),
             });
         }
@@ -406,7 +449,9 @@ impl Engine {
             }
         }
         let find = |name: &str| names.iter().position(|n| n == name);
-        let Some(logits) = find(&self.logits) else { return Ok(None) };
+        let Some(logits) = find(&self.logits) else {
+            return Ok(None);
+        };
         Ok(Some((
             Bound {
                 bindings,
@@ -492,7 +537,8 @@ impl Engine {
             .data()
             .get(..n * c * h * w)
             .ok_or_else(|| run(format!("batch of {n} is larger than the prepared buffer")))?;
-        let view = ArrayView4::from_shape((n, c, h, w), data).map_err(|e| run(format!("input buffer: {e}")))?;
+        let view =
+            ArrayView4::from_shape((n, c, h, w), data).map_err(|e| run(format!("input buffer: {e}")))?;
         self.run_with(view, targets, f)
     }
 

@@ -1,12 +1,16 @@
-//! Inference stage: two threads around the ORT session (owned by the [`Explainer`]).
+//! Inference stage: a batching thread and one thread per ORT session (each owned by an
+//! [`Explainer`]).
 //!
 //! - `batch` reads every source's channel, batches frames across sources (up to `batch_size`,
 //!   waiting at most `batch_timeout` after the first) and preprocesses each frame, as it
-//!   arrives, straight into an input slot of the session;
-//! - `infer` runs full slots through the session, computes the CAMs and sends the frames on.
+//!   arrives, straight into a free input slot of one of the sessions;
+//! - `infer-N` runs its session's full slots, computes the CAMs, then, in batch order (a turn
+//!   shared by the workers), updates the per-source monitors and sends the frames on.
 //!
-//! Two slots alternate, so the next batch is preprocessed while the session runs this one and
-//! the session never waits on preprocessing.
+//! Each session has two slots, so the next batch is preprocessed while the session runs this
+//! one. On the CPU, two sessions of one thread each beat one session of two threads: they never
+//! wait on each other inside an operator, which matters when decode, render and encode take
+//! turns on the same cores (bench/NOTES.md).
 //!
 //! A frame that cannot be preprocessed, or a batch that ORT fails on, is logged and counted, and
 //! its frames go on without an overlay, so file outputs still keep every frame. "Stream lost"
@@ -40,8 +44,11 @@ pub struct InferConfig {
     pub maps_pool: Pool<Vec<ClassMap>>,
 }
 
-/// One batch on its way: an input slot and the frames preprocessed into it.
+/// One batch on its way: an input slot of session `worker` and the frames preprocessed into it.
 struct Batch {
+    worker: usize,
+    /// Order of the batch: frames leave inference in this order.
+    seq: u64,
     slot: InputSlot,
     frames: Vec<Frame>,
     specs: Vec<TargetSpec>,
@@ -49,8 +56,17 @@ struct Batch {
     usable: Vec<bool>,
 }
 
+/// What the workers do in turn, in batch order.
+struct Post {
+    next: u64,
+    /// A worker stopped (the next stage shut down): nobody waits for a turn any more.
+    closed: bool,
+    monitors: Vec<Monitor>,
+    out_count: u64,
+}
+
 pub fn run(
-    explainer: Explainer,
+    explainers: Vec<Explainer>,
     pre: Preprocessor,
     cfg: InferConfig,
     rxs: Vec<Receiver<Frame>>,
@@ -60,59 +76,101 @@ pub fn run(
     let span = tracing::info_span!("infer");
     let _e = span.enter();
     // ORT's intra-op threads work for this stage: their CPU is inference time too. Read while
-    // the session (and its pool) is alive.
+    // the sessions (and their pools) are alive.
     let pool = crate::engine::POOL_THREADS;
     let before = crate::cpu::threads_cpu(pool);
-    let mut explainer = explainer;
+    let mut explainers = explainers;
     let b = cfg.batch_size.max(1);
-    let (free_tx, free_rx) = bounded::<Batch>(SLOTS);
-    let (full_tx, full_rx) = bounded::<Batch>(SLOTS);
-    for _ in 0..SLOTS {
-        match explainer.take_slot() {
-            Ok(slot) => {
-                let _ = free_tx.send(Batch {
-                    slot,
-                    frames: Vec::with_capacity(b),
-                    specs: Vec::with_capacity(b),
-                    usable: Vec::with_capacity(b),
-                });
+    let (free_tx, free_rx) = bounded::<Batch>(SLOTS * explainers.len().max(1));
+    let mut full_txs = Vec::new();
+    let mut full_rxs = Vec::new();
+    for (w, ex) in explainers.iter_mut().enumerate() {
+        let (t, r) = bounded::<Batch>(SLOTS);
+        full_txs.push(t);
+        full_rxs.push(r);
+        for _ in 0..SLOTS {
+            match ex.take_slot() {
+                Ok(slot) => {
+                    let _ = free_tx.send(Batch {
+                        worker: w,
+                        seq: 0,
+                        slot,
+                        frames: Vec::with_capacity(b),
+                        specs: Vec::with_capacity(b),
+                        usable: Vec::with_capacity(b),
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "fewer input slots than planned"),
             }
-            Err(e) => tracing::warn!(error = %e, "fewer input slots than planned"),
         }
     }
-    let targets = cfg.targets.clone();
+    let InferConfig {
+        targets,
+        monitors,
+        labels,
+        maps_pool,
+        batch_timeout,
+        ..
+    } = cfg;
+    let post = (
+        std::sync::Mutex::new(Post {
+            next: 0,
+            closed: false,
+            monitors,
+            out_count: 0,
+        }),
+        std::sync::Condvar::new(),
+    );
+    let started = Instant::now();
     std::thread::scope(|scope| {
-        let batcher = std::thread::Builder::new().name("batch".into()).spawn_scoped(scope, {
-            let (stats, tx) = (stats.clone(), tx.clone());
-            let timeout = cfg.batch_timeout;
-            let rxs = &rxs;
-            move || batch(rxs, pre, &targets, b, timeout, free_rx, full_tx, tx, &stats)
-        });
+        let batcher = std::thread::Builder::new()
+            .name("batch".into())
+            .spawn_scoped(scope, {
+                let (stats, tx) = (stats.clone(), tx.clone());
+                let (rxs, targets) = (&rxs, &targets);
+                move || batch(rxs, pre, targets, b, batch_timeout, free_rx, full_txs, tx, &stats)
+            });
         if let Err(e) = batcher {
             tracing::error!(error = %e, "cannot start the batching thread");
             return;
         }
-        let mut meter = crate::alloc::Meter::new(crate::stats::WARM_FRAMES);
-        let mut st = Stage {
-            explainer: &mut explainer,
-            cfg,
-            tx,
-            stats: stats.clone(),
-            started: Instant::now(),
-            out_count: 0,
-        };
-        for mut batch in full_rx.iter() {
-            meter.tick(batch.frames.len() as u64);
-            if !st.explain(&mut batch) {
-                break;
+        for (w, (explainer, full_rx)) in explainers.iter_mut().zip(full_rxs).enumerate() {
+            let mut st = Stage {
+                explainer,
+                labels: &labels,
+                maps_pool: maps_pool.clone(),
+                tx: tx.clone(),
+                stats: &stats,
+                post: &post,
+                started,
+            };
+            let free_tx = free_tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("infer-{w}"))
+                .spawn_scoped(scope, move || {
+                    let span = tracing::info_span!("infer", worker = w);
+                    let _e = span.enter();
+                    let mut meter = crate::alloc::Meter::new(crate::stats::WARM_FRAMES);
+                    for mut batch in full_rx.iter() {
+                        meter.tick(batch.frames.len() as u64);
+                        if !st.explain(&mut batch) {
+                            break;
+                        }
+                        // After its last batch the batcher is gone: the slot is then dropped.
+                        let _ = free_tx.send(batch);
+                    }
+                    st.stats.alloc_infer.record(&meter);
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start an inference thread");
+                if let Ok(mut p) = post.0.lock() {
+                    p.closed = true;
+                }
             }
-            // After its last batch the batcher is gone: the slot is then simply dropped.
-            let _ = free_tx.send(batch);
         }
-        // Dropping `free_tx` (and `full_rx`) ends the batcher if it is still waiting.
+        // The workers hold the only other clones: when they end, the batcher's next send fails.
         drop(free_tx);
-        drop(full_rx);
-        stats.alloc_infer.record(&meter);
+        drop(tx);
     });
     stats
         .inference
@@ -128,10 +186,17 @@ fn batch(
     b: usize,
     timeout: Duration,
     free: Receiver<Batch>,
-    full: Sender<Batch>,
+    full: Vec<Sender<Batch>>,
     tx: Sender<Explained>,
     stats: &Stats,
 ) {
+    let mut seq = 0u64;
+    // Hands a batch to the session that owns its slot; false when inference has shut down.
+    let mut hand = |mut batch: Batch| {
+        batch.seq = seq;
+        seq += 1;
+        full.get(batch.worker).is_some_and(|f| f.send(batch).is_ok())
+    };
     let span = tracing::info_span!("batch");
     let _e = span.enter();
     let mut inputs = Inputs::new(rxs);
@@ -195,7 +260,7 @@ fn batch(
                 if batch.frames.len() >= b {
                     deadline = None;
                     if let Some(batch) = current.take() {
-                        if full.send(batch).is_err() {
+                        if !hand(batch) {
                             break;
                         }
                     }
@@ -204,7 +269,7 @@ fn batch(
             Next::Timeout | Next::Closed => {
                 deadline = None;
                 if let Some(batch) = current.take() {
-                    if full.send(batch).is_err() {
+                    if !hand(batch) {
                         break;
                     }
                 }
@@ -271,36 +336,54 @@ impl<'a> Inputs<'a> {
 
 struct Stage<'a> {
     explainer: &'a mut Explainer,
-    cfg: InferConfig,
+    labels: &'a [String],
+    maps_pool: Pool<Vec<ClassMap>>,
     tx: Sender<Explained>,
-    stats: Arc<Stats>,
+    stats: &'a Stats,
+    post: &'a (std::sync::Mutex<Post>, std::sync::Condvar),
     started: Instant,
-    out_count: u64,
 }
 
 impl Stage<'_> {
-    /// Explains one batch and sends its frames on (emptying `batch.frames`); false when the
-    /// next stage has shut down.
+    /// Explains one batch and, in its turn, sends its frames on (emptying `batch.frames`);
+    /// false when the next stage has shut down.
     fn explain(&mut self, batch: &mut Batch) -> bool {
         let n = batch.frames.len();
-        if n == 0 {
-            return true;
-        }
         let t = crate::cpu::Span::start();
-        let results = self.explainer.explain_slot(&batch.slot, &batch.specs, false);
+        let results = if n == 0 {
+            Err(crate::engine::EngineError::Run("empty batch".into()))
+        } else {
+            self.explainer.explain_slot(&batch.slot, &batch.specs, false)
+        };
         let spent = t.elapsed();
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.stats.last_batch.store(n as u64, Ordering::Relaxed);
+        if n > 0 {
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            self.stats.last_batch.store(n as u64, Ordering::Relaxed);
+        }
         let outs = match results {
             Ok(r) => Some(r),
             Err(e) => {
-                tracing::warn!(frames = n, error = %e, "inference failed for a batch; writing its frames without overlay");
+                if n > 0 {
+                    tracing::warn!(frames = n, error = %e, "inference failed for a batch; writing its frames without overlay");
+                }
                 None
             }
         };
+        let (lock, turn) = self.post;
+        let Ok(mut post) = lock.lock() else { return false };
+        while post.next != batch.seq && !post.closed {
+            post = match turn.wait(post) {
+                Ok(p) => p,
+                Err(_) => return false,
+            };
+        }
+        if post.closed {
+            return false;
+        }
+        let mut ok = true;
         for (i, frame) in batch.frames.drain(..).enumerate() {
             // The map buffers come back from render: once warm, nothing is allocated here.
-            let mut maps = self.cfg.maps_pool.take().unwrap_or_default();
+            let mut maps = self.maps_pool.take().unwrap_or_default();
             let usable = batch.usable.get(i).copied().unwrap_or(false);
             match outs.as_ref().and_then(|o| o.get(i)).filter(|_| usable) {
                 Some(r) => {
@@ -312,8 +395,8 @@ impl Stage<'_> {
                         }
                     }
                     self.stats.explained.fetch_add(1, Ordering::Relaxed);
-                    if let Some(m) = self.cfg.monitors.get_mut(frame.source) {
-                        let o = m.observe(frame.seq, frame.pts_ms, &mut maps, &self.cfg.labels);
+                    if let Some(m) = post.monitors.get_mut(frame.source) {
+                        let o = m.observe(frame.seq, frame.pts_ms, &mut maps, self.labels);
                         if let Some(s) = self.stats.source(frame.source) {
                             if let Some(v) = o.outside_roi {
                                 s.set_outside_roi(v);
@@ -337,14 +420,21 @@ impl Stage<'_> {
                 maps,
                 fps: 0.0,
             };
-            if !send(&self.tx, &mut self.out_count, self.started, e) {
-                return false;
+            if !send(&self.tx, &mut post.out_count, self.started, e) {
+                ok = false;
+                break;
             }
         }
+        post.next += 1;
+        if !ok {
+            post.closed = true;
+        }
+        turn.notify_all();
+        drop(post);
         let cam_time = self.explainer.cam_time;
         self.stats.inference.add(spent.saturating_sub(cam_time));
         self.stats.cam.add(cam_time);
-        true
+        ok
     }
 }
 

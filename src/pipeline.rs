@@ -38,8 +38,8 @@ use opencv::core::Mat;
 
 pub struct Plan {
     pub model: Model,
-    /// The session, already run once at `batch_size` (see [`Explainer::warm_up`]).
-    explainer: Explainer,
+    /// One per inference worker, sessions already run once (see [`Explainer::warm_up`]).
+    explainers: Vec<Explainer>,
     pre: Preprocessor,
     sources: Vec<Source>,
     sinks: Vec<SourceSink>,
@@ -114,18 +114,23 @@ impl Plan {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
 
-        let engine = Engine::new(&model.graph, &engine_options(cfg)).map_err(|e| fail(Kind::Runtime, e))?;
         let pre = Preprocessor::new(&model.sidecar.input);
-        let mut explainer = Explainer::new(
-            engine,
-            cfg.explain.method,
-            model.graph.fc.clone(),
-            cfg.pipeline.batch_size,
-            pre.item_dims(),
-        );
-        explainer
-            .warm_up(crate::infer::SLOTS)
-            .map_err(|e| fail(Kind::Runtime, e))?;
+        let (workers, opts) = engine_options(cfg).sessions(cfg.pipeline.inference_workers);
+        let mut explainers = Vec::new();
+        for _ in 0..workers {
+            let engine = Engine::new(&model.graph, &opts).map_err(|e| fail(Kind::Runtime, e))?;
+            let mut explainer = Explainer::new(
+                engine,
+                cfg.explain.method,
+                model.graph.fc.clone(),
+                cfg.pipeline.batch_size,
+                pre.item_dims(),
+            );
+            explainer
+                .warm_up(crate::infer::SLOTS)
+                .map_err(|e| fail(Kind::Runtime, e))?;
+            explainers.push(explainer);
+        }
 
         let mut sources = Vec::new();
         let mut sinks: Vec<SourceSink> = Vec::new();
@@ -176,7 +181,7 @@ impl Plan {
             render_workers: workers,
             queue: p.queue_frames,
             batch_size: p.batch_size,
-            explainer,
+            explainers,
             pre,
             sources,
             sinks,
@@ -190,7 +195,7 @@ impl Plan {
     pub fn run(self, stop: Arc<AtomicBool>, progress: bool) -> anyhow::Result<Summary> {
         let Plan {
             model,
-            explainer,
+            explainers,
             pre,
             sources,
             sinks,
@@ -206,7 +211,8 @@ impl Plan {
         tracing::info!(
             model = %model.path.display(),
             target = %model.graph.target,
-            provider = %explainer.engine.provider_used,
+            provider = %explainers.first().map_or("none", |e| e.engine.provider_used.as_str()),
+            sessions = explainers.len(),
             batch_size,
             method = %method,
             "gradcamd ready"
@@ -260,7 +266,7 @@ impl Plan {
         let mut infer = infer;
         infer.maps_pool = maps_pool.clone();
         let infer_h = spawn("infer", move || {
-            infer::run(explainer, pre, infer, frame_rxs, expl_tx, st)
+            infer::run(explainers, pre, infer, frame_rxs, expl_tx, st)
         })?;
 
         let render = Arc::new(render);

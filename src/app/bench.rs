@@ -62,6 +62,8 @@ pub struct SourcesPoint {
 pub struct Report {
     pub model: String,
     pub provider: String,
+    /// ORT sessions run side by side, and intra-op threads of each (0 = ORT's default).
+    pub sessions: usize,
     pub threads: usize,
     pub batch_size: usize,
     pub forward_fps: f64,
@@ -79,41 +81,71 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median frames/s of `iters` runs at batch `b`, after one warm-up run. The batch runs the
-/// way the pipeline runs it: prepared buffers, bound to the session where the model allows.
+/// Median frames/s of `iters` runs at batch `b` on every session at once (one thread each,
+/// started together), after one warm-up run. Batches run the way the pipeline runs them:
+/// prepared input slots, bound to the session where the model allows.
 fn measure(
-    engine: &mut Engine,
+    engines: &mut [Engine],
     b: usize,
     item: [usize; 3],
     iters: usize,
     repeats: usize,
 ) -> anyhow::Result<f64> {
-    engine.prepare(b, item, 1).map_err(|e| fail(Kind::Runtime, e))?;
-    let mut slot = engine
-        .take_slot()
-        .ok_or_else(|| fail(Kind::Runtime, "no input slot"))?;
     // Deterministic, image-like values: the numbers do not change the speed, NaNs would.
     let x = Array4::from_shape_fn((b, item[0], item[1], item[2]), |(n, c, i, j)| {
         (((n * 31 + c * 17 + i * 7 + j * 3) % 255) as f32 - 127.0) / 128.0
     });
-    let input = slot.data_mut();
-    match (input.len() == x.len(), x.as_slice()) {
-        (true, Some(src)) => input.copy_from_slice(src),
-        _ => return Err(fail(Kind::Runtime, "batch buffer has the wrong size")),
-    }
     let t = vec![-1i64; b];
-    engine
-        .run_slot(&slot, b, &t, |_| ())
-        .map_err(|e| fail(Kind::Runtime, e))?;
+    let mut slots = Vec::new();
+    for engine in engines.iter_mut() {
+        engine.prepare(b, item, 1).map_err(|e| fail(Kind::Runtime, e))?;
+        let mut slot = engine
+            .take_slot()
+            .ok_or_else(|| fail(Kind::Runtime, "no input slot"))?;
+        let input = slot.data_mut();
+        match (input.len() == x.len(), x.as_slice()) {
+            (true, Some(src)) => input.copy_from_slice(src),
+            _ => return Err(fail(Kind::Runtime, "batch buffer has the wrong size")),
+        }
+        engine
+            .run_slot(&slot, b, &t, |_| ())
+            .map_err(|e| fail(Kind::Runtime, e))?;
+        slots.push(slot);
+    }
+    let iters = iters.max(1);
     let mut fps = Vec::new();
     for _ in 0..repeats.max(1) {
-        let start = Instant::now();
-        for _ in 0..iters.max(1) {
-            engine
-                .run_slot(&slot, b, &t, |_| ())
-                .map_err(|e| fail(Kind::Runtime, e))?;
+        let start = std::sync::Barrier::new(engines.len());
+        let spans = std::thread::scope(|s| {
+            let handles: Vec<_> = engines
+                .iter_mut()
+                .zip(&slots)
+                .map(|(engine, slot)| {
+                    let (start, t) = (&start, &t);
+                    s.spawn(move || {
+                        start.wait();
+                        let t0 = Instant::now();
+                        for _ in 0..iters {
+                            engine.run_slot(slot, b, t, |_| ())?;
+                        }
+                        Ok::<_, crate::engine::EngineError>((t0, Instant::now()))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| fail(Kind::Runtime, "a benchmark thread panicked"))?
+                        .map_err(|e| fail(Kind::Runtime, e))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        })?;
+        let first = spans.iter().map(|s| s.0).min();
+        let last = spans.iter().map(|s| s.1).max();
+        if let (Some(a), Some(z)) = (first, last) {
+            fps.push((engines.len() * b * iters) as f64 / (z - a).as_secs_f64());
         }
-        fps.push((b * iters.max(1)) as f64 / start.elapsed().as_secs_f64());
     }
     Ok(median(fps))
 }
@@ -124,11 +156,24 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     if args.batch_size.is_empty() || args.batch_size.contains(&0) {
         return Err(fail(Kind::Config, "--batch-size needs values >= 1"));
     }
-    let opts = EngineOptions {
+    let (sessions, opts) = EngineOptions {
         provider,
         intra_threads: args.threads,
         intra_op_spinning: args.spinning,
         ..Default::default()
+    }
+    .sessions(args.workers);
+    let engines = |graph: &crate::onnx::Augmented, forward_only: bool| {
+        (0..sessions)
+            .map(|_| {
+                if forward_only {
+                    Engine::forward_only(graph, &opts)
+                } else {
+                    Engine::new(graph, &opts)
+                }
+                .map_err(|e| fail(Kind::Runtime, e))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
     };
     let (h, w) = (
         model.sidecar.input.height as usize,
@@ -138,17 +183,25 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         crate::sidecar::Layout::Nchw => [3, h, w],
         crate::sidecar::Layout::Nhwc => [h, w, 3],
     };
-    let mut fwd = Engine::forward_only(&model.graph, &opts).map_err(|e| fail(Kind::Runtime, e))?;
-    let mut grad = Engine::new(&model.graph, &opts).map_err(|e| fail(Kind::Runtime, e))?;
+    let mut fwd = engines(&model.graph, true)?;
+    let mut grad = engines(&model.graph, false)?;
     let mut in_graph = if args.in_graph_cam {
         let mut spec = args.model.spec();
         spec.in_graph_cam = true;
         let m = crate::model::Model::load(&spec)?;
-        Some(Engine::new(&m.graph, &opts).map_err(|e| fail(Kind::Runtime, e))?)
+        Some(engines(&m.graph, false)?)
     } else {
         None
     };
-    let provider_used = grad.provider_used.clone();
+    let provider_used = grad.first().map_or_else(String::new, |e| e.provider_used.clone());
+    eprintln!(
+        "{sessions} session(s) of {} thread(s) each, side by side (the pipeline's configuration)",
+        if opts.intra_threads == 0 {
+            "ORT's default number of".to_string()
+        } else {
+            opts.intra_threads.to_string()
+        }
+    );
     let mut points = Vec::new();
     for &b in &args.batch_size {
         let f = measure(&mut fwd, b, item, args.iters, args.repeats)?;
@@ -197,7 +250,8 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let report = Report {
         model: model.path.display().to_string(),
         provider: provider_used,
-        threads: args.threads,
+        sessions,
+        threads: opts.intra_threads,
         batch_size: first.batch_size,
         forward_fps: first.forward_fps,
         gradients_fps: first.gradients_fps,
@@ -250,6 +304,7 @@ fn pipeline_config(args: &BenchArgs) -> crate::config::Config {
     cfg.model.intra_threads = args.threads;
     cfg.model.intra_op_spinning = args.spinning;
     cfg.pipeline.batch_size = args.batch_size[0];
+    cfg.pipeline.inference_workers = args.workers;
     cfg
 }
 
@@ -257,7 +312,7 @@ fn pipeline_config(args: &BenchArgs) -> crate::config::Config {
 fn pipeline_point(
     args: &BenchArgs,
     video: &std::path::Path,
-    floor: &mut Engine,
+    floor: &mut [Engine],
     item: [usize; 3],
 ) -> anyhow::Result<PipelinePoint> {
     use crate::config::SourceConfig;
@@ -376,7 +431,7 @@ fn sources_point(_: &BenchArgs, _: usize) -> anyhow::Result<SourcesPoint> {
 fn pipeline_point(
     _: &BenchArgs,
     _: &std::path::Path,
-    _: &mut Engine,
+    _: &mut [Engine],
     _: [usize; 3],
 ) -> anyhow::Result<PipelinePoint> {
     Err(fail(
