@@ -4,8 +4,9 @@
 //! - `batch` reads every source's channel, batches frames across sources (up to `batch_size`,
 //!   waiting at most `batch_timeout` after the first) and preprocesses each frame, as it
 //!   arrives, straight into a free input slot of one of the sessions;
-//! - `infer-N` runs its session's full slots, computes the CAMs, then, in batch order (a turn
-//!   shared by the workers), updates the per-source monitors and sends the frames on.
+//! - `infer-N` runs its session's full slots and computes the CAMs; finished batches go through
+//!   a shared reorder buffer, so that frames leave (and per-source monitors see them) in batch
+//!   order, without a worker ever waiting for another.
 //!
 //! Each session has two slots, so the next batch is preprocessed while the session runs this
 //! one. On the CPU, two sessions of one thread each beat one session of two threads: they never
@@ -54,15 +55,22 @@ struct Batch {
     specs: Vec<TargetSpec>,
     /// Whether frame i was preprocessed (else it goes on without overlay).
     usable: Vec<bool>,
+    /// Frame i's maps once explained (empty: not explained).
+    maps: Vec<Vec<ClassMap>>,
 }
 
-/// What the workers do in turn, in batch order.
+/// Finished batches waiting for their turn, and what is done to them in batch order.
 struct Post {
     next: u64,
-    /// A worker stopped (the next stage shut down): nobody waits for a turn any more.
+    /// The next stage shut down.
     closed: bool,
+    /// Batch `next + i` at index i, once finished.
+    waiting: std::collections::VecDeque<Option<Batch>>,
     monitors: Vec<Monitor>,
     out_count: u64,
+    /// Where finished batches go back to the batcher; dropped once the next stage has shut
+    /// down, so that a batcher waiting for a free slot stops.
+    free: Option<Sender<Batch>>,
 }
 
 pub fn run(
@@ -98,6 +106,7 @@ pub fn run(
                         frames: Vec::with_capacity(b),
                         specs: Vec::with_capacity(b),
                         usable: Vec::with_capacity(b),
+                        maps: (0..b).map(|_| Vec::new()).collect(),
                     });
                 }
                 Err(e) => tracing::warn!(error = %e, "fewer input slots than planned"),
@@ -112,15 +121,14 @@ pub fn run(
         batch_timeout,
         ..
     } = cfg;
-    let post = (
-        std::sync::Mutex::new(Post {
-            next: 0,
-            closed: false,
-            monitors,
-            out_count: 0,
-        }),
-        std::sync::Condvar::new(),
-    );
+    let post = std::sync::Mutex::new(Post {
+        next: 0,
+        closed: false,
+        waiting: std::collections::VecDeque::with_capacity(SLOTS * explainers.len().max(1)),
+        monitors,
+        out_count: 0,
+        free: Some(free_tx),
+    });
     let started = Instant::now();
     std::thread::scope(|scope| {
         let batcher = std::thread::Builder::new()
@@ -144,32 +152,24 @@ pub fn run(
                 post: &post,
                 started,
             };
-            let free_tx = free_tx.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("infer-{w}"))
                 .spawn_scoped(scope, move || {
                     let span = tracing::info_span!("infer", worker = w);
                     let _e = span.enter();
                     let mut meter = crate::alloc::Meter::new(crate::stats::WARM_FRAMES);
-                    for mut batch in full_rx.iter() {
+                    for batch in full_rx.iter() {
                         meter.tick(batch.frames.len() as u64);
-                        if !st.explain(&mut batch) {
+                        if !st.explain(batch) {
                             break;
                         }
-                        // After its last batch the batcher is gone: the slot is then dropped.
-                        let _ = free_tx.send(batch);
                     }
                     st.stats.alloc_infer.record(&meter);
                 });
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "cannot start an inference thread");
-                if let Ok(mut p) = post.0.lock() {
-                    p.closed = true;
-                }
             }
         }
-        // The workers hold the only other clones: when they end, the batcher's next send fails.
-        drop(free_tx);
         drop(tx);
     });
     stats
@@ -340,14 +340,15 @@ struct Stage<'a> {
     maps_pool: Pool<Vec<ClassMap>>,
     tx: Sender<Explained>,
     stats: &'a Stats,
-    post: &'a (std::sync::Mutex<Post>, std::sync::Condvar),
+    /// The reorder buffer.
+    post: &'a std::sync::Mutex<Post>,
     started: Instant,
 }
 
 impl Stage<'_> {
-    /// Explains one batch and, in its turn, sends its frames on (emptying `batch.frames`);
-    /// false when the next stage has shut down.
-    fn explain(&mut self, batch: &mut Batch) -> bool {
+    /// Explains one batch, then hands it to the reorder buffer, which sends on the frames of
+    /// every batch whose turn has come; false when the next stage has shut down.
+    fn explain(&mut self, mut batch: Batch) -> bool {
         let n = batch.frames.len();
         let t = crate::cpu::Span::start();
         let results = if n == 0 {
@@ -360,33 +361,18 @@ impl Stage<'_> {
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
             self.stats.last_batch.store(n as u64, Ordering::Relaxed);
         }
-        let outs = match results {
-            Ok(r) => Some(r),
-            Err(e) => {
-                if n > 0 {
-                    tracing::warn!(frames = n, error = %e, "inference failed for a batch; writing its frames without overlay");
-                }
-                None
-            }
-        };
-        let (lock, turn) = self.post;
-        let Ok(mut post) = lock.lock() else { return false };
-        while post.next != batch.seq && !post.closed {
-            post = match turn.wait(post) {
-                Ok(p) => p,
-                Err(_) => return false,
-            };
-        }
-        if post.closed {
-            return false;
-        }
-        let mut ok = true;
-        for (i, frame) in batch.frames.drain(..).enumerate() {
-            // The map buffers come back from render: once warm, nothing is allocated here.
-            let mut maps = self.maps_pool.take().unwrap_or_default();
-            let usable = batch.usable.get(i).copied().unwrap_or(false);
-            match outs.as_ref().and_then(|o| o.get(i)).filter(|_| usable) {
-                Some(r) => {
+        match results {
+            Ok(outs) => {
+                for (i, r) in outs.iter().enumerate().take(n) {
+                    let Some(maps) = batch.maps.get_mut(i) else { break };
+                    if !batch.usable.get(i).copied().unwrap_or(false) {
+                        maps.clear();
+                        continue;
+                    }
+                    if maps.capacity() == 0 {
+                        // The map buffers come back from render: once warm, nothing is allocated.
+                        *maps = self.maps_pool.take().unwrap_or_default();
+                    }
                     maps.truncate(r.maps.len());
                     for (k, m) in r.maps.iter().enumerate() {
                         match maps.get_mut(k) {
@@ -394,25 +380,69 @@ impl Stage<'_> {
                             None => maps.push(m.clone()),
                         }
                     }
-                    self.stats.explained.fetch_add(1, Ordering::Relaxed);
-                    if let Some(m) = post.monitors.get_mut(frame.source) {
-                        let o = m.observe(frame.seq, frame.pts_ms, &mut maps, self.labels);
-                        if let Some(s) = self.stats.source(frame.source) {
-                            if let Some(v) = o.outside_roi {
-                                s.set_outside_roi(v);
-                            }
-                            if o.alert {
-                                s.alerts.fetch_add(1, Ordering::Relaxed);
-                            }
+                }
+            }
+            Err(e) => {
+                if n > 0 {
+                    tracing::warn!(frames = n, error = %e, "inference failed for a batch; writing its frames without overlay");
+                }
+                batch.maps.iter_mut().for_each(Vec::clear);
+            }
+        }
+        let cam_time = self.explainer.cam_time;
+        self.stats.inference.add(spent.saturating_sub(cam_time));
+        self.stats.cam.add(cam_time);
+
+        let Ok(mut post) = self.post.lock() else {
+            return false;
+        };
+        if post.closed {
+            return false;
+        }
+        let at = batch.seq.saturating_sub(post.next) as usize;
+        if post.waiting.len() <= at {
+            post.waiting.resize_with(at + 1, || None);
+        }
+        post.waiting[at] = Some(batch);
+        while let Some(Some(_)) = post.waiting.front() {
+            let Some(Some(mut done)) = post.waiting.pop_front() else {
+                break;
+            };
+            post.next += 1;
+            if !self.send_batch(&mut post, &mut done) {
+                post.closed = true;
+                post.free = None;
+                return false;
+            }
+            // After its last batch the batcher is gone: the slot is then dropped.
+            if let Some(f) = &post.free {
+                let _ = f.try_send(done);
+            }
+        }
+        true
+    }
+
+    /// Updates the monitors with a batch's frames and sends them on, in order.
+    fn send_batch(&self, post: &mut Post, batch: &mut Batch) -> bool {
+        for (i, frame) in batch.frames.drain(..).enumerate() {
+            let mut maps = batch.maps.get_mut(i).map(std::mem::take).unwrap_or_default();
+            if maps.is_empty() {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.stats.explained.fetch_add(1, Ordering::Relaxed);
+                if let Some(m) = post.monitors.get_mut(frame.source) {
+                    let o = m.observe(frame.seq, frame.pts_ms, &mut maps, self.labels);
+                    if let Some(s) = self.stats.source(frame.source) {
+                        if let Some(v) = o.outside_roi {
+                            s.set_outside_roi(v);
+                        }
+                        if o.alert {
+                            s.alerts.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    if let Some(s) = self.stats.source(frame.source) {
-                        s.processed.fetch_add(1, Ordering::Relaxed);
-                    }
                 }
-                None => {
-                    maps.clear();
-                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                if let Some(s) = self.stats.source(frame.source) {
+                    s.processed.fetch_add(1, Ordering::Relaxed);
                 }
             }
             let e = Explained {
@@ -421,20 +451,10 @@ impl Stage<'_> {
                 fps: 0.0,
             };
             if !send(&self.tx, &mut post.out_count, self.started, e) {
-                ok = false;
-                break;
+                return false;
             }
         }
-        post.next += 1;
-        if !ok {
-            post.closed = true;
-        }
-        turn.notify_all();
-        drop(post);
-        let cam_time = self.explainer.cam_time;
-        self.stats.inference.add(spent.saturating_sub(cam_time));
-        self.stats.cam.add(cam_time);
-        ok
+        true
     }
 }
 

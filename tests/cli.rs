@@ -739,7 +739,9 @@ fn roi_alerts_events_and_smoothing() {
         std::fs::write(
             &cfg,
             format!(
-                "[[source]]\nname = \"{name}\"\nuri = \"{clip}\"\noutput = \"{}\"\nroi = {roi}\nroi_alert_ratio = 0.5\nroi_alert_frames = 5\nsmoothing = {smoothing}\nevents = \"{}\"\n",
+                // Batches of 2 over two sessions: many batches finish out of order, and events
+                // must still come in frame order.
+                "[pipeline]\nbatch_size = 2\ninference_workers = 2\n\n[[source]]\nname = \"{name}\"\nuri = \"{clip}\"\noutput = \"{}\"\nroi = {roi}\nroi_alert_ratio = 0.5\nroi_alert_frames = 5\nsmoothing = {smoothing}\nevents = \"{}\"\n",
                 s(&dir.join(format!("{name}.mp4"))),
                 s(&ev)
             ),
@@ -751,6 +753,9 @@ fn roi_alerts_events_and_smoothing() {
     };
     let (top, log) = run_roi("top", "[[0.0, 0.0], [1.0, 0.0], [1.0, 0.5], [0.0, 0.5]]", 0.0);
     assert_eq!(top.len(), 120, "one event per frame");
+    for (i, e) in top.iter().enumerate() {
+        assert_eq!(e["seq"], i, "events in frame order");
+    }
     for k in [
         "ts",
         "source",

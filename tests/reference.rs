@@ -209,3 +209,69 @@ fn normalized_cam_and_overlay_match_pytorch_grad_cam() {
         );
     }
 }
+
+/// A full batch runs through an IoBinding into pre-allocated outputs, a partial one through an
+/// ordinary `Session::run`: both paths must give the same classes, maps and tensors, and the
+/// same as the reference fixtures.
+#[test]
+fn bound_full_batches_match_ordinary_runs() {
+    use gradcamd::explainer::{Explainer, TargetSpec};
+    let fx = read_json(&root().join("tests/fixtures/default_gradcam.json"));
+    let top1: Vec<&serde_json::Value> = fx["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["target"].is_null())
+        .take(4)
+        .collect();
+    let model = load();
+    let mut pre = Preprocessor::new(&model.sidecar.input);
+    let engine = Engine::new(&model.graph, &EngineOptions::default()).unwrap();
+    let mut ex = Explainer::new(
+        engine,
+        cam::Method::GradCam,
+        model.graph.fc.clone(),
+        4,
+        pre.item_dims(),
+    );
+    ex.warm_up(2).expect("warm-up");
+    let item = pre.item_len();
+    let mut buf = vec![0f32; 4 * item];
+    for (i, c) in top1.iter().enumerate() {
+        pre.fill(
+            &image(c["image"].as_str().unwrap()),
+            &mut buf[i * item..(i + 1) * item],
+        )
+        .unwrap();
+    }
+    let full = ex.explain(&buf, &[TargetSpec::Top1; 4], true).unwrap().to_vec();
+    let part = ex
+        .explain(&buf[..3 * item], &[TargetSpec::Top1; 3], true)
+        .unwrap()
+        .to_vec();
+    for (i, (f, p)) in full.iter().zip(&part).enumerate() {
+        assert_eq!(f.maps[0].class, p.maps[0].class, "item {i}");
+        assert_eq!(
+            f.maps[0].class as u64,
+            top1[i]["class_used"].as_u64().unwrap(),
+            "item {i} against the fixture"
+        );
+        let (fc, pc) = (
+            f.maps[0].cam.as_slice().unwrap(),
+            p.maps[0].cam.as_slice().unwrap(),
+        );
+        let tol = 1e-5 * max_abs(fc).max(1e-6);
+        assert!(
+            max_abs_diff(fc, pc) <= tol,
+            "item {i}: CAM differs by {}",
+            max_abs_diff(fc, pc)
+        );
+        let (fa, pa) = (f.tensors.as_ref().unwrap(), p.tensors.as_ref().unwrap());
+        let (fa, pa) = (fa.0.as_slice().unwrap(), pa.0.as_slice().unwrap());
+        assert!(max_abs_diff(fa, pa) <= 1e-5 * max_abs(fa), "item {i}: A differs");
+        assert!(
+            correlation(fc, &floats(&top1[i]["cam_raw"])) > 0.999999,
+            "item {i} vs fixture"
+        );
+    }
+}
