@@ -85,11 +85,16 @@ pub struct ItemOut {
 
 impl ClassMap {
     fn empty() -> ClassMap {
+        ClassMap::zeros((0, 0))
+    }
+
+    /// A map of `dims` (feature resolution), for buffers filled later.
+    pub fn zeros(dims: (usize, usize)) -> ClassMap {
         ClassMap {
             class: 0,
             prob: 0.0,
             score: 0.0,
-            cam: Array2::zeros((0, 0)),
+            cam: Array2::zeros(dims),
         }
     }
 
@@ -161,6 +166,11 @@ impl Explainer {
 
     fn item_len(&self) -> usize {
         self.item_dims.iter().product()
+    }
+
+    /// Size of the maps the last call made (feature resolution), once warm.
+    pub fn cam_dims(&self) -> Option<(usize, usize)> {
+        self.outs.first()?.maps.first().map(|m| m.cam.dim())
     }
 
     /// An input slot to fill with up to `batch_size` items (see [`Engine::take_slot`]).

@@ -22,7 +22,7 @@ use crate::capture::Source;
 use crate::config::{Config, SourceMode};
 use crate::engine::{Engine, EngineOptions, Provider};
 use crate::error::{fail, Kind};
-use crate::explainer::{Explainer, TargetSpec};
+use crate::explainer::{ClassMap, Explainer, TargetSpec};
 use crate::frame::Pool;
 use crate::infer::{self, InferConfig};
 use crate::model::Model;
@@ -243,6 +243,13 @@ impl Plan {
         // Buffers in flight at most: queued at each stage, a batch, one per render worker.
         let in_flight = 2 * queue + batch_size + render_workers + 2;
         let maps_pool = Pool::new(in_flight);
+        // Filled up front with maps of the model's size, so that the frames in flight never
+        // grow the population after start-up.
+        if let Some(dims) = explainers.first().and_then(|e| e.cam_dims()) {
+            for _ in 0..in_flight {
+                maps_pool.give(vec![ClassMap::zeros(dims)]);
+            }
+        }
         let frame_pools: Vec<Pool<Mat>> = sources.iter().map(|_| Pool::new(in_flight)).collect();
         let mut sinks = sinks;
         for (s, p) in sinks.iter_mut().zip(&frame_pools) {
