@@ -151,16 +151,22 @@ impl Explainer {
         }
     }
 
-    /// Prepares `slots` input slots of `batch_size` items and runs the session once. ORT's
-    /// first run grows its memory arena and prepares kernels (tens of ms); doing it at start-up
-    /// keeps that off the first frames' latency and makes an input the session cannot run fail
-    /// before any output is written.
+    /// Prepares `slots` input slots of `batch_size` items and runs each of them once. ORT's
+    /// first run grows its memory arena and prepares kernels (tens of ms), and a binding's first
+    /// run touches its buffers; doing it at start-up keeps that off the first frames' latency and
+    /// makes an input the session cannot run fail before any output is written.
     pub fn warm_up(&mut self, slots: usize) -> Result<(), EngineError> {
         self.engine.prepare(self.batch_size, self.item_dims, slots)?;
-        let slot = self.take_slot()?;
         let specs = vec![TargetSpec::Top1; self.batch_size];
-        let r = self.explain_slot(&slot, &specs, false).map(drop);
-        self.engine.put_slot(slot);
+        let mut taken = Vec::new();
+        let mut r = Ok(());
+        while let Some(slot) = self.engine.take_slot() {
+            r = r.and(self.explain_slot(&slot, &specs, false).map(drop));
+            taken.push(slot);
+        }
+        for slot in taken {
+            self.engine.put_slot(slot);
+        }
         r
     }
 
