@@ -295,8 +295,15 @@ impl Source {
                 if last_lost.elapsed() >= Duration::from_millis(200) {
                     last_lost = Instant::now();
                     let (w, h) = self.size.unwrap_or((640, 360));
-                    let image = Mat::new_size_with_default(Size::new(w, h), CV_8UC3, Scalar::all(40.0))
-                        .unwrap_or_default();
+                    // From the pool too: an outage must not grow the frame population.
+                    let mut image = pool.take().unwrap_or_default();
+                    let grey = Scalar::all(40.0);
+                    if image.size().ok() == Some(Size::new(w, h)) && image.typ() == CV_8UC3 {
+                        let _ = image.set_to_def(&grey);
+                    } else {
+                        image =
+                            Mat::new_size_with_default(Size::new(w, h), CV_8UC3, grey).unwrap_or_default();
+                    }
                     let f = Frame {
                         source: self.index,
                         seq,
