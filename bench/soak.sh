@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Long-run check (a benchmark, not a test): gradcamd on two live RTSP streams for DURATION
-# seconds, RSS sampled every 10 s, and one network drop in the middle (the RTSP server is killed
-# for DROP seconds and restarted) to time the reconnect.
+# seconds, RSS sampled every 10 s, and DROPS network drops evenly spaced (the RTSP server is
+# killed for DROP seconds and restarted) to time the reconnects and see what each one costs.
 #
-#   bench/soak.sh [DURATION_S=600] [DROP_S=5]      writes out/soak/{rss.tsv,metrics.txt,daemon.log}
+#   bench/soak.sh [DURATION_S=600] [DROP_S=5] [DROPS=1]   writes out/soak/{rss.tsv,metrics.txt,daemon.log}
 #
 # Needs scripts/setup.sh test (the RTSP server packages) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-600}
 DROP=${2:-5}
+DROPS=${3:-1}
 OUT=out/soak
 mkdir -p "$OUT"
 PORT=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -45,7 +46,7 @@ uri = "rtsp://127.0.0.1:$PORT/line2"
 events = "$OUT/line2.jsonl"
 events_every = 30
 CFG
-rm -f "$OUT"/*.jsonl
+rm -f "$OUT"/*.jsonl "$OUT/reconnect.txt"
 server
 target/release/gradcamd run --quiet --config "$OUT/soak.toml" 2>"$OUT/daemon.log" &
 DAEMON=$!
@@ -62,14 +63,14 @@ while :; do
   row=$(echo "$s" | /usr/bin/python3 -c 'import json,sys; v=json.load(sys.stdin) or [{},{}]; print("\t".join(str(x.get(k,0)) for k in ("processed","dropped") for x in v[:2]))' 2>/dev/null || echo "0	0	0	0")
   # reorder to processed1 processed2 dropped1 dropped2
   printf "%s\t%s\t%s\n" "$t" "$rss" "$row" >>"$OUT/rss.tsv"
-  if (( dropped == 0 && t >= DURATION / 2 )); then
-    dropped=1
+  if (( dropped < DROPS && t >= DURATION * (dropped + 1) / (DROPS + 1) )); then
+    dropped=$((dropped + 1))
     kill -9 $SERVER; wait $SERVER 2>/dev/null || true
     sleep "$DROP"
     server
     t0=$(date +%s.%N)
     until status | grep -q '"source":"line1","up":true' && status | grep -q '"source":"line2","up":true'; do sleep 0.1; done
-    echo "reconnect_s $(echo "$(date +%s.%N) - $t0" | bc)" >"$OUT/reconnect.txt"
+    echo "reconnect_s $(echo "$(date +%s.%N) - $t0" | bc) (drop $dropped at t=$t s)" >>"$OUT/reconnect.txt"
   fi
   sleep 10
 done
