@@ -17,7 +17,9 @@ fi
 for clip in carphone_pristine bikes; do
   video=.deps/media/$clip.mp4
   echo "== $clip: gradcamd" >&2
-  "$BIN" bench --video "$video" --batch-size "$BATCH,1,4,16" --repeats "${REPEATS:-5}" --json "$OUT/gradcamd_$clip.json"
+  profile=()
+  [ "$clip" = carphone_pristine ] && profile=(--profile "$OUT/ort_profile")
+  "$BIN" bench --video "$video" --batch-size "$BATCH,1,4,16" --repeats "${REPEATS:-5}" "${profile[@]}" --json "$OUT/gradcamd_$clip.json"
   if [ $peer = 1 ]; then
     echo "== $clip: pytorch-grad-cam" >&2
     "$PY" bench/pytorch_gradcam_bench.py --video "$video" --batch-size "$BATCH" --out "$OUT/pgc_$clip.mp4" >"$OUT/pgc_$clip.json"

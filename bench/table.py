@@ -33,6 +33,12 @@ for clip, r, _ in rows[:1]:
 for clip, r, _ in rows:
     st = r["pipeline"]["stage_seconds"]
     print(f"{clip}: cpu seconds per stage: " + "  ".join(f"{k}={v:.2f}" for k, v in st.items()))
+    pr = r.get("profile")
+    if pr:
+        tot = pr["forward_ms"] + pr["appended_ms"]
+        print(f"{clip}: ORT profile, batch {pr['batch_size']}, one session: model's nodes {pr['forward_ms']:.2f} ms, "
+              f"appended by gradcamd {pr['appended_ms']:.2f} ms ({100 * pr['appended_ms'] / tot:.1f}%) per run; "
+              + ", ".join(f"{op}{' (appended)' if ours else ''} {ms:.2f}" for op, ms, ours in pr["ops"][:5]))
     al = r["pipeline"].get("allocs_per_frame", {})
     if al:
         print(f"{clip}: heap allocations per frame once warm: " + "  ".join(f"{k}={v:.2f}" for k, v in al.items()))

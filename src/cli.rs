@@ -253,6 +253,11 @@ pub struct BenchArgs {
     /// Repeats of each measurement; the median is reported.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
+    /// Profile one forward+gradients session with ORT's profiler at the first batch size and
+    /// print the time per operator type, split between the model's own nodes and the nodes
+    /// gradcamd appended (backward of the head, CAM); the trace goes to FILE_<date>.json.
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<PathBuf>,
     /// ORT sessions side by side, as the pipeline's `inference_workers` (0 = two on the CPU,
     /// one on CUDA).
     #[arg(long, default_value_t = 0)]

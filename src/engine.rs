@@ -58,6 +58,8 @@ pub struct EngineOptions {
     /// Busy-wait in ORT's thread pool between ops: faster when gradcamd has the machine alone,
     /// but it starves whatever shares the cores, so it is off unless asked for.
     pub intra_op_spinning: bool,
+    /// Write ORT's profile (Chrome trace JSON) to files starting with this prefix.
+    pub profile: Option<PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -67,6 +69,7 @@ impl Default for EngineOptions {
             fallback: false,
             intra_threads: 0,
             intra_op_spinning: false,
+            profile: None,
         }
     }
 }
@@ -236,6 +239,9 @@ fn build_session(
             "session.model_external_initializers_file_folder_path",
             dir.to_string_lossy(),
         )?;
+    }
+    if let Some(p) = &opts.profile {
+        b = b.with_profiling(p)?;
     }
     if opts.intra_threads > 0 {
         b = b.with_intra_threads(opts.intra_threads)?;
@@ -475,6 +481,13 @@ impl Engine {
 
     pub fn put_slot(&mut self, slot: InputSlot) {
         self.slots.push(slot);
+    }
+
+    /// Ends ORT profiling (see [`EngineOptions::profile`]) and returns the profile's path.
+    pub fn end_profiling(&mut self) -> Result<String, EngineError> {
+        self.session
+            .end_profiling()
+            .map_err(|e| EngineError::Run(e.to_string()))
     }
 
     /// Items per prepared batch (0 before [`Engine::prepare`]).

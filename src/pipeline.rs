@@ -68,6 +68,7 @@ pub fn engine_options(cfg: &Config) -> EngineOptions {
         fallback: cfg.model.fallback,
         intra_threads: cfg.model.intra_threads,
         intra_op_spinning: cfg.model.intra_op_spinning,
+        profile: None,
     }
 }
 

@@ -58,6 +58,19 @@ pub struct SourcesPoint {
     pub latency_p99_ms: f64,
 }
 
+/// Where the time of a forward+gradients run goes, from ORT's profiler.
+#[derive(Serialize)]
+pub struct ProfilePoint {
+    pub trace: String,
+    pub batch_size: usize,
+    pub runs: usize,
+    /// Milliseconds per run in the model's own nodes and in the nodes gradcamd appended.
+    pub forward_ms: f64,
+    pub appended_ms: f64,
+    /// (op type, milliseconds per run, appended?), largest first.
+    pub ops: Vec<(String, f64, bool)>,
+}
+
 #[derive(Serialize)]
 pub struct Report {
     pub model: String,
@@ -74,6 +87,60 @@ pub struct Report {
     /// Live pipeline with N synthetic cameras.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourcesPoint>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<ProfilePoint>,
+}
+
+/// Runs `runs` batches of `b` on a profiled forward+gradients session and sums ORT's node events.
+fn profile_point(
+    graph: &crate::onnx::Augmented,
+    opts: &EngineOptions,
+    prefix: &std::path::Path,
+    b: usize,
+    item: [usize; 3],
+    runs: usize,
+) -> anyhow::Result<ProfilePoint> {
+    let opts = EngineOptions {
+        profile: Some(prefix.to_path_buf()),
+        ..opts.clone()
+    };
+    let mut engine = Engine::new(graph, &opts).map_err(|e| fail(Kind::Runtime, e))?;
+    let runs = runs.max(1);
+    measure(std::slice::from_mut(&mut engine), b, item, runs, 1)?;
+    let trace = engine.end_profiling().map_err(|e| fail(Kind::Runtime, e))?;
+    let text = std::fs::read_to_string(&trace)
+        .map_err(|e| fail(Kind::Output, format!("cannot read the ORT profile {trace}: {e}")))?;
+    let events: Vec<serde_json::Value> = serde_json::from_str(&text)
+        .map_err(|e| fail(Kind::Runtime, format!("ORT profile {trace} is not JSON: {e}")))?;
+    // One warm-up run plus `runs` timed ones went through the session.
+    let per_run = 1.0 / (runs + 1) as f64 / 1000.0;
+    let mut ops: std::collections::BTreeMap<(String, bool), f64> = Default::default();
+    let (mut fwd, mut appended) = (0.0, 0.0);
+    for e in &events {
+        let name = e["name"].as_str().unwrap_or("");
+        if e["cat"] != "Node" || !name.ends_with("_kernel_time") {
+            continue;
+        }
+        let dur = e["dur"].as_f64().unwrap_or(0.0) * per_run;
+        let ours = name.starts_with("gradcamd/");
+        let op = e["args"]["op_name"].as_str().unwrap_or("?").to_string();
+        *ops.entry((op, ours)).or_default() += dur;
+        if ours {
+            appended += dur;
+        } else {
+            fwd += dur;
+        }
+    }
+    let mut ops: Vec<(String, f64, bool)> = ops.into_iter().map(|((op, ours), ms)| (op, ms, ours)).collect();
+    ops.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(ProfilePoint {
+        trace,
+        batch_size: b,
+        runs,
+        forward_ms: fwd,
+        appended_ms: appended,
+        ops,
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -246,6 +313,27 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         );
         multi.push(p);
     }
+    let profile = match &args.profile {
+        Some(prefix) => {
+            let p = profile_point(&model.graph, &opts, prefix, args.batch_size[0], item, args.iters)?;
+            eprintln!(
+                "profile (batch {}, one session, ms per run in ORT's nodes): the model's own nodes {:.2}, appended by gradcamd {:.2} ({:.1}%); trace {}",
+                p.batch_size,
+                p.forward_ms,
+                p.appended_ms,
+                100.0 * p.appended_ms / (p.forward_ms + p.appended_ms).max(1e-9),
+                p.trace
+            );
+            for (op, ms, ours) in p.ops.iter().take(12) {
+                eprintln!(
+                    "  {op:<24} {ms:8.3} ms{}",
+                    if *ours { "  (appended)" } else { "" }
+                );
+            }
+            Some(p)
+        }
+        None => None,
+    };
     let first = &points[0];
     let report = Report {
         model: model.path.display().to_string(),
@@ -259,6 +347,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         engine: points,
         pipeline,
         sources: multi,
+        profile,
     };
     if let Some(p) = &report.pipeline {
         eprintln!(
