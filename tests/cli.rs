@@ -1053,6 +1053,8 @@ fn bench_reports_engine_pipeline_and_multi_camera_numbers() {
         "2",
         "--camera",
         "320x180@15",
+        "--profile",
+        &s(&dir.join("ort")),
         "--json",
         &s(&json),
     ]);
@@ -1062,6 +1064,21 @@ fn bench_reports_engine_pipeline_and_multi_camera_numbers() {
         assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k} missing in {v}");
     }
     assert_eq!(v["pipeline"]["frames"], 120, "the pipeline run keeps every frame");
+    let p = &v["pipeline"];
+    assert!(p["floor_fps"].as_f64().unwrap() > 0.0 && p["floor_ratio"].as_f64().unwrap() > 0.0);
+    let cpu = &p["stage_seconds"];
+    for k in ["decode", "inference", "render", "encode", "total"] {
+        assert!(cpu[k].as_f64().is_some_and(|x| x > 0.0), "cpu {k}: {cpu}");
+    }
+    assert!(cpu["inference"].as_f64() < cpu["total"].as_f64());
+    // ORT's profile: the appended head (backward + CAM) is a small part of the node time.
+    let prof = &v["profile"];
+    let (fwd, ours) = (
+        prof["forward_ms"].as_f64().unwrap(),
+        prof["appended_ms"].as_f64().unwrap(),
+    );
+    assert!(ours > 0.0 && fwd > 5.0 * ours, "{prof}");
+    assert!(std::path::Path::new(prof["trace"].as_str().unwrap()).is_file());
     let src = v["sources"]
         .as_array()
         .expect("multi-camera results under `sources`");
