@@ -138,14 +138,19 @@ fn synthetic_frame(width: i32, height: i32, n: u64) -> Mat {
     m
 }
 
+/// Makes `m` a `width`×`height` BGR image of one `color`, reusing its buffer when it has that size.
+fn fill(m: &mut Mat, width: i32, height: i32, color: Scalar) {
+    let size = Size::new(width, height);
+    if m.size().ok() == Some(size) && m.typ() == CV_8UC3 {
+        let _ = m.set_to_def(&color);
+    } else {
+        *m = Mat::new_size_with_default(size, CV_8UC3, color).unwrap_or_default();
+    }
+}
+
 /// [`synthetic_frame`] drawn into `m`, reusing its buffer.
 fn synthetic_into(m: &mut Mat, width: i32, height: i32, n: u64) {
-    let bg = Scalar::new(60.0, 90.0, 120.0, 0.0);
-    if m.size().ok() != Some(Size::new(width, height)) || m.typ() != CV_8UC3 {
-        *m = Mat::new_size_with_default(Size::new(width, height), CV_8UC3, bg).unwrap_or_default();
-    } else {
-        let _ = m.set_to_def(&bg);
-    }
+    fill(m, width, height, Scalar::new(60.0, 90.0, 120.0, 0.0));
     let side = (height / 3).max(8);
     let span = (width - side).max(1) as u64;
     let x = ((n * 4) % (2 * span)) as i64;
@@ -297,13 +302,7 @@ impl Source {
                     let (w, h) = self.size.unwrap_or((640, 360));
                     // From the pool too: an outage must not grow the frame population.
                     let mut image = pool.take().unwrap_or_default();
-                    let grey = Scalar::all(40.0);
-                    if image.size().ok() == Some(Size::new(w, h)) && image.typ() == CV_8UC3 {
-                        let _ = image.set_to_def(&grey);
-                    } else {
-                        image =
-                            Mat::new_size_with_default(Size::new(w, h), CV_8UC3, grey).unwrap_or_default();
-                    }
+                    fill(&mut image, w, h, Scalar::all(40.0));
                     let f = Frame {
                         source: self.index,
                         seq,

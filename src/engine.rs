@@ -180,11 +180,7 @@ impl InputSlot {
     }
 
     /// The whole buffer, read-only.
-    pub fn data_ref(&self) -> &[f32] {
-        self.data()
-    }
-
-    fn data(&self) -> &[f32] {
+    pub fn data(&self) -> &[f32] {
         match &self.data {
             SlotData::Tensor(t) => t.extract_tensor().1,
             SlotData::Plain(v) => v,

@@ -287,7 +287,7 @@ impl Explainer {
         for chunk in extra.chunks(self.batch_size) {
             let m = chunk.len();
             self.replicated.resize(m * len, 0.0);
-            let src = slot.data_ref();
+            let src = slot.data();
             for (j, &(i, _)) in chunk.iter().enumerate() {
                 self.replicated[j * len..(j + 1) * len].copy_from_slice(&src[i * len..(i + 1) * len]);
             }
@@ -402,24 +402,24 @@ fn ranked(logits: impl Iterator<Item = f32> + Clone, k: usize) -> Vec<(usize, f3
     out
 }
 
-/// Softmax probability of `class`, computed stably.
-pub fn softmax_at(class: usize, logits: impl Iterator<Item = f32> + Clone) -> f32 {
-    let max = logits.clone().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f64;
-    let mut at = 0.0f64;
-    for (i, v) in logits.enumerate() {
-        let e = ((v - max) as f64).exp();
-        sum += e;
-        if i == class {
-            at = e;
-        }
-    }
-    (at / sum) as f32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Softmax probability of `class`, computed independently of [`Softmax`].
+    fn softmax_at(class: usize, logits: impl Iterator<Item = f32> + Clone) -> f32 {
+        let max = logits.clone().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f64;
+        let mut at = 0.0f64;
+        for (i, v) in logits.enumerate() {
+            let e = ((v - max) as f64).exp();
+            sum += e;
+            if i == class {
+                at = e;
+            }
+        }
+        (at / sum) as f32
+    }
 
     fn class_of(s: &str) -> Result<usize, String> {
         match s {
@@ -462,6 +462,9 @@ mod tests {
         assert_eq!(r.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2, 0]);
         let total: f32 = (0..4).map(|i| softmax_at(i, l.iter().copied())).sum();
         assert!((total - 1.0).abs() < 1e-6);
+        for &(c, p) in &r {
+            assert!((p - softmax_at(c, l.iter().copied())).abs() < 1e-7, "class {c}");
+        }
         assert!(r[0].1 > r[1].1 && r[1].1 > r[2].1);
     }
 }

@@ -206,22 +206,18 @@ fn batch(
     let mut deadline: Option<Instant> = None;
     loop {
         let next = inputs.next(deadline);
-        if let Next::Frame(f) = &next {
-            if f.lost {
-                if let Next::Frame(f) = next {
-                    let lost = Explained {
-                        frame: f,
-                        maps: Vec::new(),
-                        fps: 0.0,
-                    };
-                    if tx.send(lost).is_err() {
-                        break;
-                    }
-                }
-                continue;
-            }
-        }
+        let closed = matches!(next, Next::Closed);
         match next {
+            Next::Frame(f) if f.lost => {
+                let lost = Explained {
+                    frame: f,
+                    maps: Vec::new(),
+                    fps: 0.0,
+                };
+                if tx.send(lost).is_err() {
+                    break;
+                }
+            }
             Next::Frame(f) => {
                 if current.is_none() {
                     // Waits while both slots are with the session: that is the backpressure.
@@ -273,7 +269,7 @@ fn batch(
                         break;
                     }
                 }
-                if matches!(next, Next::Closed) {
+                if closed {
                     break;
                 }
             }
