@@ -63,6 +63,7 @@ pub struct SourcesPoint {
 pub struct ProfilePoint {
     pub trace: String,
     pub batch_size: usize,
+    /// Runs the times are averaged over (every run the session made, warm-up included).
     pub runs: usize,
     /// Milliseconds per run in the model's own nodes and in the nodes gradcamd appended.
     pub forward_ms: f64,
@@ -112,8 +113,10 @@ fn profile_point(
         .map_err(|e| fail(Kind::Output, format!("cannot read the ORT profile {trace}: {e}")))?;
     let events: Vec<serde_json::Value> = serde_json::from_str(&text)
         .map_err(|e| fail(Kind::Runtime, format!("ORT profile {trace} is not JSON: {e}")))?;
-    // One warm-up run plus `runs` timed ones went through the session.
-    let per_run = 1.0 / (runs + 1) as f64 / 1000.0;
+    // Divide by the runs the session really made (the timed ones, and the warm-up and binding
+    // runs before them), as ORT logs each one.
+    let made = events.iter().filter(|e| e["name"] == "model_run").count().max(1);
+    let per_run = 1.0 / made as f64 / 1000.0;
     let mut ops: std::collections::BTreeMap<(String, bool), f64> = Default::default();
     let (mut fwd, mut appended) = (0.0, 0.0);
     for e in &events {
@@ -136,7 +139,7 @@ fn profile_point(
     Ok(ProfilePoint {
         trace,
         batch_size: b,
-        runs,
+        runs: made,
         forward_ms: fwd,
         appended_ms: appended,
         ops,
