@@ -96,6 +96,18 @@ impl EngineOptions {
         }
         (n, opts)
     }
+
+    /// Frames per ORT run: `requested`, else 1 on CPU sessions of one thread (the default on
+    /// two cores: the default model runs 18% faster per frame at batch 1 than at 8, its
+    /// activations staying in cache; bench/NOTES.md), else 8. Call it on the options
+    /// [`EngineOptions::sessions`] returns.
+    pub fn batch(&self, requested: Option<usize>) -> usize {
+        match requested {
+            Some(b) => b.max(1),
+            None if self.provider == Provider::Cpu && self.intra_threads == 1 => 1,
+            None => 8,
+        }
+    }
 }
 
 static RUNTIME: OnceLock<ort::environment::Environment> = OnceLock::new();
@@ -201,11 +213,102 @@ struct Bound {
     da: Option<usize>,
     class: Option<usize>,
     cam: Option<usize>,
+    /// Runs of fewer items than the batch; `None` where an output is not batch-major.
+    partial: Option<Partial>,
+}
+
+/// Most outputs a partial run handles (an augmented model has five at most).
+const MAX_OUTPUTS: usize = 8;
+
+/// Runs of n < batch items (the end of a file, a batch the timeout cut short, so every batch of
+/// a single live camera) go through `OrtApi::Run` with tensors made once over the first n rows
+/// of the bound buffers: they allocate nothing either, where `Session::run` made its outputs
+/// and a map of them each time.
+struct Partial {
+    /// The image input, then the target class input (augmented models).
+    in_names: Vec<std::ffi::CString>,
+    out_names: Vec<std::ffi::CString>,
+    /// By slot id, then n - 1: the slot's first n items.
+    inputs: Vec<Vec<RowsView>>,
+    /// By n - 1: the first n target classes.
+    targets: Vec<Option<RowsView>>,
+    /// By n - 1: the first n rows of every output, in `out_names` order.
+    outputs: Vec<Vec<RowsView>>,
+}
+
+/// A tensor over the first rows of a buffer that `Bound` or an [`InputSlot`] owns. It does not
+/// own the memory; the owners outlive every run that uses it (the engine drops slots it made
+/// only after its last run).
+enum RowsView {
+    F32(ort::value::TensorRefMut<'static, f32>),
+    I64(ort::value::TensorRefMut<'static, i64>),
+}
+
+impl RowsView {
+    /// # Safety
+    /// `data` must hold `shape`'s product of elements and stay valid, at the same address, for
+    /// as long as ORT may read or write through the view.
+    unsafe fn f32(data: *mut f32, shape: &[usize]) -> ort::Result<RowsView> {
+        let info = cpu_memory()?;
+        // SAFETY: the caller's promise.
+        unsafe { ort::value::TensorRefMut::from_raw(info, data.cast(), shape.to_vec().into()) }
+            .map(RowsView::F32)
+    }
+
+    /// # Safety
+    /// As [`RowsView::f32`].
+    unsafe fn i64(data: *mut i64, shape: &[usize]) -> ort::Result<RowsView> {
+        let info = cpu_memory()?;
+        // SAFETY: the caller's promise.
+        unsafe { ort::value::TensorRefMut::from_raw(info, data.cast(), shape.to_vec().into()) }
+            .map(RowsView::I64)
+    }
+
+    fn ptr(&self) -> *mut ort::sys::OrtValue {
+        match self {
+            RowsView::F32(v) => ort::AsPointer::ptr(&**v).cast_mut(),
+            RowsView::I64(v) => ort::AsPointer::ptr(&**v).cast_mut(),
+        }
+    }
+}
+
+fn cpu_memory() -> ort::Result<ort::memory::MemoryInfo<'static>> {
+    ort::memory::MemoryInfo::new(
+        ort::memory::AllocationDevice::CPU,
+        0,
+        ort::memory::AllocatorType::Device,
+        ort::memory::MemoryType::Default,
+    )
+}
+
+/// Turns a status ORT returned into our error, releasing it.
+fn check_status(status: ort::sys::OrtStatusPtr) -> Result<(), EngineError> {
+    if status.0.is_null() {
+        return Ok(());
+    }
+    let api = ort::api();
+    // SAFETY: a non-null status is an OrtStatus we own and must release.
+    let msg = unsafe {
+        let m = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0))
+            .to_string_lossy()
+            .into_owned();
+        (api.ReleaseStatus)(status.0);
+        m
+    };
+    Err(EngineError::Run(msg))
 }
 
 enum BoundOutput {
     F32(ort::value::Tensor<f32>, Vec<usize>),
     I64(ort::value::Tensor<i64>, Vec<usize>),
+}
+
+impl BoundOutput {
+    fn shape(&self) -> &[usize] {
+        match self {
+            BoundOutput::F32(_, s) | BoundOutput::I64(_, s) => s,
+        }
+    }
 }
 
 /// Borrowed outputs of one batch, valid inside [`Engine::run_with`]'s callback.
@@ -399,12 +502,7 @@ impl Engine {
             .iter()
             .map(|o| o.name().to_string())
             .collect();
-        let mem = ort::memory::MemoryInfo::new(
-            ort::memory::AllocationDevice::CPU,
-            0,
-            ort::memory::AllocatorType::Device,
-            ort::memory::MemoryType::Default,
-        )?;
+        let mem = cpu_memory()?;
         let Some(first) = bindings.first_mut() else {
             return Ok(None);
         };
@@ -454,6 +552,13 @@ impl Engine {
         let Some(logits) = find(&self.logits) else {
             return Ok(None);
         };
+        let mut target = target;
+        let mut inputs = inputs;
+        let partial = if dims[0] > 1 && names.len() <= MAX_OUTPUTS {
+            self.partial(dims, &names, &mut inputs, target.as_mut(), &mut outputs)?
+        } else {
+            None
+        };
         Ok(Some((
             Bound {
                 bindings,
@@ -464,9 +569,81 @@ impl Engine {
                 class: find(OUT_CLASS),
                 cam: find(OUT_CAM),
                 outputs,
+                partial,
             },
             inputs,
         )))
+    }
+
+    /// The views of [`Partial`], for every n < batch; `None` when an output's first dimension
+    /// is not the batch.
+    fn partial(
+        &self,
+        dims: [usize; 4],
+        names: &[String],
+        inputs: &mut [ort::value::Tensor<f32>],
+        target: Option<&mut ort::value::Tensor<i64>>,
+        outputs: &mut [BoundOutput],
+    ) -> ort::Result<Option<Partial>> {
+        let b = dims[0];
+        if outputs.iter().any(|o| o.shape().first() != Some(&b)) {
+            return Ok(None);
+        }
+        let cstr = |s: &str| std::ffi::CString::new(s).ok();
+        let mut in_names = vec![cstr(&self.input_name)];
+        if target.is_some() {
+            in_names.push(cstr(IN_TARGET));
+        }
+        let Some(in_names) = in_names.into_iter().collect::<Option<Vec<_>>>() else {
+            return Ok(None);
+        };
+        let Some(out_names) = names.iter().map(|n| cstr(n)).collect::<Option<Vec<_>>>() else {
+            return Ok(None);
+        };
+        let rows = |shape: &[usize], n: usize| -> Vec<usize> {
+            let mut s = shape.to_vec();
+            s[0] = n;
+            s
+        };
+        let target_ptr = target.map(|t| t.extract_tensor_mut().1.as_mut_ptr());
+        let mut p = Partial {
+            in_names,
+            out_names,
+            inputs: Vec::new(),
+            targets: Vec::new(),
+            outputs: Vec::new(),
+        };
+        for input in inputs.iter_mut() {
+            let data = input.extract_tensor_mut().1.as_mut_ptr();
+            let mut by_n = Vec::new();
+            for n in 1..b {
+                // SAFETY: the first n of the slot's b items; ORT allocated the slot's buffer,
+                // which stays where it is however the slot moves.
+                by_n.push(unsafe { RowsView::f32(data, &rows(&dims, n)) }?);
+            }
+            p.inputs.push(by_n);
+        }
+        for n in 1..b {
+            // SAFETY: the first n of the b targets, in a tensor `Bound` owns.
+            p.targets.push(match target_ptr {
+                Some(t) => Some(unsafe { RowsView::i64(t, &[n]) }?),
+                None => None,
+            });
+            let mut views = Vec::new();
+            for o in outputs.iter_mut() {
+                // SAFETY: the first n rows of a batch-major output `Bound` owns.
+                views.push(match o {
+                    BoundOutput::F32(t, s) => {
+                        unsafe { RowsView::f32(t.extract_tensor_mut().1.as_mut_ptr(), &rows(s, n)) }?
+                    }
+                    BoundOutput::I64(t, s) => {
+                        unsafe { RowsView::i64(t.extract_tensor_mut().1.as_mut_ptr(), &rows(s, n)) }?
+                    }
+                });
+            }
+            p.outputs.push(views);
+        }
+        Ok(Some(p))
     }
 
     /// An input slot of [`Engine::prepare`] to fill (give it back with [`Engine::put_slot`]);
@@ -502,11 +679,12 @@ impl Engine {
     ) -> Result<R, EngineError> {
         let run = |e: String| EngineError::Run(e);
         let [b, c, h, w] = self.dims;
-        if let (Some(bound), SlotData::Tensor(_), true) = (self.bound.as_mut(), &slot.data, n == b) {
-            let binding = bound
-                .bindings
-                .get(slot.id)
-                .ok_or_else(|| run("input slot from another engine".into()))?;
+        let partial = self.bound.as_ref().is_some_and(|bd| bd.partial.is_some());
+        if let (Some(bound), SlotData::Tensor(_), true) = (
+            self.bound.as_mut(),
+            &slot.data,
+            n == b || (partial && (1..b).contains(&n)),
+        ) {
             if let Some(t) = bound.target.as_mut() {
                 let data = t.extract_tensor_mut().1;
                 for (i, d) in data.iter_mut().enumerate() {
@@ -518,30 +696,68 @@ impl Engine {
                 }
             }
             let api = ort::api();
-            // SAFETY: the session and the binding are alive and ours; every bound value is owned
-            // by `bound` or by `slot` and outlives the call. Session::run_binding makes the same
-            // call and then allocates a map of the outputs, which we read from `bound` instead.
-            let status = unsafe {
-                (api.RunWithBinding)(
-                    ort::AsPointer::ptr(&self.session).cast_mut(),
-                    std::ptr::null(),
-                    ort::AsPointer::ptr(binding),
-                )
-            };
-            if !status.0.is_null() {
-                // SAFETY: a non-null status is an OrtStatus we own and must release.
-                let msg = unsafe {
-                    let m = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0))
-                        .to_string_lossy()
-                        .into_owned();
-                    (api.ReleaseStatus)(status.0);
-                    m
-                };
-                return Err(run(msg));
+            let session = ort::AsPointer::ptr(&self.session).cast_mut();
+            if n == b {
+                let binding = bound
+                    .bindings
+                    .get(slot.id)
+                    .ok_or_else(|| run("input slot from another engine".into()))?;
+                // SAFETY: the session and the binding are alive and ours; every bound value is
+                // owned by `bound` or by `slot` and outlives the call. Session::run_binding makes
+                // the same call and then allocates a map of the outputs, which we read from
+                // `bound` instead.
+                check_status(unsafe {
+                    (api.RunWithBinding)(session, std::ptr::null(), ort::AsPointer::ptr(binding))
+                })?;
+            } else {
+                let p = bound
+                    .partial
+                    .as_ref()
+                    .ok_or_else(|| run("no partial views".into()))?;
+                let input = p
+                    .inputs
+                    .get(slot.id)
+                    .and_then(|v| v.get(n - 1))
+                    .ok_or_else(|| run("input slot from another engine".into()))?;
+                let outs = p
+                    .outputs
+                    .get(n - 1)
+                    .ok_or_else(|| run("no partial views".into()))?;
+                let mut in_names = [std::ptr::null(); 2];
+                let mut in_vals: [*const ort::sys::OrtValue; 2] = [std::ptr::null(); 2];
+                in_names[0] = p.in_names[0].as_ptr();
+                in_vals[0] = input.ptr();
+                let mut n_in = 1;
+                if let (Some(name), Some(Some(t))) = (p.in_names.get(1), p.targets.get(n - 1)) {
+                    in_names[1] = name.as_ptr();
+                    in_vals[1] = t.ptr();
+                    n_in = 2;
+                }
+                let mut out_names = [std::ptr::null(); MAX_OUTPUTS];
+                let mut out_vals = [std::ptr::null_mut(); MAX_OUTPUTS];
+                for (i, (name, v)) in p.out_names.iter().zip(outs).enumerate().take(MAX_OUTPUTS) {
+                    out_names[i] = name.as_ptr();
+                    out_vals[i] = v.ptr();
+                }
+                // SAFETY: the names are C strings `p` owns; every value is a view made once over
+                // memory that `bound` or `slot` owns and that outlives the call; ORT writes the
+                // outputs into the views (non-null outputs are used as given).
+                check_status(unsafe {
+                    (api.Run)(
+                        session,
+                        std::ptr::null(),
+                        in_names.as_ptr(),
+                        in_vals.as_ptr(),
+                        n_in,
+                        out_names.as_ptr(),
+                        p.out_names.len(),
+                        out_vals.as_mut_ptr(),
+                    )
+                })?;
             }
-            return Ok(f(bound.view().map_err(run)?));
+            return Ok(f(bound.view(n).map_err(run)?));
         }
-        // A partial batch, or no binding: an ordinary run on the first n items.
+        // No binding: an ordinary run on the first n items.
         let data = slot
             .data()
             .get(..n * c * h * w)
@@ -654,24 +870,31 @@ impl Engine {
 }
 
 impl Bound {
-    fn view(&self) -> Result<BatchView<'_>, String> {
-        fn f32s(o: &BoundOutput) -> Option<(&[f32], &[usize])> {
+    /// The outputs of the last run, of `n` items (the first n rows).
+    fn view(&self, n: usize) -> Result<BatchView<'_>, String> {
+        // The first n rows of a batch-major output, and the output's full shape (whose first
+        // dimension the views replace by n).
+        fn rows<'a, T>(d: &'a [T], s: &'a [usize], n: usize) -> Option<(&'a [T], &'a [usize])> {
+            let row: usize = s.get(1..)?.iter().product();
+            Some((d.get(..n * row)?, s))
+        }
+        fn f32s(o: &BoundOutput, n: usize) -> Option<(&[f32], &[usize])> {
             match o {
-                BoundOutput::F32(t, s) => Some((t.extract_tensor().1, s)),
+                BoundOutput::F32(t, s) => rows(t.extract_tensor().1, s, n),
                 BoundOutput::I64(..) => None,
             }
         }
-        let get = |i: Option<usize>| i.and_then(|i| self.outputs.get(i)).and_then(f32s);
+        let get = |i: Option<usize>| i.and_then(|i| self.outputs.get(i)).and_then(|o| f32s(o, n));
         let v4 = |i: Option<usize>| -> Result<ArrayView4<'_, f32>, String> {
             match get(i) {
-                Some((d, &[a, b, c, e])) => {
-                    ArrayView4::from_shape((a, b, c, e), d).map_err(|e| e.to_string())
+                Some((d, &[_, k, h, w])) => {
+                    ArrayView4::from_shape((n, k, h, w), d).map_err(|e| e.to_string())
                 }
                 _ => Err("missing A or dA output".into()),
             }
         };
         let logits = match get(Some(self.logits)) {
-            Some((d, &[a, b])) => ArrayView2::from_shape((a, b), d).map_err(|e| e.to_string())?,
+            Some((d, &[_, c])) => ArrayView2::from_shape((n, c), d).map_err(|e| e.to_string())?,
             _ => return Err("logits are not [batch, classes]".into()),
         };
         let empty4 = ArrayView4::from_shape((0, 0, 0, 0), &[][..]).map_err(|e| e.to_string())?;
@@ -681,13 +904,14 @@ impl Bound {
             (empty4, empty4)
         };
         let class = match self.class.and_then(|i| self.outputs.get(i)) {
-            Some(BoundOutput::I64(t, s)) => {
-                ArrayView1::from_shape(s[0], t.extract_tensor().1).map_err(|e| e.to_string())?
-            }
+            Some(BoundOutput::I64(t, s)) => match rows(t.extract_tensor().1, s, n) {
+                Some((d, &[_])) => ArrayView1::from_shape(n, d).map_err(|e| e.to_string())?,
+                _ => return Err("class output is not [batch]".into()),
+            },
             _ => ArrayView1::from_shape(0, &[][..]).map_err(|e| e.to_string())?,
         };
         let cam = match get(self.cam) {
-            Some((d, &[a, b, c])) => Some(ArrayView3::from_shape((a, b, c), d).map_err(|e| e.to_string())?),
+            Some((d, &[_, h, w])) => Some(ArrayView3::from_shape((n, h, w), d).map_err(|e| e.to_string())?),
             _ => None,
         };
         Ok(BatchView {

@@ -210,11 +210,11 @@ fn normalized_cam_and_overlay_match_pytorch_grad_cam() {
     }
 }
 
-/// A full batch runs through an IoBinding into pre-allocated outputs, a partial one through an
-/// ordinary `Session::run`: both paths must give the same classes, maps and tensors, and the
-/// same as the reference fixtures.
+/// A full batch runs through an IoBinding into pre-allocated outputs, a partial one through
+/// `OrtApi::Run` on views of the same buffers: through the explainer, both must give the same
+/// classes, maps and tensors, and the same as the reference fixtures.
 #[test]
-fn bound_full_batches_match_ordinary_runs() {
+fn bound_full_and_partial_batches_agree() {
     use gradcamd::explainer::{Explainer, TargetSpec};
     let fx = read_json(&root().join("tests/fixtures/default_gradcam.json"));
     let top1: Vec<&serde_json::Value> = fx["cases"]
@@ -273,5 +273,66 @@ fn bound_full_batches_match_ordinary_runs() {
             correlation(fc, &floats(&top1[i]["cam_raw"])) > 0.999999,
             "item {i} vs fixture"
         );
+    }
+}
+
+/// A batch of n < batch_size items (the end of a file, a batch cut short by the timeout) runs
+/// on views of the bound buffers. For every n, it must give what an ordinary `Session::run` on
+/// the same n items gives, and allocate nothing once that size has run once.
+#[test]
+fn partial_batches_on_views_match_ordinary_runs() {
+    gradcamd::alloc::Counting::mark_installed();
+    let fx = read_json(&root().join("tests/fixtures/default_gradcam.json"));
+    let model = load();
+    let mut pre = Preprocessor::new(&model.sidecar.input);
+    let mut engine = Engine::new(&model.graph, &EngineOptions::default()).unwrap();
+    let b = 4;
+    engine.prepare(b, pre.item_dims(), 1).unwrap();
+    let mut slot = engine.take_slot().expect("a slot");
+    let item = pre.item_len();
+    for (i, c) in fx["cases"].as_array().unwrap().iter().take(b).enumerate() {
+        let data = &mut slot.data_mut()[i * item..(i + 1) * item];
+        pre.fill(&image(c["image"].as_str().unwrap()), data).unwrap();
+    }
+    // Distinct targets per item, top-1 for the last: the target input is viewed too.
+    let targets = [3i64, 281, 0, -1];
+    type Outs = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<i64>);
+    let grab = |v: gradcamd::engine::BatchView| -> Outs {
+        (
+            v.logits.iter().copied().collect(),
+            v.a.iter().copied().collect(),
+            v.da.iter().copied().collect(),
+            v.class.iter().copied().collect(),
+        )
+    };
+    let [_, c, h, w] = [b, 3, pre.input_hw().0, pre.input_hw().1];
+    for n in 1..=b {
+        let bound = engine.run_slot(&slot, n, &targets[..n], grab).unwrap();
+        let input = slot.data()[..n * item].to_vec();
+        let view = ArrayView4::from_shape((n, c, h, w), &input).unwrap();
+        let plain = engine.run_with(view, &targets[..n], grab).unwrap();
+        assert_eq!(bound.3, plain.3, "n = {n}: classes");
+        assert_eq!(bound.3.len(), n);
+        assert_eq!(
+            &bound.3[..n.min(3)],
+            &targets[..n.min(3)],
+            "n = {n}: targets used"
+        );
+        for (what, x, y) in [
+            ("logits", &bound.0, &plain.0),
+            ("A", &bound.1, &plain.1),
+            ("dA", &bound.2, &plain.2),
+        ] {
+            assert_eq!(x.len(), y.len(), "n = {n}: {what} size");
+            assert!(
+                max_abs_diff(x, y) <= 1e-5 * max_abs(y).max(1e-6),
+                "n = {n}: {what} differs by {}",
+                max_abs_diff(x, y)
+            );
+        }
+        let before = gradcamd::alloc::thread_allocs().unwrap();
+        engine.run_slot(&slot, n, &targets[..n], |_| ()).unwrap();
+        let allocs = gradcamd::alloc::thread_allocs().unwrap() - before;
+        assert_eq!(allocs, 0, "n = {n}: a warm run allocated {allocs} times");
     }
 }
