@@ -17,16 +17,17 @@ for clip in ("carphone_pristine", "bikes"):
         peer = json.loads(lines[-1])["fps"] if lines else None
     rows.append((clip, r, peer))
 
-# The floor is forward+gradients at the pipeline's batch size, measured right before each
-# pipeline run (median); `pipe/floor` compares the two medians.
-print(f"{'clip':<18} {'batch':>5} {'forward':>9} {'floor':>9} {'pipeline':>9} {'pipe/floor':>10} {'pytorch-grad-cam':>17} {'speed-up':>8}")
+# The floor is forward+gradients at the best batch size of the engine table, measured right
+# before each pipeline run (median); `pipe/floor` compares the two medians.
+print(f"{'clip':<18} {'batch':>5} {'floor (batch)':>14} {'pipeline':>9} {'pipe/floor':>10} {'pytorch-grad-cam':>17} {'speed-up':>8}")
 for clip, r, peer in rows:
     p = r["pipeline"]
     peer_s = f"{peer:17.1f}" if peer else f"{'-':>17}"
     sp = f"{p['fps'] / peer:7.1f}x" if peer else f"{'-':>8}"
-    print(f"{clip:<18} {r['batch_size']:>5} {r['forward_fps']:9.1f} {p['floor_fps']:9.1f} {p['fps']:9.1f} {p['floor_ratio']:10.2f} {peer_s} {sp}")
+    fl = f"{p['floor_fps']:.1f} ({p.get('floor_batch_size', r['batch_size'])})"
+    print(f"{clip:<18} {r['batch_size']:>5} {fl:>14} {p['fps']:9.1f} {p['floor_ratio']:10.2f} {peer_s} {sp}")
 print()
-print("engine (frames/s):")
+print("engine (frames/s, the sessions side by side):")
 for clip, r, _ in rows[:1]:
     for e in r["engine"]:
         print(f"  batch {e['batch_size']:>3}: forward {e['forward_fps']:7.1f}  forward+gradients {e['gradients_fps']:7.1f}  cost x{e['gradient_cost_ratio']:.3f}")

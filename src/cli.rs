@@ -245,7 +245,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     pub video: Option<PathBuf>,
     /// Batch sizes to measure the engine at (comma separated); the pipeline uses the first.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![8usize])]
+    /// Default: the pipeline's own (1 on the CPU with one thread per session, else 8), then 1,
+    /// 2, 4, 8 and 16.
+    #[arg(long, value_delimiter = ',')]
     pub batch_size: Vec<usize>,
     /// Timed engine runs per measurement (after one warm-up run).
     #[arg(long, default_value_t = 20)]

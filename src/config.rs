@@ -163,9 +163,10 @@ impl Default for ExplainConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Frames per ORT run, across all sources.
-    #[serde(default = "default_batch")]
-    pub batch_size: usize,
+    /// Frames per ORT run, across all sources; absent: chosen for the provider (see
+    /// [`crate::engine::EngineOptions::batch`]).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
     /// Longest wait for a batch to fill before running a partial one.
     #[serde(default = "default_batch_timeout_ms")]
     pub batch_timeout_ms: u64,
@@ -181,9 +182,6 @@ pub struct PipelineConfig {
     pub inference_workers: usize,
 }
 
-fn default_batch() -> usize {
-    8
-}
 fn default_batch_timeout_ms() -> u64 {
     25
 }
@@ -194,7 +192,7 @@ fn default_queue() -> usize {
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
-            batch_size: default_batch(),
+            batch_size: None,
             batch_timeout_ms: default_batch_timeout_ms(),
             render_workers: 0,
             queue_frames: default_queue(),
@@ -404,8 +402,8 @@ impl Config {
     /// Range checks that serde cannot express.
     pub fn validate(&self) -> anyhow::Result<()> {
         let p = &self.pipeline;
-        if p.batch_size == 0 || p.batch_size > 256 {
-            anyhow::bail!("pipeline.batch_size = {} is out of range 1..=256", p.batch_size);
+        if let Some(b) = p.batch_size.filter(|b| !(1..=256).contains(b)) {
+            anyhow::bail!("pipeline.batch_size = {b} is out of range 1..=256");
         }
         if p.queue_frames == 0 {
             anyhow::bail!("pipeline.queue_frames must be at least 1");
@@ -462,7 +460,7 @@ mod tests {
     #[test]
     fn defaults_from_empty_file() {
         let c = Config::parse("").unwrap();
-        assert_eq!(c.pipeline.batch_size, 8);
+        assert_eq!(c.pipeline.batch_size, None);
         assert_eq!(c.explain.method, Method::GradCam);
         assert!(c.source.is_empty());
     }

@@ -94,6 +94,18 @@ pub fn check_method(model: &Model, method: Method) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Frames the sources will send, when every one is a file in file mode that says how many it
+/// holds (a hint: a wrong count only changes how the last batches are cut).
+fn expected_frames(sources: &[Source]) -> Option<u64> {
+    sources
+        .iter()
+        .map(|s| match s.mode {
+            SourceMode::File => s.frame_count,
+            SourceMode::Live => None,
+        })
+        .sum()
+}
+
 impl Plan {
     pub fn build(cfg: &Config) -> anyhow::Result<Plan> {
         if cfg.source.is_empty() {
@@ -117,6 +129,7 @@ impl Plan {
 
         let pre = Preprocessor::new(&model.sidecar.input);
         let (workers, opts) = engine_options(cfg).sessions(cfg.pipeline.inference_workers);
+        let batch_size = opts.batch(cfg.pipeline.batch_size);
         let mut explainers = Vec::new();
         for _ in 0..workers {
             let engine = Engine::new(&model.graph, &opts).map_err(|e| fail(Kind::Runtime, e))?;
@@ -124,7 +137,7 @@ impl Plan {
                 engine,
                 cfg.explain.method,
                 model.graph.fc.clone(),
-                cfg.pipeline.batch_size,
+                batch_size,
                 pre.item_dims(),
             );
             explainer
@@ -166,12 +179,13 @@ impl Plan {
         };
         Ok(Plan {
             infer: InferConfig {
-                batch_size: p.batch_size,
+                batch_size,
                 batch_timeout: Duration::from_millis(p.batch_timeout_ms),
                 targets,
                 monitors,
                 labels: Arc::new(model.sidecar.labels.clone()),
                 maps_pool: Pool::new(1),
+                expected_frames: expected_frames(&sources),
             },
             method: cfg.explain.method,
             render: RenderConfig {
@@ -181,7 +195,7 @@ impl Plan {
             },
             render_workers: workers,
             queue: p.queue_frames,
-            batch_size: p.batch_size,
+            batch_size,
             explainers,
             pre,
             sources,
@@ -307,7 +321,7 @@ impl Plan {
         for h in captures {
             h.join().map_err(|_| join_err("capture"))?;
         }
-        infer_h.join().map_err(|_| join_err("inference"))?;
+        let explainers = infer_h.join().map_err(|_| join_err("inference"))?;
         for h in renders {
             h.join().map_err(|_| join_err("render"))?;
         }
@@ -326,10 +340,13 @@ impl Plan {
             .add(crate::cpu::process_cpu().saturating_sub(cpu_started));
         bars.finish();
         let frames_in = Stats::get(&stats.captured);
+        let elapsed = started.elapsed();
+        // The outputs are final: the sessions' teardown is not part of the run.
+        drop(explainers);
         Ok(Summary {
             outputs,
             frames_in,
-            elapsed: started.elapsed(),
+            elapsed,
             stats,
         })
     }

@@ -20,7 +20,7 @@ fn run_carphone(name: &str, hud: bool) -> Arc<gradcamd::stats::Stats> {
     gradcamd::alloc::Counting::mark_installed();
     let mut cfg = Config::default();
     cfg.explain.hud = hud;
-    cfg.pipeline.batch_size = 8;
+    cfg.pipeline.batch_size = Some(8);
     cfg.pipeline.render_workers = 2;
     cfg.source = vec![SourceConfig {
         output: Some(scratch(name).join("out.mp4")),

@@ -46,7 +46,7 @@ pub fn config_from(args: &RunArgs) -> anyhow::Result<Config> {
         cfg.live.strict = true;
     }
     if let Some(b) = args.batch_size {
-        cfg.pipeline.batch_size = b;
+        cfg.pipeline.batch_size = Some(b);
     }
     if let Some(m) = args.method {
         cfg.explain.method = m;
