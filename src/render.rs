@@ -63,6 +63,8 @@ pub struct Scratch {
     blend: Mat,
     text: String,
     fps: String,
+    /// HUD glyphs, one set per frame height met.
+    fonts: Vec<HudFont>,
 }
 
 /// The CAM as pytorch-grad-cam hands it to the colormap: normalized, upsampled bilinearly to
@@ -205,11 +207,17 @@ fn heatmap(cam_raw: &Array2<f32>, image: &Mat, s: &mut Scratch) -> opencv::Resul
     Ok(())
 }
 
-/// Draws "label  score" top-left and `right` (the fps) top-right, on a dark band for contrast.
+/// The HUD's font size for a frame of `rows` rows: (scale, thickness).
+fn hud_size(rows: i32) -> (f64, i32) {
+    let scale = (rows as f64 / 480.0 * 0.6).clamp(0.3, 1.2);
+    (scale, if rows >= 480 { 2 } else { 1 })
+}
+
+/// Draws "label  score" top-left and `right` (the fps) top-right, on a dark band for contrast,
+/// with `putText` (see [`HudFont`] for the per-frame path).
 pub fn draw_hud(img: &mut Mat, text: &str, right: Option<&str>) -> opencv::Result<()> {
     let rows = img.rows();
-    let scale = (rows as f64 / 480.0 * 0.6).clamp(0.3, 1.2);
-    let thick = if rows >= 480 { 2 } else { 1 };
+    let (scale, thick) = hud_size(rows);
     let font = imgproc::FONT_HERSHEY_SIMPLEX;
     let mut base = 0;
     let sz = imgproc::get_text_size(text, font, scale, thick, &mut base)?;
@@ -238,6 +246,156 @@ pub fn short_label(labels: &[String], class: usize) -> String {
         || format!("class {class}"),
         |l| l.split(',').next().unwrap_or(l).trim().to_string(),
     )
+}
+
+/// The HUD's white text from glyphs `putText` rendered once per character, for one frame
+/// height. Through the `opencv` crate, `putText` and `getTextSize` make a C string of their
+/// text on every call (4 allocations per frame for the HUD) and redraw every stroke; copying
+/// glyphs allocates nothing. putText places each glyph at a fraction of a pixel, the copy at the
+/// nearest whole pixel: stroke edges may differ by that shift, the text's extent does not.
+pub struct HudFont {
+    rows: i32,
+    thick: i32,
+    /// Text height above the baseline and below it, as `getTextSize` gives them.
+    height: i32,
+    base: i32,
+    margin: i32,
+    /// ' ' to '~'; anything else is drawn as '?'.
+    glyphs: Vec<Glyph>,
+}
+
+struct Glyph {
+    /// Horizontal advance in pixels, fractional as in putText.
+    advance: f64,
+    w: usize,
+    /// Coverage 0..255, the glyph's origin at (margin, margin + height).
+    mask: Vec<u8>,
+}
+
+impl HudFont {
+    pub fn new(rows: i32) -> opencv::Result<HudFont> {
+        let (scale, thick) = hud_size(rows);
+        let font = imgproc::FONT_HERSHEY_SIMPLEX;
+        let mut base = 0;
+        let height = imgproc::get_text_size("A", font, scale, thick, &mut base)?.height;
+        let margin = thick + 2;
+        let mut glyphs = Vec::new();
+        for c in ' '..='~' {
+            // The advance as a fraction: 64 copies measured at once, so rounding costs 1/64 px.
+            let run: String = std::iter::repeat_n(c, 64).collect();
+            let w64 = imgproc::get_text_size(&run, font, scale, thick, &mut 0)?.width;
+            let advance = f64::from(w64 - thick) / 64.0;
+            let w = (advance.ceil() as i32 + thick + 2 * margin).max(1);
+            let h = height + base + 2 * margin;
+            let mut canvas = Mat::new_rows_cols_with_default(h, w, CV_8U, Scalar::all(0.0))?;
+            let org = Point::new(margin, margin + height);
+            let t = c.to_string();
+            let white = Scalar::all(255.0);
+            imgproc::put_text(
+                &mut canvas,
+                &t,
+                org,
+                font,
+                scale,
+                white,
+                thick,
+                imgproc::LINE_AA,
+                false,
+            )?;
+            glyphs.push(Glyph {
+                advance,
+                w: w as usize,
+                mask: canvas.data_bytes()?.to_vec(),
+            });
+        }
+        Ok(HudFont {
+            rows,
+            thick,
+            height,
+            base,
+            margin,
+            glyphs,
+        })
+    }
+
+    fn glyph(&self, c: char) -> Option<&Glyph> {
+        let i = match c {
+            ' '..='~' => c as usize - ' ' as usize,
+            _ => '?' as usize - ' ' as usize,
+        };
+        self.glyphs.get(i)
+    }
+
+    /// The width `getTextSize` gives `text`.
+    pub fn width(&self, text: &str) -> i32 {
+        let adv: f64 = text
+            .chars()
+            .filter_map(|c| self.glyph(c))
+            .map(|g| g.advance)
+            .sum();
+        (adv + f64::from(self.thick)).round() as i32
+    }
+
+    /// White `text` with its baseline origin at `org`, blended (max) into a BGR 8-bit `img`.
+    fn put(&self, img: &mut Mat, text: &str, org: Point) -> opencv::Result<()> {
+        let (cols, rows) = (i64::from(img.cols()), i64::from(img.rows()));
+        let step = img.step1(0)? as i64;
+        let ch = i64::from(img.channels());
+        let px = img.data_bytes_mut()?;
+        let mut x = f64::from(org.x);
+        for c in text.chars() {
+            let Some(g) = self.glyph(c) else { continue };
+            let left = x.round() as i64 - i64::from(self.margin);
+            let top = i64::from(org.y - self.margin - self.height);
+            for (gy, row) in g.mask.chunks_exact(g.w).enumerate() {
+                let y = top + gy as i64;
+                if y < 0 || y >= rows {
+                    continue;
+                }
+                for (gx, &v) in row.iter().enumerate() {
+                    let xx = left + gx as i64;
+                    if v == 0 || xx < 0 || xx >= cols {
+                        continue;
+                    }
+                    let at = (y * step + xx * ch) as usize;
+                    if let Some(p) = px.get_mut(at..at + ch as usize) {
+                        p.iter_mut().take(3).for_each(|d| *d = (*d).max(v));
+                    }
+                }
+            }
+            x += g.advance;
+        }
+        Ok(())
+    }
+
+    /// [`draw_hud`], with the glyphs.
+    pub fn draw_hud(&self, img: &mut Mat, text: &str, right: Option<&str>) -> opencv::Result<()> {
+        let pad = (self.height / 3).max(2);
+        let band = Rect::new(0, 0, img.cols(), self.height + self.base + 2 * pad);
+        imgproc::rectangle(img, band, Scalar::new(0.0, 0.0, 0.0, 0.0), -1, imgproc::LINE_8, 0)?;
+        let y = pad + self.height;
+        self.put(img, text, Point::new(pad, y))?;
+        if let Some(t) = right {
+            let x = img.cols() - self.width(t) - pad;
+            if x > pad + self.width(text) + pad {
+                self.put(img, t, Point::new(x, y))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The glyphs for `img`'s height, made on first use.
+fn font_for<'a>(fonts: &'a mut Vec<HudFont>, img: &Mat) -> opencv::Result<&'a HudFont> {
+    let rows = img.rows();
+    let i = match fonts.iter().position(|f| f.rows == rows) {
+        Some(i) => i,
+        None => {
+            fonts.push(HudFont::new(rows)?);
+            fonts.len() - 1
+        }
+    };
+    Ok(&fonts[i])
 }
 
 /// "label 0.87" into `out`.
@@ -276,16 +434,18 @@ fn render_with(
         [] => {
             // A lost stream is always labelled: a frozen-looking frame must not pass for live.
             if e.frame.lost {
-                draw_hud(img, "stream lost - reconnecting", None)?;
+                font_for(&mut s.fonts, img)?.draw_hud(img, "stream lost - reconnecting", None)?;
             } else if cfg.hud {
-                draw_hud(img, "not explained", Some(fps_text(fps, e.fps)))?;
+                let right = Some(fps_text(fps, e.fps));
+                font_for(&mut s.fonts, img)?.draw_hud(img, "not explained", right)?;
             }
         }
         [m] => {
             overlay_in_place(&m.cam, img, cfg.alpha, s)?;
             if cfg.hud {
                 hud_text(text, &cfg.label(m.class), m.prob);
-                draw_hud(img, text, Some(fps_text(fps, e.fps)))?;
+                let right = Some(fps_text(fps, e.fps));
+                font_for(&mut s.fonts, img)?.draw_hud(img, text, right)?;
             }
         }
         maps => {
@@ -363,4 +523,100 @@ pub fn run(
         }
     }
     stats.alloc_render.record(&meter);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ink of a BGR image (sum of all bytes), its bounding box (x0, y0, x1, y1), and the image
+    /// blurred, to compare strokes that may sit a fraction of a pixel apart.
+    fn ink(img: &Mat) -> (u64, (i32, i32, i32, i32), Vec<f32>) {
+        let (w, h) = (img.cols(), img.rows());
+        let px = img.data_bytes().unwrap();
+        let sum = px.iter().map(|&v| u64::from(v)).sum();
+        let mut bb = (w, h, -1, -1);
+        for y in 0..h {
+            for x in 0..w {
+                if px[((y * w + x) * 3) as usize] > 64 {
+                    bb = (bb.0.min(x), bb.1.min(y), bb.2.max(x), bb.3.max(y));
+                }
+            }
+        }
+        let mut blur = Mat::default();
+        imgproc::gaussian_blur(
+            img,
+            &mut blur,
+            Size::new(5, 5),
+            1.5,
+            1.5,
+            opencv::core::BORDER_DEFAULT,
+        )
+        .unwrap();
+        let b = blur.data_bytes().unwrap().iter().map(|&v| f32::from(v)).collect();
+        (sum, bb, b)
+    }
+
+    #[test]
+    fn glyph_hud_draws_what_put_text_draws() {
+        for (w, h) in [(176, 144), (640, 360), (1280, 720)] {
+            let font = HudFont::new(h).unwrap();
+            let text = "tabby cat 0.87 [Mx_g]";
+            // On black, the only ink is the text.
+            let black =
+                Mat::new_rows_cols_with_default(h, w, opencv::core::CV_8UC3, Scalar::all(0.0)).unwrap();
+            let (mut want, mut got) = (black.clone(), black);
+            draw_hud(&mut want, text, Some("123.4 fps")).unwrap();
+            font.draw_hud(&mut got, text, Some("123.4 fps")).unwrap();
+            let (sw, bw, blw) = ink(&want);
+            let (sg, bg, blg) = ink(&got);
+            for (a, b) in [(bw.0, bg.0), (bw.1, bg.1), (bw.2, bg.2), (bw.3, bg.3)] {
+                assert!((a - b).abs() <= 1, "{w}x{h}: ink box {bw:?} vs {bg:?}");
+            }
+            let rel = (sw as f64 - sg as f64).abs() / sw as f64;
+            assert!(rel < 0.03, "{w}x{h}: ink {sw} vs {sg}");
+            let c = crate::cam::correlation(&blw, &blg);
+            assert!(c > 0.98, "{w}x{h}: blurred correlation {c}");
+            eprintln!("{w}x{h}: ink {sw} vs {sg}, box {bw:?} vs {bg:?}, blurred correlation {c:.5}");
+            // On a frame, the same band, and nothing drawn below it.
+            let grey = Scalar::new(90.0, 120.0, 60.0, 0.0);
+            let frame = Mat::new_rows_cols_with_default(h, w, opencv::core::CV_8UC3, grey).unwrap();
+            let (mut want, mut got) = (frame.clone(), frame);
+            draw_hud(&mut want, text, None).unwrap();
+            font.draw_hud(&mut got, text, None).unwrap();
+            let band = |m: &Mat| {
+                (0..h)
+                    .take_while(|&y| m.at_2d::<opencv::core::Vec3b>(y, w - 1).unwrap()[0] == 0)
+                    .count()
+            };
+            assert_eq!(band(&want), band(&got), "{w}x{h}: band height");
+            let below = band(&want) * (w as usize) * 3;
+            assert_eq!(
+                want.data_bytes().unwrap()[below..],
+                got.data_bytes().unwrap()[below..]
+            );
+        }
+    }
+
+    #[test]
+    fn glyph_text_is_as_wide_as_get_text_size_says() {
+        let font = HudFont::new(360);
+        let font = font.unwrap();
+        let (scale, thick) = hud_size(360);
+        for t in [
+            "0.87",
+            "123.4 fps",
+            "stream lost - reconnecting",
+            "n04591713 wine bottle 1.00",
+        ] {
+            let want = imgproc::get_text_size(t, imgproc::FONT_HERSHEY_SIMPLEX, scale, thick, &mut 0)
+                .unwrap()
+                .width;
+            assert!(
+                (font.width(t) - want).abs() <= 1,
+                "{t}: {} vs {want}",
+                font.width(t)
+            );
+        }
+    }
 }
