@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GPU check of issue 6, in one go (about 2-3 minutes on an H100/H200). On the GPU machine,
-# from the repo root, after `source .gpu-0/assemble.sh` (../shared/gpu/README.md), with .gpu-bin/
+# The GPU check of issue 6, in one go (estimated 2-4 minutes on an H100/H200: every batch size
+# runs on fresh sessions). On the GPU machine, from the repo root, after
+# `source .gpu-0/assemble.sh` (../shared/gpu/README.md), with .gpu-bin/ (scripts/gpu-stage-bin.sh)
 # holding:
-#   gradcamd     built here: cargo build --release --no-default-features --features cuda
-#                (the default model is inside the binary)
+#   gradcamd     built here with --no-default-features --features cuda (the default model is
+#                inside the binary)
 #   frames.npy   real frames: gradcamd explain .deps/media/*.png .deps/media/rocket.jpg \
 #                  --json /dev/null --save-input .gpu-bin/frames.npy
 #   resnet50.onnx + resnet50.toml (optional; random weights do not change speed); when absent
