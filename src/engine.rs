@@ -204,6 +204,9 @@ impl InputSlot {
 struct Bound {
     /// By slot id.
     bindings: Vec<ort::session::IoBinding>,
+    /// By slot id, where each slot's buffer is: the bindings and views read from there, so a
+    /// run is only given the slot they were made for.
+    buffers: Vec<usize>,
     target: Option<ort::value::Tensor<i64>>,
     /// Every session output, in `Session::outputs` order.
     outputs: Vec<BoundOutput>,
@@ -554,6 +557,10 @@ impl Engine {
         };
         let mut target = target;
         let mut inputs = inputs;
+        let buffers = inputs
+            .iter()
+            .map(|t| t.extract_tensor().1.as_ptr() as usize)
+            .collect();
         let partial = if dims[0] > 1 && names.len() <= MAX_OUTPUTS {
             self.partial(dims, &names, &mut inputs, target.as_mut(), &mut outputs)?
         } else {
@@ -562,6 +569,7 @@ impl Engine {
         Ok(Some((
             Bound {
                 bindings,
+                buffers,
                 target,
                 logits,
                 a: find(OUT_A),
@@ -685,6 +693,9 @@ impl Engine {
             &slot.data,
             n == b || (partial && (1..b).contains(&n)),
         ) {
+            if bound.buffers.get(slot.id) != Some(&(slot.data().as_ptr() as usize)) {
+                return Err(run("input slot from another engine".into()));
+            }
             if let Some(t) = bound.target.as_mut() {
                 let data = t.extract_tensor_mut().1;
                 for (i, d) in data.iter_mut().enumerate() {

@@ -11,8 +11,9 @@
 //! Each session has two input slots, so the next batch is preprocessed while the session runs
 //! this one. A slot goes back to the batcher as soon as its batch has run, not when the batch's
 //! turn comes in the reorder buffer: a session that finished early would otherwise wait for the
-//! other's batch before it got new work (12 ms every other batch, bench/NOTES.md). On the CPU, two sessions of one thread each beat one session of two threads: they never
-//! wait on each other inside an operator, which matters when decode, render and encode take
+//! other's batch before it got new work (12 ms every other batch, bench/NOTES.md). On the CPU,
+//! two sessions of one thread each beat one session of two threads: they never wait on each
+//! other inside an operator, which matters when decode, render and encode take
 //! turns on the same cores (bench/NOTES.md).
 //!
 //! A frame that cannot be preprocessed, or a batch that ORT fails on, is logged and counted, and
@@ -36,7 +37,7 @@ use crate::stats::Stats;
 pub const SLOTS: usize = 2;
 
 /// Batches in flight per session: in its slots, and finished, waiting for their turn.
-const CARRIERS: usize = 2 * SLOTS;
+pub const CARRIERS: usize = 2 * SLOTS;
 
 pub struct InferConfig {
     pub batch_size: usize,

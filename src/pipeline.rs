@@ -255,8 +255,11 @@ impl Plan {
             sink_rxs.push(rx);
         }
 
-        // Buffers in flight at most: queued at each stage, a batch, one per render worker.
-        let in_flight = 2 * queue + batch_size + render_workers + 2;
+        // Buffers in flight at most: queued at each stage, the batch being filled and the batches
+        // inference holds (in its slots, or finished and waiting for their turn), one per render
+        // worker.
+        let in_infer = batch_size * (infer::CARRIERS * explainers.len().max(1) + 1);
+        let in_flight = 2 * queue + in_infer + render_workers + 2;
         let maps_pool = Pool::new(in_flight);
         // Filled up front with maps of the model's size, so that the frames in flight never
         // grow the population after start-up.

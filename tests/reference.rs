@@ -336,3 +336,24 @@ fn partial_batches_on_views_match_ordinary_runs() {
         assert_eq!(allocs, 0, "n = {n}: a warm run allocated {allocs} times");
     }
 }
+
+/// A slot is bound to the engine that made it: another engine's slot (same id, other buffer) is
+/// refused, full or partial, instead of running on buffers the caller did not fill.
+#[test]
+fn a_slot_runs_only_on_its_own_engine() {
+    let model = load();
+    let pre = Preprocessor::new(&model.sidecar.input);
+    let mut a = Engine::new(&model.graph, &EngineOptions::default()).unwrap();
+    let mut b = Engine::new(&model.graph, &EngineOptions::default()).unwrap();
+    a.prepare(2, pre.item_dims(), 1).unwrap();
+    b.prepare(2, pre.item_dims(), 1).unwrap();
+    let slot = a.take_slot().expect("a slot");
+    for n in [1, 2] {
+        let e = b.run_slot(&slot, n, &[-1], |_| ()).err().map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains("another engine")),
+            "n = {n}: {e:?}"
+        );
+        a.run_slot(&slot, n, &[-1], |_| ()).expect("its own engine");
+    }
+}
