@@ -20,3 +20,5 @@ mod methods;
 mod nhwc;
 #[cfg(feature = "video")]
 mod reference;
+#[cfg(feature = "video")]
+mod schedule;
