@@ -160,6 +160,8 @@ pub struct RunArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Frames per ONNX Runtime run, across sources; default: 1 on the CPU when each session
+    /// has one thread (two cores), else 8.
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
     /// gradcam or cam.
