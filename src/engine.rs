@@ -240,8 +240,9 @@ struct Partial {
 }
 
 /// A tensor over the first rows of a buffer that `Bound` or an [`InputSlot`] owns. It does not
-/// own the memory; the owners outlive every run that uses it (the engine drops slots it made
-/// only after its last run).
+/// own the memory. A run uses a slot's views only when it is handed that very slot (its buffer
+/// address is checked against `Bound::buffers`), so the buffer is alive for the run; `Bound`'s
+/// own buffers live as long as its views.
 enum RowsView {
     F32(ort::value::TensorRefMut<'static, f32>),
     I64(ort::value::TensorRefMut<'static, i64>),
