@@ -18,7 +18,9 @@
 # screenshots come from one live page, and ffmpeg's psnr filter compares their image regions.
 #
 # Environment: INTERVAL (s between shots, default 2), BROWSER_CHECK_TIMEOUT (s, default 16, for
-# the DevTools part), CHROMIUM (default /usr/bin/chromium).
+# the DevTools part), CHROMIUM (default /usr/bin/chromium), BROWSER_CHECK_EVAL (a JavaScript
+# expression run once the images show frames; the check fails unless it returns true, printing
+# what it returned instead).
 # Self-test against the mock page (no gradcamd needed):
 #   /usr/bin/python3 scripts/mock_mjpeg_server.py --port 8095 &
 #   scripts/browser_check.sh http://127.0.0.1:8095/ out/browser-selftest
@@ -73,6 +75,7 @@ timeout -k 1 "$LIMIT" /usr/bin/python3 - "$URL" "$OUTDIR" "$SELECTOR" "$PROFILE"
 import base64, json, os, re, socket, struct, subprocess, sys, time, urllib.request
 
 url, outdir, selector, profile, interval = sys.argv[1:6]
+extra_check = os.environ.get("BROWSER_CHECK_EVAL", "")
 interval = float(interval)
 T0 = time.monotonic()
 
@@ -268,6 +271,10 @@ try:
     if bad:
         result(False, f"page loaded but image(s) {', '.join(bad)} showed no frame within 6 s")
     t_first = time.monotonic() - t_img
+    if extra_check:
+        verdict = evaluate(extra_check)
+        if verdict is not True:
+            result(False, f"BROWSER_CHECK_EVAL did not return true: {json.dumps(verdict)[:300]}")
 
     shot1, shot2 = os.path.join(outdir, "shot1.png"), os.path.join(outdir, "shot2.png")
     shot(shot1)
@@ -277,8 +284,14 @@ try:
 except (OSError, TimeoutError, RuntimeError) as e:
     result(False, f"DevTools: {e}")
 
-if [(i["x"], i["y"], i["bw"], i["bh"]) for i in imgs] != [(i["x"], i["y"], i["bw"], i["bh"]) for i in imgs2]:
-    result(False, "the images moved between the two screenshots; cannot compare")
+def box(i):
+    return (i["x"], i["y"], i["bw"], i["bh"])
+
+
+moved = [f"{a['name']} {box(a)} -> {box(b)}" for a, b in zip(imgs, imgs2) if box(a) != box(b)]
+if moved or len(imgs) != len(imgs2):
+    result(False, "the images moved between the two screenshots; cannot compare"
+           f" (x, y, w, h in CSS px: {'; '.join(moved) or f'{len(imgs)} then {len(imgs2)} images'})")
 
 
 # --- compare the image regions of the two screenshots with ffmpeg's psnr filter --------------------

@@ -996,6 +996,21 @@ fn rtsp_source_survives_a_server_restart() {
     );
 }
 
+/// Returns true, or the image boxes before and after each caption text (JSON).
+const CAPTIONS_DO_NOT_MOVE_STREAMS: &str = r#"(() => {
+  const boxes = () => JSON.stringify(Array.from(document.querySelectorAll('img'),
+    e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; }));
+  const spans = Array.from(document.querySelectorAll('figcaption span'));
+  const kept = spans.map(s => s.textContent);
+  const seen = [boxes()];
+  for (const text of ['mountain bike, all-terrain bike, off-roader 0.99 · 29.9 fps', 'stream lost', '']) {
+    spans.forEach(s => { s.textContent = text; });
+    seen.push(boxes());
+  }
+  spans.forEach((s, i) => { s.textContent = kept[i]; });
+  return spans.length > 0 && seen.every(b => b === seen[0]) ? true : seen;
+})()"#;
+
 #[test]
 fn the_page_plays_both_streams_in_headless_chromium() {
     let dir = scratch("chromium");
@@ -1006,8 +1021,11 @@ fn the_page_plays_both_streams_in_headless_chromium() {
         s["processed"].as_u64().unwrap_or(0) > 5
     });
     // scripts/browser_check.sh: Chromium over the DevTools protocol; page loads, and two
-    // screenshots 2 s apart differ inside every stream image.
+    // screenshots 2 s apart differ inside every stream image. Before the shots, the page's
+    // captions get a long text and then "stream lost": no stream image may move. (A label
+    // longer than a small stream once widened its card and moved the next stream.)
     let o = Command::new("bash")
+        .env("BROWSER_CHECK_EVAL", CAPTIONS_DO_NOT_MOVE_STREAMS)
         .args([
             "scripts/browser_check.sh",
             &format!("http://{addr}/"),

@@ -310,6 +310,8 @@ fn status(hub: &Hub, stats: &Stats) -> String {
     format!("[{}]\n", items.join(","))
 }
 
+/// The caption is as wide as its image and two lines high whatever it says, so a label or fps
+/// change never moves the other streams (it did: a longer label widened a small stream's card).
 fn page(hub: &Hub) -> String {
     let cards: String = hub
         .names
@@ -324,7 +326,7 @@ fn page(hub: &Hub) -> String {
         .collect();
     format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>gradcamd</title>
-<style>body{{font:14px sans-serif;background:#111;color:#eee;margin:1em}}figure{{display:inline-block;margin:.5em}}img{{max-width:640px;background:#222;display:block}}.down{{color:#f66}}</style>
+<style>body{{font:14px sans-serif;background:#111;color:#eee;margin:1em}}figure{{display:inline-block;vertical-align:top;margin:.5em;min-width:10em}}figcaption{{width:0;min-width:100%;overflow-wrap:anywhere;line-height:1.3em;height:2.6em;overflow:hidden}}img{{max-width:640px;background:#222;display:block}}.down{{color:#f66}}</style>
 </head><body><h1>gradcamd</h1>{cards}
 <p><a href="/metrics">metrics</a> · <a href="/status.json">status</a></p>
 <script>
@@ -339,6 +341,7 @@ document.addEventListener('DOMContentLoaded', () => {{
         if (!t) return;
         t.textContent = x.up ? `${{x.label}} ${{x.score.toFixed(2)}} · ${{x.fps.toFixed(1)}} fps` : 'stream lost';
         t.className = x.up ? '' : 'down';
+        t.title = t.textContent;
       }});
     }} catch (e) {{}}
   }};
