@@ -12,7 +12,9 @@ use crate::explainer::ClassMap;
 pub struct Frame {
     /// Index of the source in the plan; sinks route on it.
     pub source: usize,
-    /// Position in the source, from 0, dense: sinks re-order on it and never wait for a gap.
+    /// Position in the source, from 0. Capture counts the frames it reads; inference renumbers
+    /// the frames it takes, densely (a live source's replaced frames are not counted), so from
+    /// there on it is the frame's index in the source's output, and sinks re-order on it.
     pub seq: u64,
     /// Presentation time in milliseconds, as the decoder reports it.
     pub pts_ms: f64,

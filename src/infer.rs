@@ -368,6 +368,8 @@ struct Inputs<'a> {
     rxs: &'a [Receiver<Frame>],
     sel: Select<'a>,
     open: usize,
+    /// Frames taken from each source so far: the next one's `seq`.
+    taken: Vec<u64>,
 }
 
 enum Next {
@@ -386,10 +388,14 @@ impl<'a> Inputs<'a> {
             rxs,
             sel,
             open: rxs.len(),
+            taken: vec![0; rxs.len()],
         }
     }
 
     /// The next frame from any open source, waiting until `deadline` (forever if `None`).
+    /// Frames are numbered here, where the pipeline takes them: a live source's capture numbers
+    /// the frames it reads, and those a newer frame replaced in its mailbox would leave gaps
+    /// the sinks could not tell from frames still in flight.
     fn next(&mut self, deadline: Option<Instant>) -> Next {
         loop {
             if self.open == 0 {
@@ -404,7 +410,13 @@ impl<'a> Inputs<'a> {
             };
             let i = op.index();
             match op.recv(&self.rxs[i]) {
-                Ok(f) => return Next::Frame(f),
+                Ok(mut f) => {
+                    if let Some(n) = self.taken.get_mut(i) {
+                        f.seq = *n;
+                        *n += 1;
+                    }
+                    return Next::Frame(f);
+                }
                 Err(_) => {
                     self.sel.remove(i);
                     self.open -= 1;

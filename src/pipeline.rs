@@ -270,8 +270,11 @@ impl Plan {
         }
         let frame_pools: Vec<Pool<Mat>> = sources.iter().map(|_| Pool::new(in_flight)).collect();
         let mut sinks = sinks;
-        for (s, p) in sinks.iter_mut().zip(&frame_pools) {
+        for ((s, p), src) in sinks.iter_mut().zip(&frame_pools).zip(&sources) {
             s.recycle = Some(p.clone());
+            // More frames waiting behind a missing one than the pipeline holds: it is lost.
+            // (Twice that, as a render worker the OS parked may keep one while others go on.)
+            s.gap_limit = (src.mode == SourceMode::Live).then_some(2 * in_flight);
         }
         let bars = Progress::new(progress, &sources);
         let mut captures: Vec<JoinHandle<()>> = Vec::new();
@@ -414,7 +417,8 @@ fn open_io(
             file,
             hub: None,
             display: None,
-            strict_order: src.mode == SourceMode::File,
+            // Set with the number of frames in flight, once it is known.
+            gap_limit: None,
             recycle: None,
         });
         sources.push(src);

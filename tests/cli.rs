@@ -506,29 +506,25 @@ fn field(log: &str, key: &str) -> f64 {
         .find(|l| l.contains(" done;"))
         .unwrap_or_else(|| panic!("no summary line:\n{log}"));
     let v = line
-        .split(&format!("{key}="))
-        .nth(1)
+        .split(' ')
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
         .unwrap_or_else(|| panic!("no {key} in {line}"));
-    v.trim_start_matches('"')
-        .split(['"', ' '])
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    v.trim_matches('"').parse().unwrap()
 }
 
 #[test]
 fn a_live_source_behind_slow_inference_drops_frames_and_keeps_latency_bounded() {
-    // bikes.mp4 played live (real time, 25 fps, looping) while each frame costs eight gradient
-    // passes (topk:8): inference cannot keep up, so capture must drop, not queue.
+    // A 500 fps camera while each frame costs eight gradient passes (topk:8): inference cannot
+    // keep up on any machine this runs on (2 cores: ~25 fps), so capture must drop, not queue.
+    // (bikes.mp4 played live at 25 fps was the camera once; after the pipeline got faster, it
+    // kept up whenever this test ran alone.)
     let dir = scratch("live_slow");
     let cfg = dir.join("live.toml");
     let out = dir.join("live.mp4");
     std::fs::write(
         &cfg,
         format!(
-            "[explain]\ntarget = \"topk:8\"\n[pipeline]\nbatch_size = 4\n[[source]]\nuri = \"{}\"\nmode = \"live\"\noutput = \"{}\"\n",
-            s(&media("bikes.mp4")),
+            "[explain]\ntarget = \"topk:8\"\n[pipeline]\nbatch_size = 4\n[[source]]\nuri = \"synthetic:320x240@500\"\noutput = \"{}\"\n",
             s(&out)
         ),
     )
@@ -549,6 +545,10 @@ fn a_live_source_behind_slow_inference_drops_frames_and_keeps_latency_bounded() 
         frames_out > 0.0 && frames_out < frames_in,
         "in {frames_in}, out {frames_out}"
     );
+    // Dropping happens at capture only: every frame the model ran on is written, however late
+    // a render worker hands it over, and every frame read is either written or counted.
+    assert_eq!(field(&log, "explained"), frames_out, "{log}");
+    assert_eq!(frames_in, frames_out + dropped, "{log}");
     // Queueing would make latency grow with the run; a one-frame mailbox keeps it to a few
     // batches whatever the run length.
     let p99 = field(&log, "latency_p99_ms") / 1e3;
