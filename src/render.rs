@@ -65,6 +65,11 @@ pub struct Scratch {
     fps: String,
     /// HUD glyphs, one set per frame height met.
     fonts: Vec<HudFont>,
+    /// `topk` grid: the frame at tile size, one tile, and the grid, which then trades places
+    /// with the frame.
+    shrunk: Mat,
+    tile: Mat,
+    grid: Mat,
 }
 
 /// The CAM as pytorch-grad-cam hands it to the colormap: normalized, upsampled bilinearly to
@@ -107,7 +112,7 @@ pub fn overlay(
     blend: Blend,
     s: &mut Scratch,
 ) -> opencv::Result<Mat> {
-    heatmap(cam_raw, image, s)?;
+    heatmap(cam_raw, image.size()?, s)?;
     let mut out = Mat::default();
     match blend {
         Blend::Video => {
@@ -149,7 +154,7 @@ fn overlay_in_place(
     alpha: f32,
     s: &mut Scratch,
 ) -> opencv::Result<()> {
-    heatmap(cam_raw, image, s)?;
+    heatmap(cam_raw, image.size()?, s)?;
     opencv::core::add_weighted(
         &*image,
         1.0 - alpha as f64,
@@ -183,9 +188,8 @@ fn jet_lut() -> Option<&'static [[u8; 3]; 256]> {
     .as_ref()
 }
 
-/// The JET heatmap of `cam_raw` at `image`'s size, into `s.heat`.
-fn heatmap(cam_raw: &Array2<f32>, image: &Mat, s: &mut Scratch) -> opencv::Result<()> {
-    let size = image.size()?;
+/// The JET heatmap of `cam_raw` at `size`, into `s.heat`.
+fn heatmap(cam_raw: &Array2<f32>, size: Size, s: &mut Scratch) -> opencv::Result<()> {
     upsample_normalized_with(cam_raw, size, &mut s.big, &mut s.small)?;
     let src = s.big.data_typed::<f32>()?;
     // np.uint8(255 * mask) truncates; OpenCV's convertTo would round.
@@ -211,33 +215,6 @@ fn heatmap(cam_raw: &Array2<f32>, image: &Mat, s: &mut Scratch) -> opencv::Resul
 fn hud_size(rows: i32) -> (f64, i32) {
     let scale = (rows as f64 / 480.0 * 0.6).clamp(0.3, 1.2);
     (scale, if rows >= 480 { 2 } else { 1 })
-}
-
-/// Draws "label  score" top-left and `right` (the fps) top-right, on a dark band for contrast,
-/// with `putText` (see [`HudFont`] for the per-frame path).
-pub fn draw_hud(img: &mut Mat, text: &str, right: Option<&str>) -> opencv::Result<()> {
-    let rows = img.rows();
-    let (scale, thick) = hud_size(rows);
-    let font = imgproc::FONT_HERSHEY_SIMPLEX;
-    let mut base = 0;
-    let sz = imgproc::get_text_size(text, font, scale, thick, &mut base)?;
-    let pad = (sz.height / 3).max(2);
-    let band = Rect::new(0, 0, img.cols(), sz.height + base + 2 * pad);
-    imgproc::rectangle(img, band, Scalar::new(0.0, 0.0, 0.0, 0.0), -1, imgproc::LINE_8, 0)?;
-    let white = Scalar::new(255.0, 255.0, 255.0, 0.0);
-    let put = |img: &mut Mat, t: &str, x: i32| {
-        let org = Point::new(x, pad + sz.height);
-        imgproc::put_text(img, t, org, font, scale, white, thick, imgproc::LINE_AA, false)
-    };
-    put(img, text, pad)?;
-    if let Some(t) = right {
-        let fs = imgproc::get_text_size(t, font, scale, thick, &mut base)?;
-        let x = img.cols() - fs.width - pad;
-        if x > pad + sz.width + pad {
-            put(img, t, x)?;
-        }
-    }
-    Ok(())
 }
 
 /// The first synonym of an ImageNet-style label ("bow tie, bow-tie, bowtie" → "bow tie").
@@ -368,7 +345,8 @@ impl HudFont {
         Ok(())
     }
 
-    /// [`draw_hud`], with the glyphs.
+    /// Draws `text` ("label score") top-left and `right` (the fps) top-right, on a dark band
+    /// for contrast.
     pub fn draw_hud(&self, img: &mut Mat, text: &str, right: Option<&str>) -> opencv::Result<()> {
         let pad = (self.height / 3).max(2);
         let band = Rect::new(0, 0, img.cols(), self.height + self.base + 2 * pad);
@@ -398,10 +376,13 @@ fn font_for<'a>(fonts: &'a mut Vec<HudFont>, img: &Mat) -> opencv::Result<&'a Hu
     Ok(&fonts[i])
 }
 
-/// "label 0.87" into `out`.
-fn hud_text(out: &mut String, label: &str, prob: f32) {
+/// "label 0.87" into `out`, or "2. label 0.87" for the class ranked 2nd.
+fn hud_text(out: &mut String, rank: Option<usize>, label: &str, prob: f32) {
     use std::fmt::Write;
     out.clear();
+    if let Some(r) = rank {
+        let _ = write!(out, "{r}. ");
+    }
     let _ = write!(out, "{label} {prob:.2}");
 }
 
@@ -443,7 +424,7 @@ fn render_with(
         [m] => {
             overlay_in_place(&m.cam, img, cfg.alpha, s)?;
             if cfg.hud {
-                hud_text(text, &cfg.label(m.class), m.prob);
+                hud_text(text, None, &cfg.label(m.class), m.prob);
                 let right = Some(fps_text(fps, e.fps));
                 font_for(&mut s.fonts, img)?.draw_hud(img, text, right)?;
             }
@@ -454,23 +435,27 @@ fn render_with(
             let cols = (maps.len() as f64).sqrt().ceil() as i32;
             let rows = (maps.len() as i32 + cols - 1) / cols;
             let tile = Size::new(size.width / cols, size.height / rows);
-            let mut small = Mat::default();
-            imgproc::resize(&*img, &mut small, tile, 0.0, 0.0, imgproc::INTER_AREA)?;
-            let mut out = Mat::new_size_with_default(size, img.typ(), Scalar::all(0.0))?;
+            imgproc::resize(&*img, &mut s.shrunk, tile, 0.0, 0.0, imgproc::INTER_AREA)?;
+            if s.grid.size()? != size || s.grid.typ() != img.typ() {
+                s.grid = Mat::new_size_with_default(size, img.typ(), Scalar::all(0.0))?;
+            } else if tile.width * cols != size.width || tile.height * rows != size.height {
+                // The grid was an earlier frame: blank the strips no tile covers.
+                s.grid.set_to(&Scalar::all(0.0), &opencv::core::no_array())?;
+            }
+            let a = f64::from(cfg.alpha);
             for (k, m) in maps.iter().enumerate() {
-                let mut t = overlay(&m.cam, &small, cfg.alpha, Blend::Video, s)?;
+                heatmap(&m.cam, tile, s)?;
+                opencv::core::add_weighted(&s.shrunk, 1.0 - a, &s.heat, a, 0.0, &mut s.tile, -1)?;
                 if cfg.hud {
-                    hud_text(text, &cfg.label(m.class), m.prob);
-                    text.insert_str(0, &format!("{}. ", k + 1));
+                    hud_text(text, Some(k + 1), &cfg.label(m.class), m.prob);
                     let right = (k == 0).then(|| fps_text(fps, e.fps));
-                    draw_hud(&mut t, text, right)?;
+                    font_for(&mut s.fonts, &s.tile)?.draw_hud(&mut s.tile, text, right)?;
                 }
                 let (r, c) = (k as i32 / cols, k as i32 % cols);
                 let roi = Rect::new(c * tile.width, r * tile.height, tile.width, tile.height);
-                let mut dst = Mat::roi_mut(&mut out, roi)?;
-                t.copy_to(&mut dst)?;
+                s.tile.copy_to(&mut Mat::roi_mut(&mut s.grid, roi)?)?;
             }
-            *img = out;
+            std::mem::swap(img, &mut s.grid);
         }
     }
     Ok(())
@@ -528,6 +513,32 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The HUD drawn with `putText` and `getTextSize`: the reference for [`HudFont`].
+    fn draw_hud(img: &mut Mat, text: &str, right: Option<&str>) -> opencv::Result<()> {
+        let rows = img.rows();
+        let (scale, thick) = hud_size(rows);
+        let font = imgproc::FONT_HERSHEY_SIMPLEX;
+        let mut base = 0;
+        let sz = imgproc::get_text_size(text, font, scale, thick, &mut base)?;
+        let pad = (sz.height / 3).max(2);
+        let band = Rect::new(0, 0, img.cols(), sz.height + base + 2 * pad);
+        imgproc::rectangle(img, band, Scalar::new(0.0, 0.0, 0.0, 0.0), -1, imgproc::LINE_8, 0)?;
+        let white = Scalar::new(255.0, 255.0, 255.0, 0.0);
+        let put = |img: &mut Mat, t: &str, x: i32| {
+            let org = Point::new(x, pad + sz.height);
+            imgproc::put_text(img, t, org, font, scale, white, thick, imgproc::LINE_AA, false)
+        };
+        put(img, text, pad)?;
+        if let Some(t) = right {
+            let fs = imgproc::get_text_size(t, font, scale, thick, &mut base)?;
+            let x = img.cols() - fs.width - pad;
+            if x > pad + sz.width + pad {
+                put(img, t, x)?;
+            }
+        }
+        Ok(())
+    }
 
     /// Ink of a BGR image (sum of all bytes), its bounding box (x0, y0, x1, y1), and the image
     /// blurred, to compare strokes that may sit a fraction of a pixel apart.
@@ -595,6 +606,84 @@ mod tests {
                 want.data_bytes().unwrap()[below..],
                 got.data_bytes().unwrap()[below..]
             );
+        }
+    }
+
+    /// A BGR frame with a different value at every pixel (and from frame to frame).
+    fn noise(w: i32, h: i32, salt: u32) -> Mat {
+        let px: Vec<u8> = (0..(w * h * 3) as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(salt) >> 13) as u8)
+            .collect();
+        let flat = Mat::new_rows_cols_with_data(h, w * 3, &px).unwrap();
+        flat.reshape(3, h).unwrap().try_clone().unwrap()
+    }
+
+    fn maps(k: usize, salt: usize) -> Vec<ClassMap> {
+        (0..k)
+            .map(|c| ClassMap {
+                class: c,
+                prob: 0.5,
+                score: 1.0,
+                cam: Array2::from_shape_fn((7, 7), |(i, j)| ((i * 7 + j + 3 * c + salt) % 11) as f32),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn topk_grid_is_each_class_blended_over_the_shrunk_frame() {
+        // 177 x 145 in a 2 x 2 grid of 88 x 72 tiles: a 1-pixel strip right and below stays
+        // black, also when the grid buffer held an earlier frame (it circulates).
+        let cfg = RenderConfig {
+            alpha: 0.4,
+            hud: false,
+            labels: Arc::new(Vec::new()),
+        };
+        let mut s = Scratch::default();
+        let (w, h) = (177, 145);
+        for round in 0..3 {
+            let frame = noise(w, h, round);
+            let mut e = Explained {
+                frame: crate::frame::Frame {
+                    source: 0,
+                    seq: round as u64,
+                    pts_ms: 0.0,
+                    image: frame.try_clone().unwrap(),
+                    captured: std::time::Instant::now(),
+                    lost: false,
+                },
+                maps: maps(4, round as usize),
+                fps: 30.0,
+            };
+            render(&mut e, &cfg, &mut s).unwrap();
+            let got = &e.frame.image;
+            assert_eq!((got.cols(), got.rows()), (w, h));
+            let mut small = Mat::default();
+            imgproc::resize(
+                &frame,
+                &mut small,
+                Size::new(88, 72),
+                0.0,
+                0.0,
+                imgproc::INTER_AREA,
+            )
+            .unwrap();
+            for (k, m) in e.maps.iter().enumerate() {
+                let want = overlay(&m.cam, &small, 0.4, Blend::Video, &mut Scratch::default()).unwrap();
+                let (x0, y0) = (88 * (k as i32 % 2), 72 * (k as i32 / 2));
+                let tile = Mat::roi(got, Rect::new(x0, y0, 88, 72))
+                    .unwrap()
+                    .try_clone()
+                    .unwrap();
+                assert_eq!(
+                    tile.data_bytes().unwrap(),
+                    want.data_bytes().unwrap(),
+                    "round {round}, tile {k}"
+                );
+            }
+            for (x, y) in [(176, 0), (176, 144), (0, 144), (100, 144)] {
+                let p = got.at_2d::<opencv::core::Vec3b>(y, x).unwrap();
+                assert_eq!(p.0, [0, 0, 0], "round {round}: ({x}, {y}) is in no tile");
+            }
         }
     }
 
