@@ -32,7 +32,8 @@ pub struct Explained {
     /// One map per explained class (several for `topk`); empty when the frame could not be
     /// explained (it is still written, without overlay, so the output keeps every frame).
     pub maps: Vec<ClassMap>,
-    /// Pipeline throughput when this frame left inference, for the HUD.
+    /// The source's explained frames per second over the last 2 s, when this frame left
+    /// inference: for the HUD.
     pub fps: f32,
 }
 
@@ -45,6 +46,8 @@ pub struct Annotated {
     /// Label of the (first) explained class, "" when not explained; for the HTTP page.
     pub label: std::sync::Arc<str>,
     pub prob: f32,
+    /// A "stream lost" placeholder, not a frame of the source.
+    pub lost: bool,
 }
 
 /// Spare buffers handed back by a later stage for an earlier one to reuse, so that steady state

@@ -93,7 +93,8 @@ struct Post {
     /// Batch `next + i` at index i, once finished.
     waiting: std::collections::VecDeque<Option<Batch>>,
     monitors: Vec<Monitor>,
-    out_count: u64,
+    /// Each source's explained frames per second, for its HUD.
+    rates: Vec<crate::stats::RecentRate>,
     /// Where finished batches go back to the batcher; dropped once the next stage has shut
     /// down, so that a batcher waiting for a free slot stops.
     free: Option<Sender<Batch>>,
@@ -170,8 +171,8 @@ pub fn run(
         next: 0,
         closed: false,
         waiting: std::collections::VecDeque::with_capacity(CARRIERS * sessions),
+        rates: monitors.iter().map(|_| Default::default()).collect(),
         monitors,
-        out_count: 0,
         free: Some(free_tx),
     });
     let started = Instant::now();
@@ -557,7 +558,7 @@ impl Stage<'_> {
                 maps,
                 fps: 0.0,
             };
-            if !send(&self.tx, &mut post.out_count, self.started, e) {
+            if !send(&self.tx, &mut post.rates, e) {
                 return false;
             }
         }
@@ -565,9 +566,12 @@ impl Stage<'_> {
     }
 }
 
-fn send(tx: &Sender<Explained>, count: &mut u64, started: Instant, mut e: Explained) -> bool {
-    *count += 1;
-    e.fps = *count as f32 / started.elapsed().as_secs_f32().max(1e-3);
+fn send(tx: &Sender<Explained>, rates: &mut [crate::stats::RecentRate], mut e: Explained) -> bool {
+    if let Some(r) = rates.get_mut(e.frame.source) {
+        let now = Instant::now();
+        r.tick(now);
+        e.fps = r.rate(now) as f32;
+    }
     tx.send(e).is_ok()
 }
 

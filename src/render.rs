@@ -501,6 +501,7 @@ pub fn run(
                 captured: frame.captured,
                 label,
                 prob,
+                lost: frame.lost,
             })
             .is_err()
         {

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Default)]
 pub struct Timer(AtomicU64);
@@ -218,9 +218,96 @@ impl Stats {
     }
 }
 
+/// Frames per second over the last two seconds, for the HUD and the page: a daemon's lifetime
+/// average would hide, for days, a camera that slowed down an hour ago, and this one reads 0
+/// once frames stop. Counts in 100 ms buckets, a fixed array: a tick allocates nothing.
+pub struct RecentRate {
+    start: Instant,
+    first: Option<Duration>,
+    /// (bucket number since `start`, frames in it), at bucket number % BUCKETS.
+    buckets: [(u64, u32); RecentRate::BUCKETS],
+}
+
+impl Default for RecentRate {
+    fn default() -> Self {
+        RecentRate {
+            start: Instant::now(),
+            first: None,
+            buckets: [(u64::MAX, 0); RecentRate::BUCKETS],
+        }
+    }
+}
+
+impl RecentRate {
+    const BUCKET: Duration = Duration::from_millis(100);
+    const BUCKETS: usize = 20;
+
+    fn bucket(&self, now: Instant) -> (Duration, u64) {
+        let t = now.saturating_duration_since(self.start);
+        (t, (t.as_nanos() / Self::BUCKET.as_nanos()) as u64)
+    }
+
+    /// One frame, at `now`.
+    pub fn tick(&mut self, now: Instant) {
+        let (t, b) = self.bucket(now);
+        self.first.get_or_insert(t);
+        let slot = &mut self.buckets[b as usize % Self::BUCKETS];
+        if slot.0 != b {
+            *slot = (b, 0);
+        }
+        slot.1 += 1;
+    }
+
+    /// Frames per second over the window ending at `now` (or since the first frame, when that
+    /// is more recent).
+    pub fn rate(&self, now: Instant) -> f64 {
+        let Some(first) = self.first else { return 0.0 };
+        let (t, b) = self.bucket(now);
+        let oldest = b.saturating_sub(Self::BUCKETS as u64 - 1);
+        let frames: u32 = self
+            .buckets
+            .iter()
+            .filter(|(n, _)| (oldest..=b).contains(n))
+            .map(|(_, c)| c)
+            .sum();
+        let from = (Self::BUCKET * oldest as u32).max(first);
+        frames as f64 / t.saturating_sub(from).max(Self::BUCKET).as_secs_f64()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_rate_follows_the_stream_and_falls_to_zero_when_it_stops() {
+        let mut r = RecentRate::default();
+        let t0 = r.start;
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(r.rate(at(0)), 0.0);
+        // 30 fps for 10 s.
+        for i in 0..300 {
+            r.tick(at(i * 1000 / 30));
+        }
+        // Within one frame over the ~2 s window, or 5%.
+        let near = |v: f64, want: f64| (v - want).abs() <= (0.05 * want).max(0.55);
+        assert!(near(r.rate(at(10_000)), 30.0), "{}", r.rate(at(10_000)));
+        // Then 5 fps: after the window, the rate is 5, not the run's average.
+        for i in 0..50 {
+            r.tick(at(10_000 + i * 200));
+        }
+        assert!(near(r.rate(at(20_000)), 5.0), "{}", r.rate(at(20_000)));
+        // Stopped: 0 once the window has passed.
+        assert_eq!(r.rate(at(22_100)), 0.0);
+        // Early on, the rate counts from the first frame, not from the window's start.
+        let mut r = RecentRate::default();
+        let t0 = r.start + Duration::from_secs(60);
+        for i in 0..15 {
+            r.tick(t0 + Duration::from_millis(i * 40));
+        }
+        let v = r.rate(t0 + Duration::from_millis(600));
+        assert!(near(v, 25.0), "{v}");
+    }
 
     #[test]
     fn latency_histogram_is_cumulative_and_percentiles_exact() {

@@ -34,9 +34,8 @@ struct Slot {
     prob: f32,
     viewers: usize,
     encoded_at: Option<Instant>,
-    /// Frames published, for the page's fps.
-    frames: u64,
-    since: Option<Instant>,
+    /// The source's frames (not "stream lost" placeholders), for the page's fps.
+    rate: crate::stats::RecentRate,
 }
 
 /// The latest frame of each source, shared by the sink threads and the HTTP handlers.
@@ -63,14 +62,16 @@ impl Hub {
         self.names.iter().position(|n| n == name)
     }
 
-    /// Publishes a source's annotated frame with its label and score.
-    pub fn publish(&self, source: usize, image: &Mat, label: &str, prob: f32) {
+    /// Publishes a source's annotated frame with its label and score; `lost` for a "stream
+    /// lost" placeholder.
+    pub fn publish(&self, source: usize, image: &Mat, label: &str, prob: f32, lost: bool) {
         let Some((m, cv)) = self.slots.get(source) else {
             return;
         };
         let Ok(mut s) = m.lock() else { return };
-        s.frames += 1;
-        s.since.get_or_insert_with(Instant::now);
+        if !lost {
+            s.rate.tick(Instant::now());
+        }
         s.label.clear();
         s.label.push_str(label);
         s.prob = prob;
@@ -102,10 +103,7 @@ impl Hub {
         self.slots
             .get(source)
             .and_then(|(m, _)| m.lock().ok())
-            .map_or(0.0, |s| {
-                s.since
-                    .map_or(0.0, |t| s.frames as f64 / t.elapsed().as_secs_f64().max(1e-3))
-            })
+            .map_or(0.0, |s| s.rate.rate(Instant::now()))
     }
 
     /// Waits for a frame newer than `seen`; `None` when closed.

@@ -105,7 +105,7 @@ impl SourceSink {
             }
         }
         if let Some(h) = &self.hub {
-            h.publish(a.source, &a.image, &a.label, a.prob);
+            h.publish(a.source, &a.image, &a.label, a.prob, a.lost);
         }
         if let Some(d) = &self.display {
             // A busy window skips frames rather than queueing them.
@@ -135,6 +135,7 @@ mod tests {
             captured: std::time::Instant::now(),
             label: Arc::from(""),
             prob: 0.0,
+            lost: false,
         }
     }
 
