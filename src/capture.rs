@@ -8,8 +8,9 @@
 //!   jitter, logging each attempt; while it is down it sends "stream lost" placeholder frames so
 //!   the outputs do not freeze, and its `up` gauge is 0.
 //!
-//! A video file given `mode = "live"` plays in real time and loops: a stand-in camera for demos,
-//! tests and benchmarks.
+//! A video file given `mode = "live"` plays in real time and loops (seeking back to its first
+//! frame, seamlessly; reopened like a lost stream only if that fails): a stand-in camera for
+//! demos, tests and benchmarks.
 //!
 //! The stop flag (Ctrl-C, SIGTERM) is read only here; the stages downstream finish when this
 //! thread drops its sender.
@@ -112,6 +113,8 @@ pub struct Source {
     cap: Option<VideoCapture>,
     /// The first frame, read at open time to prove the stream decodes.
     first: Option<Mat>,
+    /// The last frame's presentation time since the stream was (re)opened or rewound.
+    last_pts: Option<f64>,
 }
 
 fn open_capture(kind: &SourceKind, rc: &Reconnect) -> opencv::Result<VideoCapture> {
@@ -257,6 +260,7 @@ impl Source {
             reconnect,
             cap,
             first,
+            last_pts: None,
         })
     }
 
@@ -323,6 +327,7 @@ impl Source {
                             tracing::info!(attempt, "reconnected");
                             self.size = Some((first.cols(), first.rows()));
                             self.cap = Some(cap);
+                            self.last_pts = None;
                             next = Some(first);
                             backoff = self.reconnect.initial;
                             attempt = 0;
@@ -356,11 +361,11 @@ impl Source {
                         _ => self.cap.as_mut().map(|c| c.read(&mut m)),
                     };
                     stats.decode.add(t.elapsed());
+                    let file = matches!(self.kind, SourceKind::File(_));
                     match ok {
                         Some(Ok(true)) if !m.empty() => m,
-                        _ if self.mode == SourceMode::File && matches!(self.kind, SourceKind::File(_)) => {
-                            break
-                        }
+                        _ if file && self.mode == SourceMode::File => break,
+                        _ if file && self.rewind(&mut m) => m,
                         other => {
                             let why = match other {
                                 Some(Err(e)) => e.to_string(),
@@ -387,11 +392,7 @@ impl Source {
                     due = now;
                 }
             }
-            let pts_ms = self
-                .cap
-                .as_ref()
-                .and_then(|c| c.get(videoio::CAP_PROP_POS_MSEC).ok())
-                .unwrap_or(0.0);
+            let pts_ms = self.pts();
             let frame = Frame {
                 source: self.index,
                 seq,
@@ -418,6 +419,39 @@ impl Source {
         if let Some(mut c) = self.cap.take() {
             let _ = c.release();
         }
+    }
+
+    /// A live file at its end: back to the first frame, read into `m`. False if the file
+    /// cannot seek or read there (then it is reopened, like a lost stream).
+    fn rewind(&mut self, m: &mut Mat) -> bool {
+        let Some(c) = self.cap.as_mut() else {
+            return false;
+        };
+        let ok = c.set(videoio::CAP_PROP_POS_FRAMES, 0.0).unwrap_or(false)
+            && c.read(m).unwrap_or(false)
+            && !m.empty();
+        if ok {
+            self.last_pts = None;
+            tracing::debug!("end of file; playing it again from the start");
+        }
+        ok
+    }
+
+    /// The frame just read's presentation time in ms. Where the decoder reports none that
+    /// advances, one frame interval after the last: FFmpeg's last frames of a file (those it
+    /// drains at the end) report 0, and so does a synthetic source.
+    fn pts(&mut self) -> f64 {
+        let reported = self
+            .cap
+            .as_ref()
+            .and_then(|c| c.get(videoio::CAP_PROP_POS_MSEC).ok())
+            .unwrap_or(0.0);
+        let pts = match self.last_pts {
+            Some(last) if reported.is_nan() || reported <= last => last + 1e3 / self.fps,
+            _ => reported,
+        };
+        self.last_pts = Some(pts);
+        pts
     }
 
     /// Sends a frame: blocking for file mode; for live mode replacing an older frame that is

@@ -562,6 +562,52 @@ fn a_live_source_behind_slow_inference_drops_frames_and_keeps_latency_bounded() 
     assert_eq!(n as f64, frames_out, "the file holds every frame written");
 }
 
+#[test]
+fn a_live_file_loops_without_a_gap() {
+    // carphone_pristine.mp4 (4 s) played live for 6 s: at its end it starts again from its first
+    // frame, with no "stream lost" frame, no reconnect and no frame missing around the loop.
+    let dir = scratch("live_loop");
+    let cfg = dir.join("loop.toml");
+    let ev = dir.join("loop.jsonl");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[source]]\nuri = \"{}\"\nmode = \"live\"\noutput = \"{}\"\nevents = \"{}\"\n",
+            s(&media("carphone_pristine.mp4")),
+            s(&dir.join("loop.mp4")),
+            s(&ev)
+        ),
+    )
+    .unwrap();
+    let (status, log) = run_for(&cfg, 6);
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("stream lost"), "{log}");
+    let ev = events(&ev);
+    assert!(ev.len() > 100, "{} events in 6 s:\n{log}", ev.len());
+    let pts: Vec<f64> = ev.iter().map(|e| e["pts_ms"].as_f64().unwrap()).collect();
+    let wraps: Vec<usize> = (1..pts.len()).filter(|&i| pts[i] < pts[i - 1]).collect();
+    assert_eq!(wraps.len(), 1, "one loop in 6 s: pts {pts:?}");
+    let i = wraps[0];
+    // The clip's frames are 1001/30 ms apart, 120 of them. Frames missing around the loop are
+    // only those capture dropped (none, unless the machine is too busy for 30 fps).
+    let frame = |p: f64| (p / (1001.0 / 30.0)).round() as i64;
+    let (last, first) = (frame(pts[i - 1]), frame(pts[i]));
+    let dropped = field(&log, "dropped") as i64;
+    assert!(
+        last <= 119 && (119 - last) + first <= dropped,
+        "frames {last} then {first} around the loop, {dropped} dropped in all"
+    );
+    if dropped == 0 {
+        assert_eq!((i, pts[i], pts[0]), (120, 0.0, 0.0));
+        assert_eq!(ev[i]["class"], ev[0]["class"]);
+        let score = |e: &serde_json::Value| e["score"].as_f64().unwrap();
+        assert!(
+            (score(&ev[i]) - score(&ev[0])).abs() < 1e-3,
+            "the first frame again"
+        );
+    }
+}
+
 /// Starts `run` in the background with `args`; returns the child and the HTTP address it logged.
 fn start_with_http(args: &[&str]) -> (std::process::Child, String, std::sync::mpsc::Receiver<String>) {
     let mut child = bin().args(args).stderr(Stdio::piped()).spawn().unwrap();
@@ -950,6 +996,11 @@ fn rtsp_source_survives_a_server_restart() {
         s["up"] == true && s["processed"].as_u64().unwrap_or(0) > 20
     });
     assert_eq!(before["label"], "bow tie");
+    // The page's fps is the stream's recent rate: the server plays 29.97 fps in real time
+    // (the first second can be a burst of what the server had buffered).
+    wait_status(&base, 10, |s| {
+        s["fps"].as_f64().is_some_and(|f| (20.0..40.0).contains(&f))
+    });
 
     // Pull the plug: the source goes down and shows "stream lost".
     server.kill().unwrap();
@@ -957,6 +1008,8 @@ fn rtsp_source_survives_a_server_restart() {
     // `up` drops at once; the "stream lost" frame reaches the page through the pipeline.
     let down = wait_status(&base, 20, |s| s["up"] == false && s["label"] == "stream lost");
     assert!(down["reconnects"].as_u64().unwrap() >= 1);
+    // No frames, no fps: the placeholders do not count, and a run-long average would not fall.
+    wait_status(&base, 10, |s| s["up"] == false && s["fps"] == 0.0);
     let m = ureq::get(&format!("{base}/metrics"))
         .call()
         .unwrap()
