@@ -392,10 +392,11 @@ fn open_io(
             }
         };
         names.push(name.clone());
-        if s.output.is_none() && cfg.http.listen.is_none() && !s.display {
+        // An events log is an output: a monitor may want only the per-frame results.
+        if s.output.is_none() && s.events.is_none() && cfg.http.listen.is_none() && !s.display {
             return Err(fail(
                 Kind::Config,
-                format!("source '{name}' has no output: set output = \"out/{name}.mp4\" or display = true, pass --output, or serve it with --http"),
+                format!("source '{name}' has no output: set output = \"out/{name}.mp4\", events = \"out/{name}.jsonl\" or display = true, pass --output, or serve it with --http"),
             ));
         }
         if let Some(out) = &s.output {

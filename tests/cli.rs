@@ -244,6 +244,22 @@ fn bad_inputs_give_one_clear_line_and_their_own_exit_code() {
         2,
         &["tabbby cat"],
     );
+    // A source with nowhere to go; an events log alone is somewhere.
+    std::fs::write(&cfg, format!("[[source]]\nuri = \"{clip}\"\n")).unwrap();
+    expect_error(
+        &run(&["run", "--config", &s(&cfg)]),
+        2,
+        &["has no output", "events ="],
+    );
+    let ev = dir.join("only.jsonl");
+    std::fs::write(
+        &cfg,
+        format!("[[source]]\nuri = \"{clip}\"\nevents = \"{}\"\n", s(&ev)),
+    )
+    .unwrap();
+    let o = run(&["run", "--quiet", "--config", &s(&cfg)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(events(&ev).len(), 120);
 
     // Model: missing, corrupt.
     expect_error(
