@@ -192,6 +192,10 @@ impl Plan {
                 alpha: cfg.explain.alpha,
                 hud: cfg.explain.hud,
                 labels: RenderConfig::short_labels(&model.sidecar.labels),
+                shown: sinks
+                    .iter()
+                    .map(|s| s.file.is_some() || s.hub.is_some() || s.display.is_some())
+                    .collect(),
             },
             render_workers: workers,
             queue: p.queue_frames,

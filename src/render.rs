@@ -32,6 +32,9 @@ pub struct RenderConfig {
     pub hud: bool,
     /// Short label of each class ("bow tie"), shared so that frames carry it without copying.
     pub labels: Arc<Vec<Arc<str>>>,
+    /// Per source: whether any output shows its frames. One that only writes events is not
+    /// drawn (empty: every source is).
+    pub shown: Vec<bool>,
 }
 
 impl RenderConfig {
@@ -484,8 +487,10 @@ pub fn run(
             None if e.frame.lost => (lost.clone(), 0.0),
             None => (none.clone(), 0.0),
         };
-        if let Err(err) = render(&mut e, &cfg, &mut scratch) {
-            tracing::warn!(source = e.frame.source, frame = e.frame.seq, error = %err, "cannot draw the explanation; writing the frame as is");
+        if cfg.shown.get(e.frame.source).copied().unwrap_or(true) {
+            if let Err(err) = render(&mut e, &cfg, &mut scratch) {
+                tracing::warn!(source = e.frame.source, frame = e.frame.seq, error = %err, "cannot draw the explanation; writing the frame as is");
+            }
         }
         stats.render.add(t.elapsed());
         let Explained { frame, maps, .. } = e;
@@ -638,6 +643,7 @@ mod tests {
             alpha: 0.4,
             hud: false,
             labels: Arc::new(Vec::new()),
+            shown: Vec::new(),
         };
         let mut s = Scratch::default();
         let (w, h) = (177, 145);

@@ -260,6 +260,8 @@ fn bad_inputs_give_one_clear_line_and_their_own_exit_code() {
     let o = run(&["run", "--quiet", "--config", &s(&cfg)]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(events(&ev).len(), 120);
+    // Nobody sees its frames, so none is drawn.
+    assert!(stderr(&o).contains(" render=0.00s "), "{}", stderr(&o));
 
     // Model: missing, corrupt.
     expect_error(
