@@ -12,8 +12,16 @@ use gradcamd::stats::AllocCount;
 
 use crate::util::{media, scratch};
 
-fn counted(c: &AllocCount) -> (u64, u64) {
-    (c.allocs.load(Ordering::Relaxed), c.frames.load(Ordering::Relaxed))
+/// At least 40 warm frames counted, and at most 4 allocations over them: a few one-off growths
+/// are allowed (a channel's first blocking wait registers the thread); one allocation per frame
+/// would be >= 40.
+fn assert_no_allocation_per_frame(stage: &str, c: &AllocCount) {
+    let (allocs, frames) = (c.allocs.load(Ordering::Relaxed), c.frames.load(Ordering::Relaxed));
+    assert!(frames >= 40, "{stage}: only {frames} frames counted");
+    assert!(
+        allocs <= 4,
+        "{stage}: {allocs} allocations in {frames} warm frames"
+    );
 }
 
 fn run_carphone(name: &str, hud: bool, target: &str) -> Arc<gradcamd::stats::Stats> {
@@ -42,14 +50,7 @@ fn file_pipeline_allocates_nothing_per_frame_once_warm() {
         ("render", &stats.alloc_render),
         ("sink", &stats.alloc_sink),
     ] {
-        let (allocs, frames) = counted(c);
-        assert!(frames >= 40, "{stage}: only {frames} frames counted");
-        // A few one-off growths are allowed (a channel's first blocking wait registers the
-        // thread); one allocation per frame would be >= 40.
-        assert!(
-            allocs <= 4,
-            "{stage}: {allocs} allocations in {frames} warm frames"
-        );
+        assert_no_allocation_per_frame(stage, c);
     }
 }
 
@@ -58,14 +59,8 @@ fn the_hud_allocates_nothing_per_frame_either() {
     let stats = run_carphone("alloc_hud", true, "top1");
     // The HUD's text is copied from glyphs made once per frame height (render::HudFont): the
     // opencv crate's putText made a C string of each of its 4 text arguments per frame.
-    for (stage, c) in [("render", &stats.alloc_render), ("infer", &stats.alloc_infer)] {
-        let (allocs, frames) = counted(c);
-        assert!(frames >= 40, "{stage}: only {frames} frames counted");
-        assert!(
-            allocs <= 4,
-            "{stage}: {allocs} allocations in {frames} warm frames"
-        );
-    }
+    assert_no_allocation_per_frame("render", &stats.alloc_render);
+    assert_no_allocation_per_frame("infer", &stats.alloc_infer);
 }
 
 #[test]
@@ -73,10 +68,5 @@ fn a_topk_grid_renders_without_allocating_too() {
     // Inference of `topk` is an ordinary ORT run (replicated inputs), not counted here; the
     // grid of K tiles with their HUDs is drawn into buffers that circulate.
     let stats = run_carphone("alloc_topk", true, "topk:4");
-    let (allocs, frames) = counted(&stats.alloc_render);
-    assert!(frames >= 40, "render: only {frames} frames counted");
-    assert!(
-        allocs <= 4,
-        "render: {allocs} allocations in {frames} warm frames"
-    );
+    assert_no_allocation_per_frame("render", &stats.alloc_render);
 }
