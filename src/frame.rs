@@ -16,7 +16,8 @@ pub struct Frame {
     /// the frames it takes, densely (a live source's replaced frames are not counted), so from
     /// there on it is the frame's index in the source's output, and sinks re-order on it.
     pub seq: u64,
-    /// Presentation time in milliseconds, as the decoder reports it.
+    /// Presentation time in milliseconds, as the decoder reports it, or one frame interval
+    /// after the last where it reports none that advances (see `capture::Source::pts`).
     pub pts_ms: f64,
     /// BGR, 8-bit, 3 channels.
     pub image: Mat,

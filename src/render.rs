@@ -118,17 +118,7 @@ pub fn overlay(
     heatmap(cam_raw, image.size()?, s)?;
     let mut out = Mat::default();
     match blend {
-        Blend::Video => {
-            opencv::core::add_weighted(
-                image,
-                1.0 - alpha as f64,
-                &s.heat,
-                alpha as f64,
-                0.0,
-                &mut out,
-                -1,
-            )?;
-        }
+        Blend::Video => video_blend(image, &s.heat, alpha, &mut out)?,
         Blend::Reference => {
             let img = image.data_bytes()?;
             let heat = s.heat.data_bytes()?;
@@ -158,17 +148,15 @@ fn overlay_in_place(
     s: &mut Scratch,
 ) -> opencv::Result<()> {
     heatmap(cam_raw, image.size()?, s)?;
-    opencv::core::add_weighted(
-        &*image,
-        1.0 - alpha as f64,
-        &s.heat,
-        alpha as f64,
-        0.0,
-        &mut s.blend,
-        -1,
-    )?;
+    video_blend(image, &s.heat, alpha, &mut s.blend)?;
     std::mem::swap(image, &mut s.blend);
     Ok(())
+}
+
+/// [`Blend::Video`] of `heat` over `image` into `out` (reused when it has their size).
+fn video_blend(image: &Mat, heat: &Mat, alpha: f32, out: &mut Mat) -> opencv::Result<()> {
+    let a = f64::from(alpha);
+    opencv::core::add_weighted(image, 1.0 - a, heat, a, 0.0, out, -1)
 }
 
 /// OpenCV's JET colormap as a 256-entry BGR table, made once by OpenCV itself from a ramp.
@@ -445,10 +433,9 @@ fn render_with(
                 // The grid was an earlier frame: blank the strips no tile covers.
                 s.grid.set_to(&Scalar::all(0.0), &opencv::core::no_array())?;
             }
-            let a = f64::from(cfg.alpha);
             for (k, m) in maps.iter().enumerate() {
                 heatmap(&m.cam, tile, s)?;
-                opencv::core::add_weighted(&s.shrunk, 1.0 - a, &s.heat, a, 0.0, &mut s.tile, -1)?;
+                video_blend(&s.shrunk, &s.heat, cfg.alpha, &mut s.tile)?;
                 if cfg.hud {
                     hud_text(text, Some(k + 1), &cfg.label(m.class), m.prob);
                     let right = (k == 0).then(|| fps_text(fps, e.fps));
