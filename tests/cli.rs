@@ -544,8 +544,9 @@ fn a_live_source_behind_slow_inference_drops_frames_and_keeps_latency_bounded() 
     std::fs::write(
         &cfg,
         format!(
-            "[explain]\ntarget = \"topk:8\"\n[pipeline]\nbatch_size = 4\n[[source]]\nuri = \"synthetic:320x240@500\"\noutput = \"{}\"\n",
-            s(&out)
+            "[explain]\ntarget = \"topk:8\"\n[pipeline]\nbatch_size = 4\n[[source]]\nuri = \"synthetic:320x240@500\"\noutput = \"{}\"\nevents = \"{}\"\n",
+            s(&out),
+            s(&dir.join("live.jsonl"))
         ),
     )
     .unwrap();
@@ -569,6 +570,12 @@ fn a_live_source_behind_slow_inference_drops_frames_and_keeps_latency_bounded() 
     // a render worker hands it over, and every frame read is either written or counted.
     assert_eq!(field(&log, "explained"), frames_out, "{log}");
     assert_eq!(frames_in, frames_out + dropped, "{log}");
+    // Events number the frames as the file holds them: 0, 1, 2, ... with no gap for drops.
+    let seqs: Vec<u64> = events(&dir.join("live.jsonl"))
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (0..frames_out as u64).collect::<Vec<_>>());
     // Queueing would make latency grow with the run; a one-frame mailbox keeps it to a few
     // batches whatever the run length.
     let p99 = field(&log, "latency_p99_ms") / 1e3;
