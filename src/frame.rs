@@ -49,6 +49,8 @@ pub struct Annotated {
     pub prob: f32,
     /// A "stream lost" placeholder, not a frame of the source.
     pub lost: bool,
+    /// Whether render drew the explanation on it: not when no output was going to show it.
+    pub drawn: bool,
 }
 
 /// Spare buffers handed back by a later stage for an earlier one to reuse, so that steady state

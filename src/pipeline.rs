@@ -192,10 +192,11 @@ impl Plan {
                 alpha: cfg.explain.alpha,
                 hud: cfg.explain.hud,
                 labels: RenderConfig::short_labels(&model.sidecar.labels),
-                shown: sinks
+                always_shown: sinks
                     .iter()
-                    .map(|s| s.file.is_some() || s.hub.is_some() || s.display.is_some())
+                    .map(|s| s.file.is_some() || s.display.is_some())
                     .collect(),
+                hub: sinks.iter().find_map(|s| s.hub.clone()),
             },
             render_workers: workers,
             queue: p.queue_frames,

@@ -17,6 +17,7 @@ use opencv::prelude::*;
 
 use crate::explainer::ClassMap;
 use crate::frame::{Annotated, Explained, Pool};
+use crate::sink::http::Hub;
 use crate::stats::Stats;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,9 +33,11 @@ pub struct RenderConfig {
     pub hud: bool,
     /// Short label of each class ("bow tie"), shared so that frames carry it without copying.
     pub labels: Arc<Vec<Arc<str>>>,
-    /// Per source: whether any output shows its frames. One that only writes events is not
-    /// drawn (empty: every source is).
-    pub shown: Vec<bool>,
+    /// Per source: whether an output shows every frame (a file, a window). Empty: all do.
+    pub always_shown: Vec<bool>,
+    /// Where the other sources' frames may be shown: they are drawn only while someone watches
+    /// or a snapshot is due ([`Hub::wants_frame`]), and not at all without a hub (events only).
+    pub hub: Option<Arc<Hub>>,
 }
 
 impl RenderConfig {
@@ -45,6 +48,15 @@ impl RenderConfig {
                 .map(|c| Arc::from(short_label(labels, c)))
                 .collect(),
         )
+    }
+
+    /// Whether to draw this frame: an output will show it.
+    fn draws(&self, f: &crate::frame::Frame) -> bool {
+        self.always_shown.get(f.source).copied().unwrap_or(true)
+            || self
+                .hub
+                .as_ref()
+                .is_some_and(|h| f.lost || h.wants_frame(f.source))
     }
 
     fn label(&self, class: usize) -> Arc<str> {
@@ -474,7 +486,8 @@ pub fn run(
             None if e.frame.lost => (lost.clone(), 0.0),
             None => (none.clone(), 0.0),
         };
-        if cfg.shown.get(e.frame.source).copied().unwrap_or(true) {
+        let drawn = cfg.draws(&e.frame);
+        if drawn {
             if let Err(err) = render(&mut e, &cfg, &mut scratch) {
                 tracing::warn!(source = e.frame.source, frame = e.frame.seq, error = %err, "cannot draw the explanation; writing the frame as is");
             }
@@ -494,6 +507,7 @@ pub fn run(
                 label,
                 prob,
                 lost: frame.lost,
+                drawn,
             })
             .is_err()
         {
@@ -630,7 +644,8 @@ mod tests {
             alpha: 0.4,
             hud: false,
             labels: Arc::new(Vec::new()),
-            shown: Vec::new(),
+            always_shown: Vec::new(),
+            hub: None,
         };
         let mut s = Scratch::default();
         let (w, h) = (177, 145);

@@ -680,6 +680,17 @@ fn two_live_sources(dir: &Path, sources: [(&str, &str); 2]) -> PathBuf {
 }
 
 /// Reads one multipart JPEG part from an MJPEG stream.
+/// Mean of a JPEG's top two rows.
+fn hud_band(jpeg: &[u8]) -> f64 {
+    let img = opencv::imgcodecs::imdecode(
+        &opencv::core::Vector::from_slice(jpeg),
+        opencv::imgcodecs::IMREAD_COLOR,
+    )
+    .unwrap();
+    let top = opencv::core::Mat::roi(&img, opencv::core::Rect::new(0, 0, img.cols(), 2)).unwrap();
+    opencv::core::mean_def(&top).unwrap().0[..3].iter().sum::<f64>() / 3.0
+}
+
 fn read_part(r: &mut impl std::io::BufRead) -> Vec<u8> {
     let mut len = None;
     loop {
@@ -776,6 +787,15 @@ fn http_serves_page_streams_metrics_and_health() {
     )
     .unwrap();
     assert_eq!((img.cols(), img.rows()), (176, 144));
+    // Every frame served is drawn (frames nobody watches are not), the first one included:
+    // the HUD's black band on top (the clip's own top rows average 126-133).
+    for (k, part) in [a, b, read_part(&mut r), read_part(&mut r)].iter().enumerate() {
+        assert!(hud_band(part) < 20.0, "part {k}: top rows {}", hud_band(part));
+    }
+    let snap = get("/snapshot/car.jpg").unwrap();
+    let mut jpeg = Vec::new();
+    std::io::Read::read_to_end(&mut snap.into_reader(), &mut jpeg).unwrap();
+    assert!(hud_band(&jpeg) < 20.0, "snapshot: top rows {}", hud_band(&jpeg));
     assert_eq!(
         get("/stream/nope")
             .unwrap_err()

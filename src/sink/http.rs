@@ -10,8 +10,8 @@
 //! | `/healthz` | 200 when at least one source delivers frames, else 503 |
 //! | `/status.json` | per source: up, label, score, fps, counters |
 //!
-//! The sink threads publish frames into a [`Hub`]; a frame is JPEG-encoded only while someone
-//! watches that source (or once a second for snapshots and the status page).
+//! The sink threads publish frames into a [`Hub`]; a frame is drawn (render) and JPEG-encoded
+//! only while someone watches that source, or once a second for snapshots.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,12 +19,21 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use opencv::core::{Mat, Vector};
+use opencv::core::Vector;
 use opencv::imgcodecs;
 use opencv::prelude::*;
 
 use crate::error::{fail, Kind};
 use crate::stats::Stats;
+
+impl Slot {
+    fn wants_frame(&self) -> bool {
+        self.viewers > 0 || self.encoded_at.is_none_or(|t| t.elapsed() >= SNAPSHOT_EVERY)
+    }
+}
+
+/// How fresh `/snapshot` is kept while nobody watches.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Slot {
@@ -62,28 +71,36 @@ impl Hub {
         self.names.iter().position(|n| n == name)
     }
 
-    /// Publishes a source's annotated frame with its label and score; `lost` for a "stream
-    /// lost" placeholder.
-    pub fn publish(&self, source: usize, image: &Mat, label: &str, prob: f32, lost: bool) {
-        let Some((m, cv)) = self.slots.get(source) else {
+    /// Whether a frame of `source` would be shown now: someone watches it, or the snapshot is
+    /// due. Render asks before drawing; [`Hub::publish`] encodes only frames it drew.
+    pub fn wants_frame(&self, source: usize) -> bool {
+        self.slots
+            .get(source)
+            .and_then(|(m, _)| m.lock().ok())
+            .is_some_and(|s| s.wants_frame())
+    }
+
+    /// Publishes a source's frame: its label, score and rate always, the image when it was
+    /// drawn and is wanted.
+    pub fn publish(&self, a: &crate::frame::Annotated) {
+        let Some((m, cv)) = self.slots.get(a.source) else {
             return;
         };
         let Ok(mut s) = m.lock() else { return };
-        if !lost {
+        if !a.lost {
             s.rate.tick(Instant::now());
         }
         s.label.clear();
-        s.label.push_str(label);
-        s.prob = prob;
-        let stale = s.encoded_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-        if s.viewers == 0 && !stale {
+        s.label.push_str(&a.label);
+        s.prob = a.prob;
+        if !a.drawn || !s.wants_frame() {
             return;
         }
         // Encode outside the lock would need a second lock round; frames are small and the
         // sink thread is the only writer, so keep it simple.
         let mut buf = Vector::<u8>::new();
         let params = Vector::from_slice(&[imgcodecs::IMWRITE_JPEG_QUALITY, 80]);
-        if imgcodecs::imencode(".jpg", image, &mut buf, &params).unwrap_or(false) {
+        if imgcodecs::imencode(".jpg", &a.image, &mut buf, &params).unwrap_or(false) {
             s.jpeg = Some(Arc::new(buf.to_vec()));
             s.generation += 1;
             s.encoded_at = Some(Instant::now());

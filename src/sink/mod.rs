@@ -105,7 +105,7 @@ impl SourceSink {
             }
         }
         if let Some(h) = &self.hub {
-            h.publish(a.source, &a.image, &a.label, a.prob, a.lost);
+            h.publish(&a);
         }
         if let Some(d) = &self.display {
             // A busy window skips frames rather than queueing them.
@@ -136,6 +136,7 @@ mod tests {
             label: Arc::from(""),
             prob: 0.0,
             lost: false,
+            drawn: true,
         }
     }
 
