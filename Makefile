@@ -16,7 +16,7 @@ build: setup
 
 demo: build
 	@mkdir -p out
-	@$(BIN) run --config configs/demo.toml
+	@$(BIN) run --config configs/demo.toml --overwrite
 
 test:
 	@scripts/setup.sh test

@@ -62,6 +62,10 @@ impl SourceKind {
         if let Some(n) = uri.strip_prefix("/dev/video").and_then(|n| n.parse().ok()) {
             return SourceKind::Camera(n);
         }
+        // A file URL is a file: lossless, and its end is the end, not a lost stream.
+        if let Some(path) = uri.strip_prefix("file://") {
+            return SourceKind::File(path.to_string());
+        }
         if uri.contains("://") {
             return SourceKind::Url(uri.to_string());
         }
@@ -101,10 +105,14 @@ impl Default for Reconnect {
 pub struct Source {
     pub index: usize,
     pub name: String,
+    /// The URI as shown ([`crate::uri::redact`]); `kind` holds the one that is opened.
     pub uri: String,
     pub kind: SourceKind,
     pub mode: SourceMode,
+    /// Frames per second: what the source reports, or [`DEFAULT_FPS`] until it is known.
     pub fps: f64,
+    /// Whether `fps` came from the source (a live camera's comes when it connects).
+    pub fps_known: bool,
     /// Frame size, once known (a live source that is down at start-up has none yet).
     pub size: Option<(i32, i32)>,
     /// Frames in the file, if the container says (progress bar only; never trusted for logic).
@@ -113,8 +121,13 @@ pub struct Source {
     cap: Option<VideoCapture>,
     /// The first frame, read at open time to prove the stream decodes.
     first: Option<Mat>,
-    /// The last frame's presentation time since the stream was (re)opened or rewound.
+    /// The last frame's presentation time, continuous over reconnects and loops.
     last_pts: Option<f64>,
+    /// Where the current stream's time 0 is on that continuous clock (it moves on at each
+    /// reconnect or loop, so `pts_ms` in events never runs backwards).
+    pts_base: f64,
+    /// The last time the decoder gave in the current stream.
+    stream_pts: Option<f64>,
 }
 
 fn open_capture(kind: &SourceKind, rc: &Reconnect) -> opencv::Result<VideoCapture> {
@@ -132,6 +145,41 @@ fn open_capture(kind: &SourceKind, rc: &Reconnect) -> opencv::Result<VideoCaptur
             VideoCapture::from_file_with_params(u, videoio::CAP_FFMPEG, &params)
         }
     }
+}
+
+/// The rate assumed for a source that reports none, or none yet.
+pub const DEFAULT_FPS: f64 = 25.0;
+
+/// The frame rate an opened source reports, if usable; else [`DEFAULT_FPS`], with a warning.
+fn reported_fps(kind: &SourceKind, cap: &VideoCapture, name: &str) -> f64 {
+    let fps = match kind {
+        SourceKind::Synthetic { fps, .. } => *fps,
+        _ => cap.get(videoio::CAP_PROP_FPS).unwrap_or(0.0),
+    };
+    if fps.is_finite() && fps > 0.0 && fps <= 1000.0 {
+        fps
+    } else {
+        tracing::warn!(source = %name, fps, "source reports no usable frame rate; assuming {DEFAULT_FPS} fps");
+        DEFAULT_FPS
+    }
+}
+
+/// A connection attempt on a thread of its own, so that the capture loop keeps serving
+/// placeholders and sees the stop flag while FFmpeg waits out its timeout.
+fn connect_in_background(
+    index: usize,
+    kind: &SourceKind,
+    rc: &Reconnect,
+) -> Option<Receiver<Result<(VideoCapture, Mat), String>>> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let (k, r) = (kind.clone(), rc.clone());
+    std::thread::Builder::new()
+        .name(format!("connect-{index}"))
+        .spawn(move || {
+            let _ = tx.send(connect(index, &k, &r));
+        })
+        .ok()?;
+    Some(rx)
 }
 
 /// Frame `n` of a synthetic source: a bright square crossing a gradient.
@@ -196,6 +244,31 @@ fn connect_inner(kind: &SourceKind, rc: &Reconnect) -> Result<(VideoCapture, Mat
     Ok((cap, first))
 }
 
+/// [`connect`] for a FIFO, whose open blocks until a writer comes: in a thread, given up
+/// after the open timeout. The thread is then released by opening the FIFO's write end for an
+/// instant (its reader sees the writer come and go, and FFmpeg fails), so nothing stays blocked.
+fn connect_fifo(index: usize, kind: &SourceKind, rc: &Reconnect) -> Result<(VideoCapture, Mat), String> {
+    let SourceKind::File(path) = kind else {
+        return connect(index, kind, rc);
+    };
+    let rx = connect_in_background(index, kind, rc).ok_or("cannot start a thread to open it")?;
+    match rx.recv_timeout(rc.open_timeout) {
+        Ok(r) => r,
+        Err(_) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path);
+            let _ = rx.recv_timeout(Duration::from_secs(1));
+            Err(format!(
+                "it is a FIFO and no writer came within {} ms",
+                rc.open_timeout.as_millis()
+            ))
+        }
+    }
+}
+
 impl Source {
     /// Opens a source. A file that does not exist or decode is an error; a live source that is
     /// down is an error only when `strict`, else it is logged and retried by [`Source::run`].
@@ -209,50 +282,67 @@ impl Source {
     ) -> anyhow::Result<Source> {
         let kind = SourceKind::parse(uri);
         let mode = mode.unwrap_or_else(|| kind.default_mode());
+        // Shown in every message: the password and tokens taken out.
+        let uri = &*crate::uri::redact(uri);
         if let SourceKind::File(p) = &kind {
-            if !Path::new(p).exists() {
+            let p = Path::new(p);
+            if p.is_dir() {
+                return Err(fail(
+                    Kind::Input,
+                    format!("source '{name}': {uri} is a directory, not a video file"),
+                ));
+            }
+            if !p.exists() {
                 return Err(fail(
                     Kind::Input,
                     format!("source '{name}': video file {uri} does not exist"),
                 ));
             }
         }
-        let (cap, first) = match connect(index, &kind, &reconnect) {
+        let fifo = match &kind {
+            SourceKind::File(p) => std::fs::metadata(p).is_ok_and(|m| {
+                use std::os::unix::fs::FileTypeExt;
+                m.file_type().is_fifo()
+            }),
+            _ => false,
+        };
+        // A live stream or camera that start-up does not depend on connects in its own capture
+        // thread: OpenCV opens one FFmpeg input at a time (a process-wide lock), so a dead camera
+        // waiting out its timeout here would hold up every other source, the page and a stop.
+        let deferred = !strict && matches!(kind, SourceKind::Url(_) | SourceKind::Camera(_));
+        let opened = if deferred {
+            Err(String::new())
+        } else if fifo {
+            connect_fifo(index, &kind, &reconnect)
+        } else {
+            connect(index, &kind, &reconnect)
+        };
+        let (cap, first) = match opened {
             Ok((c, f)) => (Some(c), Some(f)),
+            Err(_) if deferred => (None, None),
             Err(why) => {
                 let msg = match &kind {
+                    SourceKind::File(_) if fifo => format!("source '{name}': {uri}: {why}"),
                     SourceKind::File(_) => format!(
                         "source '{name}': {uri} is not a video OpenCV can decode ({why}: corrupt, or a codec FFmpeg lacks)"
                     ),
-                    SourceKind::Camera(i) => format!("source '{name}': camera {i} ({uri}): {why}; is it connected and free?"),
-                    SourceKind::Url(_) => format!("source '{name}': {uri}: {why}; is the stream reachable?"),
-                    SourceKind::Synthetic { .. } => format!("source '{name}': {uri}: {why}"),
+                    _ => Self::unreachable(&kind, &name, uri, &why),
                 };
-                if matches!(kind, SourceKind::File(_)) || strict {
-                    return Err(fail(Kind::Input, msg));
-                }
-                tracing::error!(source = %name, "{msg}; serving the other sources and retrying (use --strict to fail instead)");
-                (None, None)
+                return Err(fail(Kind::Input, msg));
             }
         };
-        let prop = |p| cap.as_ref().and_then(|c| c.get(p).ok()).unwrap_or(0.0);
-        let mut fps = match &kind {
-            SourceKind::Synthetic { fps, .. } => *fps,
-            _ => prop(videoio::CAP_PROP_FPS),
-        };
-        if !(fps.is_finite() && fps > 0.0 && fps <= 1000.0) {
-            if cap.is_some() {
-                tracing::warn!(source = %name, fps, "source reports no usable frame rate; assuming 25 fps");
-            }
-            fps = 25.0;
-        }
-        let n = prop(videoio::CAP_PROP_FRAME_COUNT);
+        let fps = cap.as_ref().map(|c| reported_fps(&kind, c, &name));
+        let n = cap
+            .as_ref()
+            .and_then(|c| c.get(videoio::CAP_PROP_FRAME_COUNT).ok())
+            .unwrap_or(0.0);
         Ok(Source {
             index,
             name,
             uri: uri.to_string(),
             mode,
-            fps,
+            fps: fps.unwrap_or(DEFAULT_FPS),
+            fps_known: fps.is_some(),
             size: first.as_ref().map(|f| (f.cols(), f.rows())),
             frame_count: (matches!(kind, SourceKind::File(_)) && n.is_finite() && n >= 1.0)
                 .then_some(n as u64),
@@ -261,7 +351,20 @@ impl Source {
             cap,
             first,
             last_pts: None,
+            pts_base: 0.0,
+            stream_pts: None,
         })
+    }
+
+    /// What to say when a live source cannot be reached.
+    fn unreachable(kind: &SourceKind, name: &str, uri: &str, why: &str) -> String {
+        match kind {
+            SourceKind::Camera(i) => {
+                format!("source '{name}': camera {i} ({uri}): {why}; is it connected and free?")
+            }
+            SourceKind::Url(_) => format!("source '{name}': {uri}: {why}; is the stream reachable?"),
+            _ => format!("source '{name}': {uri}: {why}"),
+        }
     }
 
     /// Decodes until the end of the stream or the stop flag, sending each frame downstream.
@@ -285,6 +388,13 @@ impl Source {
         let mut backoff = self.reconnect.initial;
         let mut retry_at = Instant::now();
         let mut attempt = 0u32;
+        let mut ever_up = self.cap.is_some();
+        // A connection attempt running on its own thread (see `connect_in_background`); one
+        // still running at a stop is left to finish on its own.
+        let mut pending = None;
+        if let (Some(s), true) = (st, self.fps_known) {
+            s.set_fps(self.fps);
+        }
         let mut last_lost = Instant::now() - Duration::from_secs(1);
         let helpers = helper_name(self.index);
         let helpers_before = crate::cpu::threads_cpu(&helpers);
@@ -300,8 +410,9 @@ impl Source {
                 break;
             }
             if self.cap.is_none() {
-                // Down: placeholders at ~5 fps, and a reconnect attempt when the backoff is over.
-                if last_lost.elapsed() >= Duration::from_millis(200) {
+                // Down: placeholders at ~5 fps once it has been up or an attempt failed (a
+                // camera connecting at start-up shows nothing rather than "stream lost").
+                if (ever_up || attempt > 0) && last_lost.elapsed() >= Duration::from_millis(200) {
                     last_lost = Instant::now();
                     let (w, h) = self.size.unwrap_or((640, 360));
                     // From the pool too: an outage must not grow the frame population.
@@ -320,30 +431,57 @@ impl Source {
                     }
                     seq += 1;
                 }
-                if Instant::now() >= retry_at {
-                    attempt += 1;
-                    match connect(self.index, &self.kind, &self.reconnect) {
-                        Ok((cap, first)) => {
-                            tracing::info!(attempt, "reconnected");
-                            self.size = Some((first.cols(), first.rows()));
-                            self.cap = Some(cap);
-                            self.last_pts = None;
-                            next = Some(first);
-                            backoff = self.reconnect.initial;
-                            attempt = 0;
-                            if let Some(s) = st {
-                                s.up.store(1, Ordering::Relaxed);
-                            }
-                        }
-                        Err(why) => {
-                            let wait = jitter(backoff, seq ^ attempt as u64);
-                            tracing::warn!(attempt, error = %why, retry_in_ms = wait.as_millis() as u64, "reconnect failed");
-                            retry_at = Instant::now() + wait;
-                            backoff = (backoff * 2).min(self.reconnect.max);
-                        }
+                if pending.is_none() && Instant::now() >= retry_at {
+                    pending = connect_in_background(self.index, &self.kind, &self.reconnect);
+                    if pending.is_none() {
+                        retry_at = Instant::now() + backoff;
                     }
-                } else {
-                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let result = match pending.as_ref().map(|p| p.try_recv()) {
+                    Some(Ok(r)) => Some(r),
+                    Some(Err(crossbeam_channel::TryRecvError::Disconnected)) => {
+                        Some(Err("the connection attempt ended without an answer".to_string()))
+                    }
+                    _ => None,
+                };
+                match result {
+                    Some(Ok((cap, first))) => {
+                        pending = None;
+                        if attempt > 0 || ever_up {
+                            tracing::info!(attempt, "reconnected");
+                        } else {
+                            tracing::info!("connected");
+                        }
+                        if !self.fps_known {
+                            self.fps = reported_fps(&self.kind, &cap, &self.name);
+                            self.fps_known = true;
+                        }
+                        if let Some(s) = st {
+                            s.set_fps(self.fps);
+                            s.up.store(1, Ordering::Relaxed);
+                        }
+                        self.size = Some((first.cols(), first.rows()));
+                        self.cap = Some(cap);
+                        self.restart_clock();
+                        next = Some(first);
+                        backoff = self.reconnect.initial;
+                        attempt = 0;
+                        ever_up = true;
+                    }
+                    Some(Err(why)) => {
+                        pending = None;
+                        attempt += 1;
+                        let wait = jitter(backoff, seq ^ attempt as u64);
+                        if attempt == 1 && !ever_up {
+                            let msg = Self::unreachable(&self.kind, &self.name, &self.uri, &why);
+                            tracing::error!("{msg}; serving the other sources and retrying (use --strict to fail instead)");
+                        } else {
+                            tracing::warn!(attempt, error = %why, retry_in_ms = wait.as_millis() as u64, "reconnect failed");
+                        }
+                        retry_at = Instant::now() + wait;
+                        backoff = (backoff * 2).min(self.reconnect.max);
+                    }
+                    None => std::thread::sleep(Duration::from_millis(20)),
                 }
                 continue;
             }
@@ -364,7 +502,10 @@ impl Source {
                     let file = matches!(self.kind, SourceKind::File(_));
                     match ok {
                         Some(Ok(true)) if !m.empty() => m,
-                        _ if file && self.mode == SourceMode::File => break,
+                        _ if file && self.mode == SourceMode::File => {
+                            self.warn_if_short(seq);
+                            break;
+                        }
                         _ if file && self.rewind(&mut m) => m,
                         other => {
                             let why = match other {
@@ -421,6 +562,18 @@ impl Source {
         }
     }
 
+    /// A file that ends well before the frame count its container announces was cut short
+    /// (a copy interrupted, a recording killed): say so, as its output is short too.
+    fn warn_if_short(&self, read: u64) {
+        if let Some(n) = self.frame_count.filter(|&n| read + (n / 50).max(2) < n) {
+            tracing::warn!(
+                frames = read,
+                announced = n,
+                "the input ended early: its container announces {n} frames but only {read} could be decoded (truncated or damaged?)"
+            );
+        }
+    }
+
     /// A live file at its end: back to the first frame, read into `m`. False if the file
     /// cannot seek or read there (then it is reopened, like a lost stream).
     fn rewind(&mut self, m: &mut Mat) -> bool {
@@ -431,7 +584,7 @@ impl Source {
             && c.read(m).unwrap_or(false)
             && !m.empty();
         if ok {
-            self.last_pts = None;
+            self.restart_clock();
             tracing::debug!("end of file; playing it again from the start");
         }
         ok
@@ -446,12 +599,21 @@ impl Source {
             .as_ref()
             .and_then(|c| c.get(videoio::CAP_PROP_POS_MSEC).ok())
             .unwrap_or(0.0);
-        let pts = match self.last_pts {
+        let rel = match self.stream_pts {
             Some(last) if reported.is_nan() || reported <= last => last + 1e3 / self.fps,
             _ => reported,
         };
+        self.stream_pts = Some(rel);
+        let pts = self.pts_base + rel;
         self.last_pts = Some(pts);
         pts
+    }
+
+    /// A new stream (reconnect) or the file again from its start (loop): its times count on
+    /// from one frame after the last one sent.
+    fn restart_clock(&mut self) {
+        self.pts_base = self.last_pts.map_or(0.0, |l| l + 1e3 / self.fps);
+        self.stream_pts = None;
     }
 
     /// Sends a frame: blocking for file mode; for live mode replacing an older frame that is

@@ -113,8 +113,11 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
         v.trim()
             .parse::<u32>()
             .ok()
-            .filter(|&n| n > 0)
-            .ok_or(format!("'{v}' is not a positive size"))
+            .filter(|&n| n > 0 && n <= crate::model::MAX_INPUT_SIDE)
+            .ok_or(format!(
+                "'{v}' is not a size in 1..={}",
+                crate::model::MAX_INPUT_SIDE
+            ))
     };
     Ok((p(w)?, p(h)?))
 }
@@ -164,7 +167,8 @@ pub struct RunArgs {
     /// has one thread (two cores), else 8.
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
-    /// gradcam or cam.
+    /// CAM method: gradcam, gradcampp, xgradcam, hirescam, layercam, eigencam, eigengradcam,
+    /// or cam (cam needs a global-average-pool + fully-connected head).
     #[arg(long)]
     pub method: Option<Method>,
     /// top1, a class index, or a label.
@@ -183,6 +187,10 @@ pub struct RunArgs {
     /// Fail when a live source cannot be opened at start-up (default: retry it in the background).
     #[arg(long)]
     pub strict: bool,
+    /// Replace a file that exists at an output path (default: refuse to start, like ffmpeg
+    /// without -y).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 #[derive(Debug, Args)]
@@ -195,7 +203,8 @@ pub struct ExplainArgs {
     /// top1, a class index, or a label.
     #[arg(long, default_value = "top1", value_name = "CLASS")]
     pub target: String,
-    /// gradcam or cam.
+    /// CAM method: gradcam, gradcampp, xgradcam, hirescam, layercam, eigencam, eigengradcam,
+    /// or cam (cam needs a global-average-pool + fully-connected head).
     #[arg(long, default_value = "gradcam")]
     pub method: Method,
     /// Where to write the JSON array (one object per image); "-" for stdout.
@@ -221,6 +230,8 @@ pub struct ExplainArgs {
 pub struct InspectArgs {
     /// ONNX model file.
     pub model: PathBuf,
+    /// Tensor to explain (see `gradcamd inspect`'s candidates); default: the input of the
+    /// pooling op nearest to the logits.
     #[arg(long, value_name = "TENSOR")]
     pub target_layer: Option<String>,
 }
@@ -232,6 +243,8 @@ pub struct AugmentArgs {
     /// Where to write the augmented model.
     #[arg(short, long, value_name = "OUT.onnx")]
     pub output: PathBuf,
+    /// Tensor to explain (see `gradcamd inspect`'s candidates); default: the input of the
+    /// pooling op nearest to the logits.
     #[arg(long, value_name = "TENSOR")]
     pub target_layer: Option<String>,
     /// Also output gradcamd_cam, the Grad-CAM map computed inside the graph.

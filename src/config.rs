@@ -207,6 +207,11 @@ pub struct OutputConfig {
     /// Codec for file outputs: "mp4v" (MPEG-4 Part 2) or "avc1" (H.264).
     #[serde(default = "default_fourcc")]
     pub fourcc: String,
+    /// Replace a file that exists at an output path. Off: such a run is refused before any
+    /// work (as ffmpeg does without `-y`), so a recording is never lost to a re-run. A
+    /// segmented output never overwrites: a taken segment name is numbered instead.
+    #[serde(default)]
+    pub overwrite: bool,
 }
 
 fn default_fourcc() -> String {
@@ -217,17 +222,42 @@ impl Default for OutputConfig {
     fn default() -> Self {
         OutputConfig {
             fourcc: default_fourcc(),
+            overwrite: false,
         }
     }
 }
 
 /// The HTTP server: page, MJPEG streams, metrics.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address to serve on, e.g. "127.0.0.1:8090"; unset: no server. Only loopback unless you
-    /// name another address: the page has no authentication.
+    /// name another address: the page has no authentication (a warning says so).
     pub listen: Option<String>,
+    /// A connection that sends no request, or a viewer that reads nothing, for this long is
+    /// closed (each holds a thread).
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Requests served at once (each open stream is one); more are answered 503.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+}
+
+fn default_idle_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_clients() -> usize {
+    64
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: None,
+            idle_timeout_ms: default_idle_timeout_ms(),
+            max_clients: default_max_clients(),
+        }
+    }
 }
 
 /// Cameras and streams.
@@ -384,7 +414,7 @@ impl SourceConfig {
 
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = crate::paths::read_text(path, "config").map_err(|e| {
             fail(
                 Kind::Config,
                 format!("cannot read config {}: {e}", path.display()),
@@ -405,8 +435,31 @@ impl Config {
         if let Some(b) = p.batch_size.filter(|b| !(1..=256).contains(b)) {
             anyhow::bail!("pipeline.batch_size = {b} is out of range 1..=256");
         }
-        if p.queue_frames == 0 {
-            anyhow::bail!("pipeline.queue_frames must be at least 1");
+        // Upper bounds: each is memory or threads, and a typo of a few zeros must be a clear
+        // line, not an abort or an OOM kill (queue_frames = 1e9 aborted with 134).
+        let bounds = [
+            ("pipeline.queue_frames", p.queue_frames, 1, MAX_QUEUE_FRAMES),
+            ("pipeline.render_workers", p.render_workers, 0, MAX_WORKERS),
+            ("pipeline.inference_workers", p.inference_workers, 0, MAX_SESSIONS),
+            ("model.intra_threads", self.model.intra_threads, 0, MAX_WORKERS),
+            ("http.max_clients", self.http.max_clients, 1, MAX_CLIENTS),
+        ];
+        for (key, v, lo, hi) in bounds {
+            if !(lo..=hi).contains(&v) {
+                anyhow::bail!("{key} = {v} is out of range {lo}..={hi}");
+            }
+        }
+        if !(100..=3_600_000).contains(&self.http.idle_timeout_ms) {
+            anyhow::bail!(
+                "http.idle_timeout_ms = {} is out of range 100..=3600000",
+                self.http.idle_timeout_ms
+            );
+        }
+        if let Some([w, h]) = self.model.input_size {
+            let max = crate::model::MAX_INPUT_SIDE;
+            if w == 0 || h == 0 || w > max || h > max {
+                anyhow::bail!("model.input_size = [{w}, {h}] is out of range 1..={max} per side");
+            }
         }
         if !(0.0..=1.0).contains(&self.explain.alpha) {
             anyhow::bail!("explain.alpha = {} is out of range 0..=1", self.explain.alpha);
@@ -436,6 +489,9 @@ impl Config {
                 if r.len() < 3 || r.iter().flatten().any(|v| !(0.0..=1.0).contains(v)) {
                     anyhow::bail!("source.roi needs at least 3 [x, y] points with coordinates in 0..1 (fractions of the frame)");
                 }
+                if polygon_area(r) < MIN_ROI_AREA {
+                    anyhow::bail!("source.roi encloses no area (its points are repeated or on one line); give the polygon's corners in order");
+                }
             }
             if !(0.0..=1.0).contains(&s.roi_alert_ratio) || !(0.0..=1.0).contains(&s.hot_threshold) {
                 anyhow::bail!("source.roi_alert_ratio and source.hot_threshold must be in 0..1");
@@ -443,6 +499,29 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Frames in one inter-stage channel: each holds a whole frame (1080p: 6 MB).
+pub const MAX_QUEUE_FRAMES: usize = 1024;
+/// Render workers and intra-op threads: far over any machine's cores.
+pub const MAX_WORKERS: usize = 256;
+/// ORT sessions side by side: each holds the whole model.
+pub const MAX_SESSIONS: usize = 64;
+/// Concurrent HTTP requests (threads).
+pub const MAX_CLIENTS: usize = 4096;
+/// Smallest ROI, as a fraction of the frame: one pixel of a 1000x1000 frame.
+const MIN_ROI_AREA: f32 = 1e-6;
+
+/// Shoelace area of a polygon in frame-relative units.
+fn polygon_area(p: &[[f32; 2]]) -> f32 {
+    let n = p.len();
+    let twice: f32 = (0..n)
+        .map(|i| {
+            let (a, b) = (p[i], p[(i + 1) % n]);
+            a[0] * b[1] - b[0] * a[1]
+        })
+        .sum();
+    twice.abs() / 2.0
 }
 
 /// toml's errors span several lines with a source excerpt; keep the message and position.
@@ -480,6 +559,18 @@ mod tests {
             ("[explain]\nalpha = 1.5\n", "alpha"),
             ("[explain]\nmethod = \"bogus\"\n", "bogus"),
             ("[model]\nprovider = \"tpu\"\n", "provider"),
+            (
+                "[pipeline]\nqueue_frames = 1000000000\n",
+                "queue_frames = 1000000000 is out of range",
+            ),
+            ("[pipeline]\nrender_workers = 100000\n", "render_workers"),
+            ("[pipeline]\ninference_workers = 1000\n", "inference_workers"),
+            ("[model]\nintra_threads = 100000\n", "intra_threads"),
+            ("[model]\ninput_size = [100000, 224]\n", "input_size"),
+            (
+                "[[source]]\nuri = \"a.mp4\"\nroi = [[0.1, 0.1], [0.5, 0.5], [0.9, 0.9]]\n",
+                "no area",
+            ),
         ] {
             let e = format!("{:#}", Config::parse(text).unwrap_err());
             assert!(e.contains(want), "{text:?}: {e}");

@@ -33,6 +33,9 @@ use crate::monitor::Monitor;
 use crate::preprocess::Preprocessor;
 use crate::stats::Stats;
 
+/// The "model output NaN" warning is said once per process, not once per frame.
+static NAN_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Input slots in rotation between the batcher and each session.
 pub const SLOTS: usize = 2;
 
@@ -477,6 +480,20 @@ impl Stage<'_> {
                         maps.clear();
                         continue;
                     }
+                    // A model that outputs NaN (broken weights, an overflow) explains nothing:
+                    // the frame is counted and drawn as not explained, never shown as a score.
+                    let finite = r.maps.iter().all(|m| {
+                        m.prob.is_finite() && m.score.is_finite() && m.cam.iter().all(|v| v.is_finite())
+                    });
+                    if !finite {
+                        if !NAN_WARNED.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(
+                                "the model output NaN or infinity; such frames are written as not explained (check the model's weights and input normalization)"
+                            );
+                        }
+                        maps.clear();
+                        continue;
+                    }
                     if maps.capacity() == 0 {
                         // The map buffers come back from render: once warm, nothing is allocated.
                         *maps = self.maps_pool.take().unwrap_or_default();
@@ -547,6 +564,9 @@ impl Stage<'_> {
                         if o.alert {
                             s.alerts.fetch_add(1, Ordering::Relaxed);
                         }
+                    }
+                    if let Some(e) = o.events_failed {
+                        self.stats.output_failed(e);
                     }
                 }
                 if let Some(s) = self.stats.source(frame.source) {

@@ -7,6 +7,8 @@
 //! - [`cam`]: CAM methods on the activations and gradients.
 //! - [`model`]: a model ready to serve: ONNX + [`sidecar`] + augmentation, checked up front.
 //! - [`config`], [`cli`], [`error`]: configuration, flags, failure classes and exit codes.
+//! - [`paths`]: which paths are one file, and how outputs are claimed; [`uri`]: source URIs
+//!   with their secrets taken out.
 //! - [`app`]: the subcommands (`inspect`, `augment`, `explain`, `bench`).
 //!
 //! Video pipeline (feature `video`), one file per stage, joined by bounded channels carrying
@@ -31,6 +33,7 @@ pub mod model;
 pub mod monitor;
 pub mod npy;
 pub mod onnx;
+pub mod paths;
 pub mod sidecar;
 
 #[cfg(feature = "video")]
@@ -48,3 +51,23 @@ pub mod render;
 #[cfg(feature = "video")]
 pub mod sink;
 pub mod stats;
+pub mod uri;
+
+/// `eprintln!` that never panics: with stderr closed (`gradcamd run … 2>&1 | head -2`) a
+/// message is lost, not the recording.
+#[macro_export]
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
+/// `println!` that never panics on a closed stdout (`gradcamd inspect m.onnx | head`).
+#[macro_export]
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}

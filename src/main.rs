@@ -22,10 +22,19 @@ fn main() {
         .with_target(false)
         .compact()
         .init();
-    if let Err(e) = run(cli) {
-        eprintln!("error: {e:#}");
-        std::process::exit(gradcamd::error::exit_code(&e));
-    }
+    let code = match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            gradcamd::say!("error: {e:#}");
+            gradcamd::error::exit_code(&e)
+        }
+    };
+    // Every output is final here. _exit, not exit: a camera's connection attempt may still be
+    // waiting inside FFmpeg on a thread of its own, and exit() would run C++ static
+    // destructors under it.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    // SAFETY: _exit only ends the process.
+    unsafe { libc::_exit(code) };
 }
 
 /// First Ctrl-C (or SIGTERM): stop capturing and let the pipeline drain and finalize.
@@ -36,10 +45,13 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     let s = stop.clone();
     ctrlc::set_handler(move || {
         if hits.fetch_add(1, Ordering::SeqCst) == 0 {
-            eprintln!("\nstopping: finishing the frames already read (Ctrl-C again to quit at once)");
+            gradcamd::say!("\nstopping: finishing the frames already read (Ctrl-C again to quit at once)");
             s.store(true, Ordering::SeqCst);
         } else {
-            std::process::exit(130);
+            // _exit, not exit: exit() would run C++ static destructors under threads that are
+            // still inside ONNX Runtime or OpenCV (spurious errors, once a hang of seconds).
+            // SAFETY: _exit only ends the process; it touches no Rust state.
+            unsafe { libc::_exit(130) };
         }
     })
     .map_err(|e| fail(Kind::Runtime, format!("cannot install the Ctrl-C handler: {e}")))?;

@@ -35,6 +35,89 @@ pub struct ModelSpec {
     pub input: InputOverrides,
 }
 
+/// Largest model input side gradcamd feeds (a frame is resized to it): 8K.
+pub const MAX_INPUT_SIDE: u32 = 8192;
+
+/// A valid classifier of grayscale (or 4-channel) images is a model gradcamd cannot feed:
+/// "unsupported", not a bad config.
+fn check_channels(path: &std::path::Path, onnx: &OnnxModel, input: &str) -> anyhow::Result<()> {
+    let Some(dims) = onnx.declared_dims(input) else {
+        return Ok(());
+    };
+    // NCHW or NHWC: the channel axis is the small one next to the batch or at the end.
+    let channels = match dims.as_slice() {
+        [_, Some(c), _, _] if *c <= 4 => Some(*c),
+        [_, _, _, Some(c)] if *c <= 4 => Some(*c),
+        _ => None,
+    };
+    match channels.filter(|&c| c != 3) {
+        Some(c) => Err(fail(
+            Kind::Unsupported,
+            format!(
+                "{} takes {c}-channel input '{input}'; gradcamd feeds colour frames (3 channels, RGB or BGR)",
+                path.display()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// What the sidecar says against what the graph declares: three colour channels, an input
+/// size within bounds, and as many labels as classes. Each is one line before any work.
+fn check_shapes(
+    path: &std::path::Path,
+    onnx: &OnnxModel,
+    sc: &Sidecar,
+    graph: &Augmented,
+) -> anyhow::Result<()> {
+    let shown = path.display();
+    let (w, h) = (sc.input.width, sc.input.height);
+    if w > MAX_INPUT_SIDE || h > MAX_INPUT_SIDE {
+        return Err(fail(
+            Kind::Config,
+            format!("model input size {w}x{h} is over the {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE} limit; check --input-size or the sidecar"),
+        ));
+    }
+    check_channels(path, onnx, &sc.input.name)?;
+    if let Some(bad) = onnx
+        .declared_dims(&sc.input.name)
+        .and_then(|dims| dims.into_iter().flatten().find(|&d| d > MAX_INPUT_SIDE as i64))
+    {
+        return Err(fail(
+            Kind::Unsupported,
+            format!("{shown} declares an input dimension of {bad}, over the {MAX_INPUT_SIDE} limit"),
+        ));
+    }
+    let classes = graph.fc.as_ref().map(|f| f.classes).or_else(|| {
+        onnx.declared_dims(&graph.logits_output)
+            .and_then(|d| d.last().copied().flatten())
+            .and_then(|n| usize::try_from(n).ok())
+    });
+    let labels = sc.labels.len();
+    if let Some(n) = classes.filter(|&n| labels > 0 && n != labels) {
+        return Err(fail(
+            Kind::Config,
+            format!("the labels file has {labels} lines, but {shown} has {n} classes; use the labels of this model (one per class, in order)"),
+        ));
+    }
+    Ok(())
+}
+
+impl ModelSpec {
+    /// The files this spec reads, for the "an output is never an input" check.
+    pub fn files(&self) -> Vec<crate::paths::Named<'_>> {
+        use crate::paths::{Named, Use};
+        [
+            ("the model", &self.path),
+            ("the sidecar", &self.sidecar),
+            ("the labels file", &self.input.labels),
+        ]
+        .into_iter()
+        .filter_map(|(what, p)| p.as_deref().map(|p| Named::new(what, p, Use::Input)))
+        .collect()
+    }
+}
+
 impl Model {
     pub fn load(spec: &ModelSpec) -> anyhow::Result<Self> {
         let (path, mut sidecar, onnx) = match &spec.path {
@@ -64,7 +147,12 @@ impl Model {
                 let sc = match &spec.sidecar {
                     Some(p) => Sidecar::load(p).kind(Kind::Config)?,
                     None if implicit.is_file() => Sidecar::load(&implicit).kind(Kind::Config)?,
-                    None => Sidecar::derive(&onnx, path, &spec.input).map_err(|e| fail(Kind::Config, e))?,
+                    None => {
+                        if let [only] = onnx.real_inputs().collect::<Vec<_>>()[..] {
+                            check_channels(path, &onnx, &only.name)?;
+                        }
+                        Sidecar::derive(&onnx, path, &spec.input).map_err(|e| fail(Kind::Config, e))?
+                    }
                 };
                 (path.clone(), sc, onnx)
             }
@@ -93,6 +181,7 @@ impl Model {
             fail(k, format!("{}: {e}", path.display()))
         })?;
         graph.input_name = sidecar.input.name.clone();
+        check_shapes(&path, &onnx, &sidecar, &graph)?;
         Ok(Model { path, sidecar, graph })
     }
 

@@ -75,6 +75,9 @@ pub struct Observation {
     pub outside_roi: Option<f32>,
     /// An alert started on this frame.
     pub alert: bool,
+    /// The events log failed on this frame (disk full, I/O error): said once, then the log is
+    /// closed and the run ends with the output exit code.
+    pub events_failed: Option<String>,
 }
 
 /// Samples per feature cell for the ROI share and the hot box.
@@ -123,6 +126,7 @@ impl Monitor {
             return Observation {
                 outside_roi: None,
                 alert: false,
+                events_failed: None,
             };
         };
         self.explained += 1;
@@ -132,6 +136,7 @@ impl Monitor {
             return Observation {
                 outside_roi: None,
                 alert: false,
+                events_failed: None,
             };
         }
         let cur = &mut self.cur;
@@ -171,6 +176,7 @@ impl Monitor {
             }
         }
         let every = self.cfg.events_every.max(1) as u64;
+        let mut events_failed = None;
         if let Some(w) = self.events.as_mut() {
             if alert || self.explained % every == 1 || every == 1 {
                 let label = labels.get(m.class).map_or("", |l| l.as_str());
@@ -192,15 +198,26 @@ impl Monitor {
                     alert,
                 };
                 if let Ok(line) = serde_json::to_string(&ev) {
-                    if writeln!(w, "{line}").and_then(|()| w.flush()).is_err() {
-                        tracing::warn!(source = %self.name, "cannot write to the events file");
+                    if let Err(e) = writeln!(w, "{line}").and_then(|()| w.flush()) {
+                        let path = self.cfg.events.as_deref().unwrap_or(std::path::Path::new("?"));
+                        let msg = format!(
+                            "cannot write events log {} of source '{}': {e}; it holds the events before frame {seq}",
+                            path.display(),
+                            self.name
+                        );
+                        tracing::error!("{msg}");
+                        events_failed = Some(msg);
                     }
                 }
             }
         }
+        if events_failed.is_some() {
+            self.events = None;
+        }
         Observation {
             outside_roi: outside,
             alert,
+            events_failed,
         }
     }
 }

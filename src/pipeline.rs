@@ -114,6 +114,20 @@ impl Plan {
                 "no source: pass --source FILE or add a [[source]] table to the config",
             ));
         }
+        let names = source_names(cfg)?;
+        check_paths(cfg, &names)?;
+        // Outputs are claimed before any work: an unwritable or existing output is one line,
+        // not a model load and a decoder later.
+        let files = cfg
+            .source
+            .iter()
+            .map(|s| {
+                s.output
+                    .as_deref()
+                    .map(|out| FileSink::open(out, &cfg.output.fourcc, s.segment_secs, cfg.output.overwrite))
+                    .transpose()
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let model = Model::load(&cfg.model.spec())?;
         check_method(&model, cfg.explain.method)?;
         let default_target = resolve_target(&model, &cfg.explain.target)?;
@@ -150,22 +164,17 @@ impl Plan {
         let mut sinks: Vec<SourceSink> = Vec::new();
         let mut http = None;
         let mut display = None;
-        let opened = open_io(cfg, &mut sources, &mut sinks, &mut http, &mut display);
-        if let Err(e) = opened {
-            // Outputs opened before the failure hold no frame: remove them, and say so.
-            let removed: Vec<String> = sinks
-                .iter()
-                .filter_map(|s| s.file.as_ref())
-                .map(|f| {
-                    let _ = std::fs::remove_file(&f.path);
-                    f.path.display().to_string()
-                })
-                .collect();
-            if removed.is_empty() {
-                return Err(e);
-            }
-            return Err(e.context(format!("removed the unstarted outputs {}", removed.join(", "))));
-        }
+        // Outputs claimed before a failure are given up as they drop: removed where this run
+        // created them, left alone where they existed.
+        open_io(
+            cfg,
+            names,
+            files,
+            &mut sources,
+            &mut sinks,
+            &mut http,
+            &mut display,
+        )?;
         let monitors = sources
             .iter()
             .zip(&cfg.source)
@@ -363,15 +372,9 @@ impl Plan {
     }
 }
 
-/// Opens every source, then its outputs, in config order; binds the HTTP server.
-fn open_io(
-    cfg: &Config,
-    sources: &mut Vec<Source>,
-    sinks: &mut Vec<SourceSink>,
-    http: &mut Option<HttpServer>,
-    display: &mut Option<Display>,
-) -> anyhow::Result<()> {
-    let mut seen_outputs: Vec<PathBuf> = Vec::new();
+/// Each source's name, unique: the configured one, or one made from its URI ("clip",
+/// "clip-2"; never a URL's user info or query).
+pub fn source_names(cfg: &Config) -> anyhow::Result<Vec<String>> {
     let mut names: Vec<String> = Vec::new();
     for (i, s) in cfg.source.iter().enumerate() {
         let name = match &s.name {
@@ -383,10 +386,7 @@ fn open_io(
             }
             Some(n) => n.clone(),
             None => {
-                // Default names come from the file stem, made unique: "clip", "clip-2".
-                let stem = std::path::Path::new(&s.uri)
-                    .file_stem()
-                    .map_or_else(|| format!("source{i}"), |n| n.to_string_lossy().into_owned());
+                let stem = crate::uri::default_name(&s.uri, &format!("source{i}"));
                 let mut n = stem.clone();
                 let mut k = 2;
                 while names.contains(&n) {
@@ -396,7 +396,63 @@ fn open_io(
                 n
             }
         };
-        names.push(name.clone());
+        // A name goes into log lines, URLs and metrics labels: one line of visible text.
+        if name.is_empty() || name.chars().any(|c| c.is_control()) {
+            return Err(fail(
+                Kind::Config,
+                format!(
+                    "source name {:?} is empty or holds a control character (a newline would forge log lines); name it with visible text",
+                    name
+                ),
+            ));
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// Refuses, before any work, an output that is the same file as an input or another output,
+/// however it is spelled (see [`crate::paths`]).
+fn check_paths(cfg: &Config, names: &[String]) -> anyhow::Result<()> {
+    use crate::capture::SourceKind;
+    use crate::paths::{Named, Use};
+    let spec = cfg.model.spec();
+    let mut items = spec.files();
+    let files: Vec<Option<PathBuf>> = cfg
+        .source
+        .iter()
+        .map(|s| match SourceKind::parse(&s.uri) {
+            SourceKind::File(p) => Some(PathBuf::from(p)),
+            _ => None,
+        })
+        .collect();
+    for ((s, name), file) in cfg.source.iter().zip(names).zip(&files) {
+        let uses = [
+            (file.as_deref(), "source", Use::Input),
+            (s.output.as_deref(), "the output of source", Use::Output),
+            (s.events.as_deref(), "the events log of source", Use::Log),
+        ];
+        for (p, what, used) in uses {
+            if let Some(p) = p {
+                items.push(Named::new(format!("{what} '{name}'"), p, used));
+            }
+        }
+    }
+    crate::paths::check_distinct(&items).map_err(|e| fail(Kind::Config, e))
+}
+
+/// Checks the display and binds the HTTP server (the cheap checks first), then opens every
+/// source, side by side, and hands it its claimed outputs.
+fn open_io(
+    cfg: &Config,
+    names: Vec<String>,
+    files: Vec<Option<FileSink>>,
+    sources: &mut Vec<Source>,
+    sinks: &mut Vec<SourceSink>,
+    http: &mut Option<HttpServer>,
+    display: &mut Option<Display>,
+) -> anyhow::Result<()> {
+    for (s, name) in cfg.source.iter().zip(&names) {
         // An events log is an output: a monitor may want only the per-frame results.
         if s.output.is_none() && s.events.is_none() && cfg.http.listen.is_none() && !s.display {
             return Err(fail(
@@ -404,24 +460,56 @@ fn open_io(
                 format!("source '{name}' has no output: set output = \"out/{name}.mp4\", events = \"out/{name}.jsonl\" or display = true, pass --output, or serve it with --http"),
             ));
         }
-        if let Some(out) = &s.output {
-            if seen_outputs.contains(out) {
-                return Err(fail(
-                    Kind::Config,
-                    format!("two sources write to {}", out.display()),
-                ));
-            }
-            seen_outputs.push(out.clone());
-        }
-        let src = Source::open(i, name, &s.uri, s.mode, cfg.live.reconnect(), cfg.live.strict)?;
-        let file = match &s.output {
-            Some(out) => Some(FileSink::open(out, &cfg.output.fourcc, src.fps, s.segment_secs)?),
-            None => None,
+    }
+    if cfg.source.iter().any(|s| s.display) {
+        crate::sink::display::check_display()?;
+    }
+    if let Some(addr) = &cfg.http.listen {
+        let limits = crate::sink::http::Limits {
+            idle_timeout: Duration::from_millis(cfg.http.idle_timeout_ms),
+            max_clients: cfg.http.max_clients,
         };
+        *http = Some(HttpServer::bind(addr, names.clone(), limits)?);
+    }
+    // Each source waits for its own timeout at most, all at once: four dead cameras cost one
+    // open timeout, not four.
+    let opened: Vec<anyhow::Result<Source>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = cfg
+            .source
+            .iter()
+            .zip(&names)
+            .enumerate()
+            .map(|(i, (s, name))| {
+                scope.spawn(move || {
+                    Source::open(
+                        i,
+                        name.clone(),
+                        &s.uri,
+                        s.mode,
+                        cfg.live.reconnect(),
+                        cfg.live.strict,
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(fail(Kind::Runtime, "a source's open panicked")))
+            })
+            .collect()
+    });
+    // A source that fails drops the claimed outputs: removed where this run created them.
+    let opened = opened.into_iter().collect::<anyhow::Result<Vec<Source>>>()?;
+    for (i, (src, mut file)) in opened.into_iter().zip(files).enumerate() {
+        if let (Some(f), true) = (file.as_mut(), src.fps_known) {
+            f.set_fps(src.fps);
+        }
         sinks.push(SourceSink {
             index: i,
             file,
-            hub: None,
+            hub: http.as_ref().map(|h| h.hub.clone()),
             display: None,
             // Set with the number of frames in flight, once it is known.
             gap_limit: None,
@@ -430,21 +518,13 @@ fn open_io(
         sources.push(src);
     }
     if cfg.source.iter().any(|s| s.display) {
-        crate::sink::display::check_display()?;
-        let d = Display::new(names.clone());
+        let d = Display::new(names);
         for (s, sc) in sinks.iter_mut().zip(&cfg.source) {
             if sc.display {
                 s.display = Some(d.tx.clone());
             }
         }
         *display = Some(d);
-    }
-    if let Some(addr) = &cfg.http.listen {
-        let server = HttpServer::bind(addr, names)?;
-        for s in sinks.iter_mut() {
-            s.hub = Some(server.hub.clone());
-        }
-        *http = Some(server);
     }
     Ok(())
 }

@@ -595,7 +595,7 @@ mod tests {
             assert!(rel < 0.03, "{w}x{h}: ink {sw} vs {sg}");
             let c = crate::cam::correlation(&blw, &blg);
             assert!(c > 0.98, "{w}x{h}: blurred correlation {c}");
-            eprintln!("{w}x{h}: ink {sw} vs {sg}, box {bw:?} vs {bg:?}, blurred correlation {c:.5}");
+            crate::say!("{w}x{h}: ink {sw} vs {sg}, box {bw:?} vs {bg:?}, blurred correlation {c:.5}");
             // On a frame, the same band, and nothing drawn below it.
             let grey = Scalar::new(90.0, 120.0, 60.0, 0.0);
             let frame = Mat::new_rows_cols_with_default(h, w, opencv::core::CV_8UC3, grey).unwrap();

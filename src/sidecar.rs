@@ -81,8 +81,8 @@ pub struct InputOverrides {
 }
 
 fn read_labels(p: &Path) -> Result<Vec<String>, String> {
-    let text =
-        std::fs::read_to_string(p).map_err(|e| format!("cannot read labels file {}: {e}", p.display()))?;
+    let text = crate::paths::read_text(p, "labels file")
+        .map_err(|e| format!("cannot read labels file {}: {e}", p.display()))?;
     Ok(text
         .lines()
         .map(|s| s.trim().to_string())
@@ -114,13 +114,13 @@ impl Sidecar {
     }
 
     pub fn load(path: &Path) -> Result<Self, SidecarError> {
-        let text = std::fs::read_to_string(path).map_err(|e| SidecarError::Read {
+        let text = crate::paths::read_text(path, "sidecar").map_err(|e| SidecarError::Read {
             path: path.to_path_buf(),
             err: e,
         })?;
         Self::parse(&text, path, |l| {
             let lp = path.parent().unwrap_or(Path::new(".")).join(l);
-            std::fs::read_to_string(&lp).map_err(|e| SidecarError::Labels {
+            crate::paths::read_text(&lp, "labels file").map_err(|e| SidecarError::Labels {
                 path: lp,
                 sidecar: path.to_path_buf(),
                 err: e,
@@ -269,6 +269,22 @@ impl Sidecar {
             || self.input.mean.iter().any(|m| !m.is_finite())
         {
             return Err(invalid("input mean must be finite and std finite and non-zero"));
+        }
+        // torchvision's (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) are on the 0..1 scale;
+        // taken as 0..255 they give plausible, wrong maps. Never guess: say the equivalent.
+        let (m, sd) = (self.input.mean, self.input.std);
+        if m.iter().all(|&v| v.abs() <= 1.0) && sd.iter().all(|&v| v < 1.0) {
+            let f = |v: [f32; 3]| {
+                v.iter()
+                    .map(|x| format!("{}", (x * 255.0 * 1000.0).round() / 1000.0))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            return Err(invalid(&format!(
+                "mean {m:?} and std {sd:?} look like the 0..1 scale, but gradcamd's are on 0..255 (x = (pixel - mean) / std); use --mean {} --std {} (or mean = [...] / std = [...] in the sidecar)",
+                f(m),
+                f(sd)
+            )));
         }
         Ok(())
     }

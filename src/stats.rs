@@ -33,9 +33,18 @@ pub struct SourceStats {
     pub outside_roi: AtomicU64,
     /// ROI alerts fired.
     pub alerts: AtomicU64,
+    /// The frame rate the source reports, f64 bits; 0 until it is known (a live camera that
+    /// connects after start-up). A file output plays at it.
+    pub fps: AtomicU64,
 }
 
 impl SourceStats {
+    pub fn set_fps(&self, fps: f64) {
+        self.fps.store(fps.to_bits(), Ordering::Relaxed);
+    }
+    pub fn fps(&self) -> Option<f64> {
+        Some(f64::from_bits(self.fps.load(Ordering::Relaxed))).filter(|f| *f > 0.0)
+    }
     pub fn set_outside_roi(&self, v: f32) {
         self.outside_roi.store(v.to_bits() as u64, Ordering::Relaxed);
     }
@@ -169,9 +178,23 @@ pub struct Stats {
     pub alloc_sink: AllocCount,
     /// Indexed by source.
     pub sources: Vec<SourceStats>,
+    /// Outputs that failed during the run (an events log that cannot be written), one line
+    /// each; the run ends with the output exit code.
+    output_errors: std::sync::Mutex<Vec<String>>,
 }
 
 impl Stats {
+    /// Records an output's failure (logged by the caller when it happens).
+    pub fn output_failed(&self, msg: String) {
+        if let Ok(mut v) = self.output_errors.lock() {
+            v.push(msg);
+        }
+    }
+
+    pub fn output_errors(&self) -> Vec<String> {
+        self.output_errors.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
     pub fn new(sources: usize) -> Stats {
         Stats {
             sources: (0..sources).map(|_| SourceStats::default()).collect(),

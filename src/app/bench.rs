@@ -274,7 +274,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     // runs slower (forward+gradients at batch 8 measured 9% slower after batches 1, 2 and 4
     // than first; ORT's arena keeps the earlier shapes' blocks).
     let mut provider_used = String::new();
-    eprintln!(
+    crate::say!(
         "{sessions} session(s) of {} thread(s) each, side by side (the pipeline's configuration)",
         if opts.intra_threads == 0 {
             "ORT's default number of".to_string()
@@ -308,9 +308,9 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             None => None,
         };
         if let Some(c) = c {
-            eprintln!("batch {b:>3}: forward+in-graph CAM {c:8.1} fps");
+            crate::say!("batch {b:>3}: forward+in-graph CAM {c:8.1} fps");
         }
-        eprintln!(
+        crate::say!(
             "batch {b:>3}: forward {f:8.1} fps   forward+gradients {g:8.1} fps   gradient cost x{:.3}",
             f / g
         );
@@ -341,7 +341,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let mut multi = Vec::new();
     for &n in &args.sources {
         let p = sources_point(args, n)?;
-        eprintln!(
+        crate::say!(
             "{n} camera(s) at {}: {:.1} fps explained in all ({:.1} per camera), drop rate {:.1}%, latency p50 {:.0} ms p99 {:.0} ms",
             args.camera,
             p.fps_total,
@@ -355,7 +355,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let profile = match &args.profile {
         Some(prefix) => {
             let p = profile_point(&model.graph, &opts, prefix, sizes[0], item, args.iters)?;
-            eprintln!(
+            crate::say!(
                 "profile (batch {}, one session, ms per run in ORT's nodes): the model's own nodes {:.2}, appended by gradcamd {:.2} ({:.1}%); trace {}",
                 p.batch_size,
                 p.forward_ms,
@@ -364,7 +364,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
                 p.trace
             );
             for (op, ms, ours) in p.ops.iter().take(12) {
-                eprintln!(
+                crate::say!(
                     "  {op:<24} {ms:8.3} ms{}",
                     if *ours { "  (appended)" } else { "" }
                 );
@@ -389,7 +389,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         profile,
     };
     if let Some(p) = &report.pipeline {
-        eprintln!(
+        crate::say!(
             "pipeline {} at batch {}: {} frames in {:.2} s = {:.1} fps; floor (forward+gradients at the best batch, {}, measured between the runs) {:.1} fps: {:.0}% of the floor",
             p.video,
             report.batch_size,
@@ -405,21 +405,21 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(k, v)| format!("{k}={v:.2}s"))
             .collect();
-        eprintln!("  cpu time per stage: {}", st.join(" "));
+        crate::say!("  cpu time per stage: {}", st.join(" "));
         let al: Vec<String> = p
             .allocs_per_frame
             .iter()
             .map(|(k, v)| format!("{k}={v:.2}"))
             .collect();
         if !al.is_empty() {
-            eprintln!("  heap allocations per frame once warm: {}", al.join(" "));
+            crate::say!("  heap allocations per frame once warm: {}", al.join(" "));
         }
     }
     let text = serde_json::to_string_pretty(&report)?;
     match &args.json {
         Some(p) => std::fs::write(p, text + "\n")
             .map_err(|e| fail(Kind::Output, format!("cannot write {}: {e}", p.display())))?,
-        None => println!("{text}"),
+        None => crate::out!("{text}"),
     }
     Ok(())
 }
@@ -446,8 +446,12 @@ fn pipeline_point(
     item: [usize; 3],
 ) -> anyhow::Result<PipelinePoint> {
     use crate::config::SourceConfig;
-    let out = std::env::temp_dir().join(format!("gradcamd-bench-{}.mp4", std::process::id()));
+    // A private directory: a fixed name in /tmp is where another user would plant a symlink.
+    let dir = crate::paths::private_temp_dir("bench")
+        .map_err(|e| fail(Kind::Output, format!("cannot make a temporary directory: {e}")))?;
+    let out = dir.join("pipeline.mp4");
     let mut cfg = pipeline_config(args);
+    cfg.output.overwrite = true;
     cfg.source = vec![SourceConfig {
         output: Some(out.clone()),
         ..SourceConfig::new(&video.display().to_string())
@@ -487,7 +491,7 @@ fn pipeline_point(
             allocs_per_frame: allocs,
         });
     }
-    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_dir_all(&dir);
     runs.sort_by(|a, b| a.fps.total_cmp(&b.fps));
     let mid = runs.len() / 2;
     let mut p = runs.swap_remove(mid);

@@ -96,9 +96,9 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
     match &args.json {
         Some(p) => std::fs::write(p, text + "\n")
             .map_err(|e| fail(Kind::Output, format!("cannot write {}: {e}", p.display())))?,
-        None => println!("{text}"),
+        None => crate::out!("{text}"),
     }
-    eprintln!(
+    crate::say!(
         "compare: {n} frames, {} vs {}: CAM max abs diff {:.2e} (relative), min correlation {:.6}, top-1 agree {}/{n}",
         out.provider, out.reference, out.cam_max_abs_diff_rel, out.cam_min_correlation, out.top1_agree
     );

@@ -162,10 +162,28 @@ fn unique_stems(images: &[(String, Mat)]) -> Vec<String> {
     used
 }
 
+/// The JSON and the saved input are outputs: neither may be an image, the model or each other.
+fn check_explain_paths(args: &ExplainArgs) -> anyhow::Result<()> {
+    use crate::paths::{Named, Use};
+    let spec = args.model.spec();
+    let mut items = spec.files();
+    for p in &args.images {
+        items.push(Named::new(format!("image {}", p.display()), p, Use::Input));
+    }
+    if args.json.as_os_str() != "-" {
+        items.push(Named::new("the --json output", &args.json, Use::Output));
+    }
+    if let Some(p) = &args.save_input {
+        items.push(Named::new("the --save-input output", p, Use::Output));
+    }
+    crate::paths::check_distinct(&items).map_err(|e| fail(Kind::Config, e))
+}
+
 pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
     if args.batch_size == 0 {
         return Err(fail(Kind::Config, "--batch-size must be at least 1"));
     }
+    check_explain_paths(args)?;
     let model = args.model.load()?;
     check_method(&model, args.method)?;
     let spec = resolve_target(&model, &args.target)?;
@@ -270,9 +288,9 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
             f.write_all(text.as_bytes())
                 .and_then(|()| f.write_all(b"\n"))
                 .map_err(|e| fail(Kind::Output, format!("cannot write {}: {e}", args.json.display())))?;
-            eprintln!("wrote {} ({} images)", args.json.display(), exps.len());
+            crate::say!("wrote {} ({} images)", args.json.display(), exps.len());
         }
-        None => println!("{text}"),
+        None => crate::out!("{text}"),
     }
     Ok(())
 }

@@ -129,12 +129,12 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
                 out,
                 "augment  ok: outputs gradcamd_A, gradcamd_dA, gradcamd_class (float32, [N,C,h,w])"
             );
-            print!("{out}");
+            crate::out!("{}", out.trim_end_matches('\n'));
             Ok(())
         }
         Err(e) => {
             let _ = writeln!(out, "augment  FAILED: {e}");
-            print!("{out}");
+            crate::out!("{}", out.trim_end_matches('\n'));
             Err(fail(Kind::from(&e), e))
         }
     }
@@ -171,6 +171,11 @@ fn probe(m: &OnnxModel, l: Option<&crate::onnx::augment::Located>) -> HashMap<St
 }
 
 pub fn augment_cmd(args: &AugmentArgs) -> anyhow::Result<()> {
+    crate::paths::check_distinct(&[
+        crate::paths::Named::new("the model", &args.model, crate::paths::Use::Input),
+        crate::paths::Named::new("the output", &args.output, crate::paths::Use::Output),
+    ])
+    .map_err(|e| fail(Kind::Config, e))?;
     let m = OnnxModel::load(&args.model).map_err(|e| fail(Kind::from(&e), e))?;
     let opts = AugmentOptions {
         target_layer: args.target_layer.clone(),
@@ -186,7 +191,7 @@ pub fn augment_cmd(args: &AugmentArgs) -> anyhow::Result<()> {
             )
         })
         .kind(Kind::Output)?;
-    eprintln!(
+    crate::say!(
         "wrote {} (target {}, {} head ops; new input target_class, new outputs gradcamd_A, gradcamd_dA, gradcamd_class{})",
         args.output.display(),
         a.target,

@@ -45,6 +45,9 @@ pub fn config_from(args: &RunArgs) -> anyhow::Result<Config> {
     if args.strict {
         cfg.live.strict = true;
     }
+    if args.overwrite {
+        cfg.output.overwrite = true;
+    }
     if let Some(b) = args.batch_size {
         cfg.pipeline.batch_size = Some(b);
     }
@@ -98,31 +101,37 @@ pub fn run(args: &RunArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         stages.join(" ")
     );
     let mut empty = Vec::new();
+    let mut errors: Vec<String> = s.output_errors();
     for w in &summary.outputs {
+        errors.extend(w.errors.iter().cloned());
         if w.frames == 0 {
-            for f in w.files.iter().chain(std::iter::once(&w.path)) {
-                let _ = std::fs::remove_file(f);
-            }
+            // Its file, if this run created one, was removed as the sink gave it up.
             empty.push(w.path.display().to_string());
         } else if w.files.len() > 1 {
             let names: Vec<String> = w.files.iter().map(|f| f.display().to_string()).collect();
-            eprintln!(
+            crate::say!(
                 "wrote {} frames in {} segments: {}",
                 w.frames,
                 w.files.len(),
                 names.join(", ")
             );
         } else {
-            eprintln!("wrote {} ({} frames)", w.path.display(), w.frames);
+            crate::say!("wrote {} ({} frames)", w.path.display(), w.frames);
         }
     }
-    if !empty.is_empty() {
+    // A failed output is the run's failure even where other outputs went well: the file is
+    // incomplete. (Each was logged when it happened; this is the one line that sums up.)
+    if let Some(first) = errors.first() {
+        let more = match errors.len() {
+            1 => String::new(),
+            n => format!(" (and {} more output failures above)", n - 1),
+        };
+        return Err(fail(Kind::Output, format!("{first}{more}")));
+    }
+    if !empty.is_empty() && summary.frames_in == 0 {
         return Err(fail(
             Kind::Input,
-            format!(
-                "no frame was processed; removed the empty output {}",
-                empty.join(", ")
-            ),
+            format!("no frame was processed; nothing written to {}", empty.join(", ")),
         ));
     }
     Ok(())

@@ -41,9 +41,11 @@ pub struct OnnxModel {
 
 impl OnnxModel {
     pub fn load(path: &Path) -> Result<Self, OnnxError> {
-        let bytes = std::fs::read(path).map_err(|e| OnnxError::Read {
-            path: path.to_path_buf(),
-            err: e,
+        let bytes = crate::paths::read_capped(path, crate::paths::MAX_MODEL_BYTES, "model").map_err(|e| {
+            OnnxError::Read {
+                path: path.to_path_buf(),
+                err: e,
+            }
         })?;
         let mut m = Self::from_bytes(bytes).map_err(|e| match e {
             OnnxError::Decode(msg) => OnnxError::Corrupt {

@@ -1,5 +1,10 @@
-//! HTTP server (tiny_http): a page with every source's explained stream, MJPEG streams, a JPEG
-//! snapshot, Prometheus metrics, health and a JSON status.
+//! HTTP server: a page with every source's explained stream, MJPEG streams, a JPEG snapshot,
+//! Prometheus metrics, health and a JSON status.
+//!
+//! Read-only and bounded, on `std::net`: GET and HEAD only (405 otherwise), one request per
+//! connection, one thread per connection up to `max_clients` (503 beyond), and every socket
+//! read and write under the idle timeout, so a silent, slow or stalled client cannot hold a
+//! thread for long.
 //!
 //! | path | what |
 //! |---|---|
@@ -13,8 +18,9 @@
 //! The sink threads publish frames into a [`Hub`]; a frame is drawn (render) and JPEG-encoded
 //! only while someone watches that source, or once a second for snapshots.
 
-use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -149,53 +155,114 @@ impl Hub {
 
 pub struct HttpServer {
     pub addr: String,
-    server: Arc<tiny_http::Server>,
+    listener: TcpListener,
     pub hub: Arc<Hub>,
+    limits: Limits,
 }
 
 pub struct Running {
-    server: Arc<tiny_http::Server>,
     hub: Arc<Hub>,
+    closed: Arc<AtomicBool>,
+    local: Option<SocketAddr>,
     thread: JoinHandle<()>,
 }
 
+/// Limits that keep a hostile or broken client from holding the daemon's threads.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A connection that sends no complete request, or a viewer that reads nothing, for this
+    /// long is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once (each open stream is one); more are answered 503.
+    pub max_clients: usize,
+}
+
+/// Longest request head read (request line and headers); a longer one is 431.
+const MAX_HEAD: usize = 8 << 10;
+
 impl HttpServer {
     /// Binds now, so a taken or invalid address fails before any work starts.
-    pub fn bind(addr: &str, names: Vec<String>) -> anyhow::Result<HttpServer> {
-        let server = tiny_http::Server::http(addr).map_err(|e| {
+    pub fn bind(addr: &str, names: Vec<String>, limits: Limits) -> anyhow::Result<HttpServer> {
+        use std::net::ToSocketAddrs;
+        let resolved: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|e| {
+                fail(
+                    Kind::Config,
+                    format!("--http {addr:?} is not an address to listen on ({e}); give HOST:PORT, e.g. 127.0.0.1:8090"),
+                )
+            })?
+            .collect();
+        let listener = TcpListener::bind(&resolved[..]).map_err(|e| {
             fail(
                 Kind::Output,
                 format!("cannot serve HTTP on {addr}: {e}; pick another --http address"),
             )
         })?;
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .map_or_else(|| addr.to_string(), |a| a.to_string());
+        let local = listener.local_addr().ok();
+        let addr = local.map_or_else(|| addr.to_string(), |a| a.to_string());
+        if local.is_some_and(|a| !a.ip().is_loopback()) {
+            tracing::warn!(
+                addr = %addr,
+                "HTTP is reachable from other machines and the page has no authentication; listen on 127.0.0.1 and put a proxy with authentication in front"
+            );
+        }
         Ok(HttpServer {
             addr,
-            server: Arc::new(server),
+            listener,
             hub: Arc::new(Hub::new(names)),
+            limits,
         })
     }
 
-    /// Serves until [`Running::stop`]; each request gets its own thread (streams are long).
+    /// Serves until [`Running::stop`]: one thread per connection (streams are long), at most
+    /// [`Limits::max_clients`] at once, each with the idle timeout on its reads and writes.
+    /// One request per connection (`Connection: close`).
     pub fn start(self, stats: Arc<Stats>) -> anyhow::Result<Running> {
-        let (server, hub) = (self.server.clone(), self.hub.clone());
+        let hub = self.hub.clone();
+        let closed = Arc::new(AtomicBool::new(false));
+        let busy = Arc::new(AtomicUsize::new(0));
+        let (limits, listener) = (self.limits, self.listener);
+        let local = listener.local_addr().ok();
+        let stop = closed.clone();
         let thread = std::thread::Builder::new().name("http".into()).spawn(move || {
             let span = tracing::info_span!("http");
             let _e = span.enter();
-            while let Ok(req) = server.recv() {
-                let (hub, stats) = (hub.clone(), stats.clone());
-                let _ = std::thread::Builder::new()
-                    .name("http-req".into())
-                    .spawn(move || handle(req, &hub, &stats));
+            for conn in listener.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let timeout = Some(limits.idle_timeout);
+                if conn
+                    .set_read_timeout(timeout)
+                    .and_then(|()| conn.set_write_timeout(timeout))
+                    .is_err()
+                {
+                    continue;
+                }
+                if busy.load(Ordering::SeqCst) >= limits.max_clients {
+                    let _ = respond(&mut conn, 503, "text/plain", b"too many clients\n", false, &[]);
+                    continue;
+                }
+                busy.fetch_add(1, Ordering::SeqCst);
+                let (hub, stats, b) = (hub.clone(), stats.clone(), busy.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("http-conn".into())
+                    .spawn(move || {
+                        serve(conn, &hub, &stats);
+                        b.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if spawned.is_err() {
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                }
             }
         })?;
         tracing::info!(addr = %self.addr, "HTTP: page on http://{}/, metrics on /metrics", self.addr);
         Ok(Running {
-            server: self.server,
             hub: self.hub,
+            closed,
+            local,
             thread,
         })
     }
@@ -204,33 +271,119 @@ impl HttpServer {
 impl Running {
     pub fn stop(self) {
         self.hub.close();
-        self.server.unblock();
+        self.closed.store(true, Ordering::SeqCst);
+        // Wakes the accept loop, which then sees the flag.
+        if let Some(a) = self.local {
+            let wake = match a.ip() {
+                ip if ip.is_unspecified() && a.is_ipv4() => SocketAddr::from(([127, 0, 0, 1], a.port())),
+                ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port())),
+                _ => a,
+            };
+            let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        }
         let _ = self.thread.join();
     }
 }
 
-fn header(k: &str, v: &str) -> tiny_http::Header {
-    // Only called with constant ASCII names and values.
-    tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap_or_else(|_| {
-        tiny_http::Header::from_bytes(&b"X-Invalid"[..], &b"1"[..]).expect("constant header")
-    })
+fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "",
+    }
 }
 
-fn text(body: String, content_type: &str, code: u16) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    tiny_http::Response::from_string(body)
-        .with_status_code(code)
-        .with_header(header("Content-Type", content_type))
+/// Writes a whole response; `head_only` (HEAD) sends the headers alone.
+fn respond(
+    w: &mut TcpStream,
+    code: u16,
+    content_type: &str,
+    body: &[u8],
+    head_only: bool,
+    extra: &[(&str, &str)],
+) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nConnection: close\r\n",
+        reason(code),
+        body.len()
+    );
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    w.write_all(head.as_bytes())?;
+    if !head_only {
+        w.write_all(body)?;
+    }
+    w.flush()
 }
 
-fn handle(req: tiny_http::Request, hub: &Hub, stats: &Stats) {
-    let url = req.url().split('?').next().unwrap_or("/").to_string();
+/// Reads the request head: (method, path). `None` when the client sent nothing usable in
+/// time (the idle timeout) or too much.
+fn read_head(conn: &mut TcpStream) -> Result<(String, String), u16> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
+        if buf.len() > MAX_HEAD {
+            return Err(431);
+        }
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return Err(0),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let mut parts = text.lines().next().unwrap_or("").split_whitespace();
+    match (parts.next(), parts.next()) {
+        (Some(m), Some(p)) => Ok((m.to_string(), p.to_string())),
+        _ => Err(400),
+    }
+}
+
+fn serve(mut conn: TcpStream, hub: &Hub, stats: &Stats) {
+    let (method, target) = match read_head(&mut conn) {
+        Ok(r) => r,
+        Err(0) => return, // silent, slow or gone: closed
+        Err(code) => {
+            let _ = respond(&mut conn, code, "text/plain", b"bad request\n", false, &[]);
+            return;
+        }
+    };
+    // Read-only: anything but GET and HEAD is 405 (HEAD gets the headers, no body).
+    let head = method == "HEAD";
+    if method != "GET" && !head {
+        let _ = respond(
+            &mut conn,
+            405,
+            "text/plain",
+            b"only GET and HEAD\n",
+            false,
+            &[("Allow", "GET, HEAD")],
+        );
+        return;
+    }
+    let url = percent_decode(target.split('?').next().unwrap_or("/"));
     let r = match url.as_str() {
-        "/" => req.respond(text(page(hub), "text/html; charset=utf-8", 200)),
-        "/metrics" => req.respond(text(
-            crate::metrics::render(stats, &hub.names),
-            "text/plain; version=0.0.4",
+        "/" => respond(
+            &mut conn,
             200,
-        )),
+            "text/html; charset=utf-8",
+            page(hub).as_bytes(),
+            head,
+            &[],
+        ),
+        "/metrics" => respond(
+            &mut conn,
+            200,
+            "text/plain; version=0.0.4",
+            crate::metrics::render(stats, &hub.names).as_bytes(),
+            head,
+            &[],
+        ),
         "/healthz" => {
             let up = stats.sources.iter().any(|s| s.up.load(Ordering::Relaxed) == 1);
             let (body, code) = if up {
@@ -238,15 +391,23 @@ fn handle(req: tiny_http::Request, hub: &Hub, stats: &Stats) {
             } else {
                 ("no source is up\n", 503)
             };
-            req.respond(text(body.into(), "text/plain", code))
+            respond(&mut conn, code, "text/plain", body.as_bytes(), head, &[])
         }
-        "/status.json" => req.respond(text(status(hub, stats), "application/json", 200)),
+        "/status.json" => respond(
+            &mut conn,
+            200,
+            "application/json",
+            status(hub, stats).as_bytes(),
+            head,
+            &[],
+        ),
         u if u.starts_with("/stream/") => match hub.index(&u["/stream/".len()..]) {
+            Some(_) if head => respond(&mut conn, 200, MJPEG, b"", true, &[]),
             Some(i) => {
-                stream(req, hub, i);
+                stream(conn, hub, i);
                 Ok(())
             }
-            None => req.respond(text("no such source\n".into(), "text/plain", 404)),
+            None => respond(&mut conn, 404, "text/plain", b"no such source\n", head, &[]),
         },
         u if u.starts_with("/snapshot/") => {
             let name = u["/snapshot/".len()..].trim_end_matches(".jpg");
@@ -254,24 +415,23 @@ fn handle(req: tiny_http::Request, hub: &Hub, stats: &Stats) {
                 .index(name)
                 .and_then(|i| hub.slots[i].0.lock().ok().and_then(|s| s.jpeg.clone()));
             match jpeg {
-                Some(j) => req.respond(
-                    tiny_http::Response::from_data(j.to_vec())
-                        .with_header(header("Content-Type", "image/jpeg")),
-                ),
-                None => req.respond(text("no frame yet\n".into(), "text/plain", 404)),
+                Some(j) => respond(&mut conn, 200, "image/jpeg", &j, head, &[]),
+                None => respond(&mut conn, 404, "text/plain", b"no frame yet\n", head, &[]),
             }
         }
-        _ => req.respond(text("not found\n".into(), "text/plain", 404)),
+        _ => respond(&mut conn, 404, "text/plain", b"not found\n", head, &[]),
     };
     if let Err(e) = r {
         tracing::debug!(error = %e, url, "HTTP response failed");
     }
 }
 
-/// MJPEG: a multipart response written straight to the socket, one part per new frame.
-fn stream(req: tiny_http::Request, hub: &Hub, source: usize) {
-    let mut w = req.into_writer();
-    let head = "HTTP/1.1 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=frame\r\nCache-Control: no-cache, no-store\r\nConnection: close\r\n\r\n";
+const MJPEG: &str = "multipart/x-mixed-replace; boundary=frame";
+
+/// MJPEG: a multipart response written straight to the socket, one part per new frame. A
+/// viewer that stops reading is dropped after the idle timeout (the socket's write timeout).
+fn stream(mut w: TcpStream, hub: &Hub, source: usize) {
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Type: {MJPEG}\r\nCache-Control: no-cache, no-store\r\nConnection: close\r\n\r\n");
     if w.write_all(head.as_bytes()).and_then(|()| w.flush()).is_err() {
         return;
     }
@@ -289,10 +449,65 @@ fn stream(req: tiny_http::Request, hub: &Hub, source: usize) {
             .and_then(|()| w.write_all(b"\r\n"))
             .and_then(|()| w.flush());
         if ok.is_err() {
-            break; // the viewer went away
+            break; // the viewer went away, or stopped reading
         }
     }
     hub.viewers(source, -1);
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A source name as one URL path segment: everything but unreserved ASCII is %XX (UTF-8).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `%XX` sequences decoded (as UTF-8, lossily); anything malformed is kept as it is.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A JSON number, or `null` where there is none (NaN from a broken model is not JSON, and
+/// the page's `JSON.parse` fails on it).
+fn json_num(v: f64, decimals: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.decimals$}")
+    } else {
+        "null".into()
+    }
 }
 
 fn json_str(s: &str) -> String {
@@ -309,16 +524,16 @@ fn status(hub: &Hub, stats: &Stats) -> String {
             let st = stats.source(i);
             let get = |f: fn(&crate::stats::SourceStats) -> &std::sync::atomic::AtomicU64| st.map_or(0, |s| f(s).load(Ordering::Relaxed));
             format!(
-                "{{\"source\":{},\"up\":{},\"label\":{},\"score\":{:.4},\"fps\":{:.2},\"processed\":{},\"dropped\":{},\"reconnects\":{},\"outside_roi\":{:.4}}}",
+                "{{\"source\":{},\"up\":{},\"label\":{},\"score\":{},\"fps\":{},\"processed\":{},\"dropped\":{},\"reconnects\":{},\"outside_roi\":{}}}",
                 json_str(name),
                 get(|s| &s.up) == 1,
                 json_str(&label),
-                prob,
-                hub.fps(i),
+                json_num(prob as f64, 4),
+                json_num(hub.fps(i), 2),
                 get(|s| &s.processed),
                 get(|s| &s.dropped),
                 get(|s| &s.reconnects),
-                st.map_or(0.0, |s| s.outside_roi())
+                json_num(st.map_or(0.0, |s| s.outside_roi()) as f64, 4)
             )
         })
         .collect();
@@ -333,9 +548,10 @@ fn page(hub: &Hub) -> String {
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            let esc = n.replace('&', "&amp;").replace('<', "&lt;").replace('"', "&quot;");
+            let esc = html_escape(n);
+            let url = percent_encode(n);
             format!(
-                "<figure><img id=\"s{i}\" data-src=\"/stream/{esc}\" alt=\"{esc}\"><figcaption><b>{esc}</b> <span id=\"t{i}\">…</span></figcaption></figure>"
+                "<figure><img id=\"s{i}\" data-src=\"/stream/{url}\" alt=\"{esc}\"><figcaption><b>{esc}</b> <span id=\"t{i}\">…</span></figcaption></figure>"
             )
         })
         .collect();
@@ -354,7 +570,7 @@ document.addEventListener('DOMContentLoaded', () => {{
       s.forEach((x, i) => {{
         const t = document.getElementById('t' + i);
         if (!t) return;
-        t.textContent = x.up ? `${{x.label}} ${{x.score.toFixed(2)}} · ${{x.fps.toFixed(1)}} fps` : 'stream lost';
+        t.textContent = x.up ? `${{x.label}} ${{x.score === null ? '–' : x.score.toFixed(2)}} · ${{(x.fps ?? 0).toFixed(1)}} fps` : 'stream lost';
         t.className = x.up ? '' : 'down';
         t.title = t.textContent;
       }});

@@ -93,12 +93,16 @@ impl SourceSink {
         for a in pending.into_iter().flatten() {
             self.emit(a, &stats, &mut written);
         }
-        self.file.take().map(|f| f.finish(written))
+        self.file.take().map(|f| f.finish())
     }
 
     fn emit(&mut self, a: Annotated, stats: &Stats, written: &mut u64) {
         let t = crate::cpu::Span::start();
         if let Some(f) = self.file.as_mut() {
+            // A camera that connected after start-up: its rate is known now.
+            if let Some(fps) = stats.source(self.index).and_then(|s| s.fps()) {
+                f.set_fps(fps);
+            }
             match f.write_frame(&a.image) {
                 Ok(()) => *written += 1,
                 Err(e) => tracing::warn!(error = %e, "cannot write frame"),
