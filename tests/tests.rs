@@ -16,6 +16,8 @@ mod configs;
 mod fuzz;
 mod heads;
 #[cfg(feature = "video")]
+mod hostile;
+#[cfg(feature = "video")]
 mod methods;
 mod nhwc;
 #[cfg(feature = "video")]

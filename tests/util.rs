@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -65,4 +66,138 @@ pub fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("create scratch dir");
     d
+}
+
+/// The binary under test; `GRADCAMD_TEST_BIN=path` runs the tests against another build (how
+/// a regression test is seen to fail on the code before its fix).
+pub fn exe() -> PathBuf {
+    std::env::var_os("GRADCAMD_TEST_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_gradcamd")), PathBuf::from)
+}
+
+pub fn bin() -> Command {
+    let mut c = Command::new(exe());
+    c.current_dir(root()).env("RUST_LOG", "info,ort=warn");
+    c
+}
+
+pub fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run gradcamd")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Expects failure with `code`, a single `error:` line containing `want`, no panic.
+pub fn expect_error(o: &Output, code: i32, want: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "exit code; stderr:\n{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "panic:\n{err}"
+    );
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "want one error line:\n{err}");
+    for w in want {
+        assert!(lines[0].contains(w), "error line lacks {w:?}: {}", lines[0]);
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn field(log: &str, key: &str) -> f64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains(" done;"))
+        .unwrap_or_else(|| panic!("no summary line:\n{log}"));
+    let v = line
+        .split(' ')
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key} in {line}"));
+    v.trim_matches('"').parse().unwrap()
+}
+
+pub fn events(p: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Frames in a video as ffprobe decodes them (an independent reader, not OpenCV); `None` when
+/// it does not play.
+pub fn ffprobe_frames(p: &Path) -> Option<u64> {
+    let o = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(p)
+        .output()
+        .expect("ffprobe (installed by make setup)");
+    String::from_utf8_lossy(&o.stdout).trim().parse().ok()
+}
+
+/// Width and height of a video's first stream, as ffprobe reads them.
+pub fn ffprobe_size(p: &Path) -> Option<(u32, u32)> {
+    let o = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=width,height",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(p)
+        .output()
+        .expect("ffprobe (installed by make setup)");
+    let t = String::from_utf8_lossy(&o.stdout);
+    let (w, h) = t.trim().split_once(',')?;
+    Some((w.parse().ok()?, h.parse().ok()?))
+}
+
+/// A child process that is killed when it goes out of scope, however the test ends: a test
+/// that panicked used to leave its daemon running, and four of them slowed every later test.
+pub struct Kid(pub std::process::Child);
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Kid {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Kid {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
 }
