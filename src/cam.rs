@@ -324,7 +324,12 @@ pub fn normalize(mut m: ArrayViewMut2<f32>) {
 
 /// Pearson correlation of two equally shaped maps, used to compare against references.
 pub fn correlation(a: &[f32], b: &[f32]) -> f64 {
-    let n = a.len().min(b.len()) as f64;
+    // Maps of different sizes are not comparable: NaN fails every threshold (it once compared
+    // the common prefix, silently).
+    if a.len() != b.len() || a.is_empty() {
+        return f64::NAN;
+    }
+    let n = a.len() as f64;
     let ma = a.iter().map(|&v| v as f64).sum::<f64>() / n;
     let mb = b.iter().map(|&v| v as f64).sum::<f64>() / n;
     let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
@@ -354,6 +359,18 @@ pub fn peak(m: &Array2<f32>) -> (usize, usize) {
 mod tests {
     use super::*;
     use ndarray::{array, Array3};
+
+    #[test]
+    fn correlation_of_known_pairs() {
+        let a = [1.0f32, 2.0, 3.0, 4.0];
+        assert!((correlation(&a, &a) - 1.0).abs() < 1e-12);
+        assert!((correlation(&a, &[4.0, 3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        // Scale and offset do not matter; by hand: x = [1,2,3,4], y = [1,3,2,4] gives 0.8.
+        assert!((correlation(&a, &[10.0, 50.0, 30.0, 70.0]) - 0.8).abs() < 1e-12);
+        // Unequal lengths (a prefix that matches) and empty maps are not comparable.
+        assert!(correlation(&a, &[1.0, 2.0, 3.0]).is_nan());
+        assert!(correlation(&[], &[]).is_nan());
+    }
 
     #[test]
     fn gradcam_is_relu_of_weighted_sum() {

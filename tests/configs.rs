@@ -14,5 +14,6 @@ fn every_example_config_parses() {
             n += 1;
         }
     }
-    assert!(n >= 3, "expected the example configs, found {n}");
+    // demo, review-file, two-clips, cam-method, factory, webcam: each one parsed.
+    assert_eq!(n, 6, "the example configs in {}", dir.display());
 }
