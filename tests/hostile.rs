@@ -557,6 +557,23 @@ fn http_serves_only_reads_drops_idle_clients_and_odd_names() {
         "an idle connection was kept open"
     );
 
+    // Nor one that trickles its request a byte at a time (each byte would restart a per-read
+    // timeout): closed once the idle timeout has passed in all.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut closed_after = None;
+    let t = Instant::now();
+    for _ in 0..30 {
+        let sent = slow.write_all(b"G").is_ok();
+        if !sent || matches!(slow.read(&mut b), Ok(0)) {
+            closed_after = Some(t.elapsed());
+            break;
+        }
+    }
+    assert!(
+        closed_after.is_some_and(|d| d < Duration::from_secs(4)),
+        "a trickling client was kept {closed_after:?} (idle timeout 1 s)"
+    );
     // Writes are refused; HEAD has headers and no body, streams included.
     for m in ["POST", "PUT", "DELETE"] {
         let (st, headers, _) = raw_http(

@@ -301,6 +301,13 @@ impl FileSink {
     }
 
     fn fail(&mut self, e: String) {
+        // A path claimed for a file that never opened: given up (removed if this run made it
+        // and it is still empty), so that a segmented output can claim a new one later.
+        if self.writer.is_none() {
+            if let Some(c) = self.claim.take() {
+                c.abandon();
+            }
+        }
         tracing::error!(path = %self.path.display(), "output failed: {e}");
         self.errors.push(e);
         self.stalled = true;

@@ -232,7 +232,11 @@ impl HttpServer {
                 if stop.load(Ordering::SeqCst) {
                     break;
                 }
-                let Ok(mut conn) = conn else { continue };
+                let Ok(mut conn) = conn else {
+                    // Out of file descriptors, say: wait, rather than spin on the error.
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                };
                 let timeout = Some(limits.idle_timeout);
                 if conn
                     .set_read_timeout(timeout)
@@ -250,7 +254,7 @@ impl HttpServer {
                 let spawned = std::thread::Builder::new()
                     .name("http-conn".into())
                     .spawn(move || {
-                        serve(conn, &hub, &stats);
+                        serve(conn, &hub, &stats, limits.idle_timeout);
                         b.fetch_sub(1, Ordering::SeqCst);
                     });
                 if spawned.is_err() {
@@ -322,9 +326,12 @@ fn respond(
     w.flush()
 }
 
-/// Reads the request head: (method, path). `None` when the client sent nothing usable in
-/// time (the idle timeout) or too much.
-fn read_head(conn: &mut TcpStream) -> Result<(String, String), u16> {
+/// Reads the request head: (method, path); `Err(0)` when the client sent nothing usable within
+/// the idle timeout (closed without a word), else the status to answer.
+fn read_head(conn: &mut TcpStream, timeout: Duration) -> Result<(String, String), u16> {
+    // The socket's timeout bounds each read; this bounds them all, so that a client trickling
+    // a byte at a time cannot hold the connection past the idle timeout either.
+    let deadline = Instant::now() + timeout;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
@@ -333,6 +340,7 @@ fn read_head(conn: &mut TcpStream) -> Result<(String, String), u16> {
         }
         match conn.read(&mut chunk) {
             Ok(0) | Err(_) => return Err(0),
+            Ok(_) if Instant::now() > deadline => return Err(0),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
@@ -344,8 +352,8 @@ fn read_head(conn: &mut TcpStream) -> Result<(String, String), u16> {
     }
 }
 
-fn serve(mut conn: TcpStream, hub: &Hub, stats: &Stats) {
-    let (method, target) = match read_head(&mut conn) {
+fn serve(mut conn: TcpStream, hub: &Hub, stats: &Stats, idle: Duration) {
+    let (method, target) = match read_head(&mut conn, idle) {
         Ok(r) => r,
         Err(0) => return, // silent, slow or gone: closed
         Err(code) => {
