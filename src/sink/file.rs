@@ -139,8 +139,12 @@ impl FileSink {
         let claim = match segment_secs {
             None => Some(Claim::take(path, overwrite).map_err(|e| unwritable(e.to_string()))?),
             // Segments are claimed as they start; the directory must take new files now.
+            // (A name nobody can guess; a file or link already there is never touched, O_EXCL.)
             Some(_) => {
-                let probe = dir.join(format!(".gradcamd-{}-{}.probe", std::process::id(), ext));
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                let probe = dir.join(format!(".gradcamd-{}-{nanos}.probe", std::process::id()));
                 Claim::take(&probe, false)
                     .map_err(|e| unwritable(format!("its directory does not take new files: {e}")))?
                     .abandon();
