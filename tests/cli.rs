@@ -104,23 +104,7 @@ fn sigint_finalizes_a_playable_file_with_every_accepted_frame() {
     // A long input so the signal lands mid-run: bikes.mp4 16 times, 4000 frames, 20 s at this
     // machine's ~200 fps (4 times was 5 s, little margin on a faster machine). Only the frames
     // in flight are processed after the signal, so the test does not take longer.
-    let long = dir.join("long.mp4");
-    let st = Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-y",
-            "-stream_loop",
-            "15",
-            "-i",
-            &s(&media("bikes.mp4")),
-            "-c",
-            "copy",
-            &s(&long),
-        ])
-        .status()
-        .expect("ffmpeg (installed by make setup)");
-    assert!(st.success());
+    let long = crate::util::long_input(&dir);
     let (n_in, ..) = probe(&long);
     let out = dir.join("partial.mp4");
     let mut child = bin()

@@ -201,3 +201,18 @@ impl std::ops::DerefMut for Kid {
         &mut self.0
     }
 }
+
+/// bikes.mp4 16 times (4000 frames, 160 s of video) in `dir`: a run long enough to be cut short
+/// mid-way by a signal, a kill or a full disk.
+pub fn long_input(dir: &Path) -> PathBuf {
+    let long = dir.join("long.mp4");
+    let st = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-stream_loop", "15", "-i"])
+        .arg(media("bikes.mp4"))
+        .args(["-c", "copy"])
+        .arg(&long)
+        .status()
+        .expect("ffmpeg (installed by make setup)");
+    assert!(st.success());
+    long
+}
