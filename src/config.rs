@@ -212,10 +212,20 @@ pub struct OutputConfig {
     /// segmented output never overwrites: a taken segment name is numbered instead.
     #[serde(default)]
     pub overwrite: bool,
+    /// Write `.mp4` files as fragmented MP4 (a fragment per key frame, every 12 frames): a run
+    /// that is killed, or a machine that loses power, leaves a file that plays up to its last
+    /// fragment. Off: a classic MP4 with its index at the end, which such a stop leaves
+    /// unplayable. Other containers are not affected.
+    #[serde(default = "default_true")]
+    pub fragmented: bool,
 }
 
 fn default_fourcc() -> String {
     "mp4v".into()
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for OutputConfig {
@@ -223,6 +233,7 @@ impl Default for OutputConfig {
         OutputConfig {
             fourcc: default_fourcc(),
             overwrite: false,
+            fragmented: true,
         }
     }
 }

@@ -44,6 +44,9 @@ pub struct Annotated {
     pub seq: u64,
     pub image: Mat,
     pub captured: std::time::Instant,
+    /// Presentation time in the source (continuous over reconnects and loops): the file sink
+    /// keeps a variable-rate source's timing with it.
+    pub pts_ms: f64,
     /// Label of the (first) explained class, "" when not explained; for the HTTP page.
     pub label: std::sync::Arc<str>,
     pub prob: f32,

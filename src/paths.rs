@@ -207,6 +207,24 @@ impl Claim {
         space_left(&self.file)
     }
 
+    /// A name that opens exactly the claimed file, whatever happens to its path since:
+    /// `/proc/self/fd/N`. `None` without procfs.
+    pub fn fd_path(&self) -> Option<PathBuf> {
+        use std::os::fd::AsRawFd;
+        let p = PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()));
+        p.exists().then_some(p)
+    }
+
+    /// Starts writing the file's dirty pages to the disk, without waiting: a power cut then
+    /// loses the last seconds, not the half minute the kernel may hold back.
+    pub fn start_writeback(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain syscall on a descriptor we own; the result is advisory.
+        unsafe {
+            libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+
     /// Size of the claimed file now (what the encoder has written).
     pub fn size(&self) -> u64 {
         self.file.metadata().map_or(0, |m| m.len())

@@ -124,7 +124,7 @@ impl Plan {
             .map(|s| {
                 s.output
                     .as_deref()
-                    .map(|out| FileSink::open(out, &cfg.output.fourcc, s.segment_secs, cfg.output.overwrite))
+                    .map(|out| FileSink::open(out, &cfg.output, s.segment_secs))
                     .transpose()
             })
             .collect::<anyhow::Result<Vec<_>>>()?;

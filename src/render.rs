@@ -504,6 +504,7 @@ pub fn run(
                 seq: frame.seq,
                 image: frame.image,
                 captured: frame.captured,
+                pts_ms: frame.pts_ms,
                 label,
                 prob,
                 lost: frame.lost,

@@ -403,6 +403,58 @@ fn a_full_disk_is_reported_and_what_was_written_plays() {
 }
 
 #[test]
+fn a_killed_run_leaves_an_mp4_that_plays() {
+    let dir = scratch("hostile_kill9");
+    let long = long_input(&dir);
+    let out = dir.join("k.mp4");
+    let mut c = Kid(spawn(&[
+        "run",
+        "--quiet",
+        "--source",
+        &s(&long),
+        "--output",
+        &s(&out),
+    ]));
+    // The recording plays while it is being written (a classic .mp4 has no index until it is
+    // closed, and never plays here): wait for two seconds of it, then kill -9.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let seen = loop {
+        let n = ffprobe_frames(&out).unwrap_or(0);
+        if n >= 50 {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline && c.try_wait().unwrap().is_none(),
+            "{} never played while being written ({n} frames)",
+            out.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    signal(&c, "-KILL");
+    let _ = c.wait();
+    let after = ffprobe_frames(&out).unwrap_or(0);
+    assert!(after >= seen, "{after} frames after kill -9, {seen} before");
+
+    // `fragmented = false`: a classic MP4 (its index at the end), as before, still written.
+    let cfg = dir.join("classic.toml");
+    let classic = dir.join("classic.mp4");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[output]\nfragmented = false\n[[source]]\nuri = \"{}\"\noutput = \"{}\"\n",
+            s(&media("carphone_pristine.mp4")),
+            s(&classic)
+        ),
+    )
+    .unwrap();
+    let o = run(&["run", "--quiet", "--config", &s(&cfg)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(ffprobe_frames(&classic), Some(120));
+    let head = std::fs::read(&classic).unwrap();
+    assert_eq!(&head[4..12], b"ftypisom", "not a classic MP4");
+}
+
+#[test]
 fn secrets_in_urls_never_leak() {
     let dir = scratch("hostile_secrets");
     // A camera that accepts connections and never answers: the open times out.
@@ -965,6 +1017,75 @@ fn odd_sizes_and_truncated_inputs_are_said() {
     assert!(stderr(&o).contains("ended early"), "{}", stderr(&o));
 
     // (pts_ms advancing over a live file's loop: tests/cli.rs a_live_file_loops_without_a_gap.)
+}
+
+#[test]
+fn a_variable_frame_rate_keeps_its_timing() {
+    let dir = scratch("hostile_vfr");
+    // 120 frames: 60 at 30 fps, a 2 s gap (a stalled camera), 60 more. The container's
+    // average rate is 20 fps; written at that rate the first 60 frames would last 3 s.
+    let vfr = dir.join("vfr.mp4");
+    let st = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i"])
+        .arg(media("carphone_pristine.mp4"))
+        .args([
+            "-vf",
+            "setpts='if(lt(N,60),N,N+60)/30/TB'",
+            "-fps_mode",
+            "vfr",
+            "-c:v",
+            "mpeg4",
+            "-q:v",
+            "3",
+        ])
+        .arg(&vfr)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = dir.join("vfr_out.mp4");
+    let o = run(&["run", "--source", &s(&vfr), "--output", &s(&out)]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("(120 frames, and 60 repeats"), "{err}");
+    // 6 s at 30 fps, the gap held on the frame before it.
+    assert_eq!(ffprobe_frames(&out), Some(180));
+    let frames = gray_frames(&out, 16, 16);
+    assert_eq!(frames.len(), 180);
+    let diff = |a: &[u8], b: &[u8]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (*x as f64 - *y as f64).abs())
+            .sum::<f64>()
+            / a.len() as f64
+    };
+    for (i, f) in frames.iter().enumerate().take(120).skip(60) {
+        let d = diff(f, &frames[59]);
+        assert!(
+            d < 1.5,
+            "output frame {i} is not the frame before the gap (mean difference {d:.2})"
+        );
+    }
+    // A constant-rate source gets no repeat (every other test's exact frame counts).
+}
+
+/// Every frame of a video, decoded by ffmpeg to `w`×`h` gray pixels.
+fn gray_frames(p: &Path, w: usize, h: usize) -> Vec<Vec<u8>> {
+    let o = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(p)
+        .args([
+            "-vf",
+            &format!("scale={w}:{h}"),
+            "-pix_fmt",
+            "gray",
+            "-f",
+            "rawvideo",
+            "-",
+        ])
+        .output()
+        .expect("ffmpeg");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o.stdout.chunks(w * h).map(|c| c.to_vec()).collect()
 }
 
 #[test]

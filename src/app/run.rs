@@ -115,6 +115,13 @@ pub fn run(args: &RunArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 w.files.len(),
                 names.join(", ")
             );
+        } else if w.repeated > 0 {
+            crate::say!(
+                "wrote {} ({} frames, and {} repeats that keep the source's timing)",
+                w.path.display(),
+                w.frames,
+                w.repeated
+            );
         } else {
             crate::say!("wrote {} ({} frames)", w.path.display(), w.frames);
         }

@@ -7,6 +7,14 @@
 //! takes (a live source that is down at start-up has no size yet). Releasing it when the input
 //! closes writes the container trailer: the file plays after Ctrl-C too.
 //!
+//! The encoder writes through a link to the claimed file's descriptor, so it writes into exactly
+//! the file claimed. An `.mp4` is fragmented by default (`[output] fragmented`): OpenCV passes
+//! no options to FFmpeg's muxer (`OPENCV_FFMPEG_WRITER_OPTIONS` reaches only the encoder), but
+//! it picks the muxer from the name it opens, and a link named `.ismv` selects FFmpeg's
+//! fragmented MP4 muxer (a fragment per key frame). A run killed by -9, the OOM killer or a
+//! power cut leaves a file that plays up to its last fragment; a classic MP4 keeps its index
+//! in the trailer, and without the trailer nothing plays.
+//!
 //! `VideoWriter` reports no write error, so the sink watches the output's file system itself:
 //! once less than [`RESERVE`] is left, it closes the file (the trailer fits in the reserve, so
 //! what was written plays) and reports the output as failed. A segmented (live) output starts
@@ -25,6 +33,8 @@ pub struct FileSink {
     /// The configured path; with segments, each file is named after it with a UTC time stamp.
     pub path: PathBuf,
     fourcc: i32,
+    /// The extension that selects the muxer: the path's, or `ismv` for a fragmented .mp4.
+    muxer_ext: String,
     fps: f64,
     /// Opened on the first frame (and at each segment start).
     writer: Option<(VideoWriter, Size)>,
@@ -37,6 +47,18 @@ pub struct FileSink {
     in_segment: u64,
     /// Frames in the files, for the final message.
     frames: u64,
+    /// The first frames, held until the rate is fixed from their times ([`RATE_FRAMES`]).
+    early: Vec<(Mat, f64)>,
+    rate_fixed: bool,
+    /// The last frame written, kept to be repeated across a gap in the source's time.
+    last: Option<Mat>,
+    /// The file's time line: the source time of its origin, and frames (repeats included)
+    /// counted on it since.
+    clock: Option<(f64, u64)>,
+    /// Frames written again to keep a variable-rate source's timing.
+    repeated: u64,
+    /// When the file's pages were last sent to the disk (see [`Claim::start_writeback`]).
+    synced: std::time::Instant,
     /// Files closed so far (segments), for the final message.
     pub closed: Vec<PathBuf>,
     /// What went wrong with this output (disk full, path replaced); reported at the end.
@@ -50,10 +72,24 @@ pub struct FileSink {
 /// its trailer still fits (an hour of 30 fps video needs ~3 MB of index in a plain .mp4).
 pub const RESERVE: u64 = 4 << 20;
 
+/// Frames a file waits for, to fix its rate from their times (see [`FileSink::push`]).
+const RATE_FRAMES: usize = 5;
+
+/// The highest rate a variable-rate source's file is written at.
+const MAX_RATE: f64 = 120.0;
+
+/// The longest gap in a source's time that repeats fill; a longer jump is a reset clock.
+const MAX_HOLD_SECS: f64 = 10.0;
+
+/// How often the file's pages are pushed to the disk: what a power cut can take.
+const WRITEBACK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What happened to the output file, for the final message.
 pub struct Written {
     pub path: PathBuf,
     pub frames: u64,
+    /// Frames written twice or more, to keep a variable-rate source's timing.
+    pub repeated: u64,
     /// Every file closed (one unless segmented).
     pub files: Vec<PathBuf>,
     /// Failures, each one line: the output is incomplete.
@@ -99,10 +135,10 @@ impl FileSink {
     /// comes later, with [`FileSink::set_fps`].
     pub fn open(
         path: &Path,
-        fourcc: &str,
+        out: &crate::config::OutputConfig,
         segment_secs: Option<f64>,
-        overwrite: bool,
     ) -> anyhow::Result<FileSink> {
+        let fourcc = out.fourcc.as_str();
         let fps = 25.0;
         let unwritable = |why: String| {
             fail(
@@ -131,13 +167,18 @@ impl FileSink {
             )));
         };
         let code = VideoWriter::fourcc(a, b, c, d).map_err(|e| unwritable(e.to_string()))?;
-        if !can_encode(code, &ext, fps) {
+        let muxer_ext = if out.fragmented && ext == "mp4" {
+            "ismv".to_string()
+        } else {
+            ext.clone()
+        };
+        if !can_encode(code, &muxer_ext, fps) {
             return Err(unwritable(format!(
                 "OpenCV cannot encode fourcc '{fourcc}' into .{ext}; try fourcc = \"mp4v\""
             )));
         }
         let claim = match segment_secs {
-            None => Some(Claim::take(path, overwrite).map_err(|e| unwritable(e.to_string()))?),
+            None => Some(Claim::take(path, out.overwrite).map_err(|e| unwritable(e.to_string()))?),
             // Segments are claimed as they start; the directory must take new files now.
             // (A name nobody can guess; a file or link already there is never touched, O_EXCL.)
             Some(_) => {
@@ -154,6 +195,7 @@ impl FileSink {
         Ok(FileSink {
             path: path.to_path_buf(),
             fourcc: code,
+            muxer_ext,
             fps,
             writer: None,
             claim,
@@ -161,6 +203,12 @@ impl FileSink {
             segment_frames: segment_secs.map(|s| ((s * fps).round() as u64).max(1)),
             in_segment: 0,
             frames: 0,
+            early: Vec::new(),
+            rate_fixed: false,
+            last: None,
+            clock: None,
+            repeated: 0,
+            synced: std::time::Instant::now(),
             closed: Vec::new(),
             errors: Vec::new(),
             stalled: false,
@@ -170,16 +218,116 @@ impl FileSink {
     /// The rate the file plays at: the source's, known once it is open (a live camera's only
     /// once it is connected). Applies from the next file opened.
     pub fn set_fps(&mut self, fps: f64) {
-        if fps.is_finite() && fps > 0.0 && self.writer.is_none() {
+        if fps.is_finite() && fps > 0.0 && !self.rate_fixed {
             self.fps = fps;
             self.segment_frames = self.segment_secs.map(|s| ((s * fps).round() as u64).max(1));
         }
     }
 
-    /// Writes one frame (opening the writer on the first, and at each segment start). A frame
-    /// that cannot go to the file (it failed, see [`RESERVE`]) is skipped, not an error: the
-    /// failure is reported once and at the end.
-    pub fn write_frame(&mut self, m: &Mat) -> opencv::Result<()> {
+    /// Takes the next frame, with its time in the source. The file is written at a constant
+    /// rate (OpenCV's writer knows no time stamps), so a source with a variable rate keeps its
+    /// timing thus: the rate is that of its first frames when they come faster than the rate
+    /// the source reports (its average), and where the source's time jumps ahead (a camera
+    /// that stalled, a recording with gaps) the last frame is repeated to fill the gap. No
+    /// frame is ever dropped. `give` gets back frames the sink no longer holds.
+    pub fn push(&mut self, m: Mat, pts_ms: f64, give: &mut impl FnMut(Mat)) {
+        if !self.rate_fixed {
+            self.early.push((m, pts_ms));
+            if self.early.len() < RATE_FRAMES {
+                return;
+            }
+            self.fix_rate();
+            for (m, pts) in std::mem::take(&mut self.early) {
+                self.put(m, pts, give);
+            }
+            return;
+        }
+        self.put(m, pts_ms, give);
+    }
+
+    /// The rate: the source's, or, when the first frames come clearly faster (a variable rate,
+    /// whose average the source reports), theirs, so that no frame has to share a slot.
+    fn fix_rate(&mut self) {
+        self.rate_fixed = true;
+        let mut gaps: Vec<f64> = self
+            .early
+            .windows(2)
+            .map(|w| w[1].1 - w[0].1)
+            .filter(|d| d.is_finite() && *d > 0.0)
+            .collect();
+        if gaps.is_empty() {
+            return;
+        }
+        gaps.sort_by(f64::total_cmp);
+        let rate = 1e3 / gaps[gaps.len() / 2];
+        if rate > 1.05 * self.fps && rate <= MAX_RATE {
+            tracing::info!(
+                path = %self.path.display(),
+                source_fps = format!("{:.2}", self.fps),
+                fps = format!("{rate:.2}"),
+                "the source's frame rate varies: the file plays at the rate of its first frames and repeats a frame across each gap, to keep the source's timing"
+            );
+            self.fps = rate;
+            self.segment_frames = self.segment_secs.map(|s| ((s * rate).round() as u64).max(1));
+        }
+    }
+
+    fn put(&mut self, m: Mat, pts_ms: f64, give: &mut impl FnMut(Mat)) {
+        let repeats = self.repeats_due(pts_ms);
+        if let Some(last) = self.last.take() {
+            for _ in 0..repeats {
+                if self.write_one(&last) {
+                    self.repeated += 1;
+                }
+            }
+            self.last = Some(last);
+        }
+        if self.write_one(&m) {
+            self.frames += 1;
+        }
+        if let Some((_, n)) = self.clock.as_mut() {
+            *n += repeats + 1;
+        }
+        if let Some(old) = self.last.replace(m) {
+            give(old);
+        }
+    }
+
+    /// How many times the last frame is repeated before a frame at `pts_ms`: the slots its
+    /// time skips on the file's time line. A jump of more than [`MAX_HOLD_SECS`] (a clock
+    /// that was reset) restarts the time line instead.
+    fn repeats_due(&mut self, pts_ms: f64) -> u64 {
+        let Some((origin, n)) = self.clock else {
+            self.clock = pts_ms.is_finite().then_some((pts_ms, 0));
+            return 0;
+        };
+        let due = ((pts_ms - origin) * self.fps / 1e3).round();
+        let skipped = due - n as f64;
+        if !skipped.is_finite() || skipped < 1.0 {
+            return 0;
+        }
+        if skipped > MAX_HOLD_SECS * self.fps {
+            tracing::debug!(path = %self.path.display(), skipped, "the source's time jumped; the file's time line starts again");
+            self.clock = Some((pts_ms - n as f64 * 1e3 / self.fps, n));
+            return 0;
+        }
+        skipped as u64
+    }
+
+    /// Writes one frame (opening the writer on the first, and at each segment start); false
+    /// when it could not go to the file (it failed, see [`RESERVE`]): that is no error here,
+    /// the failure is reported once and at the end.
+    fn write_one(&mut self, m: &Mat) -> bool {
+        match self.write_frame(m) {
+            Ok(written) => written,
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot write frame");
+                false
+            }
+        }
+    }
+
+    fn write_frame(&mut self, m: &Mat) -> opencv::Result<bool> {
         if self.segment_frames.is_some_and(|n| self.in_segment >= n) {
             self.close_current();
         }
@@ -189,16 +337,16 @@ impl FileSink {
                 && self.claim.is_none()
                 && self.dir_space().is_some_and(|b| b >= 2 * RESERVE);
             if !room {
-                return Ok(());
+                return Ok(false);
             }
             tracing::info!(path = %self.path.display(), "space is back; starting a new segment");
             self.stalled = false;
         }
         if self.writer.is_none() && !self.open_writer(m.size()?)? {
-            return Ok(());
+            return Ok(false);
         }
         let Some((w, size)) = self.writer.as_mut() else {
-            return Ok(());
+            return Ok(false);
         };
         // A stream may change resolution mid-way; the container cannot, so scale to fit.
         if m.size()? == *size {
@@ -209,13 +357,18 @@ impl FileSink {
             w.write(&r)?;
         }
         self.in_segment += 1;
-        self.frames += 1;
         if let Some(left) = self.claim.as_ref().and_then(|c| c.space_left()) {
             if left < RESERVE {
                 self.fail_full(left);
             }
         }
-        Ok(())
+        if self.synced.elapsed() >= WRITEBACK_EVERY {
+            if let Some(c) = &self.claim {
+                c.start_writeback();
+            }
+            self.synced = std::time::Instant::now();
+        }
+        Ok(true)
     }
 
     /// Opens the writer for a frame of `size`; false when the output failed instead.
@@ -251,7 +404,26 @@ impl FileSink {
                 "frames have an odd width or height; the encoder's 4:2:0 format writes them one pixel smaller"
             );
         }
-        let w = VideoWriter::new(&claim.path, self.fourcc, self.fps, size, true)?;
+        let w = match writer_link(claim, &self.muxer_ext) {
+            Some(dir) => {
+                let w = VideoWriter::new(
+                    dir.join(format!("out.{}", self.muxer_ext)),
+                    self.fourcc,
+                    self.fps,
+                    size,
+                    true,
+                );
+                // The writer holds the file open; the link has done its job.
+                let _ = std::fs::remove_dir_all(&dir);
+                w?
+            }
+            None => {
+                if self.muxer_ext == "ismv" {
+                    tracing::warn!(path = %claim.path.display(), "no /proc here: this .mp4 is written unfragmented, and a killed run leaves it unplayable");
+                }
+                VideoWriter::new(&claim.path, self.fourcc, self.fps, size, true)?
+            }
+        };
         if !w.is_opened()? {
             let e = format!("the encoder cannot open {}", claim.path.display());
             self.fail(e);
@@ -344,10 +516,18 @@ impl FileSink {
 
     /// Finalizes the container (writes the trailer).
     pub fn finish(mut self) -> Written {
+        // Fewer frames than it takes to fix the rate: the source's rate it is.
+        if !self.early.is_empty() {
+            self.fix_rate();
+            for (m, pts) in std::mem::take(&mut self.early) {
+                self.put(m, pts, &mut drop);
+            }
+        }
         self.close_current();
         Written {
             path: self.path.clone(),
             frames: self.frames,
+            repeated: self.repeated,
             files: std::mem::take(&mut self.closed),
             errors: std::mem::take(&mut self.errors),
         }
@@ -364,6 +544,20 @@ impl Drop for FileSink {
             }
         } else {
             self.close_current();
+        }
+    }
+}
+
+/// A private directory holding `out.<ext>`, a link to the claimed file's descriptor (see the
+/// module doc); `None` where that cannot be made (no procfs, no temporary directory).
+fn writer_link(claim: &Claim, ext: &str) -> Option<PathBuf> {
+    let target = claim.fd_path()?;
+    let dir = crate::paths::private_temp_dir("out").ok()?;
+    match std::os::unix::fs::symlink(&target, dir.join(format!("out.{ext}"))) {
+        Ok(()) => Some(dir),
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            None
         }
     }
 }

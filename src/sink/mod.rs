@@ -98,16 +98,6 @@ impl SourceSink {
 
     fn emit(&mut self, a: Annotated, stats: &Stats, written: &mut u64) {
         let t = crate::cpu::Span::start();
-        if let Some(f) = self.file.as_mut() {
-            // A camera that connected after start-up: its rate is known now.
-            if let Some(fps) = stats.source(self.index).and_then(|s| s.fps()) {
-                f.set_fps(fps);
-            }
-            match f.write_frame(&a.image) {
-                Ok(()) => *written += 1,
-                Err(e) => tracing::warn!(error = %e, "cannot write frame"),
-            }
-        }
         if let Some(h) = &self.hub {
             h.publish(&a);
         }
@@ -115,12 +105,29 @@ impl SourceSink {
             // A busy window skips frames rather than queueing them.
             let _ = d.try_send((a.source, a.image.clone()));
         }
+        let captured = a.captured;
+        let recycle = self.recycle.as_ref();
+        let mut give = |m: Mat| {
+            if let Some(p) = recycle {
+                p.give(m);
+            }
+        };
+        match self.file.as_mut() {
+            Some(f) => {
+                // A camera that connected after start-up: its rate is known now.
+                if let Some(fps) = stats.source(self.index).and_then(|s| s.fps()) {
+                    f.set_fps(fps);
+                }
+                // The file keeps the frame (to repeat it across a gap in the source's time)
+                // and hands back the one it kept before.
+                f.push(a.image, a.pts_ms, &mut give);
+                *written += 1;
+            }
+            None => give(a.image),
+        }
         stats.encode.add(t.elapsed());
         stats.written.fetch_add(1, Ordering::Relaxed);
-        stats.latency.observe(a.captured.elapsed());
-        if let Some(p) = &self.recycle {
-            p.give(a.image);
-        }
+        stats.latency.observe(captured.elapsed());
     }
 }
 
@@ -137,6 +144,7 @@ mod tests {
             seq,
             image: Mat::new_rows_cols_with_default(1, 1, CV_8UC3, Scalar::all(seq as f64)).unwrap(),
             captured: std::time::Instant::now(),
+            pts_ms: seq as f64 * 40.0,
             label: Arc::from(""),
             prob: 0.0,
             lost: false,
