@@ -471,7 +471,7 @@ impl Source {
                     Some(Err(why)) => {
                         pending = None;
                         attempt += 1;
-                        let wait = jitter(backoff, seq ^ attempt as u64);
+                        let wait = jitter(backoff, retry_salt(self.index, seq, attempt));
                         if attempt == 1 && !ever_up {
                             let msg = Self::unreachable(&self.kind, &self.name, &self.uri, &why);
                             tracing::error!("{msg}; serving the other sources and retrying (use --strict to fail instead)");
@@ -651,6 +651,12 @@ impl Source {
     }
 }
 
+/// What a retry's jitter is drawn from: the source too, since two cameras behind one switch
+/// drop at the same frame.
+fn retry_salt(source: usize, seq: u64, attempt: u32) -> u64 {
+    (source as u64) << 40 ^ seq << 8 ^ u64::from(attempt)
+}
+
 /// ±20% of `d`, from a cheap hash, so that sources that dropped together do not retry in step.
 fn jitter(d: Duration, salt: u64) -> Duration {
     let x = (salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) % 401; // 0..=400
@@ -689,10 +695,25 @@ mod tests {
     }
 
     #[test]
-    fn jitter_stays_within_20_percent() {
-        for s in 0..1000u64 {
-            let j = jitter(Duration::from_millis(1000), s).as_millis();
-            assert!((800..=1200).contains(&j), "{j}");
-        }
+    fn jitter_spreads_retries_over_plus_minus_20_percent() {
+        let ms: Vec<u128> = (0..1000u64)
+            .map(|s| jitter(Duration::from_millis(1000), s).as_millis())
+            .collect();
+        assert!(ms.iter().all(|j| (800..=1200).contains(j)), "{ms:?}");
+        // Spread over the whole band, evenly: no jitter (or a constant one) fails here.
+        let (lo, hi) = (ms.iter().min().unwrap(), ms.iter().max().unwrap());
+        assert!(*lo <= 810 && *hi >= 1190, "{lo}..{hi}");
+        let mut distinct = ms.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert!(distinct.len() >= 300, "{} distinct waits", distinct.len());
+        let mean = ms.iter().sum::<u128>() as f64 / ms.len() as f64;
+        assert!((985.0..=1015.0).contains(&mean), "{mean}");
+        // Two sources that dropped at the same frame wait differently.
+        let d = Duration::from_millis(1000);
+        let same = (1..50u32)
+            .filter(|&a| jitter(d, retry_salt(0, 300, a)) == jitter(d, retry_salt(1, 300, a)))
+            .count();
+        assert!(same < 5, "{same} of 49 attempts in step");
     }
 }

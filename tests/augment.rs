@@ -6,7 +6,7 @@ use gradcamd::engine::{Engine, EngineOptions};
 use gradcamd::onnx::{augment, AugmentOptions, OnnxError, OnnxModel};
 use ndarray::ArrayView4;
 
-use crate::util::{fixture, floats, ints, max_abs, max_abs_diff, read_json};
+use crate::util::{fixture, floats, ints, max_abs, max_abs_diff, read_json, REL_TINY};
 
 struct Run {
     logits: Vec<f32>,
@@ -47,12 +47,12 @@ fn check_tiny(name: &str) {
     let want_logits = floats(&j["logits"]);
     let dl = max_abs_diff(&r.logits, &want_logits);
     assert!(
-        dl <= 1e-4 * max_abs(&want_logits).max(1.0),
+        dl <= REL_TINY * max_abs(&want_logits).max(1.0),
         "{name}: logits differ by {dl}"
     );
     let want = floats(&j["dx"]);
     let d = max_abs_diff(&r.da, &want);
-    let tol = 1e-4 * max_abs(&want).max(1e-3);
+    let tol = REL_TINY * max_abs(&want).max(1e-3);
     assert!(
         d <= tol,
         "{name}: dA max abs diff {d} > {tol}\n got  {:?}\n want {:?}",
@@ -73,7 +73,7 @@ fn check_tiny(name: &str) {
             let want = floats(&j["d_default"]);
             let d = max_abs_diff(&r.da, &want);
             assert!(
-                d <= 1e-4 * max_abs(&want).max(1e-3),
+                d <= REL_TINY * max_abs(&want).max(1e-3),
                 "{name}: dA at default target differs by {d}"
             );
         }
@@ -279,7 +279,7 @@ fn external_data_models_load_and_explain() {
     let want = floats(&j["dx"]);
     let d = max_abs_diff(&r.da, &want);
     assert!(
-        d <= 1e-4 * max_abs(&want),
+        d <= REL_TINY * max_abs(&want),
         "dA through external weights differs by {d}"
     );
 

@@ -73,29 +73,53 @@ fn file_to_file_keeps_frame_count_fps_and_size() {
 }
 
 #[test]
-fn output_frames_carry_the_heatmap() {
-    // The mean colour of an explained frame is pulled towards the JET colours: its blue channel
-    // (cold regions) rises well above the input's. A copy without overlay would not move.
-    let dir = scratch("heatmap");
-    let out = dir.join("o.mp4");
+fn alpha_weighs_the_heatmap_in_the_video() {
+    // Written losslessly (FFV1) and read back by ffmpeg, without the HUD: with alpha = 0 every
+    // frame is the input exactly, and for any other alpha out = (1 - alpha) in + alpha heat, so
+    // the alpha = 0.25 frames follow from the alpha = 0.75 ones (the same heat) to within the
+    // rounding of both (2/3 level). The heat itself is checked against pytorch-grad-cam in
+    // tests/reference.rs.
+    let dir = scratch("alpha");
     let input = media("carphone_pristine.mp4");
-    let o = run(&["run", "--quiet", "--source", &s(&input), "--output", &s(&out)]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let mean_bgr = |p: &Path| {
-        let mut cap = VideoCapture::from_file(p, videoio::CAP_ANY).unwrap();
-        let mut m = opencv::core::Mat::default();
-        for _ in 0..60 {
-            cap.read(&mut m).unwrap();
-        }
-        let v = opencv::core::mean(&m, &opencv::core::no_array()).unwrap();
-        [v[0], v[1], v[2]]
+    let (w, h) = (176, 144);
+    let len = w * h * 3;
+    let decode = |p: &Path| crate::util::raw_frames(p, None, "bgr24", len);
+    let with_alpha = |a: f32| {
+        let out = dir.join(format!("a{a}.mkv"));
+        let cfg = dir.join(format!("a{a}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[explain]\nalpha = {a}\nhud = false\n[output]\nfourcc = \"FFV1\"\n[[source]]\nuri = \"{}\"\noutput = \"{}\"\n",
+                s(&input),
+                s(&out)
+            ),
+        )
+        .unwrap();
+        let o = run(&["run", "--quiet", "--config", &s(&cfg)]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        decode(&out)
     };
-    let (a, b) = (mean_bgr(&input), mean_bgr(&out));
-    let moved: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum();
-    assert!(
-        moved > 15.0,
-        "frame 60 barely changed: input BGR mean {a:?}, output {b:?}"
-    );
+    let src = decode(&input);
+    let (a0, lo, hi) = (with_alpha(0.0), with_alpha(0.25), with_alpha(0.75));
+    assert_eq!(src.len(), 120);
+    assert!(a0.len() == 120 && lo.len() == 120 && hi.len() == 120);
+    assert!(a0 == src, "alpha = 0 changed the frames");
+    let mut moved = 0usize;
+    for (k, ((x, l), h)) in src.iter().zip(&lo).zip(&hi).enumerate() {
+        for ((&x, &l), &h) in x.iter().zip(l).zip(h) {
+            let (x, l, h) = (x as f32, l as f32, h as f32);
+            let heat = (h - 0.25 * x) / 0.75;
+            let want = 0.75 * x + 0.25 * heat;
+            assert!(
+                (want - l).abs() <= 0.67,
+                "frame {k}: alpha 0.25 gives {l} where the alpha 0.75 frame implies {want}"
+            );
+            moved += usize::from((l - x).abs() >= 8.0);
+        }
+    }
+    // The overlay is there at all: a quarter of the heat moves a good share of the values.
+    assert!(moved > src.len() * len / 10, "only {moved} values moved");
 }
 
 #[test]
@@ -425,24 +449,32 @@ fn topk_lists_k_maps_and_renders_a_grid() {
 
 #[test]
 fn each_source_has_its_own_target() {
+    // One clip twice: the first source explains class 0 (tench), the second "bow tie" (457),
+    // over a global target of top1. Every frame's event names the class its source asked for.
     let dir = scratch("per_source");
     let cfg = dir.join("two.toml");
     let (a, b) = (s(&dir.join("a.mp4")), s(&dir.join("b.mp4")));
+    let (ea, eb) = (dir.join("a.jsonl"), dir.join("b.jsonl"));
     let clip = s(&media("carphone_pristine.mp4"));
     let write = |t: &str| {
         std::fs::write(
             &cfg,
             format!(
-                "[explain]\ntarget = \"top1\"\n\n[[source]]\nuri = \"{clip}\"\noutput = \"{a}\"\ntarget = \"{t}\"\n\n[[source]]\nuri = \"{clip}\"\noutput = \"{b}\"\n"
+                "[explain]\ntarget = \"top1\"\n\n[[source]]\nname = \"a\"\nuri = \"{clip}\"\noutput = \"{a}\"\nevents = \"{}\"\ntarget = \"{t}\"\n\n[[source]]\nname = \"b\"\nuri = \"{clip}\"\noutput = \"{b}\"\nevents = \"{}\"\ntarget = \"bow tie\"\n",
+                s(&ea),
+                s(&eb)
             ),
         )
         .unwrap()
     };
-    write("bow tie");
+    write("0");
     let o = run(&["run", "--quiet", "--config", &s(&cfg)]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(probe(Path::new(&a)).0, 120);
-    assert_eq!(probe(Path::new(&b)).0, 120);
+    assert_eq!(crate::util::ffprobe_frames(Path::new(&a)), Some(120));
+    assert_eq!(crate::util::ffprobe_frames(Path::new(&b)), Some(120));
+    let classes = |p: &Path| -> Vec<i64> { events(p).iter().map(|e| e["class"].as_i64().unwrap()).collect() };
+    assert_eq!(classes(&ea), vec![0; 120]);
+    assert_eq!(classes(&eb), vec![457; 120]);
     // A bad per-source target is a config error that names it.
     write("bowtye");
     expect_error(

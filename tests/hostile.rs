@@ -1049,7 +1049,7 @@ fn a_variable_frame_rate_keeps_its_timing() {
     assert!(err.contains("(120 frames, and 60 repeats"), "{err}");
     // 6 s at 30 fps, the gap held on the frame before it.
     assert_eq!(ffprobe_frames(&out), Some(180));
-    let frames = gray_frames(&out, 16, 16);
+    let frames = crate::util::raw_frames(&out, Some("scale=16:16"), "gray", 256);
     assert_eq!(frames.len(), 180);
     let diff = |a: &[u8], b: &[u8]| {
         a.iter()
@@ -1066,26 +1066,6 @@ fn a_variable_frame_rate_keeps_its_timing() {
         );
     }
     // A constant-rate source gets no repeat (every other test's exact frame counts).
-}
-
-/// Every frame of a video, decoded by ffmpeg to `w`×`h` gray pixels.
-fn gray_frames(p: &Path, w: usize, h: usize) -> Vec<Vec<u8>> {
-    let o = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(p)
-        .args([
-            "-vf",
-            &format!("scale={w}:{h}"),
-            "-pix_fmt",
-            "gray",
-            "-f",
-            "rawvideo",
-            "-",
-        ])
-        .output()
-        .expect("ffmpeg");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    o.stdout.chunks(w * h).map(|c| c.to_vec()).collect()
 }
 
 #[test]

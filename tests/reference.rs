@@ -12,7 +12,7 @@ use opencv::core::{Mat, Size};
 use opencv::prelude::*;
 use opencv::{imgcodecs, imgproc};
 
-use crate::util::{floats, max_abs, max_abs_diff, read_json, root};
+use crate::util::{floats, max_abs, max_abs_diff, read_json, root, CORR_GAP};
 
 struct Out {
     class: i64,
@@ -93,14 +93,14 @@ fn check(case: &serde_json::Value, got: &Out) {
     }
     let tl = case["target_logit"].as_f64().unwrap() as f32;
     assert!(
-        (got.target_logit - tl).abs() < 1e-3,
+        (got.target_logit - tl).abs() < 5e-5, // worst measured 5.7e-6 (logits ~10)
         "{name}: target logit got {} want {tl}",
         got.target_logit
     );
     let w = floats(&case["weights"]);
     let dw = max_abs_diff(&got.weights, &w);
     assert!(
-        dw <= 1e-3 * max_abs(&w),
+        dw <= 1e-8, // worst measured 9.3e-10 (|w| up to 5e-3)
         "{name}: Grad-CAM weights differ by {dw} (max |w| {})",
         max_abs(&w)
     );
@@ -109,10 +109,10 @@ fn check(case: &serde_json::Value, got: &Out) {
         "{name}: class {} weights max abs diff {dw:.3e}, Grad-CAM correlation {r:.9}",
         got.class
     );
-    assert!(r >= 0.9999, "{name}: Grad-CAM correlation {r} < 0.9999");
+    assert!(1.0 - r <= CORR_GAP, "{name}: Grad-CAM correlation {r}");
     if !case["cam_fc_raw"].is_null() {
         let r = correlation(got.cam_fc.as_slice().unwrap(), &floats(&case["cam_fc_raw"]));
-        assert!(r >= 0.9999, "{name}: CAM (fc) correlation {r} < 0.9999");
+        assert!(1.0 - r <= CORR_GAP, "{name}: CAM (fc) correlation {r}");
     }
 }
 
@@ -178,7 +178,8 @@ fn normalized_cam_and_overlay_match_pytorch_grad_cam() {
         let big = big.data_typed::<f32>().unwrap();
         let want = read_png16(c["cam_224"].as_str().unwrap());
         let d = max_abs_diff(big, &want);
-        assert!(d < 2e-3, "{name}: 224x224 CAM max abs diff {d}");
+        eprintln!("{name}: 224x224 CAM max abs diff {d:e}");
+        assert!(d < 5e-5, "{name}: 224x224 CAM max abs diff {d}"); // worst measured 8.6e-6
 
         // The overlay, on the 224x224 input image, against show_cam_on_image.
         let mut small_img = Mat::default();
@@ -270,7 +271,7 @@ fn bound_full_and_partial_batches_agree() {
         let (fa, pa) = (fa.0.as_slice().unwrap(), pa.0.as_slice().unwrap());
         assert!(max_abs_diff(fa, pa) <= 1e-5 * max_abs(fa), "item {i}: A differs");
         assert!(
-            correlation(fc, &floats(&top1[i]["cam_raw"])) > 0.999999,
+            1.0 - correlation(fc, &floats(&top1[i]["cam_raw"])) <= CORR_GAP,
             "item {i} vs fixture"
         );
     }

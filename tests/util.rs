@@ -51,6 +51,18 @@ pub fn ints(v: &serde_json::Value) -> Vec<i64> {
         .collect()
 }
 
+/// Tolerances near the measured errors, float32 here against torch autograd and
+/// pytorch-grad-cam (2026-11-30, this CPU), the worst measured value beside each: room for
+/// another CPU's rounding, none for a wrong rule (an ignored BatchNormalization epsilon moves
+/// the tiny model's dx by 4e-6 of its largest value).
+///
+/// A and dA, relative to the largest value: head replicas and the methods' VGG (worst 6.6e-7).
+pub const REL: f32 = 4e-6;
+/// The tiny single-rule models' dx and logits, relative (worst 5.8e-7, softmax).
+pub const REL_TINY: f32 = 1.5e-6;
+/// 1 - correlation of a CAM with the reference's (worst 1.5e-12; printed as 1.000000000).
+pub const CORR_GAP: f64 = 1e-10;
+
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length: got {}, want {}", a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
@@ -155,6 +167,27 @@ pub fn ffprobe_frames(p: &Path) -> Option<u64> {
         .output()
         .expect("ffprobe (installed by make setup)");
     String::from_utf8_lossy(&o.stdout).trim().parse().ok()
+}
+
+/// Every frame of a video as ffmpeg decodes it (an independent decoder), `frame_bytes` each:
+/// `vf` an optional filter (`scale=16:16`), `pix_fmt` the raw format (`gray`, `bgr24`).
+pub fn raw_frames(p: &Path, vf: Option<&str>, pix_fmt: &str, frame_bytes: usize) -> Vec<Vec<u8>> {
+    let mut c = Command::new("ffmpeg");
+    c.args(["-v", "error", "-i"]).arg(p);
+    if let Some(vf) = vf {
+        c.args(["-vf", vf]);
+    }
+    let o = c
+        .args(["-pix_fmt", pix_fmt, "-f", "rawvideo", "-"])
+        .output()
+        .expect("ffmpeg (installed by make setup)");
+    assert!(
+        o.status.success(),
+        "{}: {}",
+        p.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout.chunks(frame_bytes).map(<[u8]>::to_vec).collect()
 }
 
 /// Width and height of a video's first stream, as ffprobe reads them.
