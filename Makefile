@@ -6,7 +6,7 @@ CARGO ?= cargo
 BIN := target/release/gradcamd
 VIDEO := .deps/media/carphone_pristine.mp4
 
-.PHONY: setup build demo test lint bench conformance fixtures clean
+.PHONY: setup build demo test lint bench conformance fixtures mutants clean
 
 setup:
 	@scripts/setup.sh
@@ -44,6 +44,14 @@ conformance: build
 	@PY=$${GRADCAMD_DEV_PYTHON:-.venv/bin/python}; \
 	if ! [ -x "$$PY" ]; then echo "conformance: no dev Python at $$PY; see tools/README.md" >&2; exit 1; fi; \
 	"$$PY" tools/conformance.py --out out/conformance
+
+# Dev-time: mutation testing (cargo-mutants) over the code in .cargo/mutants.toml. It edits the
+# sources in place (the media in .deps stay reachable): don't edit or commit while it runs.
+# Hours on 2 cores; `make mutants MUTANTS_ARGS="--file src/cam.rs"` narrows it. Results: mutants.out/.
+MUTANTS_VERSION := 27.0.0
+mutants: setup
+	@command -v cargo-mutants >/dev/null || $(CARGO) install -q --locked cargo-mutants@$(MUTANTS_VERSION)
+	@$(CARGO) mutants --in-place --no-shuffle $(MUTANTS_ARGS)
 
 # Dev-time only (Python + torch): regenerate the committed model and fixtures.
 fixtures:

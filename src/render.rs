@@ -488,6 +488,7 @@ pub fn run(
         };
         let drawn = cfg.draws(&e.frame);
         if drawn {
+            stats.drawn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Err(err) = render(&mut e, &cfg, &mut scratch) {
                 tracing::warn!(source = e.frame.source, frame = e.frame.seq, error = %err, "cannot draw the explanation; writing the frame as is");
             }

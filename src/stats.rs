@@ -158,6 +158,8 @@ pub struct Stats {
     /// Frames that could not be explained (written without overlay).
     pub failed: AtomicU64,
     pub written: AtomicU64,
+    /// Frames the render stage drew the explanation on (an output was going to show them).
+    pub drawn: AtomicU64,
     pub batches: AtomicU64,
     /// Size of the last inference batch.
     pub last_batch: AtomicU64,

@@ -1016,7 +1016,7 @@ fn odd_sizes_and_truncated_inputs_are_said() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("ended early"), "{}", stderr(&o));
 
-    // (pts_ms advancing over a live file's loop: tests/cli.rs a_live_file_loops_without_a_gap.)
+    // (pts_ms advancing over a live file's loop: tests/live.rs a_live_file_loops_without_a_gap.)
 }
 
 #[test]

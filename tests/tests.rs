@@ -11,12 +11,20 @@ mod augment;
 mod util;
 
 #[cfg(feature = "video")]
-mod cli;
+mod bad_input;
+#[cfg(feature = "video")]
+mod commands;
 mod configs;
+#[cfg(feature = "video")]
+mod files;
 mod fuzz;
 mod heads;
 #[cfg(feature = "video")]
 mod hostile;
+#[cfg(feature = "video")]
+mod http;
+#[cfg(feature = "video")]
+mod live;
 #[cfg(feature = "video")]
 mod methods;
 mod nhwc;

@@ -249,3 +249,92 @@ pub fn long_input(dir: &Path) -> PathBuf {
     assert!(st.success());
     long
 }
+
+/// Decodes a whole video; returns (frames decoded, fps, width, height).
+pub fn probe(p: &Path) -> (u64, f64, i32, i32) {
+    // ffprobe, an independent reader: frames decoded, average rate, size.
+    let o = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames,avg_frame_rate,width,height",
+            "-of",
+            "json",
+        ])
+        .arg(p)
+        .output()
+        .expect("ffprobe (installed by make setup)");
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{} does not probe: {e}", p.display()));
+    let st = &v["streams"][0];
+    let rate = st["avg_frame_rate"].as_str().unwrap_or("0/1");
+    let (num, den) = rate.split_once('/').unwrap_or((rate, "1"));
+    let fps = num.parse::<f64>().unwrap_or(0.0) / den.parse::<f64>().unwrap_or(1.0);
+    let n = st["nb_read_frames"].as_str().and_then(|n| n.parse().ok());
+    let n = n.unwrap_or_else(|| panic!("{} does not decode: {v}", p.display()));
+    (
+        n,
+        fps,
+        st["width"].as_i64().unwrap_or(0) as i32,
+        st["height"].as_i64().unwrap_or(0) as i32,
+    )
+}
+
+/// Starts `run` in the background with `args`; returns the child and the HTTP address it logged.
+pub fn start_with_http(args: &[&str]) -> (Kid, String, std::sync::mpsc::Receiver<String>) {
+    let mut child = Kid(bin()
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap());
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(std::time::Duration::from_secs(1)) {
+            if let Some(rest) = l.split("page on http://").nth(1) {
+                let addr = rest.split('/').next().unwrap().to_string();
+                return (child, addr, rx);
+            }
+            if l.starts_with("error:") {
+                let _ = child.wait();
+                panic!("{l}");
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("no HTTP address in the log");
+}
+
+/// Polls /status.json until `ok` holds for the first source, up to `secs`.
+pub fn wait_status(base: &str, secs: u64, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let v: serde_json::Value = ureq::get(&format!("{base}/status.json"))
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok())
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(serde_json::Value::Null);
+        if ok(&v[0]) {
+            return v[0].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not reached in {secs} s; last status {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -96,6 +96,7 @@ pub fn run(args: &RunArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         latency_p99_ms = format!("{:.0}", s.latency.percentile(99.0).unwrap_or(0.0) * 1e3),
         seconds = format!("{secs:.2}"),
         explained = Stats::get(&s.explained),
+        drawn = Stats::get(&s.drawn),
         fps = format!("{:.1}", Stats::get(&s.explained) as f64 / secs.max(1e-9)),
         "done; cpu time per stage: {}",
         stages.join(" ")
