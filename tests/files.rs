@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::util::{bin, events, expect_error, field, media, probe, run, s, scratch, stderr};
+use crate::util::{bin, events, expect_error, field, media, probe, run, run_config, s, scratch, stderr};
 
 #[test]
 fn file_to_file_keeps_frame_count_fps_and_size() {
@@ -68,18 +68,15 @@ fn alpha_weighs_the_heatmap_in_the_video() {
     let decode = |p: &Path| crate::util::raw_frames(p, None, "bgr24", len);
     let with_alpha = |a: f32| {
         let out = dir.join(format!("a{a}.mkv"));
-        let cfg = dir.join(format!("a{a}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
+        run_config(
+            &dir,
+            &format!("a{a}"),
+            &format!(
                 "[explain]\nalpha = {a}\nhud = false\n[output]\nfourcc = \"FFV1\"\n[[source]]\nuri = \"{}\"\noutput = \"{}\"\n",
                 s(&input),
                 s(&out)
             ),
-        )
-        .unwrap();
-        let o = run(&["run", "--quiet", "--config", &s(&cfg)]);
-        assert!(o.status.success(), "{}", stderr(&o));
+        );
         decode(&out)
     };
     let src = decode(&input);
@@ -207,23 +204,20 @@ fn roi_alerts_events_and_smoothing() {
     let dir = scratch("roi");
     let clip = s(&media("carphone_pristine.mp4"));
     let run_roi = |name: &str, roi: &str, smoothing: f32| {
-        let cfg = dir.join(format!("{name}.toml"));
         let ev = dir.join(format!("{name}.jsonl"));
         let _ = std::fs::remove_file(&ev);
-        std::fs::write(
-            &cfg,
-            format!(
+        let log = run_config(
+            &dir,
+            name,
+            &format!(
                 // Batches of 2 over two sessions: many batches finish out of order, and events
                 // must still come in frame order.
                 "[pipeline]\nbatch_size = 2\ninference_workers = 2\n\n[[source]]\nname = \"{name}\"\nuri = \"{clip}\"\noutput = \"{}\"\nroi = {roi}\nroi_alert_ratio = 0.5\nroi_alert_frames = 5\nsmoothing = {smoothing}\nevents = \"{}\"\n",
                 s(&dir.join(format!("{name}.mp4"))),
                 s(&ev)
             ),
-        )
-        .unwrap();
-        let o = run(&["run", "--quiet", "--config", &s(&cfg)]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        (events(&ev), stderr(&o))
+        );
+        (events(&ev), log)
     };
     let (top, log) = run_roi("top", "[[0.0, 0.0], [1.0, 0.0], [1.0, 0.5], [0.0, 0.5]]", 0.0);
     assert_eq!(top.len(), 120, "one event per frame");
@@ -283,18 +277,15 @@ fn roi_alerts_events_and_smoothing() {
 #[test]
 fn segmented_recordings_each_play_and_together_hold_every_frame() {
     let dir = scratch("segments");
-    let cfg = dir.join("seg.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let log = run_config(
+        &dir,
+        "seg",
+        &format!(
             "[[source]]\nuri = \"{}\"\noutput = \"{}\"\nsegment_secs = 1\n",
             s(&media("carphone_pristine.mp4")),
             s(&dir.join("rec.mp4"))
         ),
-    )
-    .unwrap();
-    let o = run(&["run", "--quiet", "--config", &s(&cfg)]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    );
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -302,7 +293,7 @@ fn segmented_recordings_each_play_and_together_hold_every_frame() {
         .collect();
     files.sort();
     // 120 frames at 29.97 fps in 1 s segments: 30 + 30 + 30 + 30.
-    assert_eq!(files.len(), 4, "{files:?}\n{}", stderr(&o));
+    assert_eq!(files.len(), 4, "{files:?}\n{log}");
     let mut total = 0;
     for f in &files {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();

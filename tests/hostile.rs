@@ -436,19 +436,16 @@ fn a_killed_run_leaves_an_mp4_that_plays() {
     assert!(after >= seen, "{after} frames after kill -9, {seen} before");
 
     // `fragmented = false`: a classic MP4 (its index at the end), as before, still written.
-    let cfg = dir.join("classic.toml");
     let classic = dir.join("classic.mp4");
-    std::fs::write(
-        &cfg,
-        format!(
+    crate::util::run_config(
+        &dir,
+        "classic",
+        &format!(
             "[output]\nfragmented = false\n[[source]]\nuri = \"{}\"\noutput = \"{}\"\n",
             s(&media("carphone_pristine.mp4")),
             s(&classic)
         ),
-    )
-    .unwrap();
-    let o = run(&["run", "--quiet", "--config", &s(&cfg)]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    );
     assert_eq!(ffprobe_frames(&classic), Some(120));
     let head = std::fs::read(&classic).unwrap();
     assert_eq!(&head[4..12], b"ftypisom", "not a classic MP4");
@@ -963,24 +960,17 @@ fn odd_sizes_and_truncated_inputs_are_said() {
     let dir = scratch("hostile_timing");
     // 641x481 frames: written at 640x480 by the 4:2:0 encoder, and the log says so.
     let odd = dir.join("odd.mkv");
-    let st = Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=641x481:rate=25",
-            "-frames:v",
-            "10",
-            "-c:v",
-            "ffv1",
-        ])
-        .arg(&odd)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    crate::util::ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=641x481:rate=25",
+        "-frames:v",
+        "10",
+        "-c:v",
+        "ffv1",
+        &s(&odd),
+    ]);
     let out = dir.join("odd_out.mp4");
     let o = run(&["run", "--source", &s(&odd), "--output", &s(&out)]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -995,14 +985,15 @@ fn odd_sizes_and_truncated_inputs_are_said() {
     // A file cut short warns that it ended early.
     // (Its index first, as a streamed file has it: what is left of it still opens.)
     let fast = dir.join("fast.mp4");
-    let st = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-i"])
-        .arg(media("bikes.mp4"))
-        .args(["-c", "copy", "-movflags", "+faststart"])
-        .arg(&fast)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    crate::util::ffmpeg(&[
+        "-i",
+        &s(&media("bikes.mp4")),
+        "-c",
+        "copy",
+        "-movflags",
+        "+faststart",
+        &s(&fast),
+    ]);
     let whole = std::fs::read(&fast).unwrap();
     let cut = dir.join("cut.mp4");
     std::fs::write(&cut, &whole[..whole.len() * 6 / 10]).unwrap();
@@ -1025,23 +1016,19 @@ fn a_variable_frame_rate_keeps_its_timing() {
     // 120 frames: 60 at 30 fps, a 2 s gap (a stalled camera), 60 more. The container's
     // average rate is 20 fps; written at that rate the first 60 frames would last 3 s.
     let vfr = dir.join("vfr.mp4");
-    let st = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-i"])
-        .arg(media("carphone_pristine.mp4"))
-        .args([
-            "-vf",
-            "setpts='if(lt(N,60),N,N+60)/30/TB'",
-            "-fps_mode",
-            "vfr",
-            "-c:v",
-            "mpeg4",
-            "-q:v",
-            "3",
-        ])
-        .arg(&vfr)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    crate::util::ffmpeg(&[
+        "-i",
+        &s(&media("carphone_pristine.mp4")),
+        "-vf",
+        "setpts='if(lt(N,60),N,N+60)/30/TB'",
+        "-fps_mode",
+        "vfr",
+        "-c:v",
+        "mpeg4",
+        "-q:v",
+        "3",
+        &s(&vfr),
+    ]);
     let out = dir.join("vfr_out.mp4");
     let o = run(&["run", "--source", &s(&vfr), "--output", &s(&out)]);
     let err = stderr(&o);

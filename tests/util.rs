@@ -239,15 +239,42 @@ impl std::ops::DerefMut for Kid {
 /// mid-way by a signal, a kill or a full disk.
 pub fn long_input(dir: &Path) -> PathBuf {
     let long = dir.join("long.mp4");
-    let st = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-stream_loop", "15", "-i"])
-        .arg(media("bikes.mp4"))
-        .args(["-c", "copy"])
-        .arg(&long)
-        .status()
-        .expect("ffmpeg (installed by make setup)");
-    assert!(st.success());
+    ffmpeg(&[
+        "-stream_loop",
+        "15",
+        "-i",
+        &s(&media("bikes.mp4")),
+        "-c",
+        "copy",
+        &s(&long),
+    ]);
     long
+}
+
+/// The shape most end-to-end tests share: writes `toml` to `dir/<name>.toml`, runs it
+/// (`run --quiet --config`), fails the test unless it succeeds, and returns its log (read the
+/// summary line with [`field`]).
+pub fn run_config(dir: &Path, name: &str, toml: &str) -> String {
+    let cfg = dir.join(format!("{name}.toml"));
+    std::fs::write(&cfg, toml).unwrap_or_else(|e| panic!("write {}: {e}", cfg.display()));
+    let o = run(&["run", "--quiet", "--config", &s(&cfg)]);
+    let log = stderr(&o);
+    assert!(o.status.success(), "{name}: exit {:?}\n{log}", o.status.code());
+    log
+}
+
+/// Makes a test input with ffmpeg (`-v error -y` and `args`); fails the test if it cannot.
+pub fn ffmpeg(args: &[&str]) {
+    let o = Command::new("ffmpeg")
+        .args(["-v", "error", "-y"])
+        .args(args)
+        .output()
+        .expect("ffmpeg (installed by make setup)");
+    assert!(
+        o.status.success(),
+        "ffmpeg {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// Decodes a whole video; returns (frames decoded, fps, width, height).
