@@ -12,7 +12,7 @@ use opencv::core::{Mat, Size};
 use opencv::prelude::*;
 use opencv::{imgcodecs, imgproc};
 
-use crate::util::{floats, max_abs, max_abs_diff, read_json, root, CORR_GAP};
+use crate::util::{floats, max_abs, max_abs_diff, read_json, root, CORR_GAP, REL};
 
 struct Out {
     class: i64,
@@ -135,6 +135,59 @@ fn gradcam_matches_pytorch_grad_cam_batch_1_and_4() {
         let t = c["target"].as_i64().unwrap_or(-1);
         let o = explain(&model, &mut engine, &[image(c["image"].as_str().unwrap())], &[t]);
         check(c, &o[0]);
+    }
+}
+
+#[test]
+fn the_in_graph_cam_matches_pytorch_grad_cam() {
+    // `inspect --in-graph-cam` / `bench --in-graph-cam`: Grad-CAM computed by ONNX Runtime in
+    // the augmented graph, against pytorch-grad-cam's raw map as the host-side one is (after
+    // its ReLU: worst measured 1.4e-6 of the largest value, 1 - r 1e-12).
+    let fx = read_json(&root().join("tests/fixtures/default_gradcam.json"));
+    let top1: Vec<&serde_json::Value> = fx["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["target"].is_null())
+        .collect();
+    let spec = ModelSpec {
+        path: Some(root().join("models/efficientnet_lite0.onnx")),
+        in_graph_cam: true,
+        ..Default::default()
+    };
+    let model = Model::load(&spec).expect("default model with the in-graph CAM");
+    let mut engine = Engine::new(&model.graph, &EngineOptions::default()).unwrap();
+    let imgs: Vec<Mat> = top1.iter().map(|c| image(c["image"].as_str().unwrap())).collect();
+    let mut pre = Preprocessor::new(&model.sidecar.input);
+    let item = pre.item_len();
+    let mut buf = vec![0f32; imgs.len() * item];
+    for (i, im) in imgs.iter().enumerate() {
+        pre.fill(im, &mut buf[i * item..(i + 1) * item]).unwrap();
+    }
+    let x = ArrayView4::from_shape((imgs.len(), 3, 224, 224), &buf[..]).unwrap();
+    let cams: Vec<Vec<f32>> = engine
+        .run_with(x, &vec![-1; imgs.len()], |b| {
+            let cam = b.cam.as_ref().expect("the model outputs gradcamd_cam");
+            (0..imgs.len())
+                .map(|i| cam.index_axis(Axis(0), i).iter().copied().collect())
+                .collect()
+        })
+        .unwrap();
+    for (c, got) in top1.iter().zip(&cams) {
+        let want = floats(&c["cam_raw"]);
+        let r = correlation(got, &want);
+        let relu: Vec<f32> = want.iter().map(|v| v.max(0.0)).collect();
+        let d = max_abs_diff(got, &relu) / max_abs(&want);
+        eprintln!(
+            "{}: in-graph CAM correlation {r:.12}, max diff {d:e} of the largest value",
+            c["image"]
+        );
+        assert!(
+            1.0 - r <= CORR_GAP,
+            "{}: in-graph CAM correlation {r}",
+            c["image"]
+        );
+        assert!(d <= REL, "{}: in-graph CAM differs by {d:e}", c["image"]);
     }
 }
 
