@@ -361,6 +361,31 @@ mod tests {
     use ndarray::{array, Array3};
 
     #[test]
+    fn method_names_parse_as_users_write_them() {
+        // Config files and flags spell methods the way papers and pytorch-grad-cam do.
+        for (s, m) in [
+            ("gradcam", Method::GradCam),
+            ("Grad-CAM", Method::GradCam),
+            ("Grad-CAM++", Method::GradCamPP),
+            ("gradcampp", Method::GradCamPP),
+            ("XGradCAM", Method::XGradCam),
+            ("HiResCAM", Method::HiResCam),
+            ("layer_cam", Method::LayerCam),
+            ("EigenCAM", Method::EigenCam),
+            ("Eigen-Grad-CAM", Method::EigenGradCam),
+            ("CAM", Method::Cam),
+        ] {
+            assert_eq!(s.parse::<Method>(), Ok(m), "{s}");
+        }
+        for m in Method::ALL {
+            assert_eq!(m.name().parse::<Method>(), Ok(m));
+            assert_eq!(m.to_string(), m.name());
+        }
+        let e = "scorecam".parse::<Method>().unwrap_err();
+        assert!(e.contains("scorecam") && e.contains("gradcampp"), "{e}");
+    }
+
+    #[test]
     fn correlation_of_known_pairs() {
         let a = [1.0f32, 2.0, 3.0, 4.0];
         assert!((correlation(&a, &a) - 1.0).abs() < 1e-12);
