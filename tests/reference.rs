@@ -37,8 +37,8 @@ fn image(rel: &str) -> Mat {
     imgcodecs::imread(&p, imgcodecs::IMREAD_COLOR).expect("imread")
 }
 
-/// Runs `images` as one batch with `targets` and returns per-image results.
-fn explain(model: &Model, engine: &mut Engine, images: &[Mat], targets: &[i64]) -> Vec<Out> {
+/// `images` preprocessed for `model`, as one [N, 3, 224, 224] batch.
+fn batch_input(model: &Model, images: &[Mat]) -> Vec<f32> {
     let mut pre = Preprocessor::new(&model.sidecar.input);
     let item = pre.item_len();
     let mut buf = vec![0f32; images.len() * item];
@@ -46,6 +46,12 @@ fn explain(model: &Model, engine: &mut Engine, images: &[Mat], targets: &[i64]) 
         pre.fill(im, &mut buf[i * item..(i + 1) * item])
             .expect("preprocess");
     }
+    buf
+}
+
+/// Runs `images` as one batch with `targets` and returns per-image results.
+fn explain(model: &Model, engine: &mut Engine, images: &[Mat], targets: &[i64]) -> Vec<Out> {
+    let buf = batch_input(model, images);
     let x = ArrayView4::from_shape((images.len(), 3, 224, 224), &buf[..]).unwrap();
     let fc = model.graph.fc.clone().expect("default model has a GAP+FC head");
     engine
@@ -158,12 +164,7 @@ fn the_in_graph_cam_matches_pytorch_grad_cam() {
     let model = Model::load(&spec).expect("default model with the in-graph CAM");
     let mut engine = Engine::new(&model.graph, &EngineOptions::default()).unwrap();
     let imgs: Vec<Mat> = top1.iter().map(|c| image(c["image"].as_str().unwrap())).collect();
-    let mut pre = Preprocessor::new(&model.sidecar.input);
-    let item = pre.item_len();
-    let mut buf = vec![0f32; imgs.len() * item];
-    for (i, im) in imgs.iter().enumerate() {
-        pre.fill(im, &mut buf[i * item..(i + 1) * item]).unwrap();
-    }
+    let buf = batch_input(&model, &imgs);
     let x = ArrayView4::from_shape((imgs.len(), 3, 224, 224), &buf[..]).unwrap();
     let cams: Vec<Vec<f32>> = engine
         .run_with(x, &vec![-1; imgs.len()], |b| {
