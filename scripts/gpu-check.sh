@@ -7,13 +7,15 @@
 #                inside the binary)
 #   frames.npy   real frames: gradcamd explain .deps/media/*.png .deps/media/rocket.jpg \
 #                  --json /dev/null --save-input .gpu-bin/frames.npy
-#   resnet50.onnx + resnet50.toml (optional; random weights do not change speed); when absent
-#                and python3 has torch, tools/gpu_peer.py exports it there (too big to carry)
+#   resnet50.onnx.xz + resnet50.toml (optional; random weights do not change speed): exported
+#                by gpu-stage-bin.sh with a dev Python; when absent and python3 has torch and
+#                onnx, tools/gpu_peer.py exports it there
 # and .gpu-peer/ (scripts/gpu-stage-peer.sh): wheels of pytorch-grad-cam and its small
 # dependencies, for the peer run on the same device (tools/gpu_peer.py peer).
 # Prints the GPU, the provider really used, CAM agreement CUDA vs CPU on the real frames, and
 # throughput at batch 1, 8, 32, 64 for forward, forward+gradients and forward+in-graph CAM.
-# Full logs and JSON go to $OUT (the device tool returns it).
+# Full logs and JSON go to $OUT/gpu-check.tgz, the table to $OUT/table.txt (the device tool
+# returns $OUT, at most 8 files).
 #
 # Rehearse here on the CPU:  PROVIDER=cpu BIN=target/release/gradcamd FRAMES=out/frames.npy ITERS=2 scripts/gpu-check.sh
 set -uo pipefail
@@ -30,14 +32,29 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 date -u +"%Y-%m-%dT%H:%M:%SZ" | tee -a "$OUT/gpu.txt"
 echo "== CAM agreement, $PROVIDER vs cpu, on real frames"
 "$BIN" compare --input "$FRAMES" --provider "$PROVIDER" --reference cpu --json "$OUT/compare.json" 2>&1 | tee "$OUT/compare.log" | grep -E "compare:|error" || status=1
+# GPU memory: nvidia-smi sampled every 100 ms while a step runs; the peak of a bench is its
+# batch-64 sessions (the largest batch, run last, each batch size on fresh sessions).
+memwatch() { # name: starts the sampler
+  MEMPID=
+  command -v nvidia-smi >/dev/null || return 0
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$OUT/mem_$1.csv" 2>/dev/null &
+  MEMPID=$!
+}
+memstop() { [ -n "${MEMPID:-}" ] && { kill "$MEMPID" 2>/dev/null; wait "$MEMPID" 2>/dev/null; }; return 0; }
 bench() { # name, extra args...
   local name=$1; shift
   echo "== throughput: $name"
+  memwatch "$name"
   "$BIN" bench --provider "$PROVIDER" --batch-size "$BATCHES" --iters "$ITERS" --repeats 3 --in-graph-cam \
-    --json "$OUT/bench_$name.json" "$@" 2>&1 | tee "$OUT/bench_$name.log" | grep -E "^batch|error" || status=1
+    --json "$OUT/bench_$name.json" "$@" 2>&1 | tee "$OUT/bench_$name.log" | grep -E "^batch|provider|error" || status=1
+  memstop
 }
 PY_OK=0
 python3 -c "import torch" 2>/dev/null && PY_OK=1
+if [ ! -f .gpu-bin/resnet50.onnx ] && [ -f .gpu-bin/resnet50.onnx.xz ]; then
+  python3 -c 'import lzma,sys,shutil; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2],"wb"))' \
+    .gpu-bin/resnet50.onnx.xz .gpu-bin/resnet50.onnx
+fi
 if [ ! -f .gpu-bin/resnet50.onnx ] && [ $PY_OK = 1 ]; then
   echo "== exporting ResNet-50 (random weights) with this machine's PyTorch"
   python3 tools/gpu_peer.py export --out .gpu-bin/resnet50.onnx >"$OUT/export.log" 2>&1 || { tail -3 "$OUT/export.log"; status=1; }
@@ -49,11 +66,13 @@ fi
 if [ $PY_OK = 1 ]; then
   echo "== pytorch-grad-cam on ${PEER_DEVICE:-$PROVIDER}"
   peer_dev=${PEER_DEVICE:-$PROVIDER}
+  memwatch peer
   python3 tools/gpu_peer.py peer --out "$OUT/peer.json" --device "$peer_dev" --batches "$BATCHES" \
     --iters "${PEER_ITERS:-10}" 2>&1 | tee "$OUT/peer.log" | grep -E "^pytorch-grad-cam|Error" || status=1
+  memstop
 fi
 echo "== table"
-python3 - "$OUT" <<'PY' || status=1
+python3 - "$OUT" <<'PY' | tee "$OUT/table.txt" || status=1
 import json, os, sys
 out = sys.argv[1]
 c = json.load(open(os.path.join(out, "compare.json")))
@@ -67,6 +86,12 @@ for name in ("default", "resnet50"):
     for e in r["engine"]:
         cam = e.get("in_graph_cam_fps") or 0
         print(f"{name:<10} {e['batch_size']:>5} {e['forward_fps']:>10.1f} {e['gradients_fps']:>10.1f} {cam:>13.1f}   ({r['provider']})")
+for name in ("default", "resnet50", "peer"):
+    p = os.path.join(out, f"mem_{name}.csv")
+    if os.path.exists(p):
+        vals = [int(v) for v in open(p).read().split() if v.strip().isdigit()]
+        if vals:
+            print(f"GPU memory used, {name}: idle {min(vals)} MiB, peak {max(vals)} MiB (batch 64 is the largest)")
 pp = os.path.join(out, "peer.json")
 if os.path.exists(pp):
     peer = json.load(open(pp))
@@ -82,4 +107,7 @@ if os.path.exists(pp):
         cam = e.get("in_graph_cam_fps") or 0
         print(f"{row['model']:<10} {row['batch_size']:>5} {row['fps']:>10.1f} {e['gradients_fps']:>18.1f} {e['gradients_fps'] / row['fps']:>6.1f}x {cam:>13.1f} {cam / row['fps']:>6.1f}x")
 PY
+# The device tool brings back at most 8 files from $OUT: the rest goes in one archive.
+tar -C "$OUT" --exclude=table.txt -czf /tmp/gpu-check.tgz . && find "$OUT" -mindepth 1 ! -name table.txt -delete &&
+  mv /tmp/gpu-check.tgz "$OUT/gpu-check.tgz"
 exit $status

@@ -17,6 +17,14 @@ cp target/cuda/release/gradcamd .gpu-bin/gradcamd
 strip .gpu-bin/gradcamd 2>/dev/null || true
 target/release/gradcamd explain .deps/media/*.png .deps/media/rocket.jpg --json /dev/null \
   --save-input .gpu-bin/frames.npy
+# ResNet-50 with random weights, exported here when a dev Python with torch and onnx is at hand
+# (GRADCAMD_DEV_PYTHON): one random block repeated per tensor, so that xz shrinks it to ~1 MB.
+# Without it, gpu-check.sh exports it on the GPU machine, which needs onnx there.
+PY=${GRADCAMD_DEV_PYTHON:-.venv/bin/python}
+if [ -x "$PY" ] && "$PY" -c "import torch, onnx" 2>/dev/null; then
+  "$PY" tools/gpu_peer.py export --compressible --out .gpu-bin/resnet50.onnx
+  xz -9 -T0 .gpu-bin/resnet50.onnx
+fi
 # The last transfer carries the working tree, .gpu-0 (about 8 MB once staged), .gpu-bin and
 # .gpu-peer: it must stay under 64 MiB.
 tree=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
