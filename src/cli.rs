@@ -276,7 +276,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     pub profile: Option<PathBuf>,
     /// ORT sessions side by side, as the pipeline's `inference_workers` (0 = two on the CPU,
-    /// one on CUDA).
+    /// two on CUDA).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
     /// ORT intra-op threads (0 = one per core).

@@ -177,7 +177,7 @@ pub struct PipelineConfig {
     #[serde(default = "default_queue")]
     pub queue_frames: usize,
     /// ORT sessions running batches side by side; 0 = two on the CPU (one thread each on two
-    /// cores), one on CUDA.
+    /// cores), two on CUDA.
     #[serde(default)]
     pub inference_workers: usize,
 }

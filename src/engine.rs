@@ -79,7 +79,9 @@ pub const POOL_THREADS: &str = "ort-pool";
 
 impl EngineOptions {
     /// How many sessions to run side by side, and `self` adjusted for each: `requested`, or
-    /// by default two on the CPU (when there are two cores or more) and one on CUDA. Unless
+    /// by default two, on the CPU (when there are two cores or more) and on CUDA: on an H200
+    /// two CUDA sessions explain 43% more frames/s than one at batch 8 and 8% more at 64, four
+    /// only 14% and 3% more again (bench/gpu/2026-11-30-h200). Unless
     /// `intra_threads` is set, the cores are shared out between the CPU sessions: two sessions
     /// of one thread each never wait on each other inside an operator, which one session of
     /// two threads does whenever another stage takes one of its cores (bench/NOTES.md).
@@ -88,7 +90,7 @@ impl EngineOptions {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let n = match requested {
             0 if opts.provider == Provider::Cpu => cores.clamp(1, 2),
-            0 => 1,
+            0 => 2,
             n => n,
         };
         if opts.intra_threads == 0 && opts.provider == Provider::Cpu && n > 1 {
@@ -997,4 +999,30 @@ pub fn probe_shapes(
                 .unwrap_or_default()
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_sessions_are_two_on_cuda_and_share_the_cores_on_the_cpu() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cuda = EngineOptions {
+            provider: Provider::Cuda { device_id: 0 },
+            ..EngineOptions::default()
+        };
+        let (n, o) = cuda.sessions(0);
+        assert_eq!(n, 2);
+        assert_eq!(o.intra_threads, 0, "CUDA sessions keep ORT's own thread count");
+        assert_eq!(o.batch(None), 8);
+        assert_eq!(cuda.sessions(3).0, 3);
+
+        let (n, o) = EngineOptions::default().sessions(0);
+        assert_eq!(n, cores.clamp(1, 2));
+        if n > 1 {
+            assert_eq!(o.intra_threads, (cores / n).max(1));
+        }
+        assert_eq!(EngineOptions::default().sessions(1).0, 1);
+    }
 }
