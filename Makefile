@@ -45,15 +45,14 @@ conformance: build
 	if ! [ -x "$$PY" ]; then echo "conformance: no dev Python at $$PY; see tools/README.md" >&2; exit 1; fi; \
 	"$$PY" tools/conformance.py --out out/conformance
 
-# Dev-time: mutation testing (cargo-mutants) over the code in .cargo/mutants.toml. It edits the
-# sources in place (the media in .deps stay reachable): don't edit or commit while it runs.
-# 850 mutants, about 2 min each on 2 cores; `make mutants MUTANTS_ARGS="--shard 0/8"` runs an
-# eighth (cargo-mutants adds --file/--re given here to the config's, so they do not narrow it).
-# Results: mutants.out/.
+# Dev-time: mutation testing (cargo-mutants) over the code where a silent wrong answer hurts
+# most, each group against its own tests (scripts/mutants.sh says which). It edits the sources
+# in place: run it in a worktree. `make mutants MUTANTS_ARGS="cam -- --shard 0/4"` runs a part.
+# Results: mutants.out/GROUP/.
 MUTANTS_VERSION := 27.0.0
 mutants: setup
 	@command -v cargo-mutants >/dev/null || $(CARGO) install -q --locked cargo-mutants@$(MUTANTS_VERSION)
-	@$(CARGO) mutants --in-place --no-shuffle $(MUTANTS_ARGS)
+	@scripts/mutants.sh $(MUTANTS_ARGS)
 
 # Dev-time only (Python + torch): regenerate the committed model and fixtures.
 fixtures:
