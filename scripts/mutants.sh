@@ -25,6 +25,7 @@ run() { # group, cargo-mutants selection args..., --, test filters...
   while [ "$1" != "--" ]; do sel+=("$1"); shift; done
   shift
   echo "== mutants: $g" >&2
+  mkdir -p "mutants.out/$g"
   # --no-config: each group says all it needs here. || true: missed mutants exit non-zero,
   # and the next group should still run; the summary below says what happened.
   cargo mutants --no-config --in-place --no-shuffle --profile mutants -o "mutants.out/$g" \
