@@ -47,9 +47,9 @@ for g in "${groups[@]}"; do
     monitor) # smoothing, ROI share and alert, peak, centroid, hot box
       FILTERS=(monitor:: files::roi)
       run monitor -f src/monitor.rs -- ;;
-    target) # which class each source explains
-      FILTERS=(pipeline:: files::each_source)
-      run target -f src/pipeline.rs -F resolve_target -- ;;
+    target) # which class each source explains: parsing and resolving `target`
+      FILTERS=(explainer:: files::each_source commands::explain commands::topk)
+      run target -f src/explainer.rs -f src/pipeline.rs -F 'resolve_target|TargetSpec' -- ;;
     *) echo "mutants: unknown group $g (cam onnx render monitor target)" >&2; exit 2 ;;
   esac
 done
