@@ -412,6 +412,33 @@ mod tests {
         let a = Array3::from_shape_vec((2, 1, 2), vec![1., -1., 2., 3.]).unwrap();
         let w = array![2.0f32, -1.0];
         assert_eq!(cam_fc(a.view(), w.view()), array![[0., -5.]]);
+        // compute_into takes the FC row for CAM, not the gradients (zero here).
+        let mut out = Array2::zeros((1, 2));
+        compute_into(
+            Method::Cam,
+            a.view(),
+            Array3::zeros((2, 1, 2)).view(),
+            Some(w.view()),
+            &mut out,
+        );
+        assert_eq!(out, array![[0., -5.]]);
+    }
+
+    #[test]
+    fn compute_into_reuses_the_buffer_for_gradcam_and_cam() {
+        // The per-frame path allocates nothing for the two methods users run live.
+        let a = Array3::from_shape_vec((2, 1, 2), vec![1., 2., 3., 4.]).unwrap();
+        let da = Array3::from_shape_vec((2, 1, 2), vec![1., 1., 0., 0.]).unwrap();
+        let w = array![1.0f32, 0.0];
+        let mut out = Array2::zeros((1, 2));
+        let ptr = out.as_ptr();
+        compute_into(Method::GradCam, a.view(), da.view(), None, &mut out);
+        assert_eq!((out.as_ptr(), &out), (ptr, &array![[1., 2.]]));
+        compute_into(Method::Cam, a.view(), da.view(), Some(w.view()), &mut out);
+        assert_eq!((out.as_ptr(), &out), (ptr, &array![[1., 2.]]));
+        // The other methods hand back their own map.
+        compute_into(Method::HiResCam, a.view(), da.view(), None, &mut out);
+        assert_eq!(out, array![[1., 2.]]);
     }
 
     #[test]

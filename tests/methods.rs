@@ -227,3 +227,46 @@ fn the_method_a_user_picks_is_the_one_that_runs_end_to_end() {
     }
     eprintln!("explain --method, every method: worst difference {worst:e} of the largest value");
 }
+
+#[test]
+fn plain_cam_is_grad_cam_times_hw_without_the_relu_on_a_gap_fc_head() {
+    // On the default model's head (A -> GlobalAveragePool -> Gemm) dy_c/dA_k is w_ck / (h*w)
+    // everywhere, so CAM = sum_k w_ck A_k is h*w times pytorch-grad-cam's Grad-CAM map before
+    // its ReLU: an independent reference for `--method cam`, signs included.
+    let fx = read_json(&root().join("tests/fixtures/methods_default.json"));
+    let imgs = fx["images"].as_array().unwrap();
+    let paths: Vec<String> = imgs
+        .iter()
+        .map(|i| root().join(i["image"].as_str().unwrap()).display().to_string())
+        .collect();
+    let o = crate::util::bin()
+        .args(["explain", "--method", "cam", "--json", "-"])
+        .args(&paths)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", crate::util::stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let got_all = v.as_array().unwrap();
+    assert_eq!(got_all.len(), imgs.len());
+    let (mut negatives, mut worst) = (0, 0f32);
+    for (img, got) in imgs.iter().zip(got_all) {
+        assert_eq!(got["method"], "cam");
+        assert_eq!(got["target"]["index"], img["class_used"]);
+        let cam = floats(&got["cam_raw"]);
+        let want: Vec<f32> = floats(&img["methods"]["GradCAM"]["raw"])
+            .iter()
+            .map(|v| 49.0 * v)
+            .collect();
+        negatives += want.iter().filter(|v| **v < 0.0).count();
+        let rel = max_abs_diff(&cam, &want) / max_abs(&want);
+        worst = worst.max(rel);
+        // Measured 1.3e-6 of the largest value.
+        assert!(rel <= REL, "{}: CAM differs by {rel:e}", img["image"]);
+    }
+    eprintln!("explain --method cam: worst difference {worst:e} of the largest value");
+    // The astronaut's map dips below zero: a ReLU on CAM would fail above.
+    assert!(
+        negatives > 0,
+        "no negative value in the reference: the test cannot see a ReLU"
+    );
+}
