@@ -454,6 +454,11 @@ mod tests {
         let mut z = Array2::<f32>::from_elem((2, 2), 3.0);
         normalize(z.view_mut());
         assert!(z.iter().all(|&v| v == 0.0));
+        // A range as small as the epsilon: pytorch-grad-cam's (x - min) / (range + 1e-7).
+        let mut t = array![[1.0f32, 1.0 + 1.0 / 8_388_608.0]];
+        let r = t[[0, 1]] - t[[0, 0]];
+        normalize(t.view_mut());
+        assert!((t[[0, 1]] - r / (r + 1e-7)).abs() < 1e-6, "{t}");
     }
 
     #[test]
