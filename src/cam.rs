@@ -409,6 +409,14 @@ mod tests {
     }
 
     #[test]
+    fn peak_is_the_first_maximum_in_row_order() {
+        assert_eq!(peak(&array![[0.1f32, 0.2, 0.0], [0.3, 0.9, 0.5]]), (1, 1));
+        assert_eq!(peak(&array![[-3.0f32, -1.0], [-2.0, -5.0]]), (0, 1));
+        // Ties go to the first in row order, as numpy.argmax does.
+        assert_eq!(peak(&array![[0.0f32, 0.7], [0.7, 0.1]]), (0, 1));
+    }
+
+    #[test]
     fn cam_fc_has_no_relu() {
         let a = Array3::from_shape_vec((2, 1, 2), vec![1., -1., 2., 3.]).unwrap();
         let w = array![2.0f32, -1.0];
