@@ -42,7 +42,7 @@ for g in "${groups[@]}"; do
       FILTERS=(onnx:: augment:: heads:: reference:: nhwc:: methods::)
       run onnx -f src/onnx/vjp.rs -f src/onnx/augment.rs -- ;;
     render) # colormap, upsampling, blend (the HUD's text drawing is left out)
-      FILTERS=(render:: files::alpha files::file_to_file)
+      FILTERS=(render:: reference:: methods:: files::alpha files::file_to_file)
       run render -f src/render.rs -E 'HudFont|hud_|font_for|fps_text|short_label|RenderConfig::' -- ;;
     monitor) # smoothing, ROI share and alert, peak, centroid, hot box
       FILTERS=(monitor:: files::roi)
