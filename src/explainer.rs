@@ -453,6 +453,23 @@ mod tests {
         assert!(TargetSpec::parse("dog", class_of, Some(10))
             .unwrap_err()
             .contains("dog"));
+        // The bounds, on both sides: K up to 16 and up to the class count, indexes below it.
+        let index = |s: &str| s.parse().map_err(|_| String::new());
+        assert_eq!(
+            TargetSpec::parse("topk:16", class_of, Some(1000)),
+            Ok(TargetSpec::TopK(16))
+        );
+        assert!(TargetSpec::parse("topk:17", class_of, Some(1000)).is_err());
+        assert_eq!(
+            TargetSpec::parse("topk:10", class_of, Some(10)),
+            Ok(TargetSpec::TopK(10))
+        );
+        assert_eq!(
+            TargetSpec::parse("topk:1", class_of, Some(10)),
+            Ok(TargetSpec::Top1)
+        );
+        assert_eq!(TargetSpec::parse("9", index, Some(10)), Ok(TargetSpec::Class(9)));
+        assert!(TargetSpec::parse("10", index, Some(10)).is_err());
     }
 
     #[test]
