@@ -129,6 +129,15 @@ fn topk_lists_k_maps_and_renders_a_grid() {
     for f in ["chelsea.png", "chelsea.2.png", "chelsea.3.png"] {
         assert!(dir.join(f).is_file(), "overlay {f} missing");
     }
+    // More classes than the top-5 list holds: still K maps, K different classes.
+    let o = run(&["explain", &chelsea, "--target", "topk:7", "--json", "-"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let maps = v[0]["maps"].as_array().expect("topk lists maps");
+    let mut classes: Vec<u64> = maps.iter().filter_map(|m| m["index"].as_u64()).collect();
+    classes.sort_unstable();
+    classes.dedup();
+    assert_eq!((maps.len(), classes.len()), (7, 7), "{maps:?}");
 
     // Video: the grid keeps the frame size and every frame.
     let out = dir.join("grid.mp4");
