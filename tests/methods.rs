@@ -172,16 +172,24 @@ fn every_method_matches_pytorch_grad_cam_where_gradients_vary_over_space() {
     );
 }
 
+/// A method fixture and the paths of its images, as `gradcamd explain` takes them.
+fn fixture_images(fixture: &str) -> (serde_json::Value, Vec<String>) {
+    let fx = read_json(&root().join(fixture));
+    let paths = fx["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| root().join(i["image"].as_str().unwrap()).display().to_string())
+        .collect();
+    (fx, paths)
+}
+
 #[test]
 fn the_method_a_user_picks_is_the_one_that_runs_end_to_end() {
     // `gradcamd explain --method` on the VGG replica, where the methods really differ: the map
     // it writes is pytorch-grad-cam's raw map after the ReLU (eigen methods: up to the sign).
-    let fx = read_json(&root().join("tests/fixtures/methods_vgg.json"));
+    let (fx, paths) = fixture_images("tests/fixtures/methods_vgg.json");
     let imgs = fx["images"].as_array().unwrap();
-    let paths: Vec<String> = imgs
-        .iter()
-        .map(|i| root().join(i["image"].as_str().unwrap()).display().to_string())
-        .collect();
     let mut worst = 0f32;
     for (flag, name) in [
         ("gradcam", "GradCAM"),
@@ -233,12 +241,8 @@ fn plain_cam_is_grad_cam_times_hw_without_the_relu_on_a_gap_fc_head() {
     // On the default model's head (A -> GlobalAveragePool -> Gemm) dy_c/dA_k is w_ck / (h*w)
     // everywhere, so CAM = sum_k w_ck A_k is h*w times pytorch-grad-cam's Grad-CAM map before
     // its ReLU: an independent reference for `--method cam`, signs included.
-    let fx = read_json(&root().join("tests/fixtures/methods_default.json"));
+    let (fx, paths) = fixture_images("tests/fixtures/methods_default.json");
     let imgs = fx["images"].as_array().unwrap();
-    let paths: Vec<String> = imgs
-        .iter()
-        .map(|i| root().join(i["image"].as_str().unwrap()).display().to_string())
-        .collect();
     let o = crate::util::bin()
         .args(["explain", "--method", "cam", "--json", "-"])
         .args(&paths)
