@@ -324,3 +324,152 @@ proptest! {
         exercise(bytes);
     }
 }
+
+/// The inputs behind the bugs the first campaigns found (4fbfc6b), rebuilt by hand since the
+/// campaigns did not record them. With that commit's checks taken out, three of these panic
+/// (index out of bounds, twice; a slice past its end) and three augment "successfully" into a
+/// graph with a bad axis, a bad perm or an absurd rank; each must give its one outcome.
+mod found {
+    use super::*;
+    use gradcamd::onnx::proto::{AttributeProto, GraphProto, NodeProto};
+
+    fn tiny(name: &str) -> ModelProto {
+        let bytes =
+            std::fs::read(crate::util::fixture("tiny").join(format!("{name}.onnx"))).expect("tiny model");
+        ModelProto::decode(bytes.as_slice()).expect("tiny model decodes")
+    }
+
+    fn graph(m: &mut ModelProto) -> &mut GraphProto {
+        m.graph.as_mut().expect("a graph")
+    }
+
+    /// The `k`th node of type `op`.
+    fn node<'a>(m: &'a mut ModelProto, op: &str, k: usize) -> &'a mut NodeProto {
+        graph(m)
+            .node
+            .iter_mut()
+            .filter(|n| n.op_type == op)
+            .nth(k)
+            .unwrap_or_else(|| panic!("no {op} #{k}"))
+    }
+
+    fn attr<'a>(n: &'a mut NodeProto, name: &str) -> &'a mut AttributeProto {
+        let at = n
+            .attribute
+            .iter()
+            .position(|a| a.name == name)
+            .unwrap_or_else(|| {
+                n.attribute.push(AttributeProto {
+                    name: name.into(),
+                    ..Default::default()
+                });
+                n.attribute.len() - 1
+            });
+        &mut n.attribute[at]
+    }
+
+    /// What parsing and augmenting gives: `ok` with whether the head kept its FC weights, or the
+    /// error's text.
+    fn outcome(m: &ModelProto, opts: AugmentOptions) -> String {
+        let model = match OnnxModel::from_bytes(m.encode_to_vec()) {
+            Ok(model) => model,
+            Err(e) => return format!("parse: {e}"),
+        };
+        match augment(&model, &opts) {
+            Ok(a) => format!("ok fc={}", a.fc.is_some()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn through_softmax() -> AugmentOptions {
+        AugmentOptions {
+            through_softmax: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fc_weights_shorter_than_their_dims_leave_the_head_without_cam_weights() {
+        // Panicked indexing the weights: dims said 5 x 400 over 20 values.
+        let mut m = tiny("gap_flatten_gemm");
+        let w = node(&mut m, "Gemm", 0).input[1].clone();
+        let t = graph(&mut m)
+            .initializer
+            .iter_mut()
+            .find(|t| t.name == w)
+            .expect("the weight");
+        t.dims = vec![5, 400];
+        assert_eq!(outcome(&m, AugmentOptions::default()), "ok fc=false");
+    }
+
+    #[test]
+    fn a_shape_of_overflowing_size_is_not_taken_as_a_rank() {
+        // The Reshape's shape tensor claims i64::MAX elements: its element count overflowed, and
+        // that count became the output's rank.
+        let mut m = tiny("gap_reshape_matmul_add");
+        let s = node(&mut m, "Reshape", 0).input[1].clone();
+        let t = graph(&mut m)
+            .initializer
+            .iter_mut()
+            .find(|t| t.name == s)
+            .expect("the shape");
+        t.dims = vec![i64::MAX, 2];
+        let got = outcome(&m, AugmentOptions::default());
+        assert!(got.contains("the rank of tensor 't3_matmul' is unknown"), "{got}");
+    }
+
+    #[test]
+    fn out_of_range_axes_are_errors_naming_the_axis() {
+        let mut m = tiny("softmax");
+        attr(node(&mut m, "Softmax", 0), "axis").i = 7;
+        let got = outcome(&m, through_softmax());
+        assert!(got.contains("axis 7 is out of range for rank 2"), "{got}");
+
+        let mut m = tiny("transpose_layernorm");
+        attr(node(&mut m, "LayerNormalization", 0), "axis").i = -9;
+        // Named, since a pooling op over a bad axis is no longer one the default rule knows.
+        let at_x = || AugmentOptions {
+            target_layer: Some("x".into()),
+            ..Default::default()
+        };
+        let got = outcome(&m, at_x());
+        assert!(got.contains("axis -9 is out of range for rank 4"), "{got}");
+
+        let mut m = tiny("reducemean_attr");
+        attr(node(&mut m, "ReduceMean", 0), "axes").ints = vec![2, 9];
+        let got = outcome(&m, at_x());
+        assert!(got.contains("axis 9 is out of range for rank 4"), "{got}");
+    }
+
+    #[test]
+    fn a_perm_that_is_not_a_permutation_is_an_error() {
+        let mut m = tiny("transpose_layernorm");
+        attr(node(&mut m, "Transpose", 1), "perm").ints = vec![0, 0, 1, 2];
+        let got = outcome(&m, AugmentOptions::default());
+        assert!(got.contains("perm [0, 0, 1, 2] is not a permutation"), "{got}");
+    }
+
+    #[test]
+    fn nodes_missing_required_inputs_are_errors_naming_the_count() {
+        let mut m = tiny("batchnorm");
+        node(&mut m, "BatchNormalization", 0).input.truncate(4);
+        let got = outcome(&m, AugmentOptions::default());
+        assert!(
+            got.contains("the node has 4 inputs; BatchNormalization needs 5"),
+            "{got}"
+        );
+
+        let mut m = tiny("relu_head");
+        node(&mut m, "Gemm", 1).input[1] = String::new();
+        let got = outcome(&m, AugmentOptions::default());
+        assert!(got.contains("the node has 3 inputs; Gemm needs 2"), "{got}");
+    }
+
+    #[test]
+    fn a_softmax_without_its_input_is_not_looked_through() {
+        let mut m = tiny("softmax");
+        node(&mut m, "Softmax", 0).input.clear();
+        let got = outcome(&m, AugmentOptions::default());
+        assert!(got.starts_with("not a CNN classifier: no pooling op"), "{got}");
+    }
+}
