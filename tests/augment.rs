@@ -112,6 +112,176 @@ mod tiny_rules {
 }
 
 #[test]
+fn a_softmax_or_log_softmax_output_is_explained_by_the_raw_score_under_it() {
+    // pytorch-grad-cam explains a classifier's raw score; a model that ends in (Log)Softmax
+    // is differentiated at the Softmax's input unless asked otherwise. The softmax model is
+    // x -> GAP -> Flatten -> Gemm(transB=1) -> Softmax, so d z_c / dx = W[c, k] / 9 at every
+    // position of channel k (the reference json holds d prob_c / dx, the through_softmax case).
+    use gradcamd::onnx::proto::ModelProto;
+    use prost::Message;
+    let bytes = std::fs::read(fixture("tiny/softmax.onnx")).expect("softmax model");
+    let j = read_json(&fixture("tiny/softmax.json"));
+    let x = floats(&j["x"]);
+    let class = ints(&j["class"]);
+    let proto = ModelProto::decode(bytes.as_slice()).expect("decodes");
+    let g = proto.graph.as_ref().expect("graph");
+    let gemm = g.node.iter().find(|n| n.op_type == "Gemm").expect("Gemm");
+    let w = g
+        .initializer
+        .iter()
+        .find(|t| t.name == gemm.input[1])
+        .expect("Gemm weight");
+    let w = &w.to_f32().expect("float weights");
+    assert_eq!(w.len(), 5 * 4);
+    let want: Vec<f32> = class
+        .iter()
+        .flat_map(|&c| (0..4).flat_map(move |k| std::iter::repeat_n(w[c as usize * 4 + k] / 9.0, 9)))
+        .collect();
+    for op in ["Softmax", "LogSoftmax"] {
+        let mut m = proto.clone();
+        let g = m.graph.as_mut().expect("graph");
+        g.node
+            .iter_mut()
+            .find(|n| n.op_type == "Softmax")
+            .expect("Softmax")
+            .op_type = op.into();
+        let model = OnnxModel::from_bytes(m.encode_to_vec()).expect("parses");
+        let aug = augment(&model, &AugmentOptions::default()).expect("augments");
+        assert!(aug.pre_softmax, "{op}: not looked through");
+        let r = run(
+            &model,
+            &AugmentOptions::default(),
+            &x,
+            class.len(),
+            &vec![-1; class.len()],
+        );
+        assert_eq!(r.class, class, "{op}: top-1 classes");
+        // Measured 2.5e-10 of the largest value for both: one float32 rounding of W / 9.
+        let d = max_abs_diff(&r.da, &want);
+        assert!(
+            d <= 1e-8 * max_abs(&want),
+            "{op}: dA differs by {d}\n got  {:?}\n want {:?}",
+            &r.da[..9],
+            &want[..9]
+        );
+    }
+}
+
+#[test]
+fn the_head_is_exactly_the_ops_between_the_target_and_the_score() {
+    // What `inspect` and the "cam needs a GAP + FC head" error show. Not in it: the target's
+    // own producer (se_broadcast_mul's Mul, when se_out is the target), the Softmax under
+    // which the raw score is taken, ops off the path.
+    let ops = |name: &str, opts: AugmentOptions| -> Vec<String> {
+        let model = OnnxModel::load(&fixture(&format!("tiny/{name}.onnx"))).expect("load tiny model");
+        let aug = augment(&model, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        aug.head.into_iter().map(|(op, _)| op).collect()
+    };
+    let at_x = || AugmentOptions {
+        target_layer: Some("x".into()),
+        ..Default::default()
+    };
+    let cases: [(&str, AugmentOptions, &[&str]); 6] = [
+        (
+            "se_broadcast_mul",
+            AugmentOptions::default(),
+            &["GlobalAveragePool", "Flatten", "Gemm"],
+        ),
+        (
+            "se_broadcast_mul",
+            at_x(),
+            &[
+                "GlobalAveragePool",
+                "Sigmoid",
+                "Mul",
+                "GlobalAveragePool",
+                "Flatten",
+                "Gemm",
+            ],
+        ),
+        (
+            "softmax",
+            AugmentOptions::default(),
+            &["GlobalAveragePool", "Flatten", "Gemm"],
+        ),
+        (
+            "softmax",
+            AugmentOptions {
+                through_softmax: true,
+                ..Default::default()
+            },
+            &["GlobalAveragePool", "Flatten", "Gemm", "Softmax"],
+        ),
+        (
+            "transpose_layernorm",
+            AugmentOptions::default(),
+            &[
+                "GlobalAveragePool",
+                "Transpose",
+                "LayerNormalization",
+                "Transpose",
+                "Flatten",
+                "Gemm",
+            ],
+        ),
+        (
+            "batchnorm_before_pool",
+            at_x(),
+            &[
+                "BatchNormalization",
+                "Relu",
+                "GlobalAveragePool",
+                "Flatten",
+                "Gemm",
+            ],
+        ),
+    ];
+    for (name, opts, want) in cases {
+        assert_eq!(ops(name, opts), want, "{name}");
+    }
+
+    // A branch off the target that does not reach the score (an auxiliary output) is not part
+    // of the head, even when it has no backward rule (Erf has none).
+    use gradcamd::onnx::proto::{ModelProto, NodeProto, ValueInfoProto};
+    use prost::Message;
+    let bytes = std::fs::read(fixture("tiny/gap_flatten_gemm.onnx")).expect("model");
+    let mut m = ModelProto::decode(bytes.as_slice()).expect("decodes");
+    let g = m.graph.as_mut().expect("graph");
+    g.node.push(NodeProto {
+        input: vec!["x".into()],
+        output: vec!["side".into()],
+        name: "aux".into(),
+        op_type: "Erf".into(),
+        ..Default::default()
+    });
+    g.output.push(ValueInfoProto {
+        name: "side".into(),
+        ..Default::default()
+    });
+    let model = OnnxModel::from_bytes(m.encode_to_vec()).expect("parses");
+    let aug =
+        augment(&model, &AugmentOptions::default()).unwrap_or_else(|e| panic!("with an aux output: {e}"));
+    let head: Vec<String> = aug.head.into_iter().map(|(op, _)| op).collect();
+    assert_eq!(head, ["GlobalAveragePool", "Flatten", "Gemm"]);
+
+    // The candidates a user is offered for target_layer: the 4-D tensors the score depends on,
+    // nearest first, each once (no weights, no 2-D tensors).
+    let model = OnnxModel::load(&fixture("tiny/se_broadcast_mul.onnx")).expect("load");
+    let aug = augment(&model, &AugmentOptions::default()).expect("augments");
+    let names: Vec<String> = aug.candidates.into_iter().map(|c| c.name).collect();
+    assert_eq!(
+        names,
+        [
+            "t4_globalaveragepool",
+            "se_out",
+            "x",
+            "t2_sigmoid",
+            "t1_globalaveragepool"
+        ]
+    );
+}
+
+#[test]
 fn explicit_class_changes_the_seed() {
     // gap_flatten_gemm: d logit_c / dx = W[c, k] / 9 at every position of channel k, so two
     // different classes must give different gradients, each constant over space.
