@@ -282,6 +282,129 @@ fn the_head_is_exactly_the_ops_between_the_target_and_the_score() {
 }
 
 #[test]
+fn cam_weights_are_the_fc_rows_of_gap_fc_heads_and_nothing_else_has_them() {
+    // For A -> GAP -> FC, d z_c / d A_k(i, j) = w_ck / (h w): torch autograd's dx in each
+    // fixture, times 9, is row `class` of the CAM weights whatever the weight layout.
+    use gradcamd::onnx::proto::{AttributeProto, ModelProto, NodeProto, TensorProto};
+    use prost::Message;
+    let fc = |model: &OnnxModel| augment(model, &AugmentOptions::default()).expect("augments").fc;
+    for name in [
+        "gap_flatten_gemm",
+        "gap_flatten_gemm_transb0",
+        "gap_reshape_matmul_add",
+        "fixed_batch",
+    ] {
+        let model = OnnxModel::load(&fixture(&format!("tiny/{name}.onnx"))).expect("load");
+        let fc = fc(&model).unwrap_or_else(|| panic!("{name}: no CAM weights"));
+        assert_eq!((fc.classes, fc.channels), (5, 4), "{name}");
+        let j = read_json(&fixture(&format!("tiny/{name}.json")));
+        let dx = floats(&j["dx"]);
+        for (b, &c) in ints(&j["class"]).iter().enumerate() {
+            let want: Vec<f32> = (0..4).map(|k| dx[b * 36 + k * 9] * 9.0).collect();
+            let got = &fc.weights[c as usize * 4..][..4];
+            // Measured up to 8.3e-8 of the largest weight (dx is float64 rounded to float32).
+            let d = max_abs_diff(got, &want);
+            assert!(
+                d <= 1e-6 * max_abs(&want),
+                "{name} item {b} class {c}: {got:?} vs {want:?}"
+            );
+        }
+    }
+
+    let bytes = std::fs::read(fixture("tiny/gap_flatten_gemm.onnx")).expect("model");
+    let proto = ModelProto::decode(bytes.as_slice()).expect("decodes");
+    let base = fc(&OnnxModel::from_bytes(bytes.clone()).expect("parses")).expect("CAM weights");
+    let edited = |edit: &dyn Fn(&mut Vec<NodeProto>, &mut Vec<TensorProto>)| {
+        let mut m = proto.clone();
+        let g = m.graph.as_mut().expect("graph");
+        edit(&mut g.node, &mut g.initializer);
+        fc(&OnnxModel::from_bytes(m.encode_to_vec()).expect("parses"))
+    };
+    // Gemm's alpha scales the scores, so the weights.
+    let scaled = edited(&|nodes, _| {
+        let gemm = nodes.iter_mut().find(|n| n.op_type == "Gemm").expect("Gemm");
+        gemm.attribute.push(AttributeProto {
+            name: "alpha".into(),
+            r#type: 1,
+            f: 2.0,
+            ..Default::default()
+        });
+    })
+    .expect("CAM weights with alpha");
+    let doubled: Vec<f32> = base.weights.iter().map(|w| 2.0 * w).collect();
+    assert_eq!(scaled.weights, doubled, "alpha = 2");
+    // Anything between the pooling and the FC layer but reshapes (here a bias added before
+    // it), or after it but its bias (here a mean over the classes), is not a GAP + FC head.
+    let add_before = edited(&|nodes, inits| {
+        inits.push(TensorProto {
+            name: "shift".into(),
+            dims: vec![1, 4],
+            data_type: 1,
+            float_data: vec![0.5; 4],
+            ..Default::default()
+        });
+        let gemm = nodes.iter().position(|n| n.op_type == "Gemm").expect("Gemm");
+        let flat = nodes[gemm].input[0].clone();
+        nodes[gemm].input[0] = "shifted".into();
+        nodes.insert(
+            gemm,
+            NodeProto {
+                input: vec![flat, "shift".into()],
+                output: vec!["shifted".into()],
+                name: "shift_add".into(),
+                op_type: "Add".into(),
+                ..Default::default()
+            },
+        );
+    });
+    assert!(add_before.is_none(), "an Add before the FC layer");
+    let mean_after = edited(&|nodes, _| {
+        let gemm = nodes.iter_mut().find(|n| n.op_type == "Gemm").expect("Gemm");
+        gemm.output[0] = "scores".into();
+        nodes.push(NodeProto {
+            input: vec!["scores".into()],
+            output: vec!["logits".into()],
+            name: "class_mean".into(),
+            op_type: "ReduceMean".into(),
+            attribute: vec![AttributeProto {
+                name: "axes".into(),
+                r#type: 7,
+                ints: vec![1],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    });
+    assert!(mean_after.is_none(), "a mean over the classes after the FC layer");
+    // Two FC layers: the first one's rows are not the class weights.
+    let bytes = std::fs::read(fixture("tiny/relu_head.onnx")).expect("model");
+    let mut m = ModelProto::decode(bytes.as_slice()).expect("decodes");
+    let g = m.graph.as_mut().expect("graph");
+    let relu = g.node.iter().position(|n| n.op_type == "Relu").expect("Relu");
+    let (from, to) = (g.node[relu].input[0].clone(), g.node[relu].output[0].clone());
+    g.node.remove(relu);
+    for n in &mut g.node {
+        n.input
+            .iter_mut()
+            .filter(|i| **i == to)
+            .for_each(|i| *i = from.clone());
+    }
+    let model = OnnxModel::from_bytes(m.encode_to_vec()).expect("parses");
+    let head: Vec<String> = augment(&model, &AugmentOptions::default())
+        .expect("augments")
+        .head
+        .into_iter()
+        .map(|(op, _)| op)
+        .collect();
+    assert_eq!(head, ["GlobalAveragePool", "Flatten", "Gemm", "Gemm"]);
+    assert!(fc(&model).is_none(), "two stacked FC layers");
+    for name in ["relu_head", "avgpool_1x1", "transpose_layernorm", "batchnorm"] {
+        let model = OnnxModel::load(&fixture(&format!("tiny/{name}.onnx"))).expect("load");
+        assert!(fc(&model).is_none(), "{name} has no GAP + FC head");
+    }
+}
+
+#[test]
 fn explicit_class_changes_the_seed() {
     // gap_flatten_gemm: d logit_c / dx = W[c, k] / 9 at every position of channel k, so two
     // different classes must give different gradients, each constant over space.
