@@ -405,6 +405,136 @@ fn cam_weights_are_the_fc_rows_of_gap_fc_heads_and_nothing_else_has_them() {
 }
 
 #[test]
+fn a_softmax_without_an_axis_is_over_the_last_one() {
+    // x -> GAP [N,4,1,1] -> Softmax (no axis: the last, of size 1, so every output is exactly
+    // 1 and the gradient exactly 0; over the channels it would not be) -> Flatten -> Gemm.
+    use gradcamd::onnx::proto::{ModelProto, NodeProto};
+    use prost::Message;
+    let bytes = std::fs::read(fixture("tiny/gap_flatten_gemm.onnx")).expect("model");
+    let mut m = ModelProto::decode(bytes.as_slice()).expect("decodes");
+    let g = m.graph.as_mut().expect("graph");
+    let flatten = g
+        .node
+        .iter()
+        .position(|n| n.op_type == "Flatten")
+        .expect("Flatten");
+    let pooled = std::mem::replace(&mut g.node[flatten].input[0], "soft".into());
+    g.node.insert(
+        flatten,
+        NodeProto {
+            input: vec![pooled],
+            output: vec!["soft".into()],
+            name: "last_axis_softmax".into(),
+            op_type: "Softmax".into(),
+            ..Default::default()
+        },
+    );
+    let model = OnnxModel::from_bytes(m.encode_to_vec()).expect("parses");
+    let j = read_json(&fixture("tiny/gap_flatten_gemm.json"));
+    let x = floats(&j["x"]);
+    let opts = AugmentOptions {
+        target_layer: Some("x".into()),
+        ..Default::default()
+    };
+    let r = run(&model, &opts, &x, 3, &[-1]);
+    assert!(r.da.iter().all(|&v| v == 0.0), "dA: {:?}", &r.da[..9]);
+}
+
+#[test]
+fn a_lower_rank_tensor_broadcast_against_a_higher_rank_one_gets_the_summed_gradient() {
+    // gap_flatten_gemm with flat [N,4] + zeros [2,2,2,1,4] -> [2,2,2,N,4] -> mean over the
+    // three leading axes -> Gemm: the same function, so torch autograd's dx of the fixture is
+    // the reference; the gradient of flat has to be summed over the three axes it lacks.
+    use gradcamd::onnx::proto::{AttributeProto, ModelProto, NodeProto, TensorProto};
+    use prost::Message;
+    let bytes = std::fs::read(fixture("tiny/gap_flatten_gemm.onnx")).expect("model");
+    let mut m = ModelProto::decode(bytes.as_slice()).expect("decodes");
+    let g = m.graph.as_mut().expect("graph");
+    g.initializer.push(TensorProto {
+        name: "zeros5".into(),
+        dims: vec![2, 2, 2, 1, 4],
+        data_type: 1,
+        float_data: vec![0.0; 32],
+        ..Default::default()
+    });
+    let gemm = g.node.iter().position(|n| n.op_type == "Gemm").expect("Gemm");
+    let flat = std::mem::replace(&mut g.node[gemm].input[0], "mean".into());
+    let nodes = [
+        NodeProto {
+            input: vec![flat, "zeros5".into()],
+            output: vec!["wide".into()],
+            name: "broadcast_add".into(),
+            op_type: "Add".into(),
+            ..Default::default()
+        },
+        NodeProto {
+            input: vec!["wide".into()],
+            output: vec!["mean".into()],
+            name: "lead_mean".into(),
+            op_type: "ReduceMean".into(),
+            attribute: vec![
+                AttributeProto {
+                    name: "axes".into(),
+                    r#type: 7,
+                    ints: vec![0, 1, 2],
+                    ..Default::default()
+                },
+                AttributeProto {
+                    name: "keepdims".into(),
+                    r#type: 2,
+                    i: 0,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        },
+    ];
+    for (k, n) in nodes.into_iter().enumerate() {
+        g.node.insert(gemm + k, n);
+    }
+    let model = OnnxModel::from_bytes(m.encode_to_vec()).expect("parses");
+    let j = read_json(&fixture("tiny/gap_flatten_gemm.json"));
+    let x = floats(&j["x"]);
+    let opts = AugmentOptions {
+        target_layer: Some("x".into()),
+        ..Default::default()
+    };
+    let r = run(&model, &opts, &x, 3, &[-1]);
+    assert_eq!(r.class, ints(&j["class"]));
+    let want = floats(&j["dx"]);
+    let d = max_abs_diff(&r.da, &want);
+    assert!(d <= REL_TINY * max_abs(&want), "dA differs by {d}");
+}
+
+#[test]
+fn an_op_of_a_custom_domain_is_refused_by_name_and_the_default_domain_is_not() {
+    // A com.microsoft Gemm is not the ONNX one, whatever its name.
+    use gradcamd::onnx::proto::ModelProto;
+    use prost::Message;
+    let bytes = std::fs::read(fixture("tiny/gap_flatten_gemm.onnx")).expect("model");
+    let proto = ModelProto::decode(bytes.as_slice()).expect("decodes");
+    let with_domain = |domain: &str| {
+        let mut m = proto.clone();
+        let g = m.graph.as_mut().expect("graph");
+        g.node
+            .iter_mut()
+            .find(|n| n.op_type == "Gemm")
+            .expect("Gemm")
+            .domain = domain.into();
+        let model = OnnxModel::from_bytes(m.encode_to_vec()).expect("parses");
+        augment(&model, &AugmentOptions::default()).map(|_| ())
+    };
+    let e = with_domain("com.microsoft")
+        .expect_err("custom domain")
+        .to_string();
+    assert!(
+        e.contains("custom domain 'com.microsoft'") && e.contains("Gemm"),
+        "{e}"
+    );
+    with_domain("ai.onnx").expect("ai.onnx is the default domain, spelled out");
+}
+
+#[test]
 fn explicit_class_changes_the_seed() {
     // gap_flatten_gemm: d logit_c / dx = W[c, k] / 9 at every position of channel k, so two
     // different classes must give different gradients, each constant over space.

@@ -91,6 +91,30 @@ fn inspect_and_augment() {
     let m = gradcamd::onnx::OnnxModel::load(&out).unwrap();
     let outs: Vec<&str> = m.graph().output.iter().map(|o| o.name.as_str()).collect();
     assert_eq!(outs, ["logits", "gradcamd_A", "gradcamd_dA", "gradcamd_class"]);
+    // Each head op marked by whether it has a backward rule; the one that has none fails the
+    // augmentation (exit 4) but is still shown.
+    let o = run(&["inspect", "tests/fixtures/tiny/unsupported_op.onnx"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let marks: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let mark = w.next().filter(|m| *m == "✓" || *m == "✗")?;
+            Some((mark, w.next()?))
+        })
+        .collect();
+    assert_eq!(
+        marks,
+        [
+            ("✓", "GlobalAveragePool"),
+            ("✓", "Flatten"),
+            ("✓", "Gemm"),
+            ("✗", "Erf"),
+            ("✓", "Gemm")
+        ],
+        "{text}"
+    );
     // Augmenting twice is refused with a reason.
     let o = run(&["augment", &s(&out), "-o", &s(&dir.join("twice.onnx"))]);
     expect_error(&o, 4, &["already augmented"]);

@@ -282,12 +282,10 @@ pub fn backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, String)>
             vec![(0, cx.b.op("Where", &[&lo, &zero, &mid], vec![]))]
         }
         "Softmax" | "LogSoftmax" => {
+            // Opset 13 semantics only (augment refuses older models): one axis, the last by
+            // default, not a 2-D view flattened at `axis`.
             let r = cx.rank(&x, ni)? as i64;
-            let default_axis = if cx.m.opset >= 13 { -1 } else { 1 };
-            if cx.m.opset < 13 && r != 2 {
-                return Err(cx.unsupported(ni, "Softmax before opset 13 on a tensor that is not 2-D"));
-            }
-            let axis = cx.axis(attr_i(&n, "axis").unwrap_or(default_axis), r, ni)?;
+            let axis = cx.axis(attr_i(&n, "axis").unwrap_or(-1), r, ni)?;
             if n.op_type == "Softmax" {
                 let gy = cx.b.op("Mul", &[g, &y], vec![]);
                 let s = cx.b.reduce("ReduceSum", &gy, &[axis], true);
