@@ -6,7 +6,7 @@ use gradcamd::engine::{Engine, EngineOptions};
 use gradcamd::onnx::{augment, AugmentOptions, OnnxError, OnnxModel};
 use ndarray::ArrayView4;
 
-use crate::util::{fixture, floats, ints, max_abs, max_abs_diff, read_json, REL_TINY};
+use crate::util::{fixture, floats, ints, max_abs, max_abs_diff, proto, read_json, REL_TINY};
 
 struct Run {
     logits: Vec<f32>,
@@ -117,21 +117,14 @@ fn a_softmax_or_log_softmax_output_is_explained_by_the_raw_score_under_it() {
     // is differentiated at the Softmax's input unless asked otherwise. The softmax model is
     // x -> GAP -> Flatten -> Gemm(transB=1) -> Softmax, so d z_c / dx = W[c, k] / 9 at every
     // position of channel k (the reference json holds d prob_c / dx, the through_softmax case).
-    use gradcamd::onnx::proto::ModelProto;
-    use prost::Message;
-    let bytes = std::fs::read(fixture("tiny/softmax.onnx")).expect("softmax model");
     let j = read_json(&fixture("tiny/softmax.json"));
     let x = floats(&j["x"]);
     let class = ints(&j["class"]);
-    let proto = ModelProto::decode(bytes.as_slice()).expect("decodes");
-    let g = proto.graph.as_ref().expect("graph");
-    let gemm = g.node.iter().find(|n| n.op_type == "Gemm").expect("Gemm");
-    let w = g
-        .initializer
-        .iter()
-        .find(|t| t.name == gemm.input[1])
-        .expect("Gemm weight");
-    let w = &w.to_f32().expect("float weights");
+    let mut proto = proto::tiny("softmax");
+    let gemm_w = proto::node(&mut proto, "Gemm", 0).input[1].clone();
+    let w = &proto::initializer(&mut proto, &gemm_w)
+        .to_f32()
+        .expect("float weights");
     assert_eq!(w.len(), 5 * 4);
     let want: Vec<f32> = class
         .iter()
@@ -139,13 +132,8 @@ fn a_softmax_or_log_softmax_output_is_explained_by_the_raw_score_under_it() {
         .collect();
     for op in ["Softmax", "LogSoftmax"] {
         let mut m = proto.clone();
-        let g = m.graph.as_mut().expect("graph");
-        g.node
-            .iter_mut()
-            .find(|n| n.op_type == "Softmax")
-            .expect("Softmax")
-            .op_type = op.into();
-        let model = OnnxModel::from_bytes(m.encode_to_vec()).expect("parses");
+        proto::node(&mut m, "Softmax", 0).op_type = op.into();
+        let model = proto::parse(&m);
         let aug = augment(&model, &AugmentOptions::default()).expect("augments");
         assert!(aug.pre_softmax, "{op}: not looked through");
         let r = run(
@@ -242,11 +230,9 @@ fn the_head_is_exactly_the_ops_between_the_target_and_the_score() {
 
     // A branch off the target that does not reach the score (an auxiliary output) is not part
     // of the head, even when it has no backward rule (Erf has none).
-    use gradcamd::onnx::proto::{ModelProto, NodeProto, ValueInfoProto};
-    use prost::Message;
-    let bytes = std::fs::read(fixture("tiny/gap_flatten_gemm.onnx")).expect("model");
-    let mut m = ModelProto::decode(bytes.as_slice()).expect("decodes");
-    let g = m.graph.as_mut().expect("graph");
+    use proto::{NodeProto, ValueInfoProto};
+    let mut m = proto::tiny("gap_flatten_gemm");
+    let g = proto::graph(&mut m);
     g.node.push(NodeProto {
         input: vec!["x".into()],
         output: vec!["side".into()],
@@ -258,7 +244,7 @@ fn the_head_is_exactly_the_ops_between_the_target_and_the_score() {
         name: "side".into(),
         ..Default::default()
     });
-    let model = OnnxModel::from_bytes(m.encode_to_vec()).expect("parses");
+    let model = proto::parse(&m);
     let aug =
         augment(&model, &AugmentOptions::default()).unwrap_or_else(|e| panic!("with an aux output: {e}"));
     let head: Vec<String> = aug.head.into_iter().map(|(op, _)| op).collect();
@@ -285,8 +271,7 @@ fn the_head_is_exactly_the_ops_between_the_target_and_the_score() {
 fn cam_weights_are_the_fc_rows_of_gap_fc_heads_and_nothing_else_has_them() {
     // For A -> GAP -> FC, d z_c / d A_k(i, j) = w_ck / (h w): torch autograd's dx in each
     // fixture, times 9, is row `class` of the CAM weights whatever the weight layout.
-    use gradcamd::onnx::proto::{AttributeProto, ModelProto, NodeProto, TensorProto};
-    use prost::Message;
+    use proto::{AttributeProto, NodeProto, TensorProto};
     let fc = |model: &OnnxModel| augment(model, &AugmentOptions::default()).expect("augments").fc;
     for name in [
         "gap_flatten_gemm",
@@ -311,14 +296,13 @@ fn cam_weights_are_the_fc_rows_of_gap_fc_heads_and_nothing_else_has_them() {
         }
     }
 
-    let bytes = std::fs::read(fixture("tiny/gap_flatten_gemm.onnx")).expect("model");
-    let proto = ModelProto::decode(bytes.as_slice()).expect("decodes");
-    let base = fc(&OnnxModel::from_bytes(bytes.clone()).expect("parses")).expect("CAM weights");
+    let plain = proto::tiny("gap_flatten_gemm");
+    let base = fc(&proto::parse(&plain)).expect("CAM weights");
     let edited = |edit: &dyn Fn(&mut Vec<NodeProto>, &mut Vec<TensorProto>)| {
-        let mut m = proto.clone();
-        let g = m.graph.as_mut().expect("graph");
+        let mut m = plain.clone();
+        let g = proto::graph(&mut m);
         edit(&mut g.node, &mut g.initializer);
-        fc(&OnnxModel::from_bytes(m.encode_to_vec()).expect("parses"))
+        fc(&proto::parse(&m))
     };
     // Gemm's alpha scales the scores, so the weights.
     let scaled = edited(&|nodes, _| {
@@ -377,9 +361,8 @@ fn cam_weights_are_the_fc_rows_of_gap_fc_heads_and_nothing_else_has_them() {
     });
     assert!(mean_after.is_none(), "a mean over the classes after the FC layer");
     // Two FC layers: the first one's rows are not the class weights.
-    let bytes = std::fs::read(fixture("tiny/relu_head.onnx")).expect("model");
-    let mut m = ModelProto::decode(bytes.as_slice()).expect("decodes");
-    let g = m.graph.as_mut().expect("graph");
+    let mut m = proto::tiny("relu_head");
+    let g = proto::graph(&mut m);
     let relu = g.node.iter().position(|n| n.op_type == "Relu").expect("Relu");
     let (from, to) = (g.node[relu].input[0].clone(), g.node[relu].output[0].clone());
     g.node.remove(relu);
@@ -389,7 +372,7 @@ fn cam_weights_are_the_fc_rows_of_gap_fc_heads_and_nothing_else_has_them() {
             .filter(|i| **i == to)
             .for_each(|i| *i = from.clone());
     }
-    let model = OnnxModel::from_bytes(m.encode_to_vec()).expect("parses");
+    let model = proto::parse(&m);
     let head: Vec<String> = augment(&model, &AugmentOptions::default())
         .expect("augments")
         .head
@@ -408,11 +391,9 @@ fn cam_weights_are_the_fc_rows_of_gap_fc_heads_and_nothing_else_has_them() {
 fn a_softmax_without_an_axis_is_over_the_last_one() {
     // x -> GAP [N,4,1,1] -> Softmax (no axis: the last, of size 1, so every output is exactly
     // 1 and the gradient exactly 0; over the channels it would not be) -> Flatten -> Gemm.
-    use gradcamd::onnx::proto::{ModelProto, NodeProto};
-    use prost::Message;
-    let bytes = std::fs::read(fixture("tiny/gap_flatten_gemm.onnx")).expect("model");
-    let mut m = ModelProto::decode(bytes.as_slice()).expect("decodes");
-    let g = m.graph.as_mut().expect("graph");
+    use proto::NodeProto;
+    let mut m = proto::tiny("gap_flatten_gemm");
+    let g = proto::graph(&mut m);
     let flatten = g
         .node
         .iter()
@@ -429,7 +410,7 @@ fn a_softmax_without_an_axis_is_over_the_last_one() {
             ..Default::default()
         },
     );
-    let model = OnnxModel::from_bytes(m.encode_to_vec()).expect("parses");
+    let model = proto::parse(&m);
     let j = read_json(&fixture("tiny/gap_flatten_gemm.json"));
     let x = floats(&j["x"]);
     let opts = AugmentOptions {
@@ -445,11 +426,9 @@ fn a_lower_rank_tensor_broadcast_against_a_higher_rank_one_gets_the_summed_gradi
     // gap_flatten_gemm with flat [N,4] + zeros [2,2,2,1,4] -> [2,2,2,N,4] -> mean over the
     // three leading axes -> Gemm: the same function, so torch autograd's dx of the fixture is
     // the reference; the gradient of flat has to be summed over the three axes it lacks.
-    use gradcamd::onnx::proto::{AttributeProto, ModelProto, NodeProto, TensorProto};
-    use prost::Message;
-    let bytes = std::fs::read(fixture("tiny/gap_flatten_gemm.onnx")).expect("model");
-    let mut m = ModelProto::decode(bytes.as_slice()).expect("decodes");
-    let g = m.graph.as_mut().expect("graph");
+    use proto::{AttributeProto, NodeProto, TensorProto};
+    let mut m = proto::tiny("gap_flatten_gemm");
+    let g = proto::graph(&mut m);
     g.initializer.push(TensorProto {
         name: "zeros5".into(),
         dims: vec![2, 2, 2, 1, 4],
@@ -492,7 +471,7 @@ fn a_lower_rank_tensor_broadcast_against_a_higher_rank_one_gets_the_summed_gradi
     for (k, n) in nodes.into_iter().enumerate() {
         g.node.insert(gemm + k, n);
     }
-    let model = OnnxModel::from_bytes(m.encode_to_vec()).expect("parses");
+    let model = proto::parse(&m);
     let j = read_json(&fixture("tiny/gap_flatten_gemm.json"));
     let x = floats(&j["x"]);
     let opts = AugmentOptions {
@@ -509,19 +488,11 @@ fn a_lower_rank_tensor_broadcast_against_a_higher_rank_one_gets_the_summed_gradi
 #[test]
 fn an_op_of_a_custom_domain_is_refused_by_name_and_the_default_domain_is_not() {
     // A com.microsoft Gemm is not the ONNX one, whatever its name.
-    use gradcamd::onnx::proto::ModelProto;
-    use prost::Message;
-    let bytes = std::fs::read(fixture("tiny/gap_flatten_gemm.onnx")).expect("model");
-    let proto = ModelProto::decode(bytes.as_slice()).expect("decodes");
+    let plain = proto::tiny("gap_flatten_gemm");
     let with_domain = |domain: &str| {
-        let mut m = proto.clone();
-        let g = m.graph.as_mut().expect("graph");
-        g.node
-            .iter_mut()
-            .find(|n| n.op_type == "Gemm")
-            .expect("Gemm")
-            .domain = domain.into();
-        let model = OnnxModel::from_bytes(m.encode_to_vec()).expect("parses");
+        let mut m = plain.clone();
+        proto::node(&mut m, "Gemm", 0).domain = domain.into();
+        let model = proto::parse(&m);
         augment(&model, &AugmentOptions::default()).map(|_| ())
     };
     let e = with_domain("com.microsoft")

@@ -331,27 +331,7 @@ proptest! {
 /// graph with a bad axis, a bad perm or an absurd rank; each must give its one outcome.
 mod found {
     use super::*;
-    use gradcamd::onnx::proto::{AttributeProto, GraphProto, NodeProto};
-
-    fn tiny(name: &str) -> ModelProto {
-        let bytes =
-            std::fs::read(crate::util::fixture("tiny").join(format!("{name}.onnx"))).expect("tiny model");
-        ModelProto::decode(bytes.as_slice()).expect("tiny model decodes")
-    }
-
-    fn graph(m: &mut ModelProto) -> &mut GraphProto {
-        m.graph.as_mut().expect("a graph")
-    }
-
-    /// The `k`th node of type `op`.
-    fn node<'a>(m: &'a mut ModelProto, op: &str, k: usize) -> &'a mut NodeProto {
-        graph(m)
-            .node
-            .iter_mut()
-            .filter(|n| n.op_type == op)
-            .nth(k)
-            .unwrap_or_else(|| panic!("no {op} #{k}"))
-    }
+    use crate::util::proto::{initializer, node, tiny, AttributeProto, NodeProto};
 
     fn attr<'a>(n: &'a mut NodeProto, name: &str) -> &'a mut AttributeProto {
         let at = n
@@ -393,12 +373,7 @@ mod found {
         // Panicked indexing the weights: dims said 5 x 400 over 20 values.
         let mut m = tiny("gap_flatten_gemm");
         let w = node(&mut m, "Gemm", 0).input[1].clone();
-        let t = graph(&mut m)
-            .initializer
-            .iter_mut()
-            .find(|t| t.name == w)
-            .expect("the weight");
-        t.dims = vec![5, 400];
+        initializer(&mut m, &w).dims = vec![5, 400];
         assert_eq!(outcome(&m, AugmentOptions::default()), "ok fc=false");
     }
 
@@ -408,12 +383,7 @@ mod found {
         // that count became the output's rank.
         let mut m = tiny("gap_reshape_matmul_add");
         let s = node(&mut m, "Reshape", 0).input[1].clone();
-        let t = graph(&mut m)
-            .initializer
-            .iter_mut()
-            .find(|t| t.name == s)
-            .expect("the shape");
-        t.dims = vec![i64::MAX, 2];
+        initializer(&mut m, &s).dims = vec![i64::MAX, 2];
         let got = outcome(&m, AugmentOptions::default());
         assert!(got.contains("the rank of tensor 't3_matmul' is unknown"), "{got}");
     }

@@ -365,3 +365,43 @@ pub fn wait_status(base: &str, secs: u64, ok: impl Fn(&serde_json::Value) -> boo
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// Graph editing for tests that build a model the fixtures lack: a tiny fixture decoded, its
+/// nodes and initializers found by type and name, and the edit parsed as the product parses a
+/// file.
+pub mod proto {
+    pub use gradcamd::onnx::proto::*;
+    use gradcamd::onnx::OnnxModel;
+    use prost::Message;
+
+    pub fn tiny(name: &str) -> ModelProto {
+        let bytes = std::fs::read(super::fixture("tiny").join(format!("{name}.onnx"))).expect("tiny model");
+        ModelProto::decode(bytes.as_slice()).expect("tiny model decodes")
+    }
+
+    pub fn graph(m: &mut ModelProto) -> &mut GraphProto {
+        m.graph.as_mut().expect("a graph")
+    }
+
+    /// The `k`th node of type `op`.
+    pub fn node<'a>(m: &'a mut ModelProto, op: &str, k: usize) -> &'a mut NodeProto {
+        graph(m)
+            .node
+            .iter_mut()
+            .filter(|n| n.op_type == op)
+            .nth(k)
+            .unwrap_or_else(|| panic!("no {op} #{k}"))
+    }
+
+    pub fn initializer<'a>(m: &'a mut ModelProto, name: &str) -> &'a mut TensorProto {
+        graph(m)
+            .initializer
+            .iter_mut()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("no initializer {name}"))
+    }
+
+    pub fn parse(m: &ModelProto) -> OnnxModel {
+        OnnxModel::from_bytes(m.encode_to_vec()).expect("the edited model parses")
+    }
+}
