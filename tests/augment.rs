@@ -506,6 +506,36 @@ fn an_op_of_a_custom_domain_is_refused_by_name_and_the_default_domain_is_not() {
 }
 
 #[test]
+fn reduce_mean_with_axes_as_an_input_and_keepdims_0_puts_the_axes_back() {
+    // reducemean_input (opset 18, axes [2,3] as an input) with keepdims = 0: the same function
+    // (Flatten of [N,4] is [N,4]), so the fixture's torch dx is the reference. Only without
+    // keepdims does the gradient need the axes: to unsqueeze before expanding.
+    let mut m = proto::tiny("reducemean_input");
+    let rm = proto::node(&mut m, "ReduceMean", 0);
+    rm.attribute.retain(|a| a.name != "keepdims");
+    rm.attribute.push(proto::AttributeProto {
+        name: "keepdims".into(),
+        r#type: 2,
+        i: 0,
+        ..Default::default()
+    });
+    // Its declared shape was the keepdims one.
+    let out = rm.output[0].clone();
+    proto::graph(&mut m).value_info.retain(|v| v.name != out);
+    let model = proto::parse(&m);
+    let j = read_json(&fixture("tiny/reducemean_input.json"));
+    let opts = AugmentOptions {
+        target_layer: Some("x".into()),
+        ..Default::default()
+    };
+    let r = run(&model, &opts, &floats(&j["x"]), 3, &[-1]);
+    assert_eq!(r.class, ints(&j["class"]));
+    let want = floats(&j["dx"]);
+    let d = max_abs_diff(&r.da, &want);
+    assert!(d <= REL_TINY * max_abs(&want), "dA differs by {d}");
+}
+
+#[test]
 fn explicit_class_changes_the_seed() {
     // gap_flatten_gemm: d logit_c / dx = W[c, k] / 9 at every position of channel k, so two
     // different classes must give different gradients, each constant over space.
