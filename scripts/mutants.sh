@@ -39,7 +39,7 @@ for g in "${groups[@]}"; do
       FILTERS=(cam:: methods:: reference::)
       run cam -f src/cam.rs -- ;;
     onnx) # backward rules and the augmentation, against torch autograd
-      FILTERS=(onnx:: augment:: heads:: reference:: nhwc:: methods:: fuzz::found commands::inspect)
+      FILTERS=(onnx:: augment:: rules:: heads:: reference:: nhwc:: methods:: fuzz::found commands::inspect)
       run onnx -f src/onnx/vjp.rs -f src/onnx/augment.rs -- ;;
     render) # colormap, upsampling, blend (the HUD's text drawing is left out)
       FILTERS=(render:: reference:: methods:: files::alpha files::file_to_file)

@@ -8,13 +8,13 @@ use ndarray::ArrayView4;
 
 use crate::util::{fixture, floats, ints, max_abs, max_abs_diff, proto, read_json, REL_TINY};
 
-struct Run {
-    logits: Vec<f32>,
-    da: Vec<f32>,
-    class: Vec<i64>,
+pub(crate) struct Run {
+    pub logits: Vec<f32>,
+    pub da: Vec<f32>,
+    pub class: Vec<i64>,
 }
 
-fn run(model: &OnnxModel, opts: &AugmentOptions, x: &[f32], n: usize, targets: &[i64]) -> Run {
+pub(crate) fn run(model: &OnnxModel, opts: &AugmentOptions, x: &[f32], n: usize, targets: &[i64]) -> Run {
     let aug = augment(model, opts).unwrap_or_else(|e| panic!("augment: {e}"));
     let mut e = Engine::new(&aug, &EngineOptions::default()).unwrap_or_else(|e| panic!("session: {e}"));
     let per = x.len() / n;
@@ -717,55 +717,12 @@ fn external_data_models_load_and_explain() {
     assert!(augment(&m2, &AugmentOptions::default()).unwrap().fc.is_none());
 }
 
-/// `name` with every float32 tensor and type turned into float16.
-fn to_float16(name: &str) -> Vec<u8> {
-    use gradcamd::onnx::proto::{dtype, ModelProto};
-    use prost::Message;
-    let mut p = ModelProto::decode(
-        std::fs::read(fixture(&format!("tiny/{name}.onnx")))
-            .unwrap()
-            .as_slice(),
-    )
-    .unwrap();
-    let g = p.graph.as_mut().unwrap();
-    let half_tensor = |t: &mut gradcamd::onnx::proto::TensorProto| {
-        if t.data_type == dtype::FLOAT {
-            let v = t.to_f32().unwrap();
-            t.float_data.clear();
-            t.raw_data = v
-                .iter()
-                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
-                .collect();
-            t.data_type = dtype::FLOAT16;
-        }
-    };
-    g.initializer.iter_mut().for_each(half_tensor);
-    for n in &mut g.node {
-        for a in &mut n.attribute {
-            if let Some(t) = a.t.as_mut() {
-                half_tensor(t);
-            }
-        }
-    }
-    for v in g
-        .input
-        .iter_mut()
-        .chain(g.output.iter_mut())
-        .chain(g.value_info.iter_mut())
-    {
-        if let Some(t) = v.r#type.as_mut().and_then(|t| t.tensor_type.as_mut()) {
-            if t.elem_type == dtype::FLOAT {
-                t.elem_type = dtype::FLOAT16;
-            }
-        }
-    }
-    p.encode_to_vec()
-}
-
 #[test]
 fn float16_models_differentiate_in_float16_and_hand_out_float32() {
     for name in ["relu_head", "transpose_layernorm", "hardswish"] {
-        let model = OnnxModel::from_bytes(to_float16(name)).unwrap();
+        let mut m = proto::tiny(name);
+        proto::retype(&mut m, proto::dtype::FLOAT16);
+        let model = proto::parse(&m);
         let aug = augment(
             &model,
             &AugmentOptions {

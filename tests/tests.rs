@@ -30,5 +30,6 @@ mod methods;
 mod nhwc;
 #[cfg(feature = "video")]
 mod reference;
+mod rules;
 #[cfg(feature = "video")]
 mod schedule;

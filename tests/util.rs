@@ -404,4 +404,42 @@ pub mod proto {
     pub fn parse(m: &ModelProto) -> OnnxModel {
         OnnxModel::from_bytes(m.encode_to_vec()).expect("the edited model parses")
     }
+
+    /// Every float32 tensor and type of `m` turned into `to` (FLOAT16 or DOUBLE).
+    pub fn retype(m: &mut ModelProto, to: i32) {
+        let convert = |t: &mut TensorProto| {
+            if t.data_type == dtype::FLOAT {
+                let v = t.to_f32().expect("float32 values");
+                t.float_data.clear();
+                t.raw_data = match to {
+                    dtype::FLOAT16 => v
+                        .iter()
+                        .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                        .collect(),
+                    dtype::DOUBLE => v.iter().flat_map(|&x| f64::from(x).to_le_bytes()).collect(),
+                    _ => panic!("retype to {to}"),
+                };
+                t.data_type = to;
+            }
+        };
+        let g = graph(m);
+        g.initializer.iter_mut().for_each(convert);
+        for a in g.node.iter_mut().flat_map(|n| n.attribute.iter_mut()) {
+            if let Some(t) = a.t.as_mut() {
+                convert(t);
+            }
+        }
+        for v in g
+            .input
+            .iter_mut()
+            .chain(g.output.iter_mut())
+            .chain(g.value_info.iter_mut())
+        {
+            if let Some(t) = v.r#type.as_mut().and_then(|t| t.tensor_type.as_mut()) {
+                if t.elem_type == dtype::FLOAT {
+                    t.elem_type = to;
+                }
+            }
+        }
+    }
 }

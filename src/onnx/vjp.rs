@@ -383,7 +383,7 @@ pub fn backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, String)>
             if !trivial {
                 return Err(cx.unsupported(
                     ni,
-                    format!("only 1x1 AveragePool is supported, this one has kernel_shape {k:?} strides {strides:?}"),
+                    format!("only 1x1 AveragePool is supported, this one has kernel_shape {k:?} strides {strides:?} pads {pads:?}"),
                 ));
             }
             vec![(0, g.to_string())]
@@ -552,16 +552,8 @@ fn gather_backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, Strin
             ));
         }
         let idx_nd = cx.b.unsqueeze(&idx, &[-1]);
-        let xs = cx.b.op("Shape", &[&x], vec![]);
-        let zero = zeros_like(cx, &xs);
-        return Ok(vec![(
-            0,
-            cx.b.op(
-                "ScatterND",
-                &[&zero, &idx_nd, g],
-                vec![("reduction", Attr::S("add"))],
-            ),
-        )]);
+        let reduction = vec![("reduction", Attr::S("add"))];
+        return Ok(vec![(0, scatter(cx, "ScatterND", &x, &idx_nd, g, reduction))]);
     }
     if cx.m.opset < 16 {
         let unique = cx.m.constant_i64(&idx).is_some_and(|v| {
@@ -588,30 +580,38 @@ fn gather_backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, Strin
     let i = cx.b.op("Reshape", &[&idx, &s], vec![]);
     let gs = cx.b.op("Shape", &[&g], vec![]);
     let ie = cx.b.op("Expand", &[&i, &gs], vec![]);
-    let xs = cx.b.op("Shape", &[&x], vec![]);
-    let zero = zeros_like(cx, &xs);
     let mut attrs = vec![("axis", Attr::I(axis))];
     if cx.m.opset >= 16 {
         attrs.push(("reduction", Attr::S("add")));
     }
-    Ok(vec![(0, cx.b.op("ScatterElements", &[&zero, &ie, &g], attrs))])
+    Ok(vec![(0, scatter(cx, "ScatterElements", &x, &ie, &g, attrs))])
 }
 
-/// Zeros of the graph's float type, shaped by the 1-D int64 tensor `shape`.
-fn zeros_like(cx: &mut Ctx, shape: &str) -> String {
-    let t = super::proto::TensorProto {
+/// `op` (ScatterND or ScatterElements) of `g` at `idx` into zeros shaped like `x`. ONNX
+/// Runtime's CPU kernels cannot add float16 ("MLFloat16 data type is not supported with
+/// ScatterElements opset 16 when reduction is 'add'"), so a float16 graph scatters in float32.
+fn scatter(cx: &mut Ctx, op: &str, x: &str, idx: &str, g: &str, attrs: Vec<(&str, Attr)>) -> String {
+    use super::proto::dtype;
+    let half = cx.b.elem_type == dtype::FLOAT16;
+    let to = |t: i32| vec![("to", Attr::I(t as i64))];
+    let g = if half {
+        cx.b.op("Cast", &[g], to(dtype::FLOAT))
+    } else {
+        g.to_string()
+    };
+    let t = if half { dtype::FLOAT } else { cx.b.elem_type };
+    let zero = super::proto::TensorProto {
         dims: vec![1],
-        data_type: cx.b.elem_type,
-        raw_data: vec![0; elem_size(cx.b.elem_type)],
+        data_type: t,
+        raw_data: vec![0; if t == dtype::DOUBLE { 8 } else { 4 }],
         ..Default::default()
     };
-    cx.b.op("ConstantOfShape", &[shape], vec![("value", Attr::T(t))])
-}
-
-fn elem_size(t: i32) -> usize {
-    match t {
-        super::proto::dtype::DOUBLE => 8,
-        super::proto::dtype::FLOAT16 => 2,
-        _ => 4,
+    let xs = cx.b.op("Shape", &[x], vec![]);
+    let zeros = cx.b.op("ConstantOfShape", &[&xs], vec![("value", Attr::T(zero))]);
+    let s = cx.b.op(op, &[&zeros, idx, &g], attrs);
+    if half {
+        cx.b.op("Cast", &[&s], to(dtype::FLOAT16))
+    } else {
+        s
     }
 }

@@ -1,0 +1,408 @@
+//! Backward rules in the forms the torch-made tiny models do not take: a tiny model is edited
+//! so that its function gains a term whose gradient is known in closed form (or keeps its
+//! function exactly), and the augmented model's dx must be the fixture's torch dx plus that
+//! term. Then the forms that cannot be differentiated here, refused by name.
+
+use gradcamd::onnx::{augment, AugmentOptions, OnnxModel};
+
+use crate::augment::{run, Run};
+use crate::util::{fixture, floats, ints, max_abs, max_abs_diff, proto, read_json, REL_TINY};
+use proto::{AttributeProto, ModelProto, NodeProto, TensorProto};
+
+fn node(op: &str, input: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        input: input.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        name: format!("edit_{output}"),
+        op_type: op.into(),
+        attribute,
+        ..Default::default()
+    }
+}
+
+fn attr_i(name: &str, i: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: 2,
+        i,
+        ..Default::default()
+    }
+}
+
+fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: 7,
+        ints: ints.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn ints_init(name: &str, dims: &[i64], v: &[i64]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: proto::dtype::INT64,
+        int64_data: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn set_opset(m: &mut ModelProto, v: i64) {
+    for o in m.opset_import.iter_mut().filter(|o| o.domain.is_empty()) {
+        o.version = v;
+    }
+}
+
+/// gap_flatten_gemm (x -> GAP -> Flatten `t2_flatten` [N,4] -> Gemm `pre` [N,5]) with
+/// logits = pre + extra, where `nodes` compute `extra` [N,1] from `t2_flatten` (or from x).
+/// extra is the same for every class, so each item's top-1 stays the fixture's.
+fn plus_extra(nodes: Vec<NodeProto>, inits: Vec<TensorProto>, opset: i64) -> ModelProto {
+    let mut m = proto::tiny("gap_flatten_gemm");
+    set_opset(&mut m, opset);
+    proto::node(&mut m, "Gemm", 0).output[0] = "pre".into();
+    let g = proto::graph(&mut m);
+    g.node.extend(nodes);
+    g.node.push(node("Add", &["pre", "extra"], "logits", vec![]));
+    g.initializer.extend(inits);
+    g.initializer.push(ints_init("col", &[2], &[-1, 1]));
+    m
+}
+
+/// `g` [N] as the [N,1] column `extra`.
+fn column(g: &str) -> NodeProto {
+    node("Reshape", &[g, "col"], "extra", vec![])
+}
+
+fn at_x(model: &OnnxModel) -> Run {
+    let j = read_json(&fixture("tiny/gap_flatten_gemm.json"));
+    let opts = AugmentOptions {
+        target_layer: Some("x".into()),
+        ..Default::default()
+    };
+    let r = run(model, &opts, &floats(&j["x"]), 3, &[-1; 3]);
+    assert_eq!(r.class, ints(&j["class"]), "top-1 classes");
+    r
+}
+
+fn refusal(m: &ModelProto) -> String {
+    let opts = AugmentOptions {
+        target_layer: Some("x".into()),
+        ..Default::default()
+    };
+    match augment(&proto::parse(m), &opts) {
+        Ok(_) => panic!("augmented a model it cannot differentiate"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The fixture's dx plus `extra(k)` at every position of channel k of every item.
+fn check_plus(name: &str, r: &Run, extra: impl Fn(usize) -> f32, rel: f32) {
+    let base = floats(&read_json(&fixture("tiny/gap_flatten_gemm.json"))["dx"]);
+    let want: Vec<f32> = base
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v + extra((i / 9) % 4))
+        .collect();
+    let d = max_abs_diff(&r.da, &want);
+    assert!(
+        d <= rel * max_abs(&want),
+        "{name}: dA differs by {d}\n got  {:?}\n want {:?}",
+        &r.da[..18],
+        &want[..18]
+    );
+}
+
+#[test]
+fn reduce_mean_without_axes_is_over_everything_and_with_noop_is_the_identity() {
+    // extra = mean(x) over all axes, batch included: sum_n d extra / dx = N / (N*36) = 1/36.
+    let m = plus_extra(
+        vec![
+            node("ReduceMean", &["x"], "all", vec![attr_i("keepdims", 1)]),
+            column("all"),
+        ],
+        vec![],
+        17,
+    );
+    check_plus("no axes", &at_x(&proto::parse(&m)), |_| 1.0 / 36.0, REL_TINY);
+
+    // Opset 18 with noop_with_empty_axes and no axes: the identity, even with keepdims = 0.
+    let mut m = proto::tiny("gap_flatten_gemm");
+    set_opset(&mut m, 18);
+    proto::node(&mut m, "GlobalAveragePool", 0).input[0] = "same".into();
+    let noop = node(
+        "ReduceMean",
+        &["x"],
+        "same",
+        vec![attr_i("keepdims", 0), attr_i("noop_with_empty_axes", 1)],
+    );
+    proto::graph(&mut m).node.insert(0, noop);
+    check_plus("noop", &at_x(&proto::parse(&m)), |_| 0.0, REL_TINY);
+}
+
+#[test]
+fn average_pool_is_refused_unless_1x1_stride_1_unpadded() {
+    for (kernel, strides, pads) in [
+        (vec![3, 3], vec![1, 1], vec![0; 4]),
+        (vec![1, 1], vec![2, 2], vec![0; 4]),
+        (vec![1, 1], vec![1, 1], vec![1; 4]),
+    ] {
+        let mut m = proto::tiny("avgpool_1x1");
+        let pool = proto::node(&mut m, "AveragePool", 0);
+        pool.attribute = vec![
+            attr_ints("kernel_shape", &kernel),
+            attr_ints("strides", &strides),
+            attr_ints("pads", &pads),
+        ];
+        let e = refusal(&m);
+        assert!(
+            e.contains("only 1x1 AveragePool")
+                && e.contains(&format!(
+                    "kernel_shape {kernel:?} strides {strides:?} pads {pads:?}"
+                )),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn matmul_with_a_1d_operand_is_refused() {
+    let v = TensorProto {
+        name: "v".into(),
+        dims: vec![4],
+        data_type: 1,
+        float_data: vec![1.0, -2.0, 0.5, 3.0],
+        ..Default::default()
+    };
+    // [N,4] x [4] and [4] x [4,N]: both [N].
+    let b_1d = vec![node("MatMul", &["t2_flatten", "v"], "mv", vec![]), column("mv")];
+    let a_1d = vec![
+        node(
+            "Transpose",
+            &["t2_flatten"],
+            "ft",
+            vec![attr_ints("perm", &[1, 0])],
+        ),
+        node("MatMul", &["v", "ft"], "vm", vec![]),
+        column("vm"),
+    ];
+    for nodes in [b_1d, a_1d] {
+        let e = refusal(&plus_extra(nodes, vec![v.clone()], 17));
+        assert!(e.contains("MatMul with a 1-D operand"), "{e}");
+    }
+}
+
+#[test]
+fn batch_normalization_of_a_5d_tensor_scales_each_channel() {
+    // batchnorm_before_pool with its BatchNormalization on x reshaped to [N,4,3,3,1] (as a
+    // BatchNorm3d sees it) and back: the same function, so the fixture's torch dx holds.
+    let mut m = proto::tiny("batchnorm_before_pool");
+    let bn = proto::node(&mut m, "BatchNormalization", 0);
+    bn.input[0] = "x5".into();
+    let out = std::mem::replace(&mut bn.output[0], "y5".into());
+    let g = proto::graph(&mut m);
+    g.initializer.push(ints_init("s5", &[5], &[-1, 4, 3, 3, 1]));
+    g.initializer.push(ints_init("s4", &[4], &[-1, 4, 3, 3]));
+    g.node.insert(0, node("Reshape", &["x", "s5"], "x5", vec![]));
+    let at = g
+        .node
+        .iter()
+        .position(|n| n.op_type == "BatchNormalization")
+        .expect("BN")
+        + 1;
+    g.node.insert(at, node("Reshape", &["y5", "s4"], &out, vec![]));
+    let j = read_json(&fixture("tiny/batchnorm_before_pool.json"));
+    let opts = AugmentOptions {
+        target_layer: Some("x".into()),
+        ..Default::default()
+    };
+    let r = run(&proto::parse(&m), &opts, &floats(&j["x"]), 3, &[-1; 3]);
+    assert_eq!(r.class, ints(&j["class"]));
+    let want = floats(&j["dx"]);
+    let d = max_abs_diff(&r.da, &want);
+    assert!(d <= REL_TINY * max_abs(&want), "dA differs by {d}");
+}
+
+#[test]
+fn layer_normalization_without_an_axis_normalizes_the_last_one() {
+    // transpose_layernorm says axis = -1; without it the default is the same axis.
+    let mut m = proto::tiny("transpose_layernorm");
+    proto::node(&mut m, "LayerNormalization", 0)
+        .attribute
+        .retain(|a| a.name != "axis");
+    let j = read_json(&fixture("tiny/transpose_layernorm.json"));
+    let opts = AugmentOptions {
+        target_layer: Some("x".into()),
+        ..Default::default()
+    };
+    let r = run(&proto::parse(&m), &opts, &floats(&j["x"]), 3, &[-1; 3]);
+    assert_eq!(r.class, ints(&j["class"]));
+    let want = floats(&j["dx"]);
+    let d = max_abs_diff(&r.da, &want);
+    assert!(d <= REL_TINY * max_abs(&want), "dA differs by {d}");
+}
+
+mod gather {
+    use super::*;
+
+    /// extra = mean(Gather(flat, idx, axis)) over the gathered axis: d extra / d flat[k] =
+    /// count of k in idx / len(idx), and d flat[k] / dx = 1/9.
+    fn mean_of_gathered(idx: &[i64], axis: i64, opset: i64) -> ModelProto {
+        plus_extra(
+            vec![
+                node(
+                    "Gather",
+                    &["t2_flatten", "idx"],
+                    "picked",
+                    vec![attr_i("axis", axis)],
+                ),
+                node(
+                    "ReduceMean",
+                    &["picked"],
+                    "extra",
+                    vec![attr_ints("axes", &[1]), attr_i("keepdims", 1)],
+                ),
+            ],
+            vec![ints_init("idx", &[idx.len() as i64], idx)],
+            opset,
+        )
+    }
+
+    fn counts(idx: &[i64]) -> impl Fn(usize) -> f32 + '_ {
+        move |k| idx.iter().filter(|&&i| i == k as i64).count() as f32 / idx.len() as f32 / 9.0
+    }
+
+    #[test]
+    fn a_scalar_index_picks_one_column() {
+        let m = plus_extra(
+            vec![
+                node(
+                    "Gather",
+                    &["t2_flatten", "two"],
+                    "picked",
+                    vec![attr_i("axis", 1)],
+                ),
+                column("picked"),
+            ],
+            vec![ints_init("two", &[], &[2])],
+            17,
+        );
+        check_plus(
+            "scalar index",
+            &at_x(&proto::parse(&m)),
+            |k| (k == 2) as u8 as f32 / 9.0,
+            REL_TINY,
+        );
+    }
+
+    #[test]
+    fn repeated_indices_add_up_from_opset_16_and_are_refused_before() {
+        let idx = [2, 0, 2];
+        // A negative axis too: -1 is the feature axis of [N,4].
+        let r = at_x(&proto::parse(&mean_of_gathered(&idx, -1, 16)));
+        check_plus("repeats, opset 16", &r, counts(&idx), REL_TINY);
+        let e = refusal(&mean_of_gathered(&idx, 1, 15));
+        assert!(e.contains("needs opset >= 16"), "{e}");
+    }
+
+    #[test]
+    fn unique_constant_indices_need_no_adding_before_opset_16() {
+        let idx = [2, 0];
+        let r = at_x(&proto::parse(&mean_of_gathered(&idx, 1, 15)));
+        check_plus("unique, opset 15", &r, counts(&idx), REL_TINY);
+    }
+
+    /// extra = mean over the index axes of Gather(flat^T [4,N], idx [2,2], axis).
+    fn rank2(axis: i64, opset: i64) -> ModelProto {
+        let (src, axes) = match axis {
+            0 => ("ft", [0, 1]),
+            _ => ("t2_flatten", [1, 2]),
+        };
+        let mut m = plus_extra(
+            vec![
+                node(
+                    "Transpose",
+                    &["t2_flatten"],
+                    "ft",
+                    vec![attr_ints("perm", &[1, 0])],
+                ),
+                node("Gather", &[src, "idx2"], "picked", vec![attr_i("axis", axis)]),
+                node(
+                    "ReduceMean",
+                    &["picked"],
+                    "picked_mean",
+                    vec![attr_ints("axes", &axes), attr_i("keepdims", 0)],
+                ),
+                column("picked_mean"),
+            ],
+            vec![ints_init("idx2", &[2, 2], &[2, 0, 2, 1])],
+            opset,
+        );
+        proto::graph(&mut m)
+            .node
+            .retain(|n| axis == 0 || n.op_type != "Transpose");
+        m
+    }
+
+    #[test]
+    fn an_index_tensor_on_axis_0_scatters_back_from_opset_16_only() {
+        let r = at_x(&proto::parse(&rank2(0, 16)));
+        check_plus("rank-2 index", &r, counts(&[2, 0, 2, 1]), REL_TINY);
+        let e = refusal(&rank2(0, 15));
+        assert!(e.contains("supported on axis 0 from opset 16"), "{e}");
+        let e = refusal(&rank2(1, 17));
+        assert!(e.contains("supported on axis 0 from opset 16"), "{e}");
+    }
+
+    #[test]
+    fn float16_models_scatter_back_too() {
+        // ONNX Runtime's CPU kernels cannot add float16 in a scatter: this ran into "MLFloat16
+        // data type is not supported with ScatterElements opset 16 when reduction is 'add'".
+        let j = read_json(&fixture("tiny/gap_flatten_gemm.json"));
+        let opts = AugmentOptions {
+            target_layer: Some("x".into()),
+            ..Default::default()
+        };
+        for (name, mut m, idx) in [
+            (
+                "ScatterElements",
+                mean_of_gathered(&[2, 0, 2], 1, 16),
+                vec![2, 0, 2],
+            ),
+            ("ScatterND", rank2(0, 16), vec![2, 0, 2, 1]),
+        ] {
+            proto::retype(&mut m, proto::dtype::FLOAT16);
+            // float16 rounding may swap close logits: seed the reference's classes.
+            let r = run(&proto::parse(&m), &opts, &floats(&j["x"]), 3, &ints(&j["class"]));
+            // float16 keeps ~3 decimal digits.
+            check_plus(name, &r, counts(&idx), 1e-2);
+        }
+    }
+
+    #[test]
+    fn float64_models_scatter_into_float64_zeros() {
+        // ONNX Runtime's CPU provider runs no float64 pooling, so this is checked in the graph:
+        // a ConstantOfShape value is one element of the output type (ONNX spec).
+        use prost::Message;
+        for mut m in [mean_of_gathered(&[2, 0, 2], 1, 16), rank2(0, 16)] {
+            proto::retype(&mut m, proto::dtype::DOUBLE);
+            let opts = AugmentOptions {
+                target_layer: Some("x".into()),
+                ..Default::default()
+            };
+            let a = augment(&proto::parse(&m), &opts).expect("augment");
+            let g = ModelProto::decode(a.bytes.as_slice())
+                .expect("decodes")
+                .graph
+                .expect("graph");
+            let values: Vec<(i32, usize)> = g
+                .node
+                .iter()
+                .filter(|n| n.op_type == "ConstantOfShape")
+                .flat_map(|n| n.attribute.iter().filter_map(|a| a.t.as_ref()))
+                .map(|t| (t.data_type, t.raw_data.len()))
+                .collect();
+            assert_eq!(values, [(proto::dtype::DOUBLE, 8)]);
+        }
+    }
+}
