@@ -385,4 +385,179 @@ mod tests {
             .collect();
         assert_eq!(alerts, [false, false, true, false, false, false]);
     }
+
+    fn map(cam: Array2<f32>) -> ClassMap {
+        ClassMap {
+            class: 1,
+            prob: 0.25,
+            score: 3.5,
+            cam,
+        }
+    }
+
+    /// (m - min) / (max - min), in f64: the normalization written out.
+    fn normalized(m: &Array2<f32>) -> Array2<f64> {
+        let min = m.iter().fold(f32::INFINITY, |a, &b| a.min(b)) as f64;
+        let max = m.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+        m.mapv(|v| (v as f64 - min) / (max - min))
+    }
+
+    fn max_diff(a: &Array2<f32>, b: &Array2<f64>) -> f64 {
+        assert_eq!(a.dim(), b.dim());
+        a.iter()
+            .zip(b)
+            .map(|(&x, &y)| (x as f64 - y).abs())
+            .fold(0.0, f64::max)
+    }
+
+    const LEFT_HALF: [[f32; 2]; 4] = [[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]];
+
+    #[test]
+    fn smoothing_is_a_moving_average_of_the_normalized_maps() {
+        let cfg = MonitorConfig {
+            smoothing: 0.75,
+            ..Default::default()
+        };
+        let mut mon = Monitor::new("t".into(), cfg).unwrap();
+        let frames = [
+            array![[0.0f32, 2.0], [4.0, 8.0]],
+            array![[8.0f32, 4.0], [2.0, 0.0]],
+            array![[1.0f32, 1.0], [3.0, 1.0]],
+        ];
+        let mut want = normalized(&frames[0]);
+        for (i, f) in frames.iter().enumerate() {
+            if i > 0 {
+                want = &want * 0.75 + normalized(f) * 0.25;
+            }
+            let mut maps = vec![map(f.clone())];
+            mon.observe(i as u64, 0.0, &mut maps, &[]);
+            // normalize divides by max + 1e-7.
+            let d = max_diff(&maps[0].cam, &want);
+            assert!(d < 1e-6, "frame {i}: {:?} vs {want:?}", maps[0].cam);
+        }
+        // A map of another size starts the average again.
+        let f = array![[0.0f32, 1.0, 3.0]];
+        let mut maps = vec![map(f.clone())];
+        mon.observe(3, 0.0, &mut maps, &[]);
+        assert!(
+            max_diff(&maps[0].cam, &normalized(&f)) < 1e-6,
+            "{:?}",
+            maps[0].cam
+        );
+    }
+
+    #[test]
+    fn without_smoothing_the_map_is_handed_on_as_computed() {
+        let cfg = MonitorConfig {
+            roi: Some(LEFT_HALF.to_vec()),
+            roi_alert_ratio: 0.5,
+            ..Default::default()
+        };
+        let mut mon = Monitor::new("t".into(), cfg).unwrap();
+        let f = array![[0.0f32, 2.0], [4.0, 8.0]];
+        let mut maps = vec![map(f.clone())];
+        mon.observe(0, 0.0, &mut maps, &[]);
+        assert_eq!(maps[0].cam, f);
+    }
+
+    #[test]
+    fn an_alert_needs_more_than_the_ratio_outside() {
+        let cfg = MonitorConfig {
+            roi: Some(LEFT_HALF.to_vec()),
+            roi_alert_ratio: 0.5,
+            roi_alert_frames: 1,
+            ..Default::default()
+        };
+        let mut mon = Monitor::new("t".into(), cfg).unwrap();
+        // Constant along x: exactly half the mass on each side.
+        let mut maps = vec![map(array![[1.0f32, 1.0], [0.0, 0.0]])];
+        let o = mon.observe(0, 0.0, &mut maps, &[]);
+        assert_eq!((o.outside_roi, o.alert), (Some(0.5), false));
+        let mut maps = vec![map(array![[1.0f32, 1.0], [0.0, 0.01]])];
+        let o = mon.observe(1, 0.0, &mut maps, &[]);
+        assert!(o.outside_roi > Some(0.5) && o.alert, "{:?}", o.outside_roi);
+    }
+
+    #[test]
+    fn events_every_nth_explained_frame_and_on_each_alert_with_the_maps_statistics() {
+        let path = std::env::temp_dir().join(format!("gradcamd-monitor-{}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let cfg = MonitorConfig {
+            roi: Some(LEFT_HALF.to_vec()),
+            roi_alert_ratio: 0.5,
+            roi_alert_frames: 2,
+            events: Some(path.clone()),
+            events_every: 3,
+            hot_threshold: 0.5,
+            ..Default::default()
+        };
+        let mut mon = Monitor::new("cam1".into(), cfg).unwrap();
+        let labels = ["a".to_string(), "bee".to_string()];
+        for seq in 0..7 {
+            // All mass to the right: outside the ROI on every frame; the alert starts on the
+            // second (seq 1), between the every-3rd events of seq 0, 3, 6.
+            let mut maps = vec![map(array![[0.0f32, 1.0], [0.0, 1.0]])];
+            mon.observe(seq, seq as f64 * 40.0, &mut maps, &labels);
+        }
+        drop(mon);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let ev: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let seqs: Vec<u64> = ev.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        let alerts: Vec<bool> = ev.iter().map(|e| e["alert"].as_bool().unwrap()).collect();
+        assert_eq!(seqs, [0, 1, 3, 6]);
+        assert_eq!(alerts, [false, true, false, false]);
+        // The 2x2 map [[0,1],[0,1]] sampled 4x at cell centres: each row is
+        // [0, 0, 1/8, 3/8, 5/8, 7/8, 1, 1] (worked out by hand).
+        let e = &ev[2];
+        assert_eq!(
+            (e["source"].as_str(), e["pts_ms"].as_f64()),
+            (Some("cam1"), Some(120.0))
+        );
+        assert_eq!((e["class"].as_u64(), e["label"].as_str()), (Some(1), Some("bee")));
+        assert_eq!((e["prob"].as_f64(), e["score"].as_f64()), (Some(0.25), Some(3.5)));
+        let f = |k: &str| -> Vec<f64> {
+            e[k].as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect()
+        };
+        // First maximum in row order: column 6 of row 0.
+        assert_eq!(f("peak"), [6.5 / 8.0, 0.5 / 8.0]);
+        // x: sum v (j + 0.5) / 8 over sum v = 23.25 / 8 / 4.
+        let c = f("centroid");
+        assert!(
+            (c[0] - 23.25 / 32.0).abs() < 1e-6 && (c[1] - 0.5).abs() < 1e-6,
+            "{c:?}"
+        );
+        // v >= 0.5 from column 4 on.
+        assert_eq!(f("hot_bbox"), [0.5, 0.0, 1.0, 1.0]);
+        // Outside the left half: (5 + 7 + 8 + 8) / (1 + 3 + 5 + 7 + 8 + 8) = 0.875.
+        assert!((e["outside_roi"].as_f64().unwrap() - 0.875).abs() < 1e-6, "{e}");
+        let ts = e["ts"].as_f64().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(ts <= now && ts > now - 600.0, "{ts} vs {now}");
+    }
+
+    #[cfg(feature = "video")]
+    #[test]
+    fn upsampling_matches_opencv_inter_linear() {
+        use opencv::core::{Mat, Size};
+        use opencv::imgproc;
+        use opencv::prelude::*;
+        let m = Array2::from_shape_fn((3, 5), |(i, j)| ((i * 7 + j * 3) % 11) as f32 / 10.0);
+        let u = upsample(&m, 4);
+        let src = Mat::new_rows_cols_with_data(3, 5, m.as_slice().unwrap()).unwrap();
+        let mut cv = Mat::default();
+        imgproc::resize(&src, &mut cv, Size::new(20, 12), 0.0, 0.0, imgproc::INTER_LINEAR).unwrap();
+        let cv: &[f32] = cv.data_typed::<f32>().unwrap();
+        let d = u.iter().zip(cv).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        // Measured 7.5e-9 (float rounding of the weights).
+        assert_eq!(u.dim(), (12, 20));
+        assert!(d < 1e-7, "max difference {d}");
+    }
 }

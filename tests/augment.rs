@@ -29,6 +29,27 @@ pub(crate) fn run(model: &OnnxModel, opts: &AugmentOptions, x: &[f32], n: usize,
     .expect("run")
 }
 
+/// Target x: the gradient every rule in the head contributes to.
+pub(crate) fn at_x() -> AugmentOptions {
+    AugmentOptions {
+        target_layer: Some("x".into()),
+        ..Default::default()
+    }
+}
+
+/// `model` is an edit of the tiny fixture `name` that computes the same function: at target x,
+/// its top-1 classes and dx are the fixture's torch ones.
+pub(crate) fn same_as_fixture(model: &OnnxModel, name: &str) {
+    let j = read_json(&fixture(&format!("tiny/{name}.json")));
+    let want_class = ints(&j["class"]);
+    let n = want_class.len();
+    let r = run(model, &at_x(), &floats(&j["x"]), n, &vec![-1; n]);
+    assert_eq!(r.class, want_class, "{name}: top-1 classes");
+    let want = floats(&j["dx"]);
+    let d = max_abs_diff(&r.da, &want);
+    assert!(d <= REL_TINY * max_abs(&want), "{name}: dA differs by {d}");
+}
+
 fn check_tiny(name: &str) {
     let model = OnnxModel::load(&fixture(&format!("tiny/{name}.onnx"))).expect("load tiny model");
     let j = read_json(&fixture(&format!("tiny/{name}.json")));
@@ -164,10 +185,6 @@ fn the_head_is_exactly_the_ops_between_the_target_and_the_score() {
         let model = OnnxModel::load(&fixture(&format!("tiny/{name}.onnx"))).expect("load tiny model");
         let aug = augment(&model, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
         aug.head.into_iter().map(|(op, _)| op).collect()
-    };
-    let at_x = || AugmentOptions {
-        target_layer: Some("x".into()),
-        ..Default::default()
     };
     let cases: [(&str, AugmentOptions, &[&str]); 6] = [
         (
@@ -413,10 +430,7 @@ fn a_softmax_without_an_axis_is_over_the_last_one() {
     let model = proto::parse(&m);
     let j = read_json(&fixture("tiny/gap_flatten_gemm.json"));
     let x = floats(&j["x"]);
-    let opts = AugmentOptions {
-        target_layer: Some("x".into()),
-        ..Default::default()
-    };
+    let opts = at_x();
     let r = run(&model, &opts, &x, 3, &[-1]);
     assert!(r.da.iter().all(|&v| v == 0.0), "dA: {:?}", &r.da[..9]);
 }
@@ -471,18 +485,7 @@ fn a_lower_rank_tensor_broadcast_against_a_higher_rank_one_gets_the_summed_gradi
     for (k, n) in nodes.into_iter().enumerate() {
         g.node.insert(gemm + k, n);
     }
-    let model = proto::parse(&m);
-    let j = read_json(&fixture("tiny/gap_flatten_gemm.json"));
-    let x = floats(&j["x"]);
-    let opts = AugmentOptions {
-        target_layer: Some("x".into()),
-        ..Default::default()
-    };
-    let r = run(&model, &opts, &x, 3, &[-1]);
-    assert_eq!(r.class, ints(&j["class"]));
-    let want = floats(&j["dx"]);
-    let d = max_abs_diff(&r.da, &want);
-    assert!(d <= REL_TINY * max_abs(&want), "dA differs by {d}");
+    same_as_fixture(&proto::parse(&m), "gap_flatten_gemm");
 }
 
 #[test]
@@ -522,17 +525,7 @@ fn reduce_mean_with_axes_as_an_input_and_keepdims_0_puts_the_axes_back() {
     // Its declared shape was the keepdims one.
     let out = rm.output[0].clone();
     proto::graph(&mut m).value_info.retain(|v| v.name != out);
-    let model = proto::parse(&m);
-    let j = read_json(&fixture("tiny/reducemean_input.json"));
-    let opts = AugmentOptions {
-        target_layer: Some("x".into()),
-        ..Default::default()
-    };
-    let r = run(&model, &opts, &floats(&j["x"]), 3, &[-1]);
-    assert_eq!(r.class, ints(&j["class"]));
-    let want = floats(&j["dx"]);
-    let d = max_abs_diff(&r.da, &want);
-    assert!(d <= REL_TINY * max_abs(&want), "dA differs by {d}");
+    same_as_fixture(&proto::parse(&m), "reducemean_input");
 }
 
 #[test]
@@ -723,22 +716,12 @@ fn float16_models_differentiate_in_float16_and_hand_out_float32() {
         let mut m = proto::tiny(name);
         proto::retype(&mut m, proto::dtype::FLOAT16);
         let model = proto::parse(&m);
-        let aug = augment(
-            &model,
-            &AugmentOptions {
-                target_layer: Some("x".into()),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let aug = augment(&model, &at_x()).unwrap();
         assert_eq!(aug.elem_type, gradcamd::onnx::proto::dtype::FLOAT16);
         assert_eq!(aug.logits_output, "gradcamd_logits");
         let j = read_json(&fixture(&format!("tiny/{name}.json")));
         let x = floats(&j["x"]);
-        let opts = AugmentOptions {
-            target_layer: Some("x".into()),
-            ..Default::default()
-        };
+        let opts = at_x();
         // Rounding to float16 can swap close logits, so seed the reference's classes explicitly.
         let want_class: Vec<i64> = ints(&j["class"]);
         let r = run(&model, &opts, &x, 3, &want_class);

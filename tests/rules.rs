@@ -3,9 +3,9 @@
 //! function exactly), and the augmented model's dx must be the fixture's torch dx plus that
 //! term. Then the forms that cannot be differentiated here, refused by name.
 
-use gradcamd::onnx::{augment, AugmentOptions, OnnxModel};
+use gradcamd::onnx::{augment, OnnxModel};
 
-use crate::augment::{run, Run};
+use crate::augment::{at_x, run, same_as_fixture, Run};
 use crate::util::{fixture, floats, ints, max_abs, max_abs_diff, proto, read_json, REL_TINY};
 use proto::{AttributeProto, ModelProto, NodeProto, TensorProto};
 
@@ -74,23 +74,15 @@ fn column(g: &str) -> NodeProto {
     node("Reshape", &[g, "col"], "extra", vec![])
 }
 
-fn at_x(model: &OnnxModel) -> Run {
+fn explain(model: &OnnxModel) -> Run {
     let j = read_json(&fixture("tiny/gap_flatten_gemm.json"));
-    let opts = AugmentOptions {
-        target_layer: Some("x".into()),
-        ..Default::default()
-    };
-    let r = run(model, &opts, &floats(&j["x"]), 3, &[-1; 3]);
+    let r = run(model, &at_x(), &floats(&j["x"]), 3, &[-1; 3]);
     assert_eq!(r.class, ints(&j["class"]), "top-1 classes");
     r
 }
 
 fn refusal(m: &ModelProto) -> String {
-    let opts = AugmentOptions {
-        target_layer: Some("x".into()),
-        ..Default::default()
-    };
-    match augment(&proto::parse(m), &opts) {
+    match augment(&proto::parse(m), &at_x()) {
         Ok(_) => panic!("augmented a model it cannot differentiate"),
         Err(e) => e.to_string(),
     }
@@ -124,7 +116,7 @@ fn reduce_mean_without_axes_is_over_everything_and_with_noop_is_the_identity() {
         vec![],
         17,
     );
-    check_plus("no axes", &at_x(&proto::parse(&m)), |_| 1.0 / 36.0, REL_TINY);
+    check_plus("no axes", &explain(&proto::parse(&m)), |_| 1.0 / 36.0, REL_TINY);
 
     // Opset 18 with noop_with_empty_axes and no axes: the identity, even with keepdims = 0.
     let mut m = proto::tiny("gap_flatten_gemm");
@@ -137,7 +129,7 @@ fn reduce_mean_without_axes_is_over_everything_and_with_noop_is_the_identity() {
         vec![attr_i("keepdims", 0), attr_i("noop_with_empty_axes", 1)],
     );
     proto::graph(&mut m).node.insert(0, noop);
-    check_plus("noop", &at_x(&proto::parse(&m)), |_| 0.0, REL_TINY);
+    check_plus("noop", &explain(&proto::parse(&m)), |_| 0.0, REL_TINY);
 }
 
 #[test]
@@ -211,16 +203,7 @@ fn batch_normalization_of_a_5d_tensor_scales_each_channel() {
         .expect("BN")
         + 1;
     g.node.insert(at, node("Reshape", &["y5", "s4"], &out, vec![]));
-    let j = read_json(&fixture("tiny/batchnorm_before_pool.json"));
-    let opts = AugmentOptions {
-        target_layer: Some("x".into()),
-        ..Default::default()
-    };
-    let r = run(&proto::parse(&m), &opts, &floats(&j["x"]), 3, &[-1; 3]);
-    assert_eq!(r.class, ints(&j["class"]));
-    let want = floats(&j["dx"]);
-    let d = max_abs_diff(&r.da, &want);
-    assert!(d <= REL_TINY * max_abs(&want), "dA differs by {d}");
+    same_as_fixture(&proto::parse(&m), "batchnorm_before_pool");
 }
 
 #[test]
@@ -230,16 +213,7 @@ fn layer_normalization_without_an_axis_normalizes_the_last_one() {
     proto::node(&mut m, "LayerNormalization", 0)
         .attribute
         .retain(|a| a.name != "axis");
-    let j = read_json(&fixture("tiny/transpose_layernorm.json"));
-    let opts = AugmentOptions {
-        target_layer: Some("x".into()),
-        ..Default::default()
-    };
-    let r = run(&proto::parse(&m), &opts, &floats(&j["x"]), 3, &[-1; 3]);
-    assert_eq!(r.class, ints(&j["class"]));
-    let want = floats(&j["dx"]);
-    let d = max_abs_diff(&r.da, &want);
-    assert!(d <= REL_TINY * max_abs(&want), "dA differs by {d}");
+    same_as_fixture(&proto::parse(&m), "transpose_layernorm");
 }
 
 mod gather {
@@ -289,7 +263,7 @@ mod gather {
         );
         check_plus(
             "scalar index",
-            &at_x(&proto::parse(&m)),
+            &explain(&proto::parse(&m)),
             |k| (k == 2) as u8 as f32 / 9.0,
             REL_TINY,
         );
@@ -299,7 +273,7 @@ mod gather {
     fn repeated_indices_add_up_from_opset_16_and_are_refused_before() {
         let idx = [2, 0, 2];
         // A negative axis too: -1 is the feature axis of [N,4].
-        let r = at_x(&proto::parse(&mean_of_gathered(&idx, -1, 16)));
+        let r = explain(&proto::parse(&mean_of_gathered(&idx, -1, 16)));
         check_plus("repeats, opset 16", &r, counts(&idx), REL_TINY);
         let e = refusal(&mean_of_gathered(&idx, 1, 15));
         assert!(e.contains("needs opset >= 16"), "{e}");
@@ -308,7 +282,7 @@ mod gather {
     #[test]
     fn unique_constant_indices_need_no_adding_before_opset_16() {
         let idx = [2, 0];
-        let r = at_x(&proto::parse(&mean_of_gathered(&idx, 1, 15)));
+        let r = explain(&proto::parse(&mean_of_gathered(&idx, 1, 15)));
         check_plus("unique, opset 15", &r, counts(&idx), REL_TINY);
     }
 
@@ -346,7 +320,7 @@ mod gather {
 
     #[test]
     fn an_index_tensor_on_axis_0_scatters_back_from_opset_16_only() {
-        let r = at_x(&proto::parse(&rank2(0, 16)));
+        let r = explain(&proto::parse(&rank2(0, 16)));
         check_plus("rank-2 index", &r, counts(&[2, 0, 2, 1]), REL_TINY);
         let e = refusal(&rank2(0, 15));
         assert!(e.contains("supported on axis 0 from opset 16"), "{e}");
@@ -359,10 +333,6 @@ mod gather {
         // ONNX Runtime's CPU kernels cannot add float16 in a scatter: this ran into "MLFloat16
         // data type is not supported with ScatterElements opset 16 when reduction is 'add'".
         let j = read_json(&fixture("tiny/gap_flatten_gemm.json"));
-        let opts = AugmentOptions {
-            target_layer: Some("x".into()),
-            ..Default::default()
-        };
         for (name, mut m, idx) in [
             (
                 "ScatterElements",
@@ -373,7 +343,13 @@ mod gather {
         ] {
             proto::retype(&mut m, proto::dtype::FLOAT16);
             // float16 rounding may swap close logits: seed the reference's classes.
-            let r = run(&proto::parse(&m), &opts, &floats(&j["x"]), 3, &ints(&j["class"]));
+            let r = run(
+                &proto::parse(&m),
+                &at_x(),
+                &floats(&j["x"]),
+                3,
+                &ints(&j["class"]),
+            );
             // float16 keeps ~3 decimal digits.
             check_plus(name, &r, counts(&idx), 1e-2);
         }
@@ -386,11 +362,7 @@ mod gather {
         use prost::Message;
         for mut m in [mean_of_gathered(&[2, 0, 2], 1, 16), rank2(0, 16)] {
             proto::retype(&mut m, proto::dtype::DOUBLE);
-            let opts = AugmentOptions {
-                target_layer: Some("x".into()),
-                ..Default::default()
-            };
-            let a = augment(&proto::parse(&m), &opts).expect("augment");
+            let a = augment(&proto::parse(&m), &at_x()).expect("augment");
             let g = ModelProto::decode(a.bytes.as_slice())
                 .expect("decodes")
                 .graph
