@@ -117,6 +117,21 @@ fn reduce_mean_without_axes_is_over_everything_and_with_noop_is_the_identity() {
         17,
     );
     check_plus("no axes", &explain(&proto::parse(&m)), |_| 1.0 / 36.0, REL_TINY);
+    // The same with an empty axes input (opset 18) and keepdims = 0: a scalar.
+    let m = plus_extra(
+        vec![
+            node("ReduceMean", &["x", "none"], "all", vec![attr_i("keepdims", 0)]),
+            column("all"),
+        ],
+        vec![ints_init("none", &[0], &[])],
+        18,
+    );
+    check_plus(
+        "empty axes",
+        &explain(&proto::parse(&m)),
+        |_| 1.0 / 36.0,
+        REL_TINY,
+    );
 
     // Opset 18 with noop_with_empty_axes and no axes: the identity, even with keepdims = 0.
     let mut m = proto::tiny("gap_flatten_gemm");
