@@ -476,6 +476,10 @@ mod tests {
         let mut maps = vec![map(array![[1.0f32, 1.0], [0.0, 0.01]])];
         let o = mon.observe(1, 0.0, &mut maps, &[]);
         assert!(o.outside_roi > Some(0.5) && o.alert, "{:?}", o.outside_roi);
+        // A flat map normalizes to zeros: no mass anywhere, none outside.
+        let mut maps = vec![map(array![[2.0f32, 2.0], [2.0, 2.0]])];
+        let o = mon.observe(2, 0.0, &mut maps, &[]);
+        assert_eq!((o.outside_roi, o.alert), (Some(0.0), false));
     }
 
     #[test]
@@ -559,5 +563,44 @@ mod tests {
         // Measured 7.5e-9 (float rounding of the weights).
         assert_eq!(u.dim(), (12, 20));
         assert!(d < 1e-7, "max difference {d}");
+    }
+
+    #[cfg(feature = "video")]
+    #[test]
+    fn point_in_polygon_agrees_with_opencv_on_a_concave_polygon() {
+        use opencv::core::{Point2f, Vector};
+        // A concave "M"-like outline and a 32 x 32 grid of sample centres, some of them level
+        // with the vertices (where the crossing rule's half-open comparisons matter).
+        let r = |k: f32| (k + 0.5) / 32.0;
+        let poly = [
+            [0.1, r(3.0)],
+            [0.5, r(14.0)],
+            [0.9, r(3.0)],
+            [0.8, r(28.0)],
+            [0.5, r(19.0)],
+            [0.2, r(28.0)],
+        ];
+        let contour: Vector<Point2f> = poly.iter().map(|&[x, y]| Point2f::new(x, y)).collect();
+        let (mut inn, mut out, mut edge) = (0, 0, 0);
+        for i in 0..32 {
+            for j in 0..32 {
+                let (x, y) = (r(j as f32), r(i as f32));
+                let cv = opencv::imgproc::point_polygon_test(&contour, Point2f::new(x, y), false).unwrap();
+                if cv == 0.0 {
+                    edge += 1;
+                    continue;
+                }
+                assert_eq!(inside(&poly, x, y), cv > 0.0, "({x}, {y})");
+                if cv > 0.0 {
+                    inn += 1
+                } else {
+                    out += 1
+                }
+            }
+        }
+        assert!(
+            inn > 200 && out > 200 && edge < 8,
+            "{inn} in, {out} out, {edge} on an edge"
+        );
     }
 }
