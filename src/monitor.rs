@@ -603,4 +603,12 @@ mod tests {
             "{inn} in, {out} out, {edge} on an edge"
         );
     }
+
+    #[test]
+    fn a_map_without_mass_has_its_centroid_in_the_middle_and_no_hot_box() {
+        let z = Array2::<f32>::zeros((8, 8));
+        assert_eq!(centroid(&z), [0.5, 0.5]);
+        assert_eq!(hot_bbox(&z, 0.5), None);
+        assert_eq!(peak(&z), [0.0625, 0.0625]);
+    }
 }
