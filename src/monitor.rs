@@ -350,10 +350,14 @@ mod tests {
         assert_eq!(u.dim(), (8, 8));
         assert_eq!(u[[7, 7]], 1.0);
         assert_eq!(u[[0, 0]], 0.0);
-        let b = hot_bbox(&u, 0.5).unwrap();
-        assert!(b[0] >= 0.5 && b[1] >= 0.5 && b[2] == 1.0 && b[3] == 1.0, "{b:?}");
+        // u[i][j] = p[i] p[j] with p = [0, 0, 1/8, 3/8, 5/8, 7/8, 1, 1] (worked out by hand):
+        // at least 0.5 from (4, 5), (5, 4) on; the centroid of p is 23.25 / 32 on each axis.
+        assert_eq!(hot_bbox(&u, 0.5), Some([0.5, 0.5, 1.0, 1.0]));
         let c = centroid(&u);
-        assert!(c[0] > 0.7 && c[1] > 0.7, "{c:?}");
+        assert!(
+            (c[0] - 23.25 / 32.0).abs() < 1e-6 && (c[1] - 23.25 / 32.0).abs() < 1e-6,
+            "{c:?}"
+        );
     }
 
     #[test]
