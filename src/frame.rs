@@ -8,6 +8,13 @@ use opencv::core::Mat;
 
 use crate::explainer::ClassMap;
 
+/// Whether an output that shows frames only on demand (the HTTP stream: while someone watches,
+/// or when a snapshot is due) wants a source's next frame. Render asks before drawing one that
+/// no file or window shows; the sink that holds the viewers answers.
+pub trait Demand: Send + Sync {
+    fn wants_frame(&self, source: usize) -> bool;
+}
+
 /// One decoded frame.
 pub struct Frame {
     /// Index of the source in the plan; sinks route on it.

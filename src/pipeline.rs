@@ -23,7 +23,7 @@ use crate::config::{Config, SourceMode};
 use crate::engine::{Engine, EngineOptions, Provider};
 use crate::error::{fail, Kind};
 use crate::explainer::{ClassMap, Explainer, TargetSpec};
-use crate::frame::Pool;
+use crate::frame::{Demand, Pool};
 use crate::infer::{self, InferConfig};
 use crate::model::Model;
 use crate::monitor::Monitor;
@@ -205,7 +205,10 @@ impl Plan {
                     .iter()
                     .map(|s| s.file.is_some() || s.display.is_some())
                     .collect(),
-                hub: sinks.iter().find_map(|s| s.hub.clone()),
+                demand: sinks
+                    .iter()
+                    .find_map(|s| s.hub.clone())
+                    .map(|h| h as Arc<dyn Demand>),
             },
             render_workers: workers,
             queue: p.queue_frames,

@@ -16,8 +16,7 @@ use opencv::imgproc;
 use opencv::prelude::*;
 
 use crate::explainer::ClassMap;
-use crate::frame::{Annotated, Explained, Pool};
-use crate::sink::http::Hub;
+use crate::frame::{Annotated, Demand, Explained, Pool};
 use crate::stats::Stats;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,9 +34,9 @@ pub struct RenderConfig {
     pub labels: Arc<Vec<Arc<str>>>,
     /// Per source: whether an output shows every frame (a file, a window). Empty: all do.
     pub always_shown: Vec<bool>,
-    /// Where the other sources' frames may be shown: they are drawn only while someone watches
-    /// or a snapshot is due ([`Hub::wants_frame`]), and not at all without a hub (events only).
-    pub hub: Option<Arc<Hub>>,
+    /// Where the other sources' frames may be shown: they are drawn only when it wants them,
+    /// and not at all without it (events only).
+    pub demand: Option<Arc<dyn Demand>>,
 }
 
 impl RenderConfig {
@@ -54,9 +53,9 @@ impl RenderConfig {
     fn draws(&self, f: &crate::frame::Frame) -> bool {
         self.always_shown.get(f.source).copied().unwrap_or(true)
             || self
-                .hub
+                .demand
                 .as_ref()
-                .is_some_and(|h| f.lost || h.wants_frame(f.source))
+                .is_some_and(|d| f.lost || d.wants_frame(f.source))
     }
 
     fn label(&self, class: usize) -> Arc<str> {
@@ -647,7 +646,7 @@ mod tests {
             hud: false,
             labels: Arc::new(Vec::new()),
             always_shown: Vec::new(),
-            hub: None,
+            demand: None,
         };
         let mut s = Scratch::default();
         let (w, h) = (177, 145);

@@ -60,6 +60,17 @@ pub struct Hub {
     closed: AtomicBool,
 }
 
+/// A frame of `source` is wanted while someone watches it or when the snapshot is due;
+/// [`Hub::publish`] encodes only frames render drew.
+impl crate::frame::Demand for Hub {
+    fn wants_frame(&self, source: usize) -> bool {
+        self.slots
+            .get(source)
+            .and_then(|(m, _)| m.lock().ok())
+            .is_some_and(|s| s.wants_frame())
+    }
+}
+
 impl Hub {
     pub fn new(names: Vec<String>) -> Hub {
         let slots = names
@@ -75,15 +86,6 @@ impl Hub {
 
     pub fn index(&self, name: &str) -> Option<usize> {
         self.names.iter().position(|n| n == name)
-    }
-
-    /// Whether a frame of `source` would be shown now: someone watches it, or the snapshot is
-    /// due. Render asks before drawing; [`Hub::publish`] encodes only frames it drew.
-    pub fn wants_frame(&self, source: usize) -> bool {
-        self.slots
-            .get(source)
-            .and_then(|(m, _)| m.lock().ok())
-            .is_some_and(|s| s.wants_frame())
     }
 
     /// Publishes a source's frame: its label, score and rate always, the image when it was
