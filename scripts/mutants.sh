@@ -49,7 +49,7 @@ for g in "${groups[@]}"; do
       run monitor -f src/monitor.rs -- ;;
     target) # which class each source explains: parsing and resolving `target`
       FILTERS=(explainer:: files::each_source commands::explain commands::topk)
-      run target -f src/explainer.rs -f src/pipeline.rs -F 'resolve_target|TargetSpec' -- ;;
+      run target -f src/explainer.rs -F 'resolve_target|TargetSpec' -- ;;
     *) echo "mutants: unknown group $g (cam onnx render monitor target)" >&2; exit 2 ;;
   esac
 done

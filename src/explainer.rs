@@ -9,6 +9,8 @@ use ndarray::{Array2, Array3, Axis};
 
 use crate::cam::{self, Method};
 use crate::engine::{BatchView, Engine, EngineError, InputSlot};
+use crate::error::{fail, Kind};
+use crate::model::Model;
 use crate::onnx::augment::FcHead;
 
 /// Which class(es) to explain for a frame.
@@ -395,6 +397,28 @@ fn top_k_into(logits: impl Iterator<Item = f32>, k: usize, soft: &Softmax, out: 
 }
 
 /// The `k` best classes with their softmax probabilities, best first.
+/// Parses a target (`top1`, `topk:K`, a class index or a label) against the model's labels.
+pub fn resolve_target(model: &Model, target: &str) -> anyhow::Result<TargetSpec> {
+    TargetSpec::parse(target, |t| model.sidecar.class_of(t), model.num_classes())
+        .map_err(|e| fail(Kind::Config, format!("target: {e}")))
+}
+
+/// Fails unless `method` can run on this model.
+pub fn check_method(model: &Model, method: Method) -> anyhow::Result<()> {
+    if method == Method::Cam && model.graph.fc.is_none() {
+        let head: Vec<&str> = model.graph.head.iter().map(|(op, _)| op.as_str()).collect();
+        return Err(fail(
+            Kind::Unsupported,
+            format!(
+                "method \"cam\" needs a global-average-pool + fully-connected head, and {} has {}; use method = \"gradcam\"",
+                model.path.display(),
+                head.join(" → ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 fn ranked(logits: impl Iterator<Item = f32> + Clone, k: usize) -> Vec<(usize, f32)> {
     let mut out = Vec::new();

@@ -22,7 +22,7 @@ use crate::capture::Source;
 use crate::config::{Config, SourceMode};
 use crate::engine::{Engine, EngineOptions, Provider};
 use crate::error::{fail, Kind};
-use crate::explainer::{ClassMap, Explainer, TargetSpec};
+use crate::explainer::{check_method, resolve_target, ClassMap, Explainer};
 use crate::frame::{Demand, Pool};
 use crate::infer::{self, InferConfig};
 use crate::model::Model;
@@ -70,28 +70,6 @@ pub fn engine_options(cfg: &Config) -> EngineOptions {
         intra_op_spinning: cfg.model.intra_op_spinning,
         profile: None,
     }
-}
-
-/// Parses a target (`top1`, `topk:K`, a class index or a label) against the model's labels.
-pub fn resolve_target(model: &Model, target: &str) -> anyhow::Result<TargetSpec> {
-    TargetSpec::parse(target, |t| model.sidecar.class_of(t), model.num_classes())
-        .map_err(|e| fail(Kind::Config, format!("target: {e}")))
-}
-
-/// Fails unless `method` can run on this model.
-pub fn check_method(model: &Model, method: Method) -> anyhow::Result<()> {
-    if method == Method::Cam && model.graph.fc.is_none() {
-        let head: Vec<&str> = model.graph.head.iter().map(|(op, _)| op.as_str()).collect();
-        return Err(fail(
-            Kind::Unsupported,
-            format!(
-                "method \"cam\" needs a global-average-pool + fully-connected head, and {} has {}; use method = \"gradcam\"",
-                model.path.display(),
-                head.join(" → ")
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Frames the sources will send, when every one is a file in file mode that says how many it

@@ -12,9 +12,8 @@ use serde::Serialize;
 use crate::cli::ExplainArgs;
 use crate::engine::{Engine, EngineOptions};
 use crate::error::{fail, Kind, KindExt};
-use crate::explainer::{ClassMap, Explainer, ItemOut, TargetSpec};
+use crate::explainer::{check_method, resolve_target, ClassMap, Explainer, ItemOut, TargetSpec};
 use crate::model::Model;
-use crate::pipeline::{check_method, resolve_target};
 use crate::preprocess::Preprocessor;
 use crate::render::{overlay, Blend, Scratch};
 
