@@ -41,10 +41,9 @@ pub struct Plan {
     /// One per inference worker, sessions already run once (see [`Explainer::warm_up`]).
     explainers: Vec<Explainer>,
     pre: Preprocessor,
-    sources: Vec<Source>,
-    sinks: Vec<SourceSink>,
-    http: Option<HttpServer>,
-    display: Option<Display>,
+    io: Io,
+    /// Per source: the frame buffers its sink hands back to its capture.
+    frame_pools: Vec<Pool<Mat>>,
     infer: InferConfig,
     method: Method,
     render: RenderConfig,
@@ -138,22 +137,11 @@ impl Plan {
             explainers.push(explainer);
         }
 
-        let mut sources = Vec::new();
-        let mut sinks: Vec<SourceSink> = Vec::new();
-        let mut http = None;
-        let mut display = None;
         // Outputs claimed before a failure are given up as they drop: removed where this run
         // created them, left alone where they existed.
-        open_io(
-            cfg,
-            names,
-            files,
-            &mut sources,
-            &mut sinks,
-            &mut http,
-            &mut display,
-        )?;
-        let monitors = sources
+        let mut io = open_io(cfg, names, files)?;
+        let monitors = io
+            .sources
             .iter()
             .zip(&cfg.source)
             .map(|(src, sc)| Monitor::new(src.name.clone(), sc.monitor()))
@@ -164,6 +152,27 @@ impl Plan {
         } else {
             p.render_workers
         };
+
+        // Buffers in flight at most: queued at each stage, the batch being filled and the batches
+        // inference holds (in its slots, or finished and waiting for their turn), one per render
+        // worker.
+        let in_infer = batch_size * (infer::CARRIERS * explainers.len().max(1) + 1);
+        let in_flight = 2 * p.queue_frames + in_infer + workers + 2;
+        let maps_pool = Pool::new(in_flight);
+        // Filled up front with maps of the model's size, so that the frames in flight never
+        // grow the population after start-up.
+        if let Some(dims) = explainers.first().and_then(|e| e.cam_dims()) {
+            for _ in 0..in_flight {
+                maps_pool.give(vec![ClassMap::zeros(dims)]);
+            }
+        }
+        let frame_pools: Vec<Pool<Mat>> = io.sources.iter().map(|_| Pool::new(in_flight)).collect();
+        for ((s, p), src) in io.sinks.iter_mut().zip(&frame_pools).zip(&io.sources) {
+            s.recycle = Some(p.clone());
+            // More frames waiting behind a missing one than the pipeline holds: it is lost.
+            // (Twice that, as a render worker the OS parked may keep one while others go on.)
+            s.gap_limit = (src.mode == SourceMode::Live).then_some(2 * in_flight);
+        }
         Ok(Plan {
             infer: InferConfig {
                 batch_size,
@@ -171,19 +180,21 @@ impl Plan {
                 targets,
                 monitors,
                 labels: Arc::new(model.sidecar.labels.clone()),
-                maps_pool: Pool::new(1),
-                expected_frames: expected_frames(&sources),
+                maps_pool,
+                expected_frames: expected_frames(&io.sources),
             },
             method: cfg.explain.method,
             render: RenderConfig {
                 alpha: cfg.explain.alpha,
                 hud: cfg.explain.hud,
                 labels: RenderConfig::short_labels(&model.sidecar.labels),
-                always_shown: sinks
+                always_shown: io
+                    .sinks
                     .iter()
                     .map(|s| s.file.is_some() || s.display.is_some())
                     .collect(),
-                demand: sinks
+                demand: io
+                    .sinks
                     .iter()
                     .find_map(|s| s.hub.clone())
                     .map(|h| h as Arc<dyn Demand>),
@@ -193,10 +204,8 @@ impl Plan {
             batch_size,
             explainers,
             pre,
-            sources,
-            sinks,
-            http,
-            display,
+            io,
+            frame_pools,
             model,
         })
     }
@@ -207,10 +216,14 @@ impl Plan {
             model,
             explainers,
             pre,
-            sources,
-            sinks,
-            http,
-            display,
+            io:
+                Io {
+                    sources,
+                    sinks,
+                    http,
+                    display,
+                },
+            frame_pools,
             infer,
             method,
             render,
@@ -250,27 +263,6 @@ impl Plan {
             sink_rxs.push(rx);
         }
 
-        // Buffers in flight at most: queued at each stage, the batch being filled and the batches
-        // inference holds (in its slots, or finished and waiting for their turn), one per render
-        // worker.
-        let in_infer = batch_size * (infer::CARRIERS * explainers.len().max(1) + 1);
-        let in_flight = 2 * queue + in_infer + render_workers + 2;
-        let maps_pool = Pool::new(in_flight);
-        // Filled up front with maps of the model's size, so that the frames in flight never
-        // grow the population after start-up.
-        if let Some(dims) = explainers.first().and_then(|e| e.cam_dims()) {
-            for _ in 0..in_flight {
-                maps_pool.give(vec![ClassMap::zeros(dims)]);
-            }
-        }
-        let frame_pools: Vec<Pool<Mat>> = sources.iter().map(|_| Pool::new(in_flight)).collect();
-        let mut sinks = sinks;
-        for ((s, p), src) in sinks.iter_mut().zip(&frame_pools).zip(&sources) {
-            s.recycle = Some(p.clone());
-            // More frames waiting behind a missing one than the pipeline holds: it is lost.
-            // (Twice that, as a render worker the OS parked may keep one while others go on.)
-            s.gap_limit = (src.mode == SourceMode::Live).then_some(2 * in_flight);
-        }
         let bars = Progress::new(progress, &sources);
         let mut captures: Vec<JoinHandle<()>> = Vec::new();
         let mut frame_rxs = Vec::new();
@@ -286,8 +278,7 @@ impl Plan {
         }
 
         let st = stats.clone();
-        let mut infer = infer;
-        infer.maps_pool = maps_pool.clone();
+        let maps_pool = infer.maps_pool.clone();
         let infer_h = spawn("infer", move || {
             infer::run(explainers, pre, infer, frame_rxs, expl_tx, st)
         })?;
@@ -424,15 +415,7 @@ fn check_paths(cfg: &Config, names: &[String]) -> anyhow::Result<()> {
 
 /// Checks the display and binds the HTTP server (the cheap checks first), then opens every
 /// source, side by side, and hands it its claimed outputs.
-fn open_io(
-    cfg: &Config,
-    names: Vec<String>,
-    files: Vec<Option<FileSink>>,
-    sources: &mut Vec<Source>,
-    sinks: &mut Vec<SourceSink>,
-    http: &mut Option<HttpServer>,
-    display: &mut Option<Display>,
-) -> anyhow::Result<()> {
+fn open_io(cfg: &Config, names: Vec<String>, files: Vec<Option<FileSink>>) -> anyhow::Result<Io> {
     for (s, name) in cfg.source.iter().zip(&names) {
         // An events log is an output: a monitor may want only the per-frame results.
         if s.output.is_none() && s.events.is_none() && cfg.http.listen.is_none() && !s.display {
@@ -445,12 +428,13 @@ fn open_io(
     if cfg.source.iter().any(|s| s.display) {
         crate::sink::display::check_display()?;
     }
+    let mut http = None;
     if let Some(addr) = &cfg.http.listen {
         let limits = crate::sink::http::Limits {
             idle_timeout: Duration::from_millis(cfg.http.idle_timeout_ms),
             max_clients: cfg.http.max_clients,
         };
-        *http = Some(HttpServer::bind(addr, names.clone(), limits)?);
+        http = Some(HttpServer::bind(addr, names.clone(), limits)?);
     }
     // Each source waits for its own timeout at most, all at once: four dead cameras cost one
     // open timeout, not four.
@@ -483,6 +467,7 @@ fn open_io(
     });
     // A source that fails drops the claimed outputs: removed where this run created them.
     let opened = opened.into_iter().collect::<anyhow::Result<Vec<Source>>>()?;
+    let (mut sources, mut sinks) = (Vec::new(), Vec::new());
     for (i, (src, mut file)) in opened.into_iter().zip(files).enumerate() {
         if let (Some(f), true) = (file.as_mut(), src.fps_known) {
             f.set_fps(src.fps);
@@ -492,12 +477,13 @@ fn open_io(
             file,
             hub: http.as_ref().map(|h| h.hub.clone()),
             display: None,
-            // Set with the number of frames in flight, once it is known.
+            // Set by the plan, which knows how many frames can be in flight.
             gap_limit: None,
             recycle: None,
         });
         sources.push(src);
     }
+    let mut display = None;
     if cfg.source.iter().any(|s| s.display) {
         let d = Display::new(names);
         for (s, sc) in sinks.iter_mut().zip(&cfg.source) {
@@ -505,9 +491,22 @@ fn open_io(
                 s.display = Some(d.tx.clone());
             }
         }
-        *display = Some(d);
+        display = Some(d);
     }
-    Ok(())
+    Ok(Io {
+        sources,
+        sinks,
+        http,
+        display,
+    })
+}
+
+/// The opened sources and their outputs, one sink per source.
+struct Io {
+    sources: Vec<Source>,
+    sinks: Vec<SourceSink>,
+    http: Option<HttpServer>,
+    display: Option<Display>,
 }
 
 fn spawn<F: FnOnce() -> T + Send + 'static, T: Send + 'static>(
