@@ -638,6 +638,17 @@ mod tests {
     }
 
     #[test]
+    fn the_jet_table_is_built_and_is_opencvs_jet() {
+        // The table is the fast path; without it every frame would rebuild OpenCV's (the same
+        // colours, slower). Its ends are matplotlib's jet, (0, 0, 0.5) and (0.5, 0, 0) RGB.
+        let lut = jet_lut().expect("the JET table");
+        assert_eq!(
+            (lut[0], lut[128], lut[255]),
+            ([128, 0, 0], [126, 255, 130], [0, 0, 128])
+        );
+    }
+
+    #[test]
     fn topk_grid_is_each_class_blended_over_the_shrunk_frame() {
         // 177 x 145 in a 2 x 2 grid of 88 x 72 tiles: a 1-pixel strip right and below stays
         // black, also when the grid buffer held an earlier frame (it circulates).
