@@ -72,7 +72,6 @@ impl RenderConfig {
 pub struct Scratch {
     small: Vec<f32>,
     big: Mat,
-    mask: Mat,
     heat: Mat,
     blend: Mat,
     text: String,
@@ -194,19 +193,13 @@ fn jet_lut() -> Option<&'static [[u8; 3]; 256]> {
 fn heatmap(cam_raw: &Array2<f32>, size: Size, s: &mut Scratch) -> opencv::Result<()> {
     upsample_normalized_with(cam_raw, size, &mut s.big, &mut s.small)?;
     let src = s.big.data_typed::<f32>()?;
-    // np.uint8(255 * mask) truncates; OpenCV's convertTo would round.
-    let Some(lut) = jet_lut() else {
-        if s.mask.size()? != size || s.mask.typ() != CV_8U {
-            s.mask = Mat::new_size_with_default(size, CV_8U, Scalar::all(0.0))?;
-        }
-        for (d, &v) in s.mask.data_bytes_mut()?.iter_mut().zip(src) {
-            *d = (255.0 * v) as u8;
-        }
-        return imgproc::apply_color_map(&s.mask, &mut s.heat, imgproc::COLORMAP_JET);
-    };
+    // Built by OpenCV from a ramp: if that fails, so would applyColorMap on each frame.
+    let lut = jet_lut()
+        .ok_or_else(|| opencv::Error::new(opencv::core::StsError, "OpenCV cannot draw its JET colormap"))?;
     if s.heat.size()? != size || s.heat.typ() != opencv::core::CV_8UC3 {
         s.heat = Mat::new_size_with_default(size, opencv::core::CV_8UC3, Scalar::all(0.0))?;
     }
+    // np.uint8(255 * mask) truncates; OpenCV's convertTo would round.
     for (d, &v) in s.heat.data_bytes_mut()?.chunks_exact_mut(3).zip(src) {
         d.copy_from_slice(&lut[(255.0 * v) as u8 as usize]);
     }
@@ -639,13 +632,38 @@ mod tests {
 
     #[test]
     fn the_jet_table_is_built_and_is_opencvs_jet() {
-        // The table is the fast path; without it every frame would rebuild OpenCV's (the same
-        // colours, slower). Its ends are matplotlib's jet, (0, 0, 0.5) and (0.5, 0, 0) RGB.
+        // Its ends are matplotlib's jet, (0, 0, 0.5) and (0.5, 0, 0) RGB.
         let lut = jet_lut().expect("the JET table");
         assert_eq!(
             (lut[0], lut[128], lut[255]),
             ([128, 0, 0], [126, 255, 130], [0, 0, 128])
         );
+    }
+
+    #[test]
+    fn the_heatmap_buffer_is_reused_and_follows_a_change_of_size() {
+        let cam = Array2::from_shape_fn((7, 7), |(i, j)| ((i * 3 + j * 5) % 7) as f32);
+        let fresh = |size: Size| {
+            let mut s = Scratch::default();
+            heatmap(&cam, size, &mut s).unwrap();
+            s.heat.data_bytes().unwrap().to_vec()
+        };
+        let mut s = Scratch::default();
+        let first = Size::new(64, 48);
+        heatmap(&cam, first, &mut s).unwrap();
+        let buf = s.heat.data();
+        heatmap(&cam, first, &mut s).unwrap();
+        assert_eq!(
+            s.heat.data(),
+            buf,
+            "a second frame of the same size reuses the buffer"
+        );
+        // One render worker serves every source, whatever their sizes.
+        for size in [Size::new(40, 30), Size::new(48, 64), first] {
+            heatmap(&cam, size, &mut s).unwrap();
+            assert_eq!(s.heat.size().unwrap(), size);
+            assert_eq!(s.heat.data_bytes().unwrap(), fresh(size), "{size:?}");
+        }
     }
 
     #[test]
