@@ -669,7 +669,8 @@ mod tests {
     #[test]
     fn topk_grid_is_each_class_blended_over_the_shrunk_frame() {
         // 177 x 145 in a 2 x 2 grid of 88 x 72 tiles: a 1-pixel strip right and below stays
-        // black, also when the grid buffer held an earlier frame (it circulates).
+        // black, also when the grid buffer held an earlier frame (it circulates: a frame's
+        // buffer becomes the next frame's grid), and when a frame of another size comes.
         let cfg = RenderConfig {
             alpha: 0.4,
             hud: false,
@@ -678,9 +679,12 @@ mod tests {
             demand: None,
         };
         let mut s = Scratch::default();
-        let (w, h) = (177, 145);
-        for round in 0..3 {
-            let frame = noise(w, h, round);
+        let mut last: Option<(Size, *const u8)> = None;
+        for (round, (w, h)) in [(177, 145), (177, 145), (177, 145), (201, 163), (177, 145)]
+            .into_iter()
+            .enumerate()
+        {
+            let frame = noise(w, h, round as u32);
             let mut e = Explained {
                 frame: crate::frame::Frame {
                     source: 0,
@@ -690,36 +694,38 @@ mod tests {
                     captured: std::time::Instant::now(),
                     lost: false,
                 },
-                maps: maps(4, round as usize),
+                maps: maps(4, round),
                 fps: 30.0,
             };
+            let input = e.frame.image.data();
             render(&mut e, &cfg, &mut s).unwrap();
             let got = &e.frame.image;
             assert_eq!((got.cols(), got.rows()), (w, h));
+            if let Some((size, buf)) = last.filter(|(size, _)| *size == Size::new(w, h)) {
+                assert_eq!(
+                    got.data(),
+                    buf,
+                    "round {round}: the {size:?} grid is the last frame's buffer"
+                );
+            }
+            last = Some((Size::new(w, h), input));
+            let tile = Size::new(w / 2, h / 2);
             let mut small = Mat::default();
-            imgproc::resize(
-                &frame,
-                &mut small,
-                Size::new(88, 72),
-                0.0,
-                0.0,
-                imgproc::INTER_AREA,
-            )
-            .unwrap();
+            imgproc::resize(&frame, &mut small, tile, 0.0, 0.0, imgproc::INTER_AREA).unwrap();
             for (k, m) in e.maps.iter().enumerate() {
                 let want = overlay(&m.cam, &small, 0.4, Blend::Video, &mut Scratch::default()).unwrap();
-                let (x0, y0) = (88 * (k as i32 % 2), 72 * (k as i32 / 2));
-                let tile = Mat::roi(got, Rect::new(x0, y0, 88, 72))
+                let (x0, y0) = (tile.width * (k as i32 % 2), tile.height * (k as i32 / 2));
+                let got = Mat::roi(got, Rect::new(x0, y0, tile.width, tile.height))
                     .unwrap()
                     .try_clone()
                     .unwrap();
                 assert_eq!(
-                    tile.data_bytes().unwrap(),
+                    got.data_bytes().unwrap(),
                     want.data_bytes().unwrap(),
                     "round {round}, tile {k}"
                 );
             }
-            for (x, y) in [(176, 0), (176, 144), (0, 144), (100, 144)] {
+            for (x, y) in [(w - 1, 0), (w - 1, h - 1), (0, h - 1), (100, h - 1)] {
                 let p = got.at_2d::<opencv::core::Vec3b>(y, x).unwrap();
                 assert_eq!(p.0, [0, 0, 0], "round {round}: ({x}, {y}) is in no tile");
             }
