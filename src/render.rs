@@ -747,6 +747,56 @@ mod tests {
     }
 
     #[test]
+    fn topk_tiles_are_ranked_and_the_first_shows_the_rate() {
+        // Tiles wide enough for the rate beside the label (it is left out where it does not fit).
+        let cfg = RenderConfig {
+            alpha: 0.4,
+            hud: true,
+            labels: Arc::new(Vec::new()),
+            always_shown: Vec::new(),
+            demand: None,
+        };
+        let frame = noise(960, 540, 7);
+        let mut e = Explained {
+            frame: crate::frame::Frame {
+                source: 0,
+                seq: 0,
+                pts_ms: 0.0,
+                image: frame.try_clone().unwrap(),
+                captured: std::time::Instant::now(),
+                lost: false,
+            },
+            maps: maps(4, 0),
+            fps: 30.0,
+        };
+        render(&mut e, &cfg, &mut Scratch::default()).unwrap();
+        let mut small = Mat::default();
+        imgproc::resize(
+            &frame,
+            &mut small,
+            Size::new(480, 270),
+            0.0,
+            0.0,
+            imgproc::INTER_AREA,
+        )
+        .unwrap();
+        let font = HudFont::new(270).unwrap();
+        for (k, m) in e.maps.iter().enumerate() {
+            let mut want = overlay(&m.cam, &small, 0.4, Blend::Video, &mut Scratch::default()).unwrap();
+            let text = format!("{}. class {k} 0.50", k + 1);
+            font.draw_hud(&mut want, &text, (k == 0).then_some("30.0 fps"))
+                .unwrap();
+            let rect = Rect::new(480 * (k as i32 % 2), 270 * (k as i32 / 2), 480, 270);
+            let got = Mat::roi(&e.frame.image, rect).unwrap().try_clone().unwrap();
+            assert_eq!(
+                got.data_bytes().unwrap(),
+                want.data_bytes().unwrap(),
+                "tile {k}: {text}"
+            );
+        }
+    }
+
+    #[test]
     fn glyph_text_is_as_wide_as_get_text_size_says() {
         let font = HudFont::new(360);
         let font = font.unwrap();
