@@ -797,6 +797,56 @@ mod tests {
     }
 
     #[test]
+    fn each_frame_goes_on_labelled_with_its_class_or_why_it_has_none() {
+        let cfg = Arc::new(RenderConfig {
+            alpha: 0.4,
+            hud: false,
+            labels: Arc::new(vec![Arc::from("bow tie"), Arc::from("carp")]),
+            always_shown: Vec::new(),
+            demand: None,
+        });
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (out_tx, out_rx) = crossbeam_channel::unbounded();
+        let mut explained = maps(1, 0);
+        explained[0].class = 1;
+        explained[0].prob = 0.75;
+        // Explained; not explained (the model failed on it); a lost-stream placeholder.
+        for (seq, (maps, lost)) in [(explained, false), (vec![], false), (vec![], true)]
+            .into_iter()
+            .enumerate()
+        {
+            let frame = crate::frame::Frame {
+                source: 0,
+                seq: seq as u64,
+                pts_ms: 0.0,
+                image: noise(32, 24, seq as u32),
+                captured: std::time::Instant::now(),
+                lost,
+            };
+            tx.send(Explained {
+                frame,
+                maps,
+                fps: 0.0,
+            })
+            .unwrap();
+        }
+        drop(tx);
+        run(rx, vec![out_tx], cfg, Arc::new(Stats::new(1)), Pool::new(4));
+        let got: Vec<(u64, String, f32, bool)> = out_rx
+            .iter()
+            .map(|a| (a.seq, a.label.to_string(), a.prob, a.lost))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, "carp".to_string(), 0.75, false),
+                (1, String::new(), 0.0, false),
+                (2, "stream lost".to_string(), 0.0, true)
+            ]
+        );
+    }
+
+    #[test]
     fn glyph_text_is_as_wide_as_get_text_size_says() {
         let font = HudFont::new(360);
         let font = font.unwrap();
