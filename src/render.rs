@@ -619,6 +619,22 @@ mod tests {
         flat.reshape(3, h).unwrap().try_clone().unwrap()
     }
 
+    fn explained(seq: u64, image: Mat, maps: Vec<ClassMap>, lost: bool) -> Explained {
+        let frame = crate::frame::Frame {
+            source: 0,
+            seq,
+            pts_ms: 0.0,
+            image,
+            captured: std::time::Instant::now(),
+            lost,
+        };
+        Explained {
+            frame,
+            maps,
+            fps: 30.0,
+        }
+    }
+
     fn maps(k: usize, salt: usize) -> Vec<ClassMap> {
         (0..k)
             .map(|c| ClassMap {
@@ -695,18 +711,7 @@ mod tests {
         ];
         for (round, (w, h)) in sizes.into_iter().enumerate() {
             let frame = noise(w, h, round as u32);
-            let mut e = Explained {
-                frame: crate::frame::Frame {
-                    source: 0,
-                    seq: round as u64,
-                    pts_ms: 0.0,
-                    image: frame.try_clone().unwrap(),
-                    captured: std::time::Instant::now(),
-                    lost: false,
-                },
-                maps: maps(4, round),
-                fps: 30.0,
-            };
+            let mut e = explained(round as u64, frame.try_clone().unwrap(), maps(4, round), false);
             let input = e.frame.image.data();
             render(&mut e, &cfg, &mut s).unwrap();
             let got = &e.frame.image;
@@ -757,18 +762,7 @@ mod tests {
             demand: None,
         };
         let frame = noise(960, 540, 7);
-        let mut e = Explained {
-            frame: crate::frame::Frame {
-                source: 0,
-                seq: 0,
-                pts_ms: 0.0,
-                image: frame.try_clone().unwrap(),
-                captured: std::time::Instant::now(),
-                lost: false,
-            },
-            maps: maps(4, 0),
-            fps: 30.0,
-        };
+        let mut e = explained(0, frame.try_clone().unwrap(), maps(4, 0), false);
         render(&mut e, &cfg, &mut Scratch::default()).unwrap();
         let mut small = Mat::default();
         imgproc::resize(
@@ -807,28 +801,16 @@ mod tests {
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let (out_tx, out_rx) = crossbeam_channel::unbounded();
-        let mut explained = maps(1, 0);
-        explained[0].class = 1;
-        explained[0].prob = 0.75;
+        let mut first = maps(1, 0);
+        first[0].class = 1;
+        first[0].prob = 0.75;
         // Explained; not explained (the model failed on it); a lost-stream placeholder.
-        for (seq, (maps, lost)) in [(explained, false), (vec![], false), (vec![], true)]
+        for (seq, (maps, lost)) in [(first, false), (vec![], false), (vec![], true)]
             .into_iter()
             .enumerate()
         {
-            let frame = crate::frame::Frame {
-                source: 0,
-                seq: seq as u64,
-                pts_ms: 0.0,
-                image: noise(32, 24, seq as u32),
-                captured: std::time::Instant::now(),
-                lost,
-            };
-            tx.send(Explained {
-                frame,
-                maps,
-                fps: 0.0,
-            })
-            .unwrap();
+            tx.send(explained(seq as u64, noise(32, 24, seq as u32), maps, lost))
+                .unwrap();
         }
         drop(tx);
         run(rx, vec![out_tx], cfg, Arc::new(Stats::new(1)), Pool::new(4));
