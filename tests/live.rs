@@ -149,7 +149,9 @@ fn a_live_file_loops_without_a_gap() {
     assert!(status.success(), "{log}");
     assert!(!log.contains("stream lost"), "{log}");
     let ev = events(&ev);
-    assert!(ev.len() > 100, "{} events in 6 s:\n{log}", ev.len());
+    // One event per explained frame. How many that is depends on the machine's load (a live
+    // source drops what it cannot keep up with): the loop checks below allow for drops.
+    assert_eq!(ev.len() as f64, field(&log, "explained"), "events:\n{log}");
     let pts: Vec<f64> = ev.iter().map(|e| e["pts_ms"].as_f64().unwrap()).collect();
     // Times run on over the loop (the README says so): the clip's frames are 1001/30 ms apart,
     // 120 of them, so frame g of the played stream is frame g % 120 of the file.
