@@ -88,21 +88,30 @@ fn a_live_source_behind_slow_inference_drops_frames_and_keeps_latency_bounded() 
         .map(|e| e["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(seqs, (0..frames_out as u64).collect::<Vec<_>>());
-    // Queueing would make latency grow with the run; a one-frame mailbox keeps it to the
-    // frames the pipeline holds (with one session at batch 1: the frame being explained, the
-    // slots waiting for the session, render and the sink), whatever the run length. Measured in
-    // frame times, so a slow or loaded machine (frames take longer) keeps the same bound: 4.3
-    // frame times here (p99 0.81 s at 0.19 s a frame); a queue would reach seconds per second
-    // of run.
+    // Queueing would make latency grow with the run: 500 frames in per second and about 7 out
+    // means a queue adds nearly a second of latency per second, and p99 would reach the run's
+    // length (8 s, some 55 frame times). A one-frame mailbox keeps latency to the frames the
+    // pipeline holds (with one session at batch 1: the frame being explained, the slots waiting
+    // for the session, render and the sink), whatever the run length. Both bounds are in frame
+    // times, so a slow or loaded machine (frames take longer) keeps the same bounds. p50 was 3.5
+    // frame times on CI (0.50 s at 0.145 s a frame); four more input slots before the session
+    // (SLOTS 2 -> 6) made it 8.3. The tail has more room: one CI run's p99 was 8.9 frame times
+    // (1.29 s) from scheduling stalls alone, and an absolute 2 s failed twice beside two busy
+    // loops.
     let frame_time = secs as f64 / frames_out;
     assert!(
         frames_out >= 8.0,
         "too few frames to judge latency: {frames_out}\n{log}"
     );
+    let p50 = field(&log, "latency_p50_ms") / 1e3;
+    assert!(
+        p50 < 6.0 * frame_time,
+        "p50 latency {p50} s is over 6 frame times ({frame_time} s each): frames queue:\n{log}"
+    );
     let p99 = field(&log, "latency_p99_ms") / 1e3;
     assert!(
-        p99 < 8.0 * frame_time,
-        "p99 latency {p99} s is over 8 frame times ({frame_time} s each): it grows with the run ({secs} s):\n{log}"
+        p99 < 16.0 * frame_time,
+        "p99 latency {p99} s is over 16 frame times ({frame_time} s each): it grows with the run ({secs} s):\n{log}"
     );
     // Each dropped frame leaves a gap in the camera's time, which the file fills by repeating
     // the frame before it: the recording plays in the camera's time, not 20 times too fast.
