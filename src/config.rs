@@ -180,10 +180,18 @@ pub struct PipelineConfig {
     /// cores), two on CUDA.
     #[serde(default)]
     pub inference_workers: usize,
+    /// After a stop (Ctrl-C, SIGTERM, `q`), how long the frames already read may take to get
+    /// through; then the outputs are finalized with what they hold. 0 = no limit. Under the
+    /// 30 s after which `deploy/gradcamd.service` has systemd kill what is left.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
 }
 
 fn default_batch_timeout_ms() -> u64 {
     25
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    20_000
 }
 fn default_queue() -> usize {
     32
@@ -197,6 +205,7 @@ impl Default for PipelineConfig {
             render_workers: 0,
             queue_frames: default_queue(),
             inference_workers: 0,
+            shutdown_timeout_ms: default_shutdown_timeout_ms(),
         }
     }
 }

@@ -5,11 +5,12 @@
 
 use std::time::Duration;
 
-use ndarray::{Array2, Array3, Axis};
+use ndarray::{Array3, Axis};
 
 use crate::cam::{self, Method};
 use crate::engine::{BatchView, Engine, EngineError, InputSlot};
 use crate::error::{fail, Kind};
+use crate::frame::ClassMap;
 use crate::model::Model;
 use crate::onnx::augment::FcHead;
 
@@ -63,18 +64,6 @@ impl TargetSpec {
     }
 }
 
-/// One class's explanation of one item.
-#[derive(Debug, Clone)]
-pub struct ClassMap {
-    pub class: usize,
-    /// Softmax probability of the class.
-    pub prob: f32,
-    /// Raw score (logit) of the class.
-    pub score: f32,
-    /// The method's map at feature resolution, before normalization.
-    pub cam: Array2<f32>,
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct ItemOut {
     /// One map per explained class, best first for `topk`.
@@ -83,34 +72,6 @@ pub struct ItemOut {
     pub top5: Vec<(usize, f32)>,
     /// A and dA of the first map, when asked for.
     pub tensors: Option<(Array3<f32>, Array3<f32>)>,
-}
-
-impl ClassMap {
-    fn empty() -> ClassMap {
-        ClassMap::zeros((0, 0))
-    }
-
-    /// A map of `dims` (feature resolution), for buffers filled later.
-    pub fn zeros(dims: (usize, usize)) -> ClassMap {
-        ClassMap {
-            class: 0,
-            prob: 0.0,
-            score: 0.0,
-            cam: Array2::zeros(dims),
-        }
-    }
-
-    /// Makes `self` a copy of `other`, reusing the map's buffer when the sizes agree.
-    pub fn copy_from(&mut self, other: &ClassMap) {
-        self.class = other.class;
-        self.prob = other.prob;
-        self.score = other.score;
-        if self.cam.dim() == other.cam.dim() {
-            self.cam.assign(&other.cam);
-        } else {
-            self.cam = other.cam.clone();
-        }
-    }
 }
 
 pub struct Explainer {

@@ -1,12 +1,56 @@
 //! Everything that crosses a channel between stages, in one place.
 //!
 //! ```text
-//! capture ──Frame──▶ infer ──Explained──▶ render ×N ──Annotated──▶ sink (per source)
+//! capture ──Frame──▶ infer ──Explained──▶ render ×N ──Annotated──▶ sink (per source) ──Shown──▶ display
 //! ```
+//!
+//! The image carriers need OpenCV (feature `video`); [`ClassMap`], [`Pool`] and [`Demand`] do
+//! not, so that `explain` and the engine build without it.
 
+use ndarray::Array2;
+#[cfg(feature = "video")]
 use opencv::core::Mat;
 
-use crate::explainer::ClassMap;
+/// One class's explanation of one item.
+#[derive(Debug, Clone)]
+pub struct ClassMap {
+    pub class: usize,
+    /// Softmax probability of the class.
+    pub prob: f32,
+    /// Raw score (logit) of the class.
+    pub score: f32,
+    /// The method's map at feature resolution, before normalization.
+    pub cam: Array2<f32>,
+}
+
+impl ClassMap {
+    /// No map: a frame that could not be explained, or a buffer to fill.
+    pub fn empty() -> ClassMap {
+        ClassMap::zeros((0, 0))
+    }
+
+    /// A map of `dims` (feature resolution), for buffers filled later.
+    pub fn zeros(dims: (usize, usize)) -> ClassMap {
+        ClassMap {
+            class: 0,
+            prob: 0.0,
+            score: 0.0,
+            cam: Array2::zeros(dims),
+        }
+    }
+
+    /// Makes `self` a copy of `other`, reusing the map's buffer when the sizes agree.
+    pub fn copy_from(&mut self, other: &ClassMap) {
+        self.class = other.class;
+        self.prob = other.prob;
+        self.score = other.score;
+        if self.cam.dim() == other.cam.dim() {
+            self.cam.assign(&other.cam);
+        } else {
+            self.cam = other.cam.clone();
+        }
+    }
+}
 
 /// Whether an output that shows frames only on demand (the HTTP stream: while someone watches,
 /// or when a snapshot is due) wants a source's next frame. Render asks before drawing one that
@@ -15,6 +59,7 @@ pub trait Demand: Send + Sync {
     fn wants_frame(&self, source: usize) -> bool;
 }
 
+#[cfg(feature = "video")]
 /// One decoded frame.
 pub struct Frame {
     /// Index of the source in the plan; sinks route on it.
@@ -34,6 +79,7 @@ pub struct Frame {
     pub lost: bool,
 }
 
+#[cfg(feature = "video")]
 /// A frame with its classification and explanation.
 pub struct Explained {
     pub frame: Frame,
@@ -45,6 +91,7 @@ pub struct Explained {
     pub fps: f32,
 }
 
+#[cfg(feature = "video")]
 /// A frame ready for the sinks.
 pub struct Annotated {
     pub source: usize,
@@ -61,6 +108,13 @@ pub struct Annotated {
     pub lost: bool,
     /// Whether render drew the explanation on it: not when no output was going to show it.
     pub drawn: bool,
+}
+
+/// A frame for a source's window: the display thread shows the newest and skips the rest.
+#[cfg(feature = "video")]
+pub struct Shown {
+    pub source: usize,
+    pub image: Mat,
 }
 
 /// Spare buffers handed back by a later stage for an earlier one to reuse, so that steady state

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Select, Sender};
 
 use crate::engine::InputSlot;
-use crate::explainer::{ClassMap, Explainer, TargetSpec};
-use crate::frame::{Explained, Frame, Pool};
+use crate::explainer::{Explainer, TargetSpec};
+use crate::frame::{ClassMap, Explained, Frame, Pool};
 use crate::monitor::Monitor;
 use crate::preprocess::Preprocessor;
 use crate::stats::Stats;
@@ -238,6 +238,14 @@ pub fn run(
         drop(tx);
         drop(slot_tx);
     });
+    // The events logs' last lines are written before the run's outcome is counted.
+    if let Ok(mut post) = post.into_inner() {
+        for m in &mut post.monitors {
+            if let Some(msg) = m.close_log() {
+                stats.output_failed(msg);
+            }
+        }
+    }
     stats
         .inference
         .add(crate::cpu::threads_cpu(pool).saturating_sub(before));

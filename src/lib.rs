@@ -27,7 +27,9 @@ pub mod config;
 pub mod cpu;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod explainer;
+pub mod frame;
 pub mod metrics;
 pub mod model;
 pub mod monitor;
@@ -38,8 +40,6 @@ pub mod sidecar;
 
 #[cfg(feature = "video")]
 pub mod capture;
-#[cfg(feature = "video")]
-pub mod frame;
 #[cfg(feature = "video")]
 pub mod infer;
 #[cfg(feature = "video")]

@@ -1,19 +1,19 @@
 //! Per-source monitoring, applied in frame order by the inference stage: temporal smoothing of
 //! the CAM, the share of attention outside a region of interest with its alert, and the
-//! JSON-lines event log.
+//! JSON-lines event log (written by [`crate::events`]).
 //!
 //! Everything here works on the CAM normalized to [0, 1] at feature resolution, sampled
 //! bilinearly on a finer grid for the ROI share and the hot-region box, in frame-relative
 //! coordinates (0..1), so results do not depend on the frame size.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use ndarray::Array2;
 use serde::Serialize;
 
 use crate::cam;
-use crate::explainer::ClassMap;
+use crate::events::EventLog;
+use crate::frame::ClassMap;
 
 /// Settings of one source, from `[[source]]`.
 #[derive(Debug, Clone, Default)]
@@ -66,7 +66,7 @@ pub struct Monitor {
     fine: Array2<f32>,
     over: u32,
     alerting: bool,
-    events: Option<std::io::BufWriter<std::fs::File>>,
+    events: Option<EventLog>,
     explained: u64,
 }
 
@@ -75,8 +75,9 @@ pub struct Observation {
     pub outside_roi: Option<f32>,
     /// An alert started on this frame.
     pub alert: bool,
-    /// The events log failed on this frame (disk full, I/O error): said once, then the log is
-    /// closed and the run ends with the output exit code.
+    /// The events log was found failed (disk full, I/O error) on this frame: said once, then
+    /// the log is closed and the run ends with the output exit code. Its writer runs on its own
+    /// thread, so this comes a frame or more after the line that failed.
     pub events_failed: Option<String>,
 }
 
@@ -86,19 +87,7 @@ const UPSAMPLE: usize = 4;
 impl Monitor {
     pub fn new(name: String, cfg: MonitorConfig) -> anyhow::Result<Monitor> {
         let events = match &cfg.events {
-            Some(p) => {
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(|e| {
-                        crate::error::fail(
-                            crate::error::Kind::Output,
-                            format!("cannot write events file {}: {e}", p.display()),
-                        )
-                    })?;
-                Some(std::io::BufWriter::new(f))
-            }
+            Some(p) => Some(EventLog::open(p, &name)?),
             None => None,
         };
         Ok(Monitor {
@@ -177,7 +166,7 @@ impl Monitor {
         }
         let every = self.cfg.events_every.max(1) as u64;
         let mut events_failed = None;
-        if let Some(w) = self.events.as_mut() {
+        if let Some(log) = &self.events {
             if alert || self.explained % every == 1 || every == 1 {
                 let label = labels.get(m.class).map_or("", |l| l.as_str());
                 let ev = Event {
@@ -198,18 +187,10 @@ impl Monitor {
                     alert,
                 };
                 if let Ok(line) = serde_json::to_string(&ev) {
-                    if let Err(e) = writeln!(w, "{line}").and_then(|()| w.flush()) {
-                        let path = self.cfg.events.as_deref().unwrap_or(std::path::Path::new("?"));
-                        let msg = format!(
-                            "cannot write events log {} of source '{}': {e}; it holds the events before frame {seq}",
-                            path.display(),
-                            self.name
-                        );
-                        tracing::error!("{msg}");
-                        events_failed = Some(msg);
-                    }
+                    log.send(seq, line);
                 }
             }
+            events_failed = log.take_failure();
         }
         if events_failed.is_some() {
             self.events = None;
@@ -219,6 +200,12 @@ impl Monitor {
             alert,
             events_failed,
         }
+    }
+
+    /// Writes the events still queued and closes the log: its failure, if one is not yet
+    /// reported by [`Monitor::observe`].
+    pub fn close_log(&mut self) -> Option<String> {
+        self.events.take().and_then(EventLog::close)
     }
 }
 

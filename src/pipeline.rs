@@ -9,7 +9,7 @@
 //! capture reads; each later stage ends when its input closes; the sinks finalize their files.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,8 +22,8 @@ use crate::capture::Source;
 use crate::config::{Config, SourceMode};
 use crate::engine::{Engine, EngineOptions, Provider};
 use crate::error::{fail, Kind};
-use crate::explainer::{check_method, resolve_target, ClassMap, Explainer};
-use crate::frame::{Demand, Pool};
+use crate::explainer::{check_method, resolve_target, Explainer};
+use crate::frame::{ClassMap, Demand, Pool};
 use crate::infer::{self, InferConfig};
 use crate::model::Model;
 use crate::monitor::Monitor;
@@ -50,6 +50,8 @@ pub struct Plan {
     render_workers: usize,
     queue: usize,
     pub batch_size: usize,
+    /// From a stop to giving up the frames still in flight (`None`: no limit).
+    shutdown_timeout: Option<Duration>,
 }
 
 /// What a finished run did, for the summary line and `bench`.
@@ -202,6 +204,8 @@ impl Plan {
             render_workers: workers,
             queue: p.queue_frames,
             batch_size,
+            shutdown_timeout: (p.shutdown_timeout_ms > 0)
+                .then(|| Duration::from_millis(p.shutdown_timeout_ms)),
             explainers,
             pre,
             io,
@@ -230,6 +234,7 @@ impl Plan {
             render_workers,
             queue,
             batch_size,
+            shutdown_timeout,
         } = self;
         tracing::info!(
             model = %model.path.display(),
@@ -295,12 +300,13 @@ impl Plan {
         drop(expl_rx);
         drop(sink_txs);
 
+        let abandon = Arc::new(AtomicBool::new(false));
         let mut sink_hs = Vec::new();
         for (i, (sink, rx)) in sinks.into_iter().zip(sink_rxs).enumerate() {
-            let st = stats.clone();
+            let (st, ab) = (stats.clone(), abandon.clone());
             let bar = bars.bar(i);
             sink_hs.push(spawn(&format!("sink-{i}"), move || {
-                sink.run(rx, st, move |n| bar.set_position(n))
+                sink.run(rx, st, ab, move |n| bar.set_position(n))
             })?);
         }
 
@@ -313,14 +319,35 @@ impl Plan {
         for h in captures {
             h.join().map_err(|_| join_err("capture"))?;
         }
-        let explainers = infer_h.join().map_err(|_| join_err("inference"))?;
-        for h in renders {
-            h.join().map_err(|_| join_err("render"))?;
+        let drained = || {
+            infer_h.is_finished()
+                && renders.iter().all(JoinHandle::is_finished)
+                && sink_hs.iter().all(JoinHandle::is_finished)
+        };
+        let abandoned = wait_out(&stop, shutdown_timeout, drained);
+        if abandoned {
+            abandon.store(true, Ordering::SeqCst);
         }
         let mut outputs = Vec::new();
         for h in sink_hs {
             outputs.extend(h.join().map_err(|_| join_err("sink"))?);
         }
+        // With the sinks gone, render and inference end at their next send. One stuck inside
+        // ONNX Runtime is left to the process's exit: the outputs are final.
+        let explainers = if abandoned {
+            let written: u64 = outputs.iter().map(|w| w.frames).sum();
+            tracing::warn!(
+                timeout_ms = shutdown_timeout.map_or(0, |t| t.as_millis() as u64),
+                frames_read = Stats::get(&stats.captured),
+                "shutdown took longer than pipeline.shutdown_timeout_ms; the outputs were finalized with the frames they hold ({written}), the rest given up"
+            );
+            None
+        } else {
+            for h in renders {
+                h.join().map_err(|_| join_err("render"))?;
+            }
+            Some(infer_h.join().map_err(|_| join_err("inference"))?)
+        };
         if let Some(h) = http_running {
             h.stop();
         }
@@ -507,6 +534,21 @@ struct Io {
     sinks: Vec<SourceSink>,
     http: Option<HttpServer>,
     display: Option<Display>,
+}
+
+/// Waits until `drained()`; once `stop` is set, for `timeout` at most. True when the deadline
+/// passed first.
+fn wait_out(stop: &AtomicBool, timeout: Option<Duration>, drained: impl Fn() -> bool) -> bool {
+    let mut stopped_at: Option<Instant> = None;
+    while !drained() {
+        if let Some(t) = timeout.filter(|_| stop.load(Ordering::SeqCst)) {
+            if stopped_at.get_or_insert_with(Instant::now).elapsed() >= t {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 fn spawn<F: FnOnce() -> T + Send + 'static, T: Send + 'static>(

@@ -15,8 +15,7 @@ use opencv::core::{Mat, Point, Rect, Scalar, Size, CV_8U};
 use opencv::imgproc;
 use opencv::prelude::*;
 
-use crate::explainer::ClassMap;
-use crate::frame::{Annotated, Demand, Explained, Pool};
+use crate::frame::{Annotated, ClassMap, Demand, Explained, Pool};
 use crate::stats::Stats;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

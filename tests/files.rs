@@ -161,6 +161,68 @@ fn sigint_finalizes_a_playable_file_with_every_accepted_frame() {
 }
 
 #[test]
+fn a_stop_past_the_shutdown_deadline_finalizes_what_the_file_holds() {
+    // Eight gradient passes per frame (topk:8) behind 32-frame queues: after the signal the
+    // frames already read take seconds to get through, far past a 1 ms deadline. The file is
+    // finalized with what it holds and plays; the frames still in flight are given up.
+    let dir = scratch("deadline");
+    let long = crate::util::long_input(&dir);
+    let (out, cfg) = (dir.join("cut.mp4"), dir.join("cut.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[explain]\ntarget = \"topk:8\"\n[pipeline]\nbatch_size = 1\ninference_workers = 1\nqueue_frames = 32\nshutdown_timeout_ms = 1\n[[source]]\nuri = \"{}\"\noutput = \"{}\"\n",
+            s(&long),
+            s(&out)
+        ),
+    )
+    .unwrap();
+    let mut child = bin()
+        .args(["run", "--quiet", "--config", &s(&cfg)])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        log.push_str(&l);
+        log.push('\n');
+        if l.contains("gradcamd ready") {
+            break;
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    for l in lines {
+        log.push_str(&l.unwrap());
+        log.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit {:?} after SIGINT:\n{log}", status.code());
+    assert!(
+        log.contains("shutdown took longer than pipeline.shutdown_timeout_ms"),
+        "{log}"
+    );
+    let n_out = crate::util::ffprobe_frames(&out).unwrap_or(0);
+    assert!(n_out > 0, "no frame in the finalized file:\n{log}");
+    assert!(
+        log.contains(&format!("({n_out} frames)")),
+        "written count differs from the file's frames ({n_out}):\n{log}"
+    );
+    // Frames were read that the file does not hold: given up at the deadline, not drained.
+    let frames_in = field(&log, "frames_in");
+    assert!(
+        (n_out as f64) < frames_in,
+        "{n_out} written of {frames_in} read:\n{log}"
+    );
+}
+
+#[test]
 fn each_source_has_its_own_target() {
     // One clip twice: the first source explains class 0 (tench), the second "bow tie" (457),
     // over a global target of top1. Every frame's event names the class its source asked for.

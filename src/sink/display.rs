@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
-use opencv::core::Mat;
 use opencv::highgui;
 
 use crate::error::{fail, Kind};
+use crate::frame::Shown;
 
 /// Fails unless a window can be opened: an X11 display whose socket exists, a Wayland socket,
 /// or Qt's offscreen platform (`QT_QPA_PLATFORM=offscreen`, for tests).
@@ -42,8 +42,8 @@ pub fn check_display() -> anyhow::Result<()> {
 }
 
 pub struct Display {
-    pub tx: Sender<(usize, Mat)>,
-    rx: Receiver<(usize, Mat)>,
+    pub tx: Sender<Shown>,
+    rx: Receiver<Shown>,
     names: Vec<String>,
 }
 
@@ -61,7 +61,7 @@ impl Display {
         let _e = span.enter();
         let title = |i: usize| format!("gradcamd: {}", names.get(i).map_or("?", |s| s.as_str()));
         let mut opened: Vec<usize> = Vec::new();
-        for (i, m) in rx {
+        for Shown { source: i, image: m } in rx {
             if !opened.contains(&i) {
                 let _ = highgui::named_window(&title(i), highgui::WINDOW_AUTOSIZE);
                 opened.push(i);

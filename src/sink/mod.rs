@@ -14,10 +14,11 @@ pub mod file;
 pub mod http;
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::frame::{Annotated, Pool};
 use crate::stats::Stats;
@@ -25,13 +26,16 @@ use file::{FileSink, Written};
 use http::Hub;
 use opencv::core::Mat;
 
+/// How often a sink with no frame coming looks whether the shutdown deadline has passed.
+const ABANDON_POLL: Duration = Duration::from_millis(50);
+
 /// The outputs of one source.
 pub struct SourceSink {
     pub index: usize,
     pub file: Option<FileSink>,
     pub hub: Option<Arc<Hub>>,
     /// The display thread's input, when this source has a window.
-    pub display: Option<crossbeam_channel::Sender<(usize, opencv::core::Mat)>>,
+    pub display: Option<crossbeam_channel::Sender<crate::frame::Shown>>,
     /// For a live source: how many frames may wait for a missing one before it is given up.
     /// `None` waits for every frame (file sources: lossless).
     pub gap_limit: Option<usize>,
@@ -40,12 +44,14 @@ pub struct SourceSink {
 }
 
 impl SourceSink {
-    /// Runs until the input closes; returns what the file output wrote, if there is one.
-    /// `on_frame` is called after each frame (progress bar).
+    /// Runs until the input closes, or until `abandon` is set (the shutdown deadline passed:
+    /// the frames still in flight are given up); returns what the file output wrote, if there
+    /// is one. `on_frame` is called after each frame (progress bar).
     pub fn run(
         mut self,
         rx: Receiver<Annotated>,
         stats: Arc<Stats>,
+        abandon: Arc<AtomicBool>,
         on_frame: impl Fn(u64),
     ) -> Option<Written> {
         let span = tracing::info_span!("sink", source = self.index);
@@ -56,7 +62,16 @@ impl SourceSink {
         let mut next = 0u64;
         let mut written = 0u64;
         let mut meter = crate::alloc::Meter::new(crate::stats::WARM_FRAMES);
-        for a in rx {
+        loop {
+            if abandon.load(Ordering::Relaxed) {
+                break;
+            }
+            // Woken now and then to see the flag while no frame comes (a stage stuck upstream).
+            let a = match rx.recv_timeout(ABANDON_POLL) {
+                Ok(a) => a,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             meter.tick(1);
             let Some(at) = a.seq.checked_sub(next).map(|d| d as usize) else {
                 continue; // given up on (and counted) earlier, live only: too late now
@@ -103,7 +118,10 @@ impl SourceSink {
         }
         if let Some(d) = &self.display {
             // A busy window skips frames rather than queueing them.
-            let _ = d.try_send((a.source, a.image.clone()));
+            let _ = d.try_send(crate::frame::Shown {
+                source: a.source,
+                image: a.image.clone(),
+            });
         }
         let captured = a.captured;
         let recycle = self.recycle.as_ref();
@@ -172,13 +190,52 @@ mod tests {
         drop(tx);
         let out = std::cell::RefCell::new(Vec::new());
         // Each emitted frame reaches the pool before on_frame runs.
-        sink.run(rx, stats.clone(), |_| {
+        sink.run(rx, stats.clone(), Arc::default(), |_| {
             while let Some(m) = pool.take() {
                 out.borrow_mut()
                     .push(m.at_2d::<opencv::core::Vec3b>(0, 0).unwrap()[0] as u64);
             }
         });
         (out.into_inner(), Stats::get(&stats.dropped))
+    }
+
+    #[test]
+    fn an_abandoned_sink_ends_while_its_input_is_still_open() {
+        // Past the shutdown deadline a stage upstream may never close its channel.
+        let sink = SourceSink {
+            index: 0,
+            file: None,
+            hub: None,
+            display: None,
+            gap_limit: None,
+            recycle: None,
+        };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let abandon = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let (ab, sn) = (abandon.clone(), seen.clone());
+        std::thread::spawn(move || {
+            sink.run(rx, Arc::new(Stats::new(1)), ab, |_| {
+                sn.fetch_add(1, Ordering::SeqCst);
+            });
+            let _ = done_tx.send(());
+        });
+        tx.send(frame(0)).unwrap();
+        for _ in 0..10_000 {
+            if seen.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(seen.load(Ordering::SeqCst), 1, "frame 0 was not handed out");
+        abandon.store(true, Ordering::SeqCst);
+        // `tx` is still alive: only the flag can end the sink.
+        assert!(
+            done.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "the sink did not end on the flag"
+        );
+        drop(tx);
     }
 
     #[test]
