@@ -25,7 +25,7 @@ use opencv::core::{Mat, Scalar, Size, Vector, CV_8UC3};
 use opencv::prelude::*;
 use opencv::videoio::{self, VideoCapture};
 
-use crate::config::SourceMode;
+use crate::config::{LiveConfig, SourceMode};
 use crate::error::{fail, Kind};
 use crate::frame::{Frame, Pool};
 use crate::stats::Stats;
@@ -90,13 +90,13 @@ pub struct Reconnect {
     pub read_timeout: Duration,
 }
 
-impl Default for Reconnect {
-    fn default() -> Self {
+impl From<&LiveConfig> for Reconnect {
+    fn from(c: &LiveConfig) -> Self {
         Reconnect {
-            initial: Duration::from_millis(500),
-            max: Duration::from_secs(30),
-            open_timeout: Duration::from_secs(5),
-            read_timeout: Duration::from_secs(5),
+            initial: Duration::from_millis(c.reconnect_initial_ms),
+            max: Duration::from_millis(c.reconnect_max_ms.max(c.reconnect_initial_ms)),
+            open_timeout: Duration::from_millis(c.open_timeout_ms),
+            read_timeout: Duration::from_millis(c.read_timeout_ms),
         }
     }
 }

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::cam::Method;
-use crate::model::{Model, ModelSpec};
-use crate::sidecar::{ColorOrder, InputOverrides};
+use crate::config::{ModelConfig, ProviderKind};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,112 +41,22 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct CompareArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ModelConfig,
     /// Preprocessed [N,C,H,W] float32 batch (.npy), e.g. from `explain --save-input`.
     #[arg(long, value_name = "FILE.npy")]
     pub input: PathBuf,
     /// Provider under test.
-    #[arg(long, default_value = "cuda")]
-    pub provider: String,
+    #[arg(long, value_enum, default_value = "cuda")]
+    pub provider: ProviderKind,
     /// Provider to compare against.
-    #[arg(long, default_value = "cpu")]
-    pub reference: String,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub reference: ProviderKind,
     /// Fail below this CAM correlation.
     #[arg(long, default_value_t = 0.999)]
     pub min_correlation: f64,
     /// Also write the comparison as JSON here.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-}
-
-#[derive(Debug, Args, Clone, Default)]
-pub struct ModelArgs {
-    /// ONNX classifier; default: the built-in EfficientNet-Lite0.
-    #[arg(long, value_name = "PATH")]
-    pub model: Option<PathBuf>,
-    /// Model sidecar; default: <model stem>.toml beside the model.
-    #[arg(long, value_name = "PATH")]
-    pub sidecar: Option<PathBuf>,
-    /// Tensor to explain (see `gradcamd inspect`); default: input of the last pooling op.
-    #[arg(long, value_name = "TENSOR")]
-    pub target_layer: Option<String>,
-    /// Per-channel mean in the model's colour order, 0..255 scale (over the sidecar).
-    #[arg(long, value_name = "R,G,B", value_parser = parse_triple)]
-    pub mean: Option<[f32; 3]>,
-    /// Per-channel std, same order and scale: x = (pixel - mean) / std.
-    #[arg(long, value_name = "R,G,B", value_parser = parse_triple)]
-    pub std: Option<[f32; 3]>,
-    /// x = pixel * SCALE (instead of --mean/--std; 1/255 maps to 0..1).
-    #[arg(long, value_name = "SCALE")]
-    pub scale: Option<f32>,
-    /// Channel order the model expects.
-    #[arg(long, value_enum)]
-    pub color: Option<ColorOrder>,
-    /// Labels file, one class per line.
-    #[arg(long, value_name = "FILE")]
-    pub labels: Option<PathBuf>,
-    /// Model input size, for models whose input size is dynamic.
-    #[arg(long, value_name = "WxH", value_parser = parse_size)]
-    pub input_size: Option<(u32, u32)>,
-}
-
-pub fn parse_triple(s: &str) -> Result<[f32; 3], String> {
-    let v: Vec<f32> = s
-        .split(',')
-        .map(|x| {
-            x.trim()
-                .parse::<f32>()
-                .map_err(|_| format!("'{x}' is not a number"))
-        })
-        .collect::<Result<_, _>>()?;
-    match v.as_slice() {
-        [a] => Ok([*a; 3]),
-        [a, b, c] => Ok([*a, *b, *c]),
-        _ => Err("expected one value or three, comma separated".into()),
-    }
-}
-
-fn parse_size(s: &str) -> Result<(u32, u32), String> {
-    let (w, h) = s.split_once(['x', 'X']).ok_or("expected WxH, e.g. 224x224")?;
-    let p = |v: &str| {
-        v.trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|&n| n > 0 && n <= crate::model::MAX_INPUT_SIDE)
-            .ok_or(format!(
-                "'{v}' is not a size in 1..={}",
-                crate::model::MAX_INPUT_SIDE
-            ))
-    };
-    Ok((p(w)?, p(h)?))
-}
-
-impl ModelArgs {
-    pub fn overrides(&self) -> InputOverrides {
-        InputOverrides {
-            mean: self.mean,
-            std: self.std,
-            scale: self.scale,
-            color: self.color,
-            labels: self.labels.clone(),
-            size: self.input_size,
-        }
-    }
-
-    pub fn spec(&self) -> ModelSpec {
-        ModelSpec {
-            path: self.model.clone(),
-            sidecar: self.sidecar.clone(),
-            target_layer: self.target_layer.clone(),
-            in_graph_cam: false,
-            input: self.overrides(),
-        }
-    }
-
-    /// Loads and augments the model these flags name.
-    pub fn load(&self) -> anyhow::Result<Model> {
-        Model::load(&self.spec())
-    }
 }
 
 #[derive(Debug, Args)]
@@ -162,7 +71,7 @@ pub struct RunArgs {
     #[arg(long, short, value_name = "PATH")]
     pub output: Option<PathBuf>,
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ModelConfig,
     /// Frames per ONNX Runtime run, across sources; default: 1 on the CPU when each session
     /// has one thread (two cores), else 8.
     #[arg(long, value_name = "N")]
@@ -199,7 +108,7 @@ pub struct ExplainArgs {
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<PathBuf>,
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ModelConfig,
     /// top1, a class index, or a label.
     #[arg(long, default_value = "top1", value_name = "CLASS")]
     pub target: String,
@@ -255,7 +164,7 @@ pub struct AugmentArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ModelConfig,
     /// Clip for the file-to-file pipeline measurement; without it only the engine is measured.
     #[arg(long, value_name = "FILE")]
     pub video: Option<PathBuf>,
@@ -282,9 +191,9 @@ pub struct BenchArgs {
     /// ORT intra-op threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// Execution provider: cpu or cuda.
-    #[arg(long, default_value = "cpu")]
-    pub provider: String,
+    /// Execution provider.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub provider: ProviderKind,
     /// Let ORT's threads spin between ops (`[model] intra_op_spinning`).
     #[arg(long)]
     pub spinning: bool,

@@ -12,235 +12,275 @@ use serde::Deserialize;
 
 use crate::cam::Method;
 use crate::error::{fail, Kind};
-use crate::model::ModelSpec;
-use crate::sidecar::{ColorOrder, InputOverrides};
 
 #[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
-    #[serde(default)]
     pub model: ModelConfig,
-    #[serde(default)]
     pub explain: ExplainConfig,
-    #[serde(default)]
     pub pipeline: PipelineConfig,
-    #[serde(default)]
     pub output: OutputConfig,
-    #[serde(default)]
     pub live: LiveConfig,
-    #[serde(default)]
     pub http: HttpConfig,
     /// Video sources; each gets its own capture thread and its own output.
-    #[serde(default)]
     pub source: Vec<SourceConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Which model, how to feed it, and where to run it: the `[model]` table, and the model flags
+/// of every command (`--model`, `--mean`, ...), in one struct for both. A key left unset falls
+/// back to the sidecar, then to what the graph declares. The runtime keys are not flags.
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// ONNX classifier. Unset: the default model built into the binary (EfficientNet-Lite0).
+    /// ONNX classifier; default: the built-in EfficientNet-Lite0.
+    #[arg(long = "model", value_name = "PATH")]
     pub path: Option<PathBuf>,
-    /// Sidecar describing the input; unset: `<model stem>.toml` beside the model.
+    /// Model sidecar; default: <model stem>.toml beside the model.
+    #[arg(long, value_name = "PATH")]
     pub sidecar: Option<PathBuf>,
-    /// Tensor to explain; unset: the input of the pooling op nearest to the logits.
+    /// Tensor to explain (see `gradcamd inspect`); default: input of the last pooling op.
+    #[arg(long, value_name = "TENSOR")]
     pub target_layer: Option<String>,
-    /// Input normalization over (or, without a sidecar, instead of) the sidecar's: per-channel
-    /// mean and std in the model's colour order, 0..255 scale, or one `scale` (x = pixel*scale).
+    /// Per-channel mean in the model's colour order, 0..255 scale (over the sidecar).
+    #[arg(long, value_name = "R,G,B", value_parser = parse_triple)]
     pub mean: Option<[f32; 3]>,
+    /// Per-channel std, same order and scale: x = (pixel - mean) / std.
+    #[arg(long, value_name = "R,G,B", value_parser = parse_triple)]
     pub std: Option<[f32; 3]>,
+    /// x = pixel * SCALE (instead of mean and std; 1/255 maps to 0..1).
+    #[arg(long, value_name = "SCALE")]
     pub scale: Option<f32>,
-    /// Channel order the model expects: "rgb" or "bgr".
+    /// Channel order the model expects.
+    #[arg(long, value_enum)]
     pub color: Option<ColorOrder>,
     /// Labels file, one class per line.
+    #[arg(long, value_name = "FILE")]
     pub labels: Option<PathBuf>,
-    /// [width, height] for models whose input size is dynamic.
+    /// Model input size [width, height] (flag: WxH), for models whose input size is dynamic.
+    #[arg(long, value_name = "WxH", value_parser = parse_size)]
     pub input_size: Option<[u32; 2]>,
     /// Execution provider: "cpu" or "cuda".
-    #[serde(default = "default_provider")]
-    pub provider: String,
+    #[arg(skip)]
+    pub provider: ProviderKind,
     /// CUDA device ordinal.
-    #[serde(default)]
+    #[arg(skip)]
     pub device_id: i32,
     /// Run on the CPU, with a warning, when the provider cannot be used.
-    #[serde(default)]
+    #[arg(skip)]
     pub fallback: bool,
     /// ONNX Runtime intra-op threads; 0 = one per core.
-    #[serde(default)]
+    #[arg(skip)]
     pub intra_threads: usize,
     /// Let ORT threads spin between ops. Measured on 2 cores: +5% file to file and neutral with
     /// 1-8 live cameras when gradcamd has the machine alone, but processes that share the cores
     /// starve (bench/NOTES.md), so it is off unless asked for.
-    #[serde(default)]
+    #[arg(skip)]
     pub intra_op_spinning: bool,
 }
 
 impl ModelConfig {
-    pub fn spec(&self) -> ModelSpec {
-        ModelSpec {
-            path: self.path.clone(),
-            sidecar: self.sidecar.clone(),
-            target_layer: self.target_layer.clone(),
-            in_graph_cam: false,
-            input: InputOverrides {
-                mean: self.mean,
-                std: self.std,
-                scale: self.scale,
-                color: self.color,
-                labels: self.labels.clone(),
-                size: self.input_size.map(|[w, h]| (w, h)),
-            },
-        }
-    }
-}
-
-fn default_provider() -> String {
-    "cpu".into()
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
+    /// The model keys given as flags over the file's: the one place the two are merged.
+    pub fn with_flags(self, flags: &ModelConfig) -> ModelConfig {
+        let f = flags.clone();
         ModelConfig {
-            path: None,
-            sidecar: None,
-            target_layer: None,
-            mean: None,
-            std: None,
-            scale: None,
-            color: None,
-            labels: None,
-            input_size: None,
-            provider: default_provider(),
-            device_id: 0,
-            fallback: false,
-            intra_threads: 0,
-            intra_op_spinning: false,
+            path: f.path.or(self.path),
+            sidecar: f.sidecar.or(self.sidecar),
+            target_layer: f.target_layer.or(self.target_layer),
+            mean: f.mean.or(self.mean),
+            std: f.std.or(self.std),
+            scale: f.scale.or(self.scale),
+            color: f.color.or(self.color),
+            labels: f.labels.or(self.labels),
+            input_size: f.input_size.or(self.input_size),
+            ..self
         }
     }
+
+    /// The files these keys name, for the "an output is never an input" check.
+    pub fn files(&self) -> Vec<crate::paths::Named<'_>> {
+        use crate::paths::{Named, Use};
+        [
+            ("the model", &self.path),
+            ("the sidecar", &self.sidecar),
+            ("the labels file", &self.labels),
+        ]
+        .into_iter()
+        .filter_map(|(what, p)| p.as_deref().map(|p| Named::new(what, p, Use::Input)))
+        .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ColorOrder {
+    Rgb,
+    Bgr,
+}
+
+/// Where ONNX Runtime runs the model (`[model] provider`, `bench --provider`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(try_from = "String")]
+pub enum ProviderKind {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+impl TryFrom<String> for ProviderKind {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "cpu" => Ok(ProviderKind::Cpu),
+            "cuda" => Ok(ProviderKind::Cuda),
+            p => Err(format!("provider \"{p}\": expected \"cpu\" or \"cuda\"")),
+        }
+    }
+}
+
+/// A video codec's four-character code (`[output] fourcc`), checked when the file is read.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Fourcc([char; 4]);
+
+impl Fourcc {
+    pub fn chars(&self) -> [char; 4] {
+        self.0
+    }
+}
+
+impl Default for Fourcc {
+    fn default() -> Self {
+        Fourcc(['m', 'p', '4', 'v'])
+    }
+}
+
+impl TryFrom<String> for Fourcc {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.chars().collect::<Vec<_>>()[..] {
+            [a, b, c, d] if s.is_ascii() => Ok(Fourcc([a, b, c, d])),
+            _ => Err(format!(
+                "fourcc \"{s}\": a fourcc has 4 ASCII characters (mp4v, avc1, MJPG)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Fourcc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|c| write!(f, "{c}"))
+    }
+}
+
+/// `R,G,B` or one value for all three.
+pub fn parse_triple(s: &str) -> Result<[f32; 3], String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|x| {
+            x.trim()
+                .parse::<f32>()
+                .map_err(|_| format!("'{x}' is not a number"))
+        })
+        .collect::<Result<_, _>>()?;
+    match v.as_slice() {
+        [a] => Ok([*a; 3]),
+        [a, b, c] => Ok([*a, *b, *c]),
+        _ => Err("expected one value or three, comma separated".into()),
+    }
+}
+
+/// `WxH`, each side in 1..=[`MAX_INPUT_SIDE`].
+pub fn parse_size(s: &str) -> Result<[u32; 2], String> {
+    let (w, h) = s.split_once(['x', 'X']).ok_or("expected WxH, e.g. 224x224")?;
+    let p = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|&n| n > 0 && n <= MAX_INPUT_SIDE)
+            .ok_or(format!("'{v}' is not a size in 1..={MAX_INPUT_SIDE}"))
+    };
+    Ok([p(w)?, p(h)?])
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ExplainConfig {
     /// "gradcam" or "cam" (CAM needs a GAP + fully-connected head).
-    #[serde(default = "default_method")]
     pub method: Method,
     /// Class to explain: "top1", "topk:K" (K maps per frame, shown as a grid), a class index,
     /// or a label (case-insensitive, any synonym).
-    #[serde(default = "default_target")]
     pub target: String,
     /// Heatmap weight in the overlay, 0..1 (pytorch-grad-cam uses 0.5).
-    #[serde(default = "default_alpha")]
     pub alpha: f32,
     /// Draw label, score and fps on each frame.
-    #[serde(default = "yes")]
     pub hud: bool,
-}
-
-fn default_method() -> Method {
-    Method::GradCam
-}
-fn default_target() -> String {
-    "top1".into()
-}
-fn default_alpha() -> f32 {
-    0.5
-}
-fn yes() -> bool {
-    true
 }
 
 impl Default for ExplainConfig {
     fn default() -> Self {
         ExplainConfig {
-            method: default_method(),
-            target: default_target(),
-            alpha: default_alpha(),
+            method: Method::GradCam,
+            target: "top1".into(),
+            alpha: 0.5,
             hud: true,
         }
     }
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Frames per ORT run, across all sources; absent: chosen for the provider (see
     /// [`crate::engine::EngineOptions::batch`]).
-    #[serde(default)]
     pub batch_size: Option<usize>,
     /// Longest wait for a batch to fill before running a partial one.
-    #[serde(default = "default_batch_timeout_ms")]
     pub batch_timeout_ms: u64,
     /// Threads that upsample, colour and annotate frames; 0 = one per core.
-    #[serde(default)]
     pub render_workers: usize,
     /// Capacity of each inter-stage channel, in frames.
-    #[serde(default = "default_queue")]
     pub queue_frames: usize,
     /// ORT sessions running batches side by side; 0 = two on the CPU (one thread each on two
     /// cores), two on CUDA.
-    #[serde(default)]
     pub inference_workers: usize,
     /// After a stop (Ctrl-C, SIGTERM, `q`), how long the frames already read may take to get
     /// through; then the outputs are finalized with what they hold. 0 = no limit. Under the
     /// 30 s after which `deploy/gradcamd.service` has systemd kill what is left.
-    #[serde(default = "default_shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
-}
-
-fn default_batch_timeout_ms() -> u64 {
-    25
-}
-fn default_shutdown_timeout_ms() -> u64 {
-    20_000
-}
-fn default_queue() -> usize {
-    32
 }
 
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             batch_size: None,
-            batch_timeout_ms: default_batch_timeout_ms(),
+            batch_timeout_ms: 25,
             render_workers: 0,
-            queue_frames: default_queue(),
+            queue_frames: 32,
             inference_workers: 0,
-            shutdown_timeout_ms: default_shutdown_timeout_ms(),
+            shutdown_timeout_ms: 20_000,
         }
     }
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct OutputConfig {
     /// Codec for file outputs: "mp4v" (MPEG-4 Part 2) or "avc1" (H.264).
-    #[serde(default = "default_fourcc")]
-    pub fourcc: String,
+    pub fourcc: Fourcc,
     /// Replace a file that exists at an output path. Off: such a run is refused before any
     /// work (as ffmpeg does without `-y`), so a recording is never lost to a re-run. A
     /// segmented output never overwrites: a taken segment name is numbered instead.
-    #[serde(default)]
     pub overwrite: bool,
     /// Write `.mp4` files as fragmented MP4 (a fragment per key frame, every 12 frames): a run
     /// that is killed, or a machine that loses power, leaves a file that plays up to its last
     /// fragment. Off: a classic MP4 with its index at the end, which such a stop leaves
     /// unplayable. Other containers are not affected.
-    #[serde(default = "default_true")]
     pub fragmented: bool,
-}
-
-fn default_fourcc() -> String {
-    "mp4v".into()
-}
-
-fn default_true() -> bool {
-    true
 }
 
 impl Default for OutputConfig {
     fn default() -> Self {
         OutputConfig {
-            fourcc: default_fourcc(),
+            fourcc: Fourcc::default(),
             overwrite: false,
             fragmented: true,
         }
@@ -249,90 +289,53 @@ impl Default for OutputConfig {
 
 /// The HTTP server: page, MJPEG streams, metrics.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address to serve on, e.g. "127.0.0.1:8090"; unset: no server. Only loopback unless you
     /// name another address: the page has no authentication (a warning says so).
     pub listen: Option<String>,
     /// A connection that sends no request, or a viewer that reads nothing, for this long is
     /// closed (each holds a thread).
-    #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
     /// Requests served at once (each open stream is one); more are answered 503.
-    #[serde(default = "default_max_clients")]
     pub max_clients: usize,
-}
-
-fn default_idle_timeout_ms() -> u64 {
-    10_000
-}
-fn default_max_clients() -> usize {
-    64
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: None,
-            idle_timeout_ms: default_idle_timeout_ms(),
-            max_clients: default_max_clients(),
+            idle_timeout_ms: 10_000,
+            max_clients: 64,
         }
     }
 }
 
 /// Cameras and streams.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LiveConfig {
     /// First wait before reconnecting a lost source; doubles per failed attempt.
-    #[serde(default = "default_reconnect_initial_ms")]
     pub reconnect_initial_ms: u64,
     /// Longest wait between reconnect attempts.
-    #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
     /// FFmpeg open timeout for stream URLs.
-    #[serde(default = "default_stream_timeout_ms")]
     pub open_timeout_ms: u64,
     /// FFmpeg read timeout: a stalled stream counts as lost after this.
-    #[serde(default = "default_stream_timeout_ms")]
     pub read_timeout_ms: u64,
     /// A live source that cannot be opened at start-up is an error (default: log it, serve the
     /// other sources, and keep retrying it).
-    #[serde(default)]
     pub strict: bool,
-}
-
-fn default_reconnect_initial_ms() -> u64 {
-    500
-}
-fn default_reconnect_max_ms() -> u64 {
-    30_000
-}
-fn default_stream_timeout_ms() -> u64 {
-    5_000
 }
 
 impl Default for LiveConfig {
     fn default() -> Self {
         LiveConfig {
-            reconnect_initial_ms: default_reconnect_initial_ms(),
-            reconnect_max_ms: default_reconnect_max_ms(),
-            open_timeout_ms: default_stream_timeout_ms(),
-            read_timeout_ms: default_stream_timeout_ms(),
+            reconnect_initial_ms: 500,
+            reconnect_max_ms: 30_000,
+            open_timeout_ms: 5_000,
+            read_timeout_ms: 5_000,
             strict: false,
-        }
-    }
-}
-
-#[cfg(feature = "video")]
-impl LiveConfig {
-    pub fn reconnect(&self) -> crate::capture::Reconnect {
-        use std::time::Duration;
-        crate::capture::Reconnect {
-            initial: Duration::from_millis(self.reconnect_initial_ms),
-            max: Duration::from_millis(self.reconnect_max_ms.max(self.reconnect_initial_ms)),
-            open_timeout: Duration::from_millis(self.open_timeout_ms),
-            read_timeout: Duration::from_millis(self.read_timeout_ms),
         }
     }
 }
@@ -347,7 +350,7 @@ pub enum SourceMode {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SourceConfig {
     /// Name in logs and metrics; default: the file stem or "source<N>".
     pub name: Option<String>,
@@ -360,50 +363,31 @@ pub struct SourceConfig {
     /// Class(es) to explain for this source; default: `[explain] target`.
     pub target: Option<String>,
     /// Show this source in a window (`q` or Esc stops the run).
-    #[serde(default)]
     pub display: bool,
     /// Split the output into files of this many seconds of video, named with their UTC start
     /// time (`out/cam1-20261126T050200Z.mp4`); unset: one file.
     pub segment_secs: Option<f64>,
     /// Temporal smoothing: EMA weight of the previous CAM, 0.0 (off) ..< 1.0.
-    #[serde(default)]
     pub smoothing: f32,
     /// Region of interest: polygon of [x, y] points in frame-relative coordinates (0..1).
     pub roi: Option<Vec<[f32; 2]>>,
     /// Alert when the share of CAM mass outside the ROI exceeds this...
-    #[serde(default = "default_roi_ratio")]
     pub roi_alert_ratio: f32,
     /// ...for this many consecutive frames.
-    #[serde(default = "default_roi_frames")]
     pub roi_alert_frames: u32,
     /// JSON-lines event log (appended): class, score, CAM peak, centroid, hot box, ROI share.
     pub events: Option<PathBuf>,
     /// One event line every N explained frames (alerts are always written).
-    #[serde(default = "default_events_every")]
     pub events_every: u32,
     /// The hot region's box covers the normalized CAM at or above this.
-    #[serde(default = "default_hot")]
     pub hot_threshold: f32,
 }
 
-fn default_roi_ratio() -> f32 {
-    0.5
-}
-fn default_roi_frames() -> u32 {
-    15
-}
-fn default_events_every() -> u32 {
-    1
-}
-fn default_hot() -> f32 {
-    0.5
-}
-
-impl SourceConfig {
-    pub fn new(uri: &str) -> SourceConfig {
+impl Default for SourceConfig {
+    fn default() -> Self {
         SourceConfig {
             name: None,
-            uri: uri.to_string(),
+            uri: String::new(),
             mode: None,
             output: None,
             target: None,
@@ -411,23 +395,20 @@ impl SourceConfig {
             display: false,
             smoothing: 0.0,
             roi: None,
-            roi_alert_ratio: default_roi_ratio(),
-            roi_alert_frames: default_roi_frames(),
+            roi_alert_ratio: 0.5,
+            roi_alert_frames: 15,
             events: None,
-            events_every: default_events_every(),
-            hot_threshold: default_hot(),
+            events_every: 1,
+            hot_threshold: 0.5,
         }
     }
+}
 
-    pub fn monitor(&self) -> crate::monitor::MonitorConfig {
-        crate::monitor::MonitorConfig {
-            smoothing: self.smoothing,
-            roi: self.roi.clone(),
-            roi_alert_ratio: self.roi_alert_ratio,
-            roi_alert_frames: self.roi_alert_frames,
-            events: self.events.clone(),
-            events_every: self.events_every,
-            hot_threshold: self.hot_threshold,
+impl SourceConfig {
+    pub fn new(uri: &str) -> SourceConfig {
+        SourceConfig {
+            uri: uri.to_string(),
+            ..Default::default()
         }
     }
 }
@@ -476,7 +457,7 @@ impl Config {
             );
         }
         if let Some([w, h]) = self.model.input_size {
-            let max = crate::model::MAX_INPUT_SIDE;
+            let max = MAX_INPUT_SIDE;
             if w == 0 || h == 0 || w > max || h > max {
                 anyhow::bail!("model.input_size = [{w}, {h}] is out of range 1..={max} per side");
             }
@@ -484,17 +465,9 @@ impl Config {
         if !(0.0..=1.0).contains(&self.explain.alpha) {
             anyhow::bail!("explain.alpha = {} is out of range 0..=1", self.explain.alpha);
         }
-        crate::engine::Provider::parse(&self.model.provider, self.model.device_id)
-            .map_err(|e| anyhow::anyhow!("model.{e}"))?;
-        if self.output.fourcc.len() != 4 {
-            anyhow::bail!(
-                "output.fourcc = \"{}\": a fourcc has 4 characters (mp4v, avc1, MJPG)",
-                self.output.fourcc
-            );
-        }
         for s in &self.source {
             if s.uri.trim().is_empty() {
-                anyhow::bail!("source.uri is empty");
+                anyhow::bail!("a [[source]] has no uri: give a video file, camera:N or a stream URL");
             }
             if s.segment_secs.is_some_and(|v| !(v >= 1.0 && v.is_finite())) {
                 anyhow::bail!("source.segment_secs must be at least 1");
@@ -521,6 +494,8 @@ impl Config {
     }
 }
 
+/// Largest model input side gradcamd feeds (a frame is resized to it): 8K.
+pub const MAX_INPUT_SIDE: u32 = 8192;
 /// Frames in one inter-stage channel: each holds a whole frame (1080p: 6 MB).
 pub const MAX_QUEUE_FRAMES: usize = 1024;
 /// Render workers and intra-op threads: far over any machine's cores.
@@ -562,6 +537,53 @@ mod tests {
         assert_eq!(c.pipeline.batch_size, None);
         assert_eq!(c.explain.method, Method::GradCam);
         assert!(c.source.is_empty());
+    }
+
+    #[test]
+    fn model_flags_win_over_the_file_key_by_key() {
+        let file = Config::parse(
+            "[model]\npath = \"a.onnx\"\nmean = [1.0, 2.0, 3.0]\nlabels = \"l.txt\"\nprovider = \"cuda\"\nintra_threads = 3\n",
+        )
+        .unwrap()
+        .model;
+        let flags = ModelConfig {
+            path: Some("b.onnx".into()),
+            input_size: Some([320, 240]),
+            ..Default::default()
+        };
+        let m = file.with_flags(&flags);
+        assert_eq!(m.path.as_deref(), Some(Path::new("b.onnx")));
+        assert_eq!(m.input_size, Some([320, 240]));
+        // What the flags leave unset stays as the file says, runtime keys included.
+        assert_eq!(m.mean, Some([1.0, 2.0, 3.0]));
+        assert_eq!(m.labels.as_deref(), Some(Path::new("l.txt")));
+        assert_eq!((m.provider, m.intra_threads), (ProviderKind::Cuda, 3));
+    }
+
+    #[test]
+    fn fourcc_and_provider_are_typed_when_read() {
+        let c = Config::parse("[output]\nfourcc = \"avc1\"\n").unwrap();
+        assert_eq!(c.output.fourcc.chars(), ['a', 'v', 'c', '1']);
+        assert_eq!(Config::default().output.fourcc.to_string(), "mp4v");
+        for bad in ["mp4", "mp4vv", "m\u{e9}4v"] {
+            let e = format!(
+                "{:#}",
+                Config::parse(&format!("[output]\nfourcc = \"{bad}\"\n")).unwrap_err()
+            );
+            assert!(e.contains(&format!("fourcc \"{bad}\"")), "{e}");
+        }
+        let c = Config::parse("[model]\nprovider = \"cuda\"\n").unwrap();
+        assert_eq!(c.model.provider, ProviderKind::Cuda);
+        assert_eq!(Config::default().model.provider, ProviderKind::Cpu);
+    }
+
+    #[test]
+    fn a_source_without_a_uri_says_so() {
+        let e = format!(
+            "{:#}",
+            Config::parse("[[source]]\noutput = \"o.mp4\"\n").unwrap_err()
+        );
+        assert!(e.contains("[[source]] has no uri"), "{e}");
     }
 
     #[test]

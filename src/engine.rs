@@ -38,12 +38,11 @@ pub enum Provider {
 }
 
 impl Provider {
-    /// `"cpu"` or `"cuda"` (the config's and the flags' spelling).
-    pub fn parse(name: &str, device_id: i32) -> Result<Provider, String> {
-        match name {
-            "cpu" => Ok(Provider::Cpu),
-            "cuda" => Ok(Provider::Cuda { device_id }),
-            p => Err(format!("provider \"{p}\": expected \"cpu\" or \"cuda\"")),
+    /// The provider a config or flag names, on `device_id` where that means anything.
+    pub fn new(kind: crate::config::ProviderKind, device_id: i32) -> Provider {
+        match kind {
+            crate::config::ProviderKind::Cpu => Provider::Cpu,
+            crate::config::ProviderKind::Cuda => Provider::Cuda { device_id },
         }
     }
 }

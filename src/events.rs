@@ -53,7 +53,7 @@ impl EventLog {
         })
     }
 
-    /// Queues the line of frame `seq`. Waits only while [`QUEUED`] lines are ahead of it. A
+    /// Queues the line of frame `seq`. Waits only while `QUEUED` (1024) lines are ahead of it. A
     /// line sent after the log failed is dropped: the failure is reported instead.
     pub fn send(&self, seq: u64, line: String) {
         if let Some(tx) = &self.tx {

@@ -4,23 +4,32 @@
 //! Engine (builds without OpenCV, `--no-default-features`):
 //! - [`onnx`]: reads a classifier and appends the backward graph of its head (augmentation).
 //! - [`engine`]: the ONNX Runtime session that runs the augmented model on a batch.
-//! - [`cam`]: CAM methods on the activations and gradients.
-//! - [`model`]: a model ready to serve: ONNX + [`sidecar`] + augmentation, checked up front.
-//! - [`config`], [`cli`], [`error`]: configuration, flags, failure classes and exit codes.
+//! - [`explainer`]: one session's batches explained (several runs for `topk`), CAMs computed
+//!   while ORT still owns the outputs; [`cam`]: the CAM methods on activations and gradients.
+//! - [`model`]: a model ready to serve: ONNX + [`sidecar`] + augmentation, checked up front;
+//!   [`builtin`]: the default model in the binary.
+//! - [`config`], [`cli`], [`error`]: configuration as parsed (`[model]` is also every
+//!   command's model flags), flags, failure classes and exit codes.
 //! - [`paths`]: which paths are one file, and how outputs are claimed; [`uri`]: source URIs
 //!   with their secrets taken out.
-//! - [`app`]: the subcommands (`inspect`, `augment`, `explain`, `bench`).
+//! - [`monitor`]: per source, in frame order: smoothing, ROI share and alerts, events, whose
+//!   logs [`events`] writes on threads of their own.
+//! - [`stats`] counts, [`cpu`] and [`alloc`] measure what each stage costs, [`metrics`]
+//!   prints them for Prometheus.
+//! - [`app`]: the subcommands (`run`, `explain`, `inspect`, `augment`, `bench`, `compare`).
 //!
 //! Video pipeline (feature `video`), one file per stage, joined by bounded channels carrying
 //! the types in [`frame`]:
 //! - [`capture`]: one thread per source, `VideoCapture`;
-//! - [`infer`]: one thread owning the session; batching, [`preprocess`], CAM per frame;
+//! - [`infer`]: a batching thread ([`preprocess`] into free input slots), one thread per ORT
+//!   session, and the in-order release that feeds the monitors;
 //! - [`render`]: N workers drawing heatmap and HUD;
-//! - [`sink`]: one writer thread per output, re-ordering by frame number;
-//! - [`pipeline`]: builds the validated plan and runs the threads; [`stats`] counts, [`cpu`]
-//!   measures what each stage costs.
+//! - [`sink`]: one thread per source, re-ordering by frame number and feeding that source's
+//!   outputs (file, HTTP hub, window);
+//! - [`pipeline`]: builds the validated plan and runs the threads, with a shutdown deadline.
 pub mod alloc;
 pub mod app;
+pub mod builtin;
 pub mod cam;
 pub mod cli;
 pub mod config;

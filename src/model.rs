@@ -3,16 +3,11 @@
 
 use std::path::PathBuf;
 
-/// The default model, built into the binary so that `gradcamd run --source clip.mp4` works
-/// from any directory. It is loaded exactly like a user's model.
-pub const EMBEDDED_NAME: &str = "builtin:efficientnet_lite0";
-pub const EMBEDDED_ONNX: &[u8] = include_bytes!("../models/efficientnet_lite0.onnx");
-pub const EMBEDDED_SIDECAR: &str = include_str!("../models/efficientnet_lite0.toml");
-pub const EMBEDDED_LABELS: &str = include_str!("../models/imagenet_labels.txt");
-
+use crate::builtin::{EMBEDDED_NAME, EMBEDDED_ONNX};
+use crate::config::{ModelConfig, MAX_INPUT_SIDE};
 use crate::error::{fail, Kind, KindExt};
 use crate::onnx::{augment, AugmentOptions, Augmented, OnnxModel};
-use crate::sidecar::{InputOverrides, Sidecar};
+use crate::sidecar::Sidecar;
 
 pub struct Model {
     /// The file, or [`EMBEDDED_NAME`] for the built-in model.
@@ -20,23 +15,6 @@ pub struct Model {
     pub sidecar: Sidecar,
     pub graph: Augmented,
 }
-
-/// Everything that says which model to load and how to feed it.
-#[derive(Debug, Clone, Default)]
-pub struct ModelSpec {
-    /// ONNX file; `None` is the built-in model.
-    pub path: Option<PathBuf>,
-    /// Sidecar; `None` is `<stem>.toml` beside the model, or, when there is none, a sidecar
-    /// derived from the graph and `input`.
-    pub sidecar: Option<PathBuf>,
-    pub target_layer: Option<String>,
-    pub in_graph_cam: bool,
-    /// Flags / config keys over the sidecar.
-    pub input: InputOverrides,
-}
-
-/// Largest model input side gradcamd feeds (a frame is resized to it): 8K.
-pub const MAX_INPUT_SIDE: u32 = 8192;
 
 /// A valid classifier of grayscale (or 4-channel) images is a model gradcamd cannot feed:
 /// "unsupported", not a bad config.
@@ -103,23 +81,10 @@ fn check_shapes(
     Ok(())
 }
 
-impl ModelSpec {
-    /// The files this spec reads, for the "an output is never an input" check.
-    pub fn files(&self) -> Vec<crate::paths::Named<'_>> {
-        use crate::paths::{Named, Use};
-        [
-            ("the model", &self.path),
-            ("the sidecar", &self.sidecar),
-            ("the labels file", &self.input.labels),
-        ]
-        .into_iter()
-        .filter_map(|(what, p)| p.as_deref().map(|p| Named::new(what, p, Use::Input)))
-        .collect()
-    }
-}
-
 impl Model {
-    pub fn load(spec: &ModelSpec) -> anyhow::Result<Self> {
+    /// Loads, checks and augments the model `spec` names; `in_graph_cam` also has the graph
+    /// compute the Grad-CAM map itself.
+    pub fn load(spec: &ModelConfig, in_graph_cam: bool) -> anyhow::Result<Self> {
         let (path, mut sidecar, onnx) = match &spec.path {
             None => {
                 let sc = match &spec.sidecar {
@@ -151,13 +116,13 @@ impl Model {
                         if let [only] = onnx.real_inputs().collect::<Vec<_>>()[..] {
                             check_channels(path, &onnx, &only.name)?;
                         }
-                        Sidecar::derive(&onnx, path, &spec.input).map_err(|e| fail(Kind::Config, e))?
+                        Sidecar::derive(&onnx, path, spec).map_err(|e| fail(Kind::Config, e))?
                     }
                 };
                 (path.clone(), sc, onnx)
             }
         };
-        sidecar.apply(&spec.input).map_err(|e| fail(Kind::Config, e))?;
+        sidecar.apply(spec).map_err(|e| fail(Kind::Config, e))?;
         if !onnx.real_inputs().any(|v| v.name == sidecar.input.name) {
             let names: Vec<&str> = onnx.real_inputs().map(|v| v.name.as_str()).collect();
             return Err(fail(
@@ -173,7 +138,7 @@ impl Model {
         let opts = AugmentOptions {
             target_layer: spec.target_layer.clone(),
             logits: Some(sidecar.output.logits.clone()),
-            in_graph_cam: spec.in_graph_cam,
+            in_graph_cam,
             ..Default::default()
         };
         let mut graph = augment(&onnx, &opts).map_err(|e| {

@@ -12,6 +12,7 @@ use ndarray::Array2;
 use serde::Serialize;
 
 use crate::cam;
+use crate::config::SourceConfig;
 use crate::events::EventLog;
 use crate::frame::ClassMap;
 
@@ -32,6 +33,20 @@ pub struct MonitorConfig {
     pub events_every: u32,
     /// The hot region is where the normalized CAM is at least this.
     pub hot_threshold: f32,
+}
+
+impl From<&SourceConfig> for MonitorConfig {
+    fn from(s: &SourceConfig) -> Self {
+        MonitorConfig {
+            smoothing: s.smoothing,
+            roi: s.roi.clone(),
+            roi_alert_ratio: s.roi_alert_ratio,
+            roi_alert_frames: s.roi_alert_frames,
+            events: s.events.clone(),
+            events_every: s.events_every,
+            hot_threshold: s.hot_threshold,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]

@@ -18,7 +18,7 @@ use anyhow::Context;
 use crossbeam_channel::bounded;
 
 use crate::cam::Method;
-use crate::capture::Source;
+use crate::capture::{Reconnect, Source};
 use crate::config::{Config, SourceMode};
 use crate::engine::{Engine, EngineOptions, Provider};
 use crate::error::{fail, Kind};
@@ -26,7 +26,7 @@ use crate::explainer::{check_method, resolve_target, Explainer};
 use crate::frame::{ClassMap, Demand, Pool};
 use crate::infer::{self, InferConfig};
 use crate::model::Model;
-use crate::monitor::Monitor;
+use crate::monitor::{Monitor, MonitorConfig};
 use crate::preprocess::Preprocessor;
 use crate::render::{self, RenderConfig};
 use crate::sink::display::Display;
@@ -64,8 +64,7 @@ pub struct Summary {
 
 pub fn engine_options(cfg: &Config) -> EngineOptions {
     EngineOptions {
-        // validate() has checked the name.
-        provider: Provider::parse(&cfg.model.provider, cfg.model.device_id).unwrap_or(Provider::Cpu),
+        provider: Provider::new(cfg.model.provider, cfg.model.device_id),
         fallback: cfg.model.fallback,
         intra_threads: cfg.model.intra_threads,
         intra_op_spinning: cfg.model.intra_op_spinning,
@@ -107,7 +106,7 @@ impl Plan {
                     .transpose()
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let model = Model::load(&cfg.model.spec())?;
+        let model = Model::load(&cfg.model, false)?;
         check_method(&model, cfg.explain.method)?;
         let default_target = resolve_target(&model, &cfg.explain.target)?;
         let targets = cfg
@@ -146,7 +145,7 @@ impl Plan {
             .sources
             .iter()
             .zip(&cfg.source)
-            .map(|(src, sc)| Monitor::new(src.name.clone(), sc.monitor()))
+            .map(|(src, sc)| Monitor::new(src.name.clone(), MonitorConfig::from(sc)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let p = &cfg.pipeline;
         let workers = if p.render_workers == 0 {
@@ -415,8 +414,7 @@ pub fn source_names(cfg: &Config) -> anyhow::Result<Vec<String>> {
 fn check_paths(cfg: &Config, names: &[String]) -> anyhow::Result<()> {
     use crate::capture::SourceKind;
     use crate::paths::{Named, Use};
-    let spec = cfg.model.spec();
-    let mut items = spec.files();
+    let mut items = cfg.model.files();
     let files: Vec<Option<PathBuf>> = cfg
         .source
         .iter()
@@ -478,7 +476,7 @@ fn open_io(cfg: &Config, names: Vec<String>, files: Vec<Option<FileSink>>) -> an
                         name.clone(),
                         &s.uri,
                         s.mode,
-                        cfg.live.reconnect(),
+                        Reconnect::from(&cfg.live),
                         cfg.live.strict,
                     )
                 })

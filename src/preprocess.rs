@@ -10,7 +10,8 @@ use opencv::core::{Mat, Size};
 use opencv::imgproc;
 use opencv::prelude::*;
 
-use crate::sidecar::{ColorOrder, InputSpec, Layout};
+use crate::config::ColorOrder;
+use crate::sidecar::{InputSpec, Layout};
 
 pub struct Preprocessor {
     size: Size,

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::builtin::{EMBEDDED_LABELS, EMBEDDED_NAME, EMBEDDED_SIDECAR};
+use crate::config::{ColorOrder, ModelConfig};
+
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
     #[error("cannot read model sidecar {path}: {err}; write one beside the model (see models/efficientnet_lite0.toml)")]
@@ -18,13 +21,6 @@ pub enum SidecarError {
         sidecar: PathBuf,
         err: std::io::Error,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum ColorOrder {
-    Rgb,
-    Bgr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -65,19 +61,6 @@ fn default_layout() -> Layout {
 pub struct OutputSpec {
     /// Graph output holding the class scores.
     pub logits: String,
-}
-
-/// Input settings given on the command line or in `[model]`, over or instead of a sidecar.
-#[derive(Debug, Clone, Default)]
-pub struct InputOverrides {
-    pub mean: Option<[f32; 3]>,
-    pub std: Option<[f32; 3]>,
-    /// `x = pixel * scale` (mean 0, std 1/scale).
-    pub scale: Option<f32>,
-    pub color: Option<ColorOrder>,
-    pub labels: Option<PathBuf>,
-    /// (width, height).
-    pub size: Option<(u32, u32)>,
 }
 
 fn read_labels(p: &Path) -> Result<Vec<String>, String> {
@@ -130,11 +113,9 @@ impl Sidecar {
 
     /// The sidecar of the model built into the binary.
     pub fn embedded() -> Result<Self, SidecarError> {
-        Self::parse(
-            crate::model::EMBEDDED_SIDECAR,
-            Path::new(crate::model::EMBEDDED_NAME),
-            |_| Ok(crate::model::EMBEDDED_LABELS.to_string()),
-        )
+        Self::parse(EMBEDDED_SIDECAR, Path::new(EMBEDDED_NAME), |_| {
+            Ok(EMBEDDED_LABELS.to_string())
+        })
     }
 
     fn parse(
@@ -166,7 +147,7 @@ impl Sidecar {
 
     /// A sidecar for a model that has none: input name, size and layout from the ONNX graph,
     /// normalization, colour order and labels from `o`. Errors name the missing piece.
-    pub fn derive(onnx: &crate::onnx::OnnxModel, model: &Path, o: &InputOverrides) -> Result<Self, String> {
+    pub fn derive(onnx: &crate::onnx::OnnxModel, model: &Path, o: &ModelConfig) -> Result<Self, String> {
         let input = onnx.real_inputs().next().ok_or("the model has no input")?;
         let dims = input.dims().unwrap_or_default();
         let (layout, h, w) = match dims.as_slice() {
@@ -180,8 +161,8 @@ impl Sidecar {
                 ))
             }
         };
-        let (height, width) = match (o.size, h, w) {
-            (Some((w, h)), _, _) => (h, w),
+        let (height, width) = match (o.input_size, h, w) {
+            (Some([w, h]), _, _) => (h, w),
             (None, Some(h), Some(w)) if h > 0 && w > 0 => (h as u32, w as u32),
             _ => {
                 return Err(format!(
@@ -231,7 +212,7 @@ impl Sidecar {
     }
 
     /// Flags and config keys override what the sidecar says.
-    pub fn apply(&mut self, o: &InputOverrides) -> Result<(), String> {
+    pub fn apply(&mut self, o: &ModelConfig) -> Result<(), String> {
         if o.scale.is_some() && (o.mean.is_some() || o.std.is_some()) {
             return Err("--scale cannot be combined with --mean/--std".into());
         }
@@ -248,7 +229,7 @@ impl Sidecar {
         if let Some(c) = o.color {
             self.input.color = c;
         }
-        if let Some((w, h)) = o.size {
+        if let Some([w, h]) = o.input_size {
             (self.input.width, self.input.height) = (w, h);
         }
         if let Some(p) = &o.labels {

@@ -3,8 +3,9 @@
 //! gradients vary over space, where HiResCAM and XGrad-CAM really differ from Grad-CAM.
 
 use gradcamd::cam::{self, correlation, Method};
+use gradcamd::config::ModelConfig;
 use gradcamd::engine::{Engine, EngineOptions};
-use gradcamd::model::{Model, ModelSpec};
+use gradcamd::model::Model;
 use gradcamd::preprocess::Preprocessor;
 use gradcamd::render::upsample_normalized;
 use ndarray::{Array2, Array3, ArrayView4, Axis};
@@ -131,12 +132,12 @@ fn check_fixture(
 }
 
 fn model(path: &str, sidecar: Option<&str>) -> Model {
-    let spec = ModelSpec {
+    let spec = ModelConfig {
         path: Some(root().join(path)),
         sidecar: sidecar.map(|s| root().join(s)),
         ..Default::default()
     };
-    Model::load(&spec).unwrap()
+    Model::load(&spec, false).unwrap()
 }
 
 #[test]

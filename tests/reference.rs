@@ -3,8 +3,9 @@
 //! weights, raw CAM, plain CAM, normalized 224×224 CAM and overlay.
 
 use gradcamd::cam::{self, correlation};
+use gradcamd::config::ModelConfig;
 use gradcamd::engine::{Engine, EngineOptions};
-use gradcamd::model::{Model, ModelSpec};
+use gradcamd::model::Model;
 use gradcamd::preprocess::Preprocessor;
 use gradcamd::render::{overlay, upsample_normalized, Blend, Scratch};
 use ndarray::{Array2, ArrayView4, Axis};
@@ -24,11 +25,11 @@ struct Out {
 }
 
 fn load() -> Model {
-    let spec = ModelSpec {
+    let spec = ModelConfig {
         path: Some(root().join("models/efficientnet_lite0.onnx")),
         ..Default::default()
     };
-    Model::load(&spec).expect("default model")
+    Model::load(&spec, false).expect("default model")
 }
 
 fn image(rel: &str) -> Mat {
@@ -156,12 +157,11 @@ fn the_in_graph_cam_matches_pytorch_grad_cam() {
         .iter()
         .filter(|c| c["target"].is_null())
         .collect();
-    let spec = ModelSpec {
+    let spec = ModelConfig {
         path: Some(root().join("models/efficientnet_lite0.onnx")),
-        in_graph_cam: true,
         ..Default::default()
     };
-    let model = Model::load(&spec).expect("default model with the in-graph CAM");
+    let model = Model::load(&spec, true).expect("default model with the in-graph CAM");
     let mut engine = Engine::new(&model.graph, &EngineOptions::default()).unwrap();
     let imgs: Vec<Mat> = top1.iter().map(|c| image(c["image"].as_str().unwrap())).collect();
     let buf = batch_input(&model, &imgs);
@@ -196,7 +196,7 @@ fn the_in_graph_cam_matches_pytorch_grad_cam() {
 fn embedded_model_is_the_committed_file() {
     let file = std::fs::read(root().join("models/efficientnet_lite0.onnx")).unwrap();
     assert!(
-        file == gradcamd::model::EMBEDDED_ONNX,
+        file == gradcamd::builtin::EMBEDDED_ONNX,
         "the binary embeds a different model than models/"
     );
 }

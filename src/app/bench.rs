@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::cli::BenchArgs;
 use crate::engine::{Engine, EngineOptions, Provider};
 use crate::error::{fail, Kind};
+use crate::model::Model;
 
 #[derive(Serialize)]
 pub struct EnginePoint {
@@ -223,8 +224,8 @@ fn measure(
 }
 
 pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
-    let model = args.model.load()?;
-    let provider = Provider::parse(&args.provider, 0).map_err(|e| fail(Kind::Config, e))?;
+    let model = Model::load(&args.model, false)?;
+    let provider = Provider::new(args.provider, 0);
     if args.batch_size.contains(&0) {
         return Err(fail(Kind::Config, "--batch-size needs values >= 1"));
     }
@@ -264,9 +265,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         crate::sidecar::Layout::Nhwc => [h, w, 3],
     };
     let in_graph_model = if args.in_graph_cam {
-        let mut spec = args.model.spec();
-        spec.in_graph_cam = true;
-        Some(crate::model::Model::load(&spec)?)
+        Some(Model::load(&args.model, true)?)
     } else {
         None
     };
@@ -428,8 +427,8 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
 #[cfg(feature = "video")]
 fn pipeline_config(args: &BenchArgs) -> crate::config::Config {
     let mut cfg = crate::config::Config::default();
-    crate::app::run::apply_model_args(&mut cfg.model, &args.model);
-    cfg.model.provider = args.provider.clone();
+    cfg.model = cfg.model.with_flags(&args.model);
+    cfg.model.provider = args.provider;
     cfg.model.intra_threads = args.threads;
     cfg.model.intra_op_spinning = args.spinning;
     cfg.pipeline.batch_size = args.batch_size.first().copied();

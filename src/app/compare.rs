@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::cam::{self, correlation, Method};
 use crate::cli::CompareArgs;
+use crate::config::ProviderKind;
 use crate::engine::{Engine, EngineOptions, Provider};
 use crate::error::{fail, Kind};
 
@@ -20,10 +21,6 @@ pub struct Comparison {
     pub cam_max_abs_diff_rel: f64,
     pub cam_min_correlation: f64,
     pub top1_agree: usize,
-}
-
-fn provider(name: &str) -> anyhow::Result<Provider> {
-    Provider::parse(name, 0).map_err(|e| fail(Kind::Config, e))
 }
 
 /// Raw Grad-CAM maps and top-1 classes of every item.
@@ -49,7 +46,7 @@ fn run(e: &mut Engine, x: ArrayView4<f32>) -> anyhow::Result<(Vec<Vec<f32>>, Vec
 }
 
 pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
-    let model = args.model.load()?;
+    let model = crate::model::Model::load(&args.model, false)?;
     let (shape, data) = crate::npy::read_f32(&args.input).map_err(|e| fail(Kind::Input, e))?;
     let [n, c, h, w] = shape[..] else {
         return Err(fail(
@@ -61,14 +58,14 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
         ));
     };
     let x = ArrayView4::from_shape((n, c, h, w), &data).map_err(|e| fail(Kind::Input, e))?;
-    let mk = |p: &str| -> anyhow::Result<Engine> {
+    let mk = |p: ProviderKind| -> anyhow::Result<Engine> {
         let opts = EngineOptions {
-            provider: provider(p)?,
+            provider: Provider::new(p, 0),
             ..Default::default()
         };
         Engine::new(&model.graph, &opts).map_err(|e| fail(Kind::Runtime, e))
     };
-    let (mut a, mut b) = (mk(&args.provider)?, mk(&args.reference)?);
+    let (mut a, mut b) = (mk(args.provider)?, mk(args.reference)?);
     let (pa, pb) = (a.provider_used.clone(), b.provider_used.clone());
     let (ma, ca) = run(&mut a, x)?;
     let (mb, cb) = run(&mut b, x)?;

@@ -165,8 +165,7 @@ fn unique_stems(images: &[(String, Mat)]) -> Vec<String> {
 /// The JSON and the saved input are outputs: neither may be an image, the model or each other.
 fn check_explain_paths(args: &ExplainArgs) -> anyhow::Result<()> {
     use crate::paths::{Named, Use};
-    let spec = args.model.spec();
-    let mut items = spec.files();
+    let mut items = args.model.files();
     for p in &args.images {
         items.push(Named::new(format!("image {}", p.display()), p, Use::Input));
     }
@@ -184,7 +183,7 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
         return Err(fail(Kind::Config, "--batch-size must be at least 1"));
     }
     check_explain_paths(args)?;
-    let model = args.model.load()?;
+    let model = Model::load(&args.model, false)?;
     check_method(&model, args.method)?;
     let spec = resolve_target(&model, &args.target)?;
     let images: Vec<(String, Mat)> = args

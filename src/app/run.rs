@@ -3,8 +3,8 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use crate::cli::{ModelArgs, RunArgs};
-use crate::config::{Config, ModelConfig, SourceConfig};
+use crate::cli::RunArgs;
+use crate::config::{Config, SourceConfig};
 use crate::error::{fail, Kind};
 use crate::pipeline::Plan;
 use crate::stats::Stats;
@@ -35,7 +35,7 @@ pub fn config_from(args: &RunArgs) -> anyhow::Result<Config> {
             }
         }
     }
-    apply_model_args(&mut cfg.model, &args.model);
+    cfg.model = cfg.model.with_flags(&args.model);
     if let Some(h) = &args.http {
         cfg.http.listen = Some(h.clone());
     }
@@ -59,19 +59,6 @@ pub fn config_from(args: &RunArgs) -> anyhow::Result<Config> {
     }
     cfg.validate().map_err(|e| fail(Kind::Config, format!("{e:#}")))?;
     Ok(cfg)
-}
-
-/// Model flags override the config's `[model]` keys.
-pub fn apply_model_args(c: &mut ModelConfig, m: &ModelArgs) {
-    c.path = m.model.clone().or(c.path.take());
-    c.sidecar = m.sidecar.clone().or(c.sidecar.take());
-    c.target_layer = m.target_layer.clone().or(c.target_layer.take());
-    c.mean = m.mean.or(c.mean);
-    c.std = m.std.or(c.std);
-    c.scale = m.scale.or(c.scale);
-    c.color = m.color.or(c.color);
-    c.labels = m.labels.clone().or(c.labels.take());
-    c.input_size = m.input_size.map(|(w, h)| [w, h]).or(c.input_size);
 }
 
 pub fn run(args: &RunArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {

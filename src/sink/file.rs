@@ -138,7 +138,7 @@ impl FileSink {
         out: &crate::config::OutputConfig,
         segment_secs: Option<f64>,
     ) -> anyhow::Result<FileSink> {
-        let fourcc = out.fourcc.as_str();
+        let fourcc = &out.fourcc;
         let fps = 25.0;
         let unwritable = |why: String| {
             fail(
@@ -160,12 +160,7 @@ impl FileSink {
         if !dir.is_dir() {
             return Err(unwritable(format!("directory {} does not exist", dir.display())));
         }
-        let cc: Vec<char> = fourcc.chars().collect();
-        let [a, b, c, d] = cc[..] else {
-            return Err(unwritable(format!(
-                "fourcc '{fourcc}' does not have 4 characters"
-            )));
-        };
+        let [a, b, c, d] = fourcc.chars();
         let code = VideoWriter::fourcc(a, b, c, d).map_err(|e| unwritable(e.to_string()))?;
         let muxer_ext = if out.fragmented && ext == "mp4" {
             "ismv".to_string()
