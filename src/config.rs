@@ -231,7 +231,7 @@ impl Default for ExplainConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Frames per ORT run, across all sources; absent: chosen for the provider (see
-    /// [`crate::engine::EngineOptions::batch`]).
+    /// `EngineOptions::batch_size`).
     pub batch_size: Option<usize>,
     /// Longest wait for a batch to fill before running a partial one.
     pub batch_timeout_ms: u64,

@@ -102,7 +102,7 @@ impl EngineOptions {
     /// two cores: the default model runs 18% faster per frame at batch 1 than at 8, its
     /// activations staying in cache; bench/NOTES.md), else 8. Call it on the options
     /// [`EngineOptions::sessions`] returns.
-    pub fn batch(&self, requested: Option<usize>) -> usize {
+    pub fn batch_size(&self, requested: Option<usize>) -> usize {
         match requested {
             Some(b) => b.max(1),
             None if self.provider == Provider::Cpu && self.intra_threads == 1 => 1,
@@ -1014,7 +1014,7 @@ mod tests {
         let (n, o) = cuda.sessions(0);
         assert_eq!(n, 2);
         assert_eq!(o.intra_threads, 0, "CUDA sessions keep ORT's own thread count");
-        assert_eq!(o.batch(None), 8);
+        assert_eq!(o.batch_size(None), 8);
         assert_eq!(cuda.sessions(3).0, 3);
 
         let (n, o) = EngineOptions::default().sessions(0);

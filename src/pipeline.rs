@@ -121,7 +121,7 @@ impl Plan {
 
         let pre = Preprocessor::new(&model.sidecar.input);
         let (workers, opts) = engine_options(cfg).sessions(cfg.pipeline.inference_workers);
-        let batch_size = opts.batch(cfg.pipeline.batch_size);
+        let batch_size = opts.batch_size(cfg.pipeline.batch_size);
         let mut explainers = Vec::new();
         for _ in 0..workers {
             let engine = Engine::new(&model.graph, &opts).map_err(|e| fail(Kind::Runtime, e))?;

@@ -237,7 +237,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     .sessions(args.workers);
     let sizes = if args.batch_size.is_empty() {
-        let own = opts.batch(None);
+        let own = opts.batch_size(None);
         let mut v = vec![own];
         v.extend([1, 2, 4, 8, 16].into_iter().filter(|&b| b != own));
         v

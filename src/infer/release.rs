@@ -1,0 +1,139 @@
+//! The in-order release: sessions finish batches in any order; frames leave inference, and the
+//! per-source monitors see them, in the order the batcher made the batches. A session that
+//! finishes hands its batch over here and goes back to work: it never waits for another.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+
+use super::Carrier;
+use crate::frame::Explained;
+use crate::monitor::Monitor;
+use crate::stats::{RecentRate, Stats};
+
+pub(super) struct Release {
+    /// The batch whose turn it is.
+    next: u64,
+    /// The next stage shut down.
+    closed: bool,
+    /// Batch `next + i` at index i, once finished.
+    waiting: VecDeque<Option<Carrier>>,
+    monitors: Vec<Monitor>,
+    /// Each source's explained frames per second, for its HUD.
+    rates: Vec<RecentRate>,
+    /// Where released carriers go back to the batcher; dropped once the next stage has shut
+    /// down, so that a batcher waiting for a free carrier stops.
+    free: Option<Sender<Carrier>>,
+    tx: Sender<Explained>,
+    labels: Arc<Vec<String>>,
+    stats: Arc<Stats>,
+}
+
+impl Release {
+    pub(super) fn new(
+        monitors: Vec<Monitor>,
+        free: Sender<Carrier>,
+        tx: Sender<Explained>,
+        labels: Arc<Vec<String>>,
+        stats: Arc<Stats>,
+        carriers: usize,
+    ) -> Release {
+        Release {
+            next: 0,
+            closed: false,
+            waiting: VecDeque::with_capacity(carriers),
+            rates: monitors.iter().map(|_| RecentRate::default()).collect(),
+            monitors,
+            free: Some(free),
+            tx,
+            labels,
+            stats,
+        }
+    }
+
+    /// Takes a finished batch and sends on the frames of every batch whose turn has come;
+    /// false when the next stage has shut down.
+    pub(super) fn accept(&mut self, batch: Carrier) -> bool {
+        if self.closed {
+            return false;
+        }
+        let at = batch.seq.saturating_sub(self.next) as usize;
+        if self.waiting.len() <= at {
+            self.waiting.resize_with(at + 1, || None);
+        }
+        self.waiting[at] = Some(batch);
+        while let Some(Some(_)) = self.waiting.front() {
+            let Some(Some(mut done)) = self.waiting.pop_front() else {
+                break;
+            };
+            self.next += 1;
+            if !self.send_batch(&mut done) {
+                self.closed = true;
+                self.free = None;
+                return false;
+            }
+            // After its last batch the batcher is gone: the carrier is then dropped.
+            if let Some(f) = &self.free {
+                let _ = f.try_send(done);
+            }
+        }
+        true
+    }
+
+    /// Writes what the events logs still hold and closes them; each failure not yet reported
+    /// is counted, so the run ends with the output exit code.
+    pub(super) fn close_logs(&mut self) {
+        for m in &mut self.monitors {
+            if let Some(msg) = m.close_log() {
+                self.stats.output_failed(msg);
+            }
+        }
+    }
+
+    /// Updates the monitors with a batch's frames and sends them on, in order.
+    fn send_batch(&mut self, batch: &mut Carrier) -> bool {
+        let stats = &*self.stats;
+        for (i, frame) in batch.frames.drain(..).enumerate() {
+            let mut maps = batch.maps.get_mut(i).map(std::mem::take).unwrap_or_default();
+            if maps.is_empty() {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+            } else {
+                stats.explained.fetch_add(1, Ordering::Relaxed);
+                if let Some(m) = self.monitors.get_mut(frame.source) {
+                    let o = m.observe(frame.seq, frame.pts_ms, &mut maps, &self.labels);
+                    if let Some(s) = stats.source(frame.source) {
+                        if let Some(v) = o.outside_roi {
+                            s.set_outside_roi(v);
+                        }
+                        if o.alert {
+                            s.alerts.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    if let Some(e) = o.events_failed {
+                        stats.output_failed(e);
+                    }
+                }
+                if let Some(s) = stats.source(frame.source) {
+                    s.processed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            let mut e = Explained {
+                frame,
+                maps,
+                fps: 0.0,
+            };
+            if let Some(r) = self.rates.get_mut(e.frame.source) {
+                let now = Instant::now();
+                r.tick(now);
+                e.fps = r.rate(now) as f32;
+            }
+            if self.tx.send(e).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
