@@ -411,4 +411,11 @@ fn a_slot_runs_only_on_its_own_engine() {
         );
         a.run_slot(&slot, n, &[-1], |_| ()).expect("its own engine");
     }
+    // Prepared again, the engine has new slots and bindings: the old slot is refused too.
+    a.prepare(2, pre.item_dims(), 1).unwrap();
+    let e = a.run_slot(&slot, 2, &[-1], |_| ()).err().map(|e| e.to_string());
+    assert!(
+        e.as_deref().is_some_and(|e| e.contains("another engine")),
+        "{e:?}"
+    );
 }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::cli::{AugmentArgs, InspectArgs};
+use crate::engine::{build_session, EngineError, EngineOptions, Provider};
 use crate::error::{fail, Kind, KindExt};
 use crate::onnx::augment::locate;
 use crate::onnx::proto::fmt_dims;
@@ -161,7 +162,7 @@ fn probe(m: &OnnxModel, l: Option<&crate::onnx::augment::Located>) -> HashMap<St
     names.extend(l.candidates.iter().map(|c| c.name.clone()));
     names.sort();
     names.dedup();
-    match crate::engine::probe_shapes(m, &input.name, &fixed, &names) {
+    match probe_shapes(m, &input.name, &fixed, &names) {
         Ok(shapes) => names.into_iter().zip(shapes).collect(),
         Err(e) => {
             tracing::debug!(error = %e, "shape probe failed");
@@ -199,4 +200,56 @@ pub fn augment_cmd(args: &AugmentArgs) -> anyhow::Result<()> {
         if a.in_graph_cam { ", gradcamd_cam" } else { "" }
     );
     Ok(())
+}
+
+/// Runs `model_bytes` once on zeros of `input_dims` (batch 1, float32) with `tensors` added as
+/// graph outputs, and returns each tensor's shape: the shapes `inspect` shows when the model
+/// carries no value_info. Fails for models whose input size is not fixed.
+fn probe_shapes(
+    model: &crate::onnx::OnnxModel,
+    input_name: &str,
+    input_dims: &[usize],
+    tensors: &[String],
+) -> Result<Vec<Vec<usize>>, EngineError> {
+    use crate::onnx::proto::{GraphProto, TensorTypeProto, TypeProto, ValueInfoProto};
+    crate::engine::init_runtime(None)?;
+    let extra = GraphProto {
+        output: tensors
+            .iter()
+            .filter(|t| !model.graph().output.iter().any(|o| &&o.name == t))
+            .map(|t| {
+                let elem_type = *model
+                    .elem_types
+                    .get(t)
+                    .unwrap_or(&crate::onnx::proto::dtype::FLOAT);
+                let tensor_type = Some(TensorTypeProto {
+                    elem_type,
+                    shape: None,
+                });
+                ValueInfoProto {
+                    name: t.clone(),
+                    r#type: Some(TypeProto { tensor_type }),
+                }
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut bytes = model.bytes.clone();
+    prost::encoding::message::encode(7, &extra, &mut bytes);
+    let opts = EngineOptions::default();
+    let mut session =
+        build_session(&bytes, model.dir.as_deref(), &opts, &Provider::Cpu).map_err(EngineError::Session)?;
+    let n: usize = input_dims.iter().product();
+    let zeros = vec![0f32; n];
+    let x = ort::value::TensorRef::from_array_view((input_dims.to_vec(), zeros.as_slice()))?;
+    let outputs = session.run(ort::inputs![input_name => x])?;
+    Ok(tensors
+        .iter()
+        .map(|t| {
+            outputs
+                .get(t.as_str())
+                .map(|v| v.shape().iter().map(|&d| d.max(0) as usize).collect())
+                .unwrap_or_default()
+        })
+        .collect())
 }
