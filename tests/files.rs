@@ -101,29 +101,10 @@ fn alpha_weighs_the_heatmap_in_the_video() {
     assert!(moved > src.len() * len / 10, "only {moved} values moved");
 }
 
-#[test]
-fn sigint_finalizes_a_playable_file_with_every_accepted_frame() {
-    let dir = scratch("sigint");
-    // A long input so the signal lands mid-run: bikes.mp4 16 times, 4000 frames, 20 s at this
-    // machine's ~200 fps (4 times was 5 s, little margin on a faster machine). Only the frames
-    // in flight are processed after the signal, so the test does not take longer.
-    let long = crate::util::long_input(&dir);
-    let (n_in, ..) = probe(&long);
-    let out = dir.join("partial.mp4");
-    let mut child = bin()
-        .args([
-            "run",
-            "--quiet",
-            "--source",
-            &s(&long),
-            "--output",
-            &s(&out),
-            "--batch-size",
-            "1",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+/// Runs gradcamd with `args`, sends SIGINT 1.5 s after its start-up line (some frames through,
+/// most of a long input left), and returns its log once it has exited with success.
+fn interrupted(args: &[&str]) -> String {
+    let mut child = bin().args(args).stderr(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut log = String::new();
     for l in lines.by_ref() {
@@ -134,7 +115,6 @@ fn sigint_finalizes_a_playable_file_with_every_accepted_frame() {
             break;
         }
     }
-    // Let some frames through, then interrupt.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -147,6 +127,28 @@ fn sigint_finalizes_a_playable_file_with_every_accepted_frame() {
     }
     let status = child.wait().unwrap();
     assert!(status.success(), "exit {:?} after SIGINT:\n{log}", status.code());
+    log
+}
+
+#[test]
+fn sigint_finalizes_a_playable_file_with_every_accepted_frame() {
+    let dir = scratch("sigint");
+    // A long input so the signal lands mid-run: bikes.mp4 16 times, 4000 frames, 20 s at this
+    // machine's ~200 fps (4 times was 5 s, little margin on a faster machine). Only the frames
+    // in flight are processed after the signal, so the test does not take longer.
+    let long = crate::util::long_input(&dir);
+    let (n_in, ..) = probe(&long);
+    let out = dir.join("partial.mp4");
+    let log = interrupted(&[
+        "run",
+        "--quiet",
+        "--source",
+        &s(&long),
+        "--output",
+        &s(&out),
+        "--batch-size",
+        "1",
+    ]);
     let (n_out, _, w, h) = probe(&out);
     assert!(n_out > 0, "no frame in the finalized file:\n{log}");
     assert!(
@@ -177,33 +179,7 @@ fn a_stop_past_the_shutdown_deadline_finalizes_what_the_file_holds() {
         ),
     )
     .unwrap();
-    let mut child = bin()
-        .args(["run", "--quiet", "--config", &s(&cfg)])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log = String::new();
-    for l in lines.by_ref() {
-        let l = l.unwrap();
-        log.push_str(&l);
-        log.push('\n');
-        if l.contains("gradcamd ready") {
-            break;
-        }
-    }
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    for l in lines {
-        log.push_str(&l.unwrap());
-        log.push('\n');
-    }
-    let status = child.wait().unwrap();
-    assert!(status.success(), "exit {:?} after SIGINT:\n{log}", status.code());
+    let log = interrupted(&["run", "--quiet", "--config", &s(&cfg)]);
     assert!(
         log.contains("shutdown took longer than pipeline.shutdown_timeout_ms"),
         "{log}"
