@@ -489,6 +489,26 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_events_log_is_reported_once_even_after_the_last_frame() {
+        let cfg = MonitorConfig {
+            events: Some(PathBuf::from("/dev/full")),
+            events_every: 1,
+            ..Default::default()
+        };
+        let mut mon = Monitor::new("cam1".into(), cfg).unwrap();
+        let mut maps = vec![map(array![[0.0f32, 1.0], [0.0, 1.0]])];
+        let o = mon.observe(0, 0.0, &mut maps, &[]);
+        // The writer thread usually fails after observe has looked (it has just been handed the
+        // line): then only closing the log finds the failure. Either way it is said once.
+        let said: Vec<String> = [o.events_failed, mon.close_log()].into_iter().flatten().collect();
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].contains("/dev/full") && said[0].contains("before frame 0"),
+            "{said:?}"
+        );
+    }
+
+    #[test]
     fn events_every_nth_explained_frame_and_on_each_alert_with_the_maps_statistics() {
         let path = std::env::temp_dir().join(format!("gradcamd-monitor-{}.jsonl", std::process::id()));
         let _ = std::fs::remove_file(&path);
