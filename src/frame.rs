@@ -149,3 +149,29 @@ impl<T> Pool<T> {
         let _ = self.tx.try_send(item);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_class_map_copies_into_its_own_buffer_or_takes_the_new_size() {
+        let src = ClassMap {
+            class: 7,
+            prob: 0.25,
+            score: 3.5,
+            cam: Array2::from_shape_fn((2, 3), |(i, j)| (i * 3 + j) as f32),
+        };
+        // Same size: the values, in the buffer it had (no allocation per frame once warm).
+        let mut same = ClassMap::zeros((2, 3));
+        let buffer = same.cam.as_ptr();
+        same.copy_from(&src);
+        assert_eq!((same.class, same.prob, same.score), (7, 0.25, 3.5));
+        assert_eq!(same.cam, src.cam);
+        assert_eq!(same.cam.as_ptr(), buffer);
+        // Another size (an empty pooled map, or a model of another size): it takes src's.
+        let mut other = ClassMap::empty();
+        other.copy_from(&src);
+        assert_eq!(other.cam, src.cam);
+    }
+}
