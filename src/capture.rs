@@ -28,7 +28,8 @@ use opencv::videoio::{self, VideoCapture};
 use crate::config::{LiveConfig, SourceMode};
 use crate::error::{fail, Kind};
 use crate::frame::{Frame, Pool};
-use crate::stats::Stats;
+use crate::stats::event::{FrameCaptured, FramesDropped, SourceLost, SourceUp};
+use crate::stats::{Event, Stage, StageMeter, Stats};
 
 /// What a source URI names.
 #[derive(Debug, Clone, PartialEq)]
@@ -379,11 +380,16 @@ impl Source {
     ) {
         let span = tracing::info_span!("capture", source = %self.name);
         let _e = span.enter();
-        let st = stats.source(self.index);
+        let source = self.index;
         let mut seq = 0u64;
         let mut next = self.first.take();
-        if let Some(s) = st {
-            s.up.store(self.cap.is_some() as u64, Ordering::Relaxed);
+        // A source opened at start-up knows its rate; a deferred one is down until it connects.
+        if self.cap.is_some() {
+            SourceUp {
+                source,
+                fps: self.fps,
+            }
+            .emit(&stats);
         }
         let mut backoff = self.reconnect.initial;
         let mut retry_at = Instant::now();
@@ -392,13 +398,10 @@ impl Source {
         // A connection attempt running on its own thread (see `connect_in_background`); one
         // still running at a stop is left to finish on its own.
         let mut pending = None;
-        if let (Some(s), true) = (st, self.fps_known) {
-            s.set_fps(self.fps);
-        }
         let mut last_lost = Instant::now() - Duration::from_secs(1);
         let helpers = helper_name(self.index);
         let helpers_before = crate::cpu::threads_cpu(&helpers);
-        let mut meter = crate::alloc::Meter::new(crate::stats::WARM_FRAMES);
+        let mut meter = StageMeter::new(&stats, Stage::Decode);
         // A file played as a live source runs in real time, like the camera it stands in for.
         let pace = (self.mode == SourceMode::Live
             && matches!(self.kind, SourceKind::File(_) | SourceKind::Synthetic { .. }))
@@ -456,10 +459,11 @@ impl Source {
                             self.fps = reported_fps(&self.kind, &cap, &self.name);
                             self.fps_known = true;
                         }
-                        if let Some(s) = st {
-                            s.set_fps(self.fps);
-                            s.up.store(1, Ordering::Relaxed);
+                        SourceUp {
+                            source,
+                            fps: self.fps,
                         }
+                        .emit(&stats);
                         self.size = Some((first.cols(), first.rows()));
                         self.cap = Some(cap);
                         self.restart_clock();
@@ -488,17 +492,18 @@ impl Source {
             let image = match next.take() {
                 Some(m) => m,
                 None => {
-                    let t = crate::cpu::Span::start();
-                    // A buffer the sink is done with: decoding into it allocates nothing.
-                    let mut m = pool.take().unwrap_or_default();
-                    let ok = match self.kind {
-                        SourceKind::Synthetic { width, height, .. } => {
-                            synthetic_into(&mut m, width, height, seq);
-                            Some(Ok(true))
-                        }
-                        _ => self.cap.as_mut().map(|c| c.read(&mut m)),
-                    };
-                    stats.decode.add(t.elapsed());
+                    let (mut m, ok) = meter.time(|| {
+                        // A buffer the sink is done with: decoding into it allocates nothing.
+                        let mut m = pool.take().unwrap_or_default();
+                        let ok = match self.kind {
+                            SourceKind::Synthetic { width, height, .. } => {
+                                synthetic_into(&mut m, width, height, seq);
+                                Some(Ok(true))
+                            }
+                            _ => self.cap.as_mut().map(|c| c.read(&mut m)),
+                        };
+                        (m, ok)
+                    });
                     let file = matches!(self.kind, SourceKind::File(_));
                     match ok {
                         Some(Ok(true)) if !m.empty() => m,
@@ -514,10 +519,7 @@ impl Source {
                             };
                             tracing::warn!(error = %why, frames = seq, "stream lost; reconnecting");
                             self.cap = None;
-                            if let Some(s) = st {
-                                s.up.store(0, Ordering::Relaxed);
-                                s.reconnects.fetch_add(1, Ordering::Relaxed);
-                            }
+                            SourceLost { source }.emit(&stats);
                             retry_at = Instant::now() + backoff;
                             continue;
                         }
@@ -545,14 +547,11 @@ impl Source {
             if !self.deliver(frame, &tx, &drain, &stats, &pool) {
                 break;
             }
-            stats.captured.fetch_add(1, Ordering::Relaxed);
-            if let Some(s) = st {
-                s.captured.fetch_add(1, Ordering::Relaxed);
-            }
+            FrameCaptured { source }.emit(&stats);
             seq += 1;
             meter.tick(1);
         }
-        stats.alloc_capture.record(&meter);
+        meter.finish();
         // Read before release: the decoder's threads end with it. (After a reconnect the old
         // decoder's threads are gone and uncounted; a file source never reconnects.)
         let helpers_cpu = crate::cpu::threads_cpu(&helpers).saturating_sub(helpers_before);
@@ -636,10 +635,7 @@ impl Source {
                         Err(TrySendError::Full(f)) => {
                             if let Ok(old) = drain.try_recv() {
                                 pool.give(old.image);
-                                stats.dropped.fetch_add(1, Ordering::Relaxed);
-                                if let Some(s) = stats.source(self.index) {
-                                    s.dropped.fetch_add(1, Ordering::Relaxed);
-                                }
+                                FramesDropped { source: self.index }.emit(stats);
                             }
                             frame = f;
                         }

@@ -16,7 +16,8 @@ use opencv::imgproc;
 use opencv::prelude::*;
 
 use crate::frame::{Annotated, ClassMap, Demand, Explained, Pool};
-use crate::stats::Stats;
+use crate::stats::event::FrameDrawn;
+use crate::stats::{Event, Stage, StageMeter, Stats};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Blend {
@@ -466,25 +467,26 @@ pub fn run(
     let span = tracing::info_span!("render");
     let _e = span.enter();
     let mut scratch = Scratch::default();
-    let mut meter = crate::alloc::Meter::new(crate::stats::WARM_FRAMES);
+    let mut meter = StageMeter::new(&stats, Stage::Render);
     let lost: Arc<str> = Arc::from("stream lost");
     let none: Arc<str> = Arc::from("");
     for mut e in rx {
         meter.tick(1);
-        let t = crate::cpu::Span::start();
-        let (label, prob) = match e.maps.first() {
-            Some(m) => (cfg.label(m.class), m.prob),
-            None if e.frame.lost => (lost.clone(), 0.0),
-            None => (none.clone(), 0.0),
-        };
-        let drawn = cfg.draws(&e.frame);
-        if drawn {
-            stats.drawn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if let Err(err) = render(&mut e, &cfg, &mut scratch) {
-                tracing::warn!(source = e.frame.source, frame = e.frame.seq, error = %err, "cannot draw the explanation; writing the frame as is");
+        let (label, prob, drawn) = meter.time(|| {
+            let (label, prob) = match e.maps.first() {
+                Some(m) => (cfg.label(m.class), m.prob),
+                None if e.frame.lost => (lost.clone(), 0.0),
+                None => (none.clone(), 0.0),
+            };
+            let drawn = cfg.draws(&e.frame);
+            if drawn {
+                FrameDrawn.emit(&stats);
+                if let Err(err) = render(&mut e, &cfg, &mut scratch) {
+                    tracing::warn!(source = e.frame.source, frame = e.frame.seq, error = %err, "cannot draw the explanation; writing the frame as is");
+                }
             }
-        }
-        stats.render.add(t.elapsed());
+            (label, prob, drawn)
+        });
         let Explained { frame, maps, .. } = e;
         maps_pool.give(maps);
         let Some(tx) = sinks.get(frame.source) else {
@@ -507,7 +509,7 @@ pub fn run(
             break;
         }
     }
-    stats.alloc_render.record(&meter);
+    meter.finish();
 }
 
 #[cfg(test)]

@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub mod event;
+pub use event::Event;
+
 #[derive(Default)]
 pub struct Timer(AtomicU64);
 
@@ -148,6 +151,62 @@ impl AllocCount {
 
 /// Frames a stage handles before its allocations count: buffers grow to size on the first ones.
 pub const WARM_FRAMES: u64 = 32;
+
+/// A stage's work, as its CPU time is reported; the allocation count it falls under follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Decode,
+    Preprocess,
+    Inference,
+    Render,
+    Encode,
+}
+
+/// One stage thread's accounting, the same in every stage loop: the CPU its work takes (on the
+/// thread's own clock, so waiting costs nothing), and its allocations once warm.
+pub struct StageMeter<'a> {
+    cpu: &'a Timer,
+    allocs: &'a AllocCount,
+    meter: crate::alloc::Meter,
+}
+
+impl<'a> StageMeter<'a> {
+    pub fn new(stats: &'a Stats, stage: Stage) -> StageMeter<'a> {
+        let (cpu, allocs) = match stage {
+            Stage::Decode => (&stats.decode, &stats.alloc_capture),
+            Stage::Preprocess => (&stats.preprocess, &stats.alloc_infer),
+            Stage::Inference => (&stats.inference, &stats.alloc_infer),
+            Stage::Render => (&stats.render, &stats.alloc_render),
+            Stage::Encode => (&stats.encode, &stats.alloc_sink),
+        };
+        StageMeter {
+            cpu,
+            allocs,
+            meter: crate::alloc::Meter::new(WARM_FRAMES),
+        }
+    }
+
+    /// `items` more handled (frames; a batch counts its frames).
+    #[inline]
+    pub fn tick(&mut self, items: u64) {
+        self.meter.tick(items);
+    }
+
+    /// Runs `f`, adding the CPU it takes to the stage's time.
+    #[inline]
+    pub fn time<T>(&self, f: impl FnOnce() -> T) -> T {
+        let t = crate::cpu::Span::start();
+        let out = f();
+        self.cpu.add(t.elapsed());
+        out
+    }
+
+    /// Records the allocations counted since the stage was warm. Called where the frame loop
+    /// ends, before the stage's own teardown (a file's finalizing is not per-frame work).
+    pub fn finish(self) {
+        self.allocs.record(&self.meter);
+    }
+}
 
 #[derive(Default)]
 pub struct Stats {

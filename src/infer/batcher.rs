@@ -11,7 +11,7 @@ use crate::engine::InputSlot;
 use crate::explainer::TargetSpec;
 use crate::frame::{Explained, Frame};
 use crate::preprocess::Preprocessor;
-use crate::stats::Stats;
+use crate::stats::{Stage, StageMeter, Stats};
 
 /// How many frames the next batch gets, `left` frames before the end of the input when that is
 /// known. Near the end the batches shrink so that every session is handed some of the last
@@ -74,7 +74,7 @@ pub(super) fn run(
     let span = tracing::info_span!("batcher");
     let _e = span.enter();
     let mut inputs = Inputs::new(rxs);
-    let mut meter = crate::alloc::Meter::new(crate::stats::WARM_FRAMES);
+    let mut meter = StageMeter::new(stats, Stage::Preprocess);
     let item_len = pre.item_len();
     let mut current: Option<Carrier> = None;
     let mut deadline: Option<Instant> = None;
@@ -104,26 +104,26 @@ pub(super) fn run(
                 }
                 received += 1;
                 let Some(batch) = current.as_mut() else { break };
-                let t = crate::cpu::Span::start();
-                let i = batch.frames.len();
-                batch
-                    .specs
-                    .push(targets.get(f.source).copied().unwrap_or(TargetSpec::Top1));
-                let input = batch.slot.as_mut().map(|s| s.data_mut());
-                let ok = match input.and_then(|d| d.get_mut(i * item_len..(i + 1) * item_len)) {
-                    Some(slot) => match pre.fill(&f.image, slot) {
-                        Ok(()) => true,
-                        Err(e) => {
-                            tracing::warn!(source = f.source, frame = f.seq, error = %e, "cannot preprocess frame; writing it without overlay");
-                            slot.fill(0.0);
-                            false
-                        }
-                    },
-                    None => false,
-                };
-                batch.usable.push(ok);
-                batch.frames.push(f);
-                stats.preprocess.add(t.elapsed());
+                meter.time(|| {
+                    let i = batch.frames.len();
+                    batch
+                        .specs
+                        .push(targets.get(f.source).copied().unwrap_or(TargetSpec::Top1));
+                    let input = batch.slot.as_mut().map(|s| s.data_mut());
+                    let ok = match input.and_then(|d| d.get_mut(i * item_len..(i + 1) * item_len)) {
+                        Some(slot) => match pre.fill(&f.image, slot) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                tracing::warn!(source = f.source, frame = f.seq, error = %e, "cannot preprocess frame; writing it without overlay");
+                                slot.fill(0.0);
+                                false
+                            }
+                        },
+                        None => false,
+                    };
+                    batch.usable.push(ok);
+                    batch.frames.push(f);
+                });
                 meter.tick(1);
                 if batch.frames.len() >= target {
                     deadline = None;
@@ -147,7 +147,7 @@ pub(super) fn run(
             }
         }
     }
-    stats.alloc_infer.record(&meter);
+    meter.finish();
 }
 
 /// The sources' channels, read together through one `Select` built once (a closed channel is

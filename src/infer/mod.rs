@@ -34,7 +34,7 @@ use crate::explainer::{Explainer, TargetSpec};
 use crate::frame::{ClassMap, Explained, Frame, Pool};
 use crate::monitor::Monitor;
 use crate::preprocess::Preprocessor;
-use crate::stats::Stats;
+use crate::stats::{Stage, StageMeter, Stats};
 pub use batcher::batch_target;
 use release::Release;
 
@@ -193,14 +193,15 @@ pub fn run(
                 .spawn_scoped(scope, move || {
                     let span = tracing::info_span!("infer", worker = w);
                     let _e = span.enter();
-                    let mut meter = crate::alloc::Meter::new(crate::stats::WARM_FRAMES);
+                    // Its CPU is split between inference and CAM by the worker itself.
+                    let mut meter = StageMeter::new(st.stats, Stage::Inference);
                     for batch in full_rx.iter() {
                         meter.tick(batch.frames.len() as u64);
                         if !st.explain(batch) {
                             break;
                         }
                     }
-                    st.stats.alloc_infer.record(&meter);
+                    meter.finish();
                 });
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "cannot start an inference thread");

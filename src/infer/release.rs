@@ -3,7 +3,6 @@
 //! finishes hands its batch over here and goes back to work: it never waits for another.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,7 +11,8 @@ use crossbeam_channel::Sender;
 use super::Carrier;
 use crate::frame::Explained;
 use crate::monitor::Monitor;
-use crate::stats::{RecentRate, Stats};
+use crate::stats::event::{FrameExplained, FrameNotExplained};
+use crate::stats::{Event, RecentRate, Stats};
 
 pub(super) struct Release {
     /// The batch whose turn it is.
@@ -99,26 +99,22 @@ impl Release {
         for (i, frame) in batch.frames.drain(..).enumerate() {
             let mut maps = batch.maps.get_mut(i).map(std::mem::take).unwrap_or_default();
             if maps.is_empty() {
-                stats.failed.fetch_add(1, Ordering::Relaxed);
+                FrameNotExplained.emit(stats);
             } else {
-                stats.explained.fetch_add(1, Ordering::Relaxed);
+                let mut explained = FrameExplained {
+                    source: frame.source,
+                    outside_roi: None,
+                    alert: false,
+                };
                 if let Some(m) = self.monitors.get_mut(frame.source) {
                     let o = m.observe(frame.seq, frame.pts_ms, &mut maps, &self.labels);
-                    if let Some(s) = stats.source(frame.source) {
-                        if let Some(v) = o.outside_roi {
-                            s.set_outside_roi(v);
-                        }
-                        if o.alert {
-                            s.alerts.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+                    explained.outside_roi = o.outside_roi;
+                    explained.alert = o.alert;
                     if let Some(e) = o.events_failed {
                         stats.output_failed(e);
                     }
                 }
-                if let Some(s) = stats.source(frame.source) {
-                    s.processed.fetch_add(1, Ordering::Relaxed);
-                }
+                explained.emit(stats);
             }
             let mut e = Explained {
                 frame,

@@ -14,7 +14,8 @@ use super::Carrier;
 use crate::engine::InputSlot;
 use crate::explainer::Explainer;
 use crate::frame::{ClassMap, Pool};
-use crate::stats::Stats;
+use crate::stats::event::BatchRun;
+use crate::stats::{Event, Stats};
 
 /// The "model output NaN" warning is said once per process, not once per frame.
 static NAN_WARNED: AtomicBool = AtomicBool::new(false);
@@ -55,10 +56,7 @@ impl Worker<'_> {
             // Never full: it holds every slot. Fails only once the batcher is gone.
             let _ = self.slots.try_send((batch.worker, slot));
         }
-        if n > 0 {
-            self.stats.batches.fetch_add(1, Ordering::Relaxed);
-            self.stats.last_batch.store(n as u64, Ordering::Relaxed);
-        }
+        BatchRun { frames: n }.emit(self.stats);
         match results {
             Ok(outs) => {
                 for (i, r) in outs.iter().enumerate().take(n) {

@@ -510,44 +510,60 @@ pub fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A JSON number, or `null` where there is none (NaN from a broken model is not JSON, and
-/// the page's `JSON.parse` fails on it).
-fn json_num(v: f64, decimals: usize) -> String {
-    if v.is_finite() {
-        format!("{v:.decimals$}")
-    } else {
-        "null".into()
-    }
+/// One source's line of `/status.json`.
+#[derive(serde::Serialize)]
+struct SourceStatus<'a> {
+    source: &'a str,
+    up: bool,
+    label: String,
+    score: f64,
+    fps: f64,
+    processed: u64,
+    dropped: u64,
+    reconnects: u64,
+    outside_roi: f64,
 }
 
-fn json_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+/// `v` to `decimals` places: the page shows no more, and an f32 widened to f64 would print
+/// its noise digits. A NaN stays NaN, which serde_json writes as `null` (NaN is not JSON, and
+/// the page's `JSON.parse` fails on it: a broken model outputs it).
+fn rounded(v: f64, decimals: i32) -> f64 {
+    let k = 10f64.powi(decimals);
+    (v * k).round() / k
 }
 
 fn status(hub: &Hub, stats: &Stats) -> String {
-    let items: Vec<String> = hub
+    let items: Vec<SourceStatus> = hub
         .names
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            let (label, prob) = hub.slots[i].0.lock().map(|s| (s.label.clone(), s.prob)).unwrap_or_default();
+            let (label, prob) = hub.slots[i]
+                .0
+                .lock()
+                .map(|s| (s.label.clone(), s.prob))
+                .unwrap_or_default();
             let st = stats.source(i);
-            let get = |f: fn(&crate::stats::SourceStats) -> &std::sync::atomic::AtomicU64| st.map_or(0, |s| f(s).load(Ordering::Relaxed));
-            format!(
-                "{{\"source\":{},\"up\":{},\"label\":{},\"score\":{},\"fps\":{},\"processed\":{},\"dropped\":{},\"reconnects\":{},\"outside_roi\":{}}}",
-                json_str(name),
-                get(|s| &s.up) == 1,
-                json_str(&label),
-                json_num(prob as f64, 4),
-                json_num(hub.fps(i), 2),
-                get(|s| &s.processed),
-                get(|s| &s.dropped),
-                get(|s| &s.reconnects),
-                json_num(st.map_or(0.0, |s| s.outside_roi()) as f64, 4)
-            )
+            let get = |f: fn(&crate::stats::SourceStats) -> &std::sync::atomic::AtomicU64| {
+                st.map_or(0, |s| f(s).load(Ordering::Relaxed))
+            };
+            SourceStatus {
+                source: name,
+                up: get(|s| &s.up) == 1,
+                label,
+                score: rounded(prob as f64, 4),
+                fps: rounded(hub.fps(i), 2),
+                processed: get(|s| &s.processed),
+                dropped: get(|s| &s.dropped),
+                reconnects: get(|s| &s.reconnects),
+                outside_roi: rounded(st.map_or(0.0, |s| s.outside_roi()) as f64, 4),
+            }
         })
         .collect();
-    format!("[{}]\n", items.join(","))
+    // Serializing plain numbers and strings cannot fail; an empty list would say so anyway.
+    let mut body = serde_json::to_string(&items).unwrap_or_else(|_| "[]".into());
+    body.push('\n');
+    body
 }
 
 /// The caption is as wide as its image and two lines high whatever it says, so a label or fps
@@ -591,4 +607,39 @@ document.addEventListener('DOMContentLoaded', () => {{
 </script></body></html>
 "#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_json_has_each_source_with_its_counters_and_null_for_nan() {
+        let hub = Hub::new(vec!["cam \"a\"".into(), "b".into()]);
+        let stats = Stats::new(2);
+        for (i, (label, prob)) in [("tabby, cat", 0.123_456_f32), ("x", f32::NAN)]
+            .into_iter()
+            .enumerate()
+        {
+            if let Ok(mut s) = hub.slots[i].0.lock() {
+                s.label = label.into();
+                s.prob = prob;
+            }
+        }
+        stats.sources[0].up.store(1, Ordering::Relaxed);
+        stats.sources[0].processed.store(7, Ordering::Relaxed);
+        stats.sources[1].dropped.store(3, Ordering::Relaxed);
+        stats.sources[1].reconnects.store(2, Ordering::Relaxed);
+        stats.sources[1].set_outside_roi(0.333_333);
+        let body = status(&hub, &stats);
+        assert!(body.ends_with('\n'), "{body:?}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        let want = serde_json::json!([
+            {"source": "cam \"a\"", "up": true, "label": "tabby, cat", "score": 0.1235, "fps": 0.0,
+             "processed": 7, "dropped": 0, "reconnects": 0, "outside_roi": 0.0},
+            {"source": "b", "up": false, "label": "x", "score": null, "fps": 0.0,
+             "processed": 0, "dropped": 3, "reconnects": 2, "outside_roi": 0.3333},
+        ]);
+        assert_eq!(v, want, "{body}");
+    }
 }

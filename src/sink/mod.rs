@@ -21,7 +21,8 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::frame::{Annotated, Pool};
-use crate::stats::Stats;
+use crate::stats::event::{FrameWritten, FramesDropped};
+use crate::stats::{Event, Stage, StageMeter, Stats};
 use file::{FileSink, Written};
 use http::Hub;
 use opencv::core::Mat;
@@ -61,7 +62,7 @@ impl SourceSink {
         let mut pending: VecDeque<Option<Annotated>> = VecDeque::new();
         let mut next = 0u64;
         let mut written = 0u64;
-        let mut meter = crate::alloc::Meter::new(crate::stats::WARM_FRAMES);
+        let mut meter = StageMeter::new(&stats, Stage::Encode);
         loop {
             if abandon.load(Ordering::Relaxed) {
                 break;
@@ -89,30 +90,26 @@ impl SourceSink {
                             waiting = pending.len() - 1,
                             "a frame did not reach the sink; going on without it"
                         );
-                        stats.dropped.fetch_add(1, Ordering::Relaxed);
-                        if let Some(s) = stats.source(self.index) {
-                            s.dropped.fetch_add(1, Ordering::Relaxed);
-                        }
+                        FramesDropped { source: self.index }.emit(&stats);
                     }
                     _ => break,
                 }
                 if let Some(Some(a)) = pending.pop_front() {
-                    self.emit(a, &stats, &mut written);
+                    meter.time(|| self.emit(a, &stats, &mut written));
                     on_frame(written);
                 }
                 next += 1;
             }
         }
-        stats.alloc_sink.record(&meter);
         // Only reachable with a frame lost on the way (none is, by design); write the rest in order.
         for a in pending.into_iter().flatten() {
-            self.emit(a, &stats, &mut written);
+            meter.time(|| self.emit(a, &stats, &mut written));
         }
+        meter.finish();
         self.file.take().map(|f| f.finish())
     }
 
     fn emit(&mut self, a: Annotated, stats: &Stats, written: &mut u64) {
-        let t = crate::cpu::Span::start();
         if let Some(h) = &self.hub {
             h.publish(&a);
         }
@@ -143,9 +140,10 @@ impl SourceSink {
             }
             None => give(a.image),
         }
-        stats.encode.add(t.elapsed());
-        stats.written.fetch_add(1, Ordering::Relaxed);
-        stats.latency.observe(captured.elapsed());
+        FrameWritten {
+            latency: captured.elapsed(),
+        }
+        .emit(stats);
     }
 }
 
