@@ -21,13 +21,13 @@ demo: build
 test:
 	@scripts/setup.sh test
 	@cd models && sha256sum -c --quiet efficientnet_lite0.onnx.sha256
-	@$(CARGO) test --release -q 2>&1
+	@$(CARGO) test --release -q --workspace 2>&1
 	@# The engine alone (no OpenCV), as the GPU machine builds it: its tests too.
 	@$(CARGO) test --release -q --no-default-features 2>&1
 
 lint:
-	@$(CARGO) fmt --check
-	@$(CARGO) clippy -q --release --all-targets -- -D warnings
+	@$(CARGO) fmt --all --check
+	@$(CARGO) clippy -q --release --workspace --all-targets -- -D warnings
 	@$(CARGO) clippy -q --release --no-default-features --all-targets -- -D warnings
 	@# The CUDA build compiles without CUDA present (the libraries load at run time).
 	@$(CARGO) check -q --release --features cuda --all-targets

@@ -39,8 +39,9 @@ for g in "${groups[@]}"; do
       FILTERS=(cam:: methods:: reference::)
       run cam -f src/cam.rs -- ;;
     onnx) # backward rules and the augmentation, against torch autograd
-      FILTERS=(onnx:: augment:: rules:: heads:: reference:: nhwc:: methods:: fuzz::found commands::inspect)
-      run onnx -f src/onnx/vjp.rs -f src/onnx/augment.rs -- ;;
+      # The rewriter is its own crate (crates/onnx-gradcam); its guards are gradcamd's tests.
+      FILTERS=(augment:: rules:: heads:: reference:: nhwc:: methods:: fuzz::found commands::inspect)
+      run onnx --workspace -f crates/onnx-gradcam/src/vjp.rs -f crates/onnx-gradcam/src/augment.rs --test-package gradcamd -- ;;
     render) # colormap, upsampling, blend (the HUD's text drawing is left out)
       FILTERS=(render:: reference:: methods:: files::alpha files::file_to_file)
       run render -f src/render.rs -E 'HudFont|hud_|font_for|fps_text|short_label|RenderConfig::' -- ;;

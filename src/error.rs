@@ -78,12 +78,31 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
         .map_or(1, |f| f.kind.exit_code())
 }
 
-impl From<&crate::onnx::OnnxError> for Kind {
-    fn from(e: &crate::onnx::OnnxError) -> Kind {
-        use crate::onnx::OnnxError as E;
-        match e {
+/// The exit class of an error type, said once per type (where the type is defined, or here for
+/// another crate's): call sites write `.classified()?` instead of choosing a [`Kind`] each time.
+pub trait Classify: fmt::Display {
+    fn class(&self) -> Kind;
+}
+
+/// The rewriter's errors: a file that is not a model is a model error; a model it cannot
+/// explain is unsupported.
+impl Classify for onnx_gradcam::OnnxError {
+    fn class(&self) -> Kind {
+        use onnx_gradcam::OnnxError as E;
+        match self {
             E::Read { .. } | E::Corrupt { .. } | E::Decode(_) => Kind::Model,
             _ => Kind::Unsupported,
         }
+    }
+}
+
+pub trait Classified<T> {
+    /// The error as a one-line [`Failure`] of its type's class.
+    fn classified(self) -> anyhow::Result<T>;
+}
+
+impl<T, E: Classify> Classified<T> for Result<T, E> {
+    fn classified(self) -> anyhow::Result<T> {
+        self.map_err(|e| fail(e.class(), e))
     }
 }

@@ -12,7 +12,7 @@ use crate::engine::{BatchView, Engine, EngineError, InputSlot};
 use crate::error::{fail, Kind};
 use crate::frame::ClassMap;
 use crate::model::Model;
-use crate::onnx::augment::FcHead;
+use onnx_gradcam::augment::FcHead;
 
 /// Which class(es) to explain for a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! Engine (builds without OpenCV, `--no-default-features`):
-//! - [`onnx`]: reads a classifier and appends the backward graph of its head (augmentation).
+//! - [`onnx_gradcam`] (`crates/onnx-gradcam`, a library of its own): reads a classifier and
+//!   appends the backward graph of its head (augmentation).
 //! - [`engine`]: the ONNX Runtime session that runs the augmented model on a batch.
 //! - [`explainer`]: one session's batches explained (several runs for `topk`), CAMs computed
 //!   while ORT still owns the outputs; [`cam`]: the CAM methods on activations and gradients.
@@ -14,7 +15,8 @@
 //!   with their secrets taken out.
 //! - [`monitor`]: per source, in frame order: smoothing, ROI share and alerts, events, whose
 //!   logs [`events`] writes on threads of their own.
-//! - [`stats`] counts, [`cpu`] and [`alloc`] measure what each stage costs, [`metrics`]
+//! - [`stats`] counts (stages emit named events, [`stats::event`]; each stage loop has one
+//!   [`stats::StageMeter`]), [`cpu`] and [`alloc`] measure what each stage costs, [`metrics`]
 //!   prints them for Prometheus.
 //! - [`app`]: the subcommands (`run`, `explain`, `inspect`, `augment`, `bench`, `compare`).
 //!
@@ -43,7 +45,6 @@ pub mod metrics;
 pub mod model;
 pub mod monitor;
 pub mod npy;
-pub mod onnx;
 pub mod paths;
 pub mod sidecar;
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use gradcamd::cli::{Cli, Command};
-use gradcamd::error::{fail, Kind};
+use gradcamd::error::{fail, Classified, Kind};
 
 #[global_allocator]
 static ALLOC: gradcamd::alloc::Counting = gradcamd::alloc::Counting;
@@ -60,7 +60,7 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(lib) = &cli.ort_lib {
-        gradcamd::engine::init_runtime(Some(lib)).map_err(|e| fail(Kind::Runtime, e))?;
+        gradcamd::engine::init_runtime(Some(lib)).classified()?;
     }
     match &cli.command {
         Command::Inspect(a) => gradcamd::app::inspect::inspect(a),

@@ -1,13 +1,14 @@
 //! A model ready to serve: the ONNX file, its sidecar, and the augmented graph, all checked
 //! before any thread starts.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::builtin::{EMBEDDED_NAME, EMBEDDED_ONNX};
 use crate::config::{ModelConfig, MAX_INPUT_SIDE};
-use crate::error::{fail, Kind, KindExt};
-use crate::onnx::{augment, AugmentOptions, Augmented, OnnxModel};
+use crate::error::{fail, Classified, Classify, Kind, KindExt};
+use crate::paths::{read_capped, MAX_MODEL_BYTES};
 use crate::sidecar::Sidecar;
+use onnx_gradcam::{augment, AugmentOptions, Augmented, OnnxError, OnnxModel};
 
 pub struct Model {
     /// The file, or [`EMBEDDED_NAME`] for the built-in model.
@@ -16,9 +17,15 @@ pub struct Model {
     pub graph: Augmented,
 }
 
+/// Reads an ONNX file as the daemon reads every input: a regular file, at most
+/// [`MAX_MODEL_BYTES`] (a FIFO or `/dev/zero` given as the model is refused, not waited on).
+pub fn read_onnx(path: &Path) -> Result<OnnxModel, OnnxError> {
+    OnnxModel::load_with(path, |p| read_capped(p, MAX_MODEL_BYTES, "model"))
+}
+
 /// A valid classifier of grayscale (or 4-channel) images is a model gradcamd cannot feed:
 /// "unsupported", not a bad config.
-fn check_channels(path: &std::path::Path, onnx: &OnnxModel, input: &str) -> anyhow::Result<()> {
+fn check_channels(path: &Path, onnx: &OnnxModel, input: &str) -> anyhow::Result<()> {
     let Some(dims) = onnx.declared_dims(input) else {
         return Ok(());
     };
@@ -42,12 +49,7 @@ fn check_channels(path: &std::path::Path, onnx: &OnnxModel, input: &str) -> anyh
 
 /// What the sidecar says against what the graph declares: three colour channels, an input
 /// size within bounds, and as many labels as classes. Each is one line before any work.
-fn check_shapes(
-    path: &std::path::Path,
-    onnx: &OnnxModel,
-    sc: &Sidecar,
-    graph: &Augmented,
-) -> anyhow::Result<()> {
+fn check_shapes(path: &Path, onnx: &OnnxModel, sc: &Sidecar, graph: &Augmented) -> anyhow::Result<()> {
     let shown = path.display();
     let (w, h) = (sc.input.width, sc.input.height);
     if w > MAX_INPUT_SIDE || h > MAX_INPUT_SIDE {
@@ -104,10 +106,7 @@ impl Model {
                         ),
                     ));
                 }
-                let onnx = OnnxModel::load(path).map_err(|e| {
-                    let k = Kind::from(&e);
-                    fail(k, e)
-                })?;
+                let onnx = read_onnx(path).classified()?;
                 let implicit = Sidecar::path_for(path);
                 let sc = match &spec.sidecar {
                     Some(p) => Sidecar::load(p).kind(Kind::Config)?,
@@ -141,10 +140,8 @@ impl Model {
             in_graph_cam,
             ..Default::default()
         };
-        let mut graph = augment(&onnx, &opts).map_err(|e| {
-            let k = Kind::from(&e);
-            fail(k, format!("{}: {e}", path.display()))
-        })?;
+        let mut graph =
+            augment(&onnx, &opts).map_err(|e| fail(e.class(), format!("{}: {e}", path.display())))?;
         graph.input_name = sidecar.input.name.clone();
         check_shapes(&path, &onnx, &sidecar, &graph)?;
         Ok(Model { path, sidecar, graph })

@@ -21,7 +21,7 @@ use crate::cam::Method;
 use crate::capture::{Reconnect, Source};
 use crate::config::{Config, SourceMode};
 use crate::engine::{Engine, EngineOptions, Provider};
-use crate::error::{fail, Kind};
+use crate::error::{fail, Classified, Kind};
 use crate::explainer::{check_method, resolve_target, Explainer};
 use crate::frame::{ClassMap, Demand, Pool};
 use crate::infer::{self, InferConfig};
@@ -124,7 +124,7 @@ impl Plan {
         let batch_size = opts.batch_size(cfg.pipeline.batch_size);
         let mut explainers = Vec::new();
         for _ in 0..workers {
-            let engine = Engine::new(&model.graph, &opts).map_err(|e| fail(Kind::Runtime, e))?;
+            let engine = Engine::new(&model.graph, &opts).classified()?;
             let mut explainer = Explainer::new(
                 engine,
                 cfg.explain.method,
@@ -132,9 +132,7 @@ impl Plan {
                 batch_size,
                 pre.item_dims(),
             );
-            explainer
-                .warm_up(crate::infer::SLOTS)
-                .map_err(|e| fail(Kind::Runtime, e))?;
+            explainer.warm_up(crate::infer::SLOTS).classified()?;
             explainers.push(explainer);
         }
 

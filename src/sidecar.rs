@@ -147,7 +147,7 @@ impl Sidecar {
 
     /// A sidecar for a model that has none: input name, size and layout from the ONNX graph,
     /// normalization, colour order and labels from `o`. Errors name the missing piece.
-    pub fn derive(onnx: &crate::onnx::OnnxModel, model: &Path, o: &ModelConfig) -> Result<Self, String> {
+    pub fn derive(onnx: &onnx_gradcam::OnnxModel, model: &Path, o: &ModelConfig) -> Result<Self, String> {
         let input = onnx.real_inputs().next().ok_or("the model has no input")?;
         let dims = input.dims().unwrap_or_default();
         let (layout, h, w) = match dims.as_slice() {
@@ -157,7 +157,7 @@ impl Sidecar {
                 return Err(format!(
                     "input '{}' has shape {}; gradcamd needs a 3-channel image input [N,3,H,W] or [N,H,W,3]",
                     input.name,
-                    crate::onnx::proto::fmt_dims(&dims)
+                    onnx_gradcam::proto::fmt_dims(&dims)
                 ))
             }
         };

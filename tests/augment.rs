@@ -3,8 +3,8 @@
 //! left bit-identical, and clear errors for what cannot be explained.
 
 use gradcamd::engine::{Engine, EngineOptions};
-use gradcamd::onnx::{augment, AugmentOptions, OnnxError, OnnxModel};
 use ndarray::ArrayView4;
+use onnx_gradcam::{augment, AugmentOptions, OnnxError, OnnxModel};
 
 use crate::util::{fixture, floats, ints, max_abs, max_abs_diff, proto, read_json, REL_TINY};
 
@@ -637,7 +637,7 @@ fn truncated_and_garbage_models_are_errors() {
 
 #[test]
 fn external_data_models_load_and_explain() {
-    use gradcamd::onnx::proto::{ModelProto, StringStringEntryProto};
+    use onnx_gradcam::proto::{ModelProto, StringStringEntryProto};
     use prost::Message;
     // gap_flatten_gemm with its Gemm weight moved to an external file, as onnx's
     // save_as_external_data writes it.
@@ -717,7 +717,7 @@ fn float16_models_differentiate_in_float16_and_hand_out_float32() {
         proto::retype(&mut m, proto::dtype::FLOAT16);
         let model = proto::parse(&m);
         let aug = augment(&model, &at_x()).unwrap();
-        assert_eq!(aug.elem_type, gradcamd::onnx::proto::dtype::FLOAT16);
+        assert_eq!(aug.elem_type, onnx_gradcam::proto::dtype::FLOAT16);
         assert_eq!(aug.logits_output, "gradcamd_logits");
         let j = read_json(&fixture(&format!("tiny/{name}.json")));
         let x = floats(&j["x"]);

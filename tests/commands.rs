@@ -88,7 +88,7 @@ fn inspect_and_augment() {
     let out = dir.join("aug.onnx");
     let o = run(&["augment", "models/efficientnet_lite0.onnx", "-o", &s(&out)]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let m = gradcamd::onnx::OnnxModel::load(&out).unwrap();
+    let m = onnx_gradcam::OnnxModel::load(&out).unwrap();
     let outs: Vec<&str> = m.graph().output.iter().map(|o| o.name.as_str()).collect();
     assert_eq!(outs, ["logits", "gradcamd_A", "gradcamd_dA", "gradcamd_class"]);
     // Each head op marked by whether it has a backward rule; the one that has none fails the

@@ -4,8 +4,8 @@
 //! `make test` runs a few thousand cases; `GRADCAMD_FUZZ_CASES=200000 cargo test --release fuzz`
 //! runs a long campaign (the README reports the last one).
 
-use gradcamd::onnx::proto::ModelProto;
-use gradcamd::onnx::{augment, AugmentOptions, OnnxModel};
+use onnx_gradcam::proto::ModelProto;
+use onnx_gradcam::{augment, AugmentOptions, OnnxModel};
 use proptest::prelude::*;
 use prost::Message;
 

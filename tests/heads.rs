@@ -6,8 +6,8 @@
 
 use gradcamd::cam::{self, correlation, Method};
 use gradcamd::engine::{Engine, EngineOptions};
-use gradcamd::onnx::{augment, AugmentOptions, OnnxModel};
 use ndarray::{ArrayView4, Axis};
+use onnx_gradcam::{augment, AugmentOptions, OnnxModel};
 
 use crate::util::{fixture, floats, ints, max_abs, max_abs_diff, read_json, CORR_GAP, REL};
 

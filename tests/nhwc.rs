@@ -3,11 +3,11 @@
 //! The test model is built here with gradcamd's own protobuf structs.
 
 use gradcamd::engine::{Engine, EngineOptions};
-use gradcamd::onnx::proto::{
+use onnx_gradcam::proto::{
     attr_type, dtype, AttributeProto, DimValue, Dimension, GraphProto, ModelProto, NodeProto,
     OperatorSetIdProto, TensorProto, TensorShapeProto, TensorTypeProto, TypeProto, ValueInfoProto,
 };
-use gradcamd::onnx::{augment, AugmentOptions, OnnxModel};
+use onnx_gradcam::{augment, AugmentOptions, OnnxModel};
 use prost::Message;
 
 fn vi(name: &str, elem: i32, dims: &[Option<i64>], sym: &str) -> ValueInfoProto {

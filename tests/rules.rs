@@ -3,7 +3,7 @@
 //! function exactly), and the augmented model's dx must be the fixture's torch dx plus that
 //! term. Then the forms that cannot be differentiated here, refused by name.
 
-use gradcamd::onnx::{augment, OnnxModel};
+use onnx_gradcam::{augment, OnnxModel};
 
 use crate::augment::{at_x, run, same_as_fixture, Run};
 use crate::util::{fixture, floats, ints, max_abs, max_abs_diff, proto, read_json, REL_TINY};

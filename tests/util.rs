@@ -370,8 +370,8 @@ pub fn wait_status(base: &str, secs: u64, ok: impl Fn(&serde_json::Value) -> boo
 /// nodes and initializers found by type and name, and the edit parsed as the product parses a
 /// file.
 pub mod proto {
-    pub use gradcamd::onnx::proto::*;
-    use gradcamd::onnx::OnnxModel;
+    pub use onnx_gradcam::proto::*;
+    use onnx_gradcam::OnnxModel;
     use prost::Message;
 
     pub fn tiny(name: &str) -> ModelProto {

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::cli::BenchArgs;
 use crate::engine::{Engine, EngineOptions, Provider};
-use crate::error::{fail, Kind};
+use crate::error::{fail, Classified, Kind};
 use crate::model::Model;
 
 #[derive(Serialize)]
@@ -97,7 +97,7 @@ pub struct Report {
 
 /// Runs `runs` batches of `b` on a profiled forward+gradients session and sums ORT's node events.
 fn profile_point(
-    graph: &crate::onnx::Augmented,
+    graph: &onnx_gradcam::Augmented,
     opts: &EngineOptions,
     prefix: &std::path::Path,
     b: usize,
@@ -108,10 +108,10 @@ fn profile_point(
         profile: Some(prefix.to_path_buf()),
         ..opts.clone()
     };
-    let mut engine = Engine::new(graph, &opts).map_err(|e| fail(Kind::Runtime, e))?;
+    let mut engine = Engine::new(graph, &opts).classified()?;
     let runs = runs.max(1);
     measure(std::slice::from_mut(&mut engine), b, item, runs, 1)?;
-    let trace = engine.end_profiling().map_err(|e| fail(Kind::Runtime, e))?;
+    let trace = engine.end_profiling().classified()?;
     let text = std::fs::read_to_string(&trace)
         .map_err(|e| fail(Kind::Output, format!("cannot read the ORT profile {trace}: {e}")))?;
     let events: Vec<serde_json::Value> = serde_json::from_str(&text)
@@ -171,7 +171,7 @@ fn measure(
     let t = vec![-1i64; b];
     let mut slots = Vec::new();
     for engine in engines.iter_mut() {
-        engine.prepare(b, item, 1).map_err(|e| fail(Kind::Runtime, e))?;
+        engine.prepare(b, item, 1).classified()?;
         let mut slot = engine
             .take_slot()
             .ok_or_else(|| fail(Kind::Runtime, "no input slot"))?;
@@ -180,9 +180,7 @@ fn measure(
             (true, Some(src)) => input.copy_from_slice(src),
             _ => return Err(fail(Kind::Runtime, "batch buffer has the wrong size")),
         }
-        engine
-            .run_slot(&slot, b, &t, |_| ())
-            .map_err(|e| fail(Kind::Runtime, e))?;
+        engine.run_slot(&slot, b, &t, |_| ()).classified()?;
         slots.push(slot);
     }
     let iters = iters.max(1);
@@ -210,7 +208,7 @@ fn measure(
                 .map(|h| {
                     h.join()
                         .map_err(|_| fail(Kind::Runtime, "a benchmark thread panicked"))?
-                        .map_err(|e| fail(Kind::Runtime, e))
+                        .classified()
                 })
                 .collect::<anyhow::Result<Vec<_>>>()
         })?;
@@ -244,7 +242,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     } else {
         args.batch_size.clone()
     };
-    let engines = |graph: &crate::onnx::Augmented, forward_only: bool| {
+    let engines = |graph: &onnx_gradcam::Augmented, forward_only: bool| {
         (0..sessions)
             .map(|_| {
                 if forward_only {
@@ -252,7 +250,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
                 } else {
                     Engine::new(graph, &opts)
                 }
-                .map_err(|e| fail(Kind::Runtime, e))
+                .classified()
             })
             .collect::<anyhow::Result<Vec<_>>>()
     };

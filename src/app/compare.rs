@@ -10,7 +10,7 @@ use crate::cam::{self, correlation, Method};
 use crate::cli::CompareArgs;
 use crate::config::ProviderKind;
 use crate::engine::{Engine, EngineOptions, Provider};
-use crate::error::{fail, Kind};
+use crate::error::{fail, Classified, Kind};
 
 #[derive(Serialize)]
 pub struct Comparison {
@@ -42,7 +42,7 @@ fn run(e: &mut Engine, x: ArrayView4<f32>) -> anyhow::Result<(Vec<Vec<f32>>, Vec
             .collect();
         (maps, b.class.to_vec())
     })
-    .map_err(|e| fail(Kind::Runtime, e))
+    .classified()
 }
 
 pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
@@ -63,7 +63,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
             provider: Provider::new(p, 0),
             ..Default::default()
         };
-        Engine::new(&model.graph, &opts).map_err(|e| fail(Kind::Runtime, e))
+        Engine::new(&model.graph, &opts).classified()
     };
     let (mut a, mut b) = (mk(args.provider)?, mk(args.reference)?);
     let (pa, pb) = (a.provider_used.clone(), b.provider_used.clone());

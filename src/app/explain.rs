@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::cli::ExplainArgs;
 use crate::engine::{Engine, EngineOptions};
-use crate::error::{fail, Kind, KindExt};
+use crate::error::{fail, Classified, Kind, KindExt};
 use crate::explainer::{check_method, resolve_target, Explainer, ItemOut, TargetSpec};
 use crate::frame::ClassMap;
 use crate::model::Model;
@@ -214,7 +214,7 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
             )
         })?)
     };
-    let engine = Engine::new(&model.graph, &EngineOptions::default()).map_err(|e| fail(Kind::Runtime, e))?;
+    let engine = Engine::new(&model.graph, &EngineOptions::default()).classified()?;
     tracing::info!(model = %model.path.display(), target = %model.graph.target, provider = %engine.provider_used, images = images.len(), "explaining");
     let mut pre = Preprocessor::new(&model.sidecar.input);
     let mut explainer = Explainer::new(

@@ -5,14 +5,14 @@ use std::fmt::Write as _;
 
 use crate::cli::{AugmentArgs, InspectArgs};
 use crate::engine::{build_session, EngineError, EngineOptions, Provider};
-use crate::error::{fail, Kind, KindExt};
-use crate::onnx::augment::locate;
-use crate::onnx::proto::fmt_dims;
-use crate::onnx::vjp::is_supported;
-use crate::onnx::{augment, AugmentOptions, OnnxModel};
+use crate::error::{fail, Classified, Kind, KindExt};
+use onnx_gradcam::augment::locate;
+use onnx_gradcam::is_supported;
+use onnx_gradcam::proto::fmt_dims;
+use onnx_gradcam::{augment, AugmentOptions, OnnxModel};
 
 pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
-    let m = OnnxModel::load(&args.model).map_err(|e| fail(Kind::from(&e), e))?;
+    let m = crate::model::read_onnx(&args.model).classified()?;
     let g = m.graph();
     let mut out = String::new();
     let opts = AugmentOptions {
@@ -136,14 +136,14 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         Err(e) => {
             let _ = writeln!(out, "augment  FAILED: {e}");
             crate::out!("{}", out.trim_end_matches('\n'));
-            Err(fail(Kind::from(&e), e))
+            Err(e).classified()
         }
     }
 }
 
 /// Shapes of the target, head and candidate tensors from one ORT run on zeros, when the input
 /// size is fixed; empty otherwise (or when ORT cannot run the model).
-fn probe(m: &OnnxModel, l: Option<&crate::onnx::augment::Located>) -> HashMap<String, Vec<usize>> {
+fn probe(m: &OnnxModel, l: Option<&onnx_gradcam::augment::Located>) -> HashMap<String, Vec<usize>> {
     let Some(l) = l else { return HashMap::new() };
     let Some(input) = m.real_inputs().next() else {
         return HashMap::new();
@@ -177,13 +177,13 @@ pub fn augment_cmd(args: &AugmentArgs) -> anyhow::Result<()> {
         crate::paths::Named::new("the output", &args.output, crate::paths::Use::Output),
     ])
     .map_err(|e| fail(Kind::Config, e))?;
-    let m = OnnxModel::load(&args.model).map_err(|e| fail(Kind::from(&e), e))?;
+    let m = crate::model::read_onnx(&args.model).classified()?;
     let opts = AugmentOptions {
         target_layer: args.target_layer.clone(),
         in_graph_cam: args.in_graph_cam,
         ..Default::default()
     };
-    let a = augment(&m, &opts).map_err(|e| fail(Kind::from(&e), e))?;
+    let a = augment(&m, &opts).classified()?;
     std::fs::write(&args.output, &a.bytes)
         .map_err(|e| {
             anyhow::anyhow!(
@@ -206,12 +206,12 @@ pub fn augment_cmd(args: &AugmentArgs) -> anyhow::Result<()> {
 /// graph outputs, and returns each tensor's shape: the shapes `inspect` shows when the model
 /// carries no value_info. Fails for models whose input size is not fixed.
 fn probe_shapes(
-    model: &crate::onnx::OnnxModel,
+    model: &onnx_gradcam::OnnxModel,
     input_name: &str,
     input_dims: &[usize],
     tensors: &[String],
 ) -> Result<Vec<Vec<usize>>, EngineError> {
-    use crate::onnx::proto::{GraphProto, TensorTypeProto, TypeProto, ValueInfoProto};
+    use onnx_gradcam::proto::{GraphProto, TensorTypeProto, TypeProto, ValueInfoProto};
     crate::engine::init_runtime(None)?;
     let extra = GraphProto {
         output: tensors
@@ -221,7 +221,7 @@ fn probe_shapes(
                 let elem_type = *model
                     .elem_types
                     .get(t)
-                    .unwrap_or(&crate::onnx::proto::dtype::FLOAT);
+                    .unwrap_or(&onnx_gradcam::proto::dtype::FLOAT);
                 let tensor_type = Some(TensorTypeProto {
                     elem_type,
                     shape: None,

@@ -13,7 +13,7 @@ use ort::session::{IoBinding, Session};
 use ort::value::{Tensor, TensorElementType, TensorRefMut, ValueType};
 
 use super::{BatchView, EngineError};
-use crate::onnx::augment::{IN_TARGET, OUT_A, OUT_CAM, OUT_CLASS, OUT_DA};
+use onnx_gradcam::augment::{IN_TARGET, OUT_A, OUT_CAM, OUT_CLASS, OUT_DA};
 
 /// One batch's input buffer (`batch` items in the model's layout), filled in place, possibly on
 /// another thread, while the session runs another slot. A slot bound to the session runs a full

@@ -18,10 +18,10 @@ use ort::session::Session;
 use ort::session::SessionInputValue;
 use ort::value::TensorRef;
 
-use crate::onnx::augment::{IN_TARGET, OUT_A, OUT_CAM, OUT_CLASS, OUT_DA};
-use crate::onnx::Augmented;
 use bound::Bound;
 pub use bound::InputSlot;
+use onnx_gradcam::augment::{IN_TARGET, OUT_A, OUT_CAM, OUT_CLASS, OUT_DA};
+use onnx_gradcam::Augmented;
 pub(crate) use options::build_session;
 use options::provider_name;
 pub use options::{EngineOptions, Provider, POOL_THREADS};
@@ -51,6 +51,14 @@ pub enum EngineError {
     Run(String),
     #[error("inference failed: {0}")]
     Ort(#[from] ort::Error),
+}
+
+/// Whatever the engine reports (the library, a provider, the model as ORT sees it, a run) is a
+/// runtime failure to the user.
+impl crate::error::Classify for EngineError {
+    fn class(&self) -> crate::error::Kind {
+        crate::error::Kind::Runtime
+    }
 }
 
 /// Numbers given to engines so far (a new one at each [`Engine::prepare`]): slots carry their
@@ -137,7 +145,7 @@ impl Engine {
             } else {
                 model.logits.clone()
             },
-            input_f16: model.input_elem_type == crate::onnx::proto::dtype::FLOAT16,
+            input_f16: model.input_elem_type == onnx_gradcam::proto::dtype::FLOAT16,
             input_half: Vec::new(),
             dims: [0; 4],
             slots: Vec::new(),

@@ -1,9 +1,9 @@
-//! The subset of the ONNX protobuf schema that gradcamd reads, written from the field numbers of
+//! The subset of the ONNX protobuf schema that this crate reads, written from the field numbers of
 //! the ONNX IR spec (`onnx.proto`, IR version 10).
 //!
 //! These structs are only ever used to *read* a model and to *encode new pieces* of it. prost
 //! drops the fields it does not know when decoding, so a decoded `ModelProto` must never be
-//! re-encoded as the model: [`crate::onnx::augment`] appends a second `graph` field to the
+//! re-encoded as the model: [`crate::augment()`] appends a second `graph` field to the
 //! original bytes instead, which protobuf merges into the first (repeated fields concatenate),
 //! and everything we did not touch stays byte-for-byte as the exporter wrote it.
 

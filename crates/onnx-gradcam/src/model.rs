@@ -17,7 +17,7 @@ use super::OnnxError;
 pub const MIN_OPSET: i64 = 13;
 
 /// Largest rank taken at face value; more comes only from corrupt graphs.
-pub const MAX_RANK: usize = 16;
+pub(crate) const MAX_RANK: usize = 16;
 
 pub struct OnnxModel {
     /// The file as read; the augmented model is these bytes plus an appended graph.
@@ -40,12 +40,22 @@ pub struct OnnxModel {
 }
 
 impl OnnxModel {
+    /// Reads the model file at `path` whole (as `std::fs::read` does: a FIFO blocks, and
+    /// `/dev/zero` never ends); external data files are looked for beside it. Where the path
+    /// comes from someone else, [`OnnxModel::load_with`] a reader that has limits.
     pub fn load(path: &Path) -> Result<Self, OnnxError> {
-        let bytes = crate::paths::read_capped(path, crate::paths::MAX_MODEL_BYTES, "model").map_err(|e| {
-            OnnxError::Read {
-                path: path.to_path_buf(),
-                err: e,
-            }
+        Self::load_with(path, |p| std::fs::read(p))
+    }
+
+    /// [`OnnxModel::load`], with the file's bytes from `read`: the caller's limits on size and
+    /// file type, its own error messages.
+    pub fn load_with(
+        path: &Path,
+        read: impl FnOnce(&Path) -> std::io::Result<Vec<u8>>,
+    ) -> Result<Self, OnnxError> {
+        let bytes = read(path).map_err(|err| OnnxError::Read {
+            path: path.to_path_buf(),
+            err,
         })?;
         let mut m = Self::from_bytes(bytes).map_err(|e| match e {
             OnnxError::Decode(msg) => OnnxError::Corrupt {
@@ -304,24 +314,24 @@ impl OnnxModel {
     }
 }
 
-pub fn attr<'a>(n: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
+pub(crate) fn attr<'a>(n: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
     n.attribute.iter().find(|a| a.name == name)
 }
 
-pub fn attr_i(n: &NodeProto, name: &str) -> Option<i64> {
+pub(crate) fn attr_i(n: &NodeProto, name: &str) -> Option<i64> {
     attr(n, name).map(|a| a.i)
 }
 
-pub fn attr_f(n: &NodeProto, name: &str) -> Option<f32> {
+pub(crate) fn attr_f(n: &NodeProto, name: &str) -> Option<f32> {
     attr(n, name).map(|a| a.f)
 }
 
-pub fn attr_ints(n: &NodeProto, name: &str) -> Option<Vec<i64>> {
+pub(crate) fn attr_ints(n: &NodeProto, name: &str) -> Option<Vec<i64>> {
     attr(n, name).map(|a| a.ints.clone())
 }
 
 /// Human name for an element type, for messages.
-pub fn dtype_name(t: i32) -> &'static str {
+pub(crate) fn dtype_name(t: i32) -> &'static str {
     match t {
         dtype::FLOAT => "float32",
         dtype::DOUBLE => "float64",

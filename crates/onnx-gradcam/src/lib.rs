@@ -1,31 +1,37 @@
-//! Reading ONNX classifiers and rewriting them so that one ONNX Runtime run also returns the
-//! gradients Grad-CAM needs (ORT itself has no autograd).
+#![doc = include_str!("../README.md")]
 //!
-//! - [`proto`]: the protobuf messages we read, written from the ONNX spec's field numbers.
+//! ## Modules
+//!
 //! - [`model`]: a parsed model with producer/consumer/rank indexes.
-//! - [`augment`]: picks the target tensor, appends the head's backward graph, adds outputs.
-//! - [`vjp`]: one backward rule per supported op; [`builder`] emits the nodes.
+//! - [`augment`](mod@augment): picks the target tensor, appends the head's backward graph, adds outputs.
+//! - [`proto`]: the protobuf messages read and written, from the ONNX spec's field numbers.
+//!
+//! Inside, one backward rule per supported op (`vjp.rs`) and a node emitter (`builder.rs`).
+#![warn(unreachable_pub)]
 
 pub mod augment;
-pub mod builder;
+mod builder;
 pub mod model;
 pub mod proto;
-pub mod vjp;
+mod vjp;
 
 use std::path::PathBuf;
 
 pub use augment::{augment, AugmentOptions, Augmented};
 pub use model::OnnxModel;
+pub use vjp::is_supported;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
-    #[error("cannot read model {path}: {err}; check the path given as --model or [model] path")]
+    #[error("cannot read model {path}: {err}; check the path and its permissions")]
     Read { path: PathBuf, err: std::io::Error },
     #[error("model {path} is not a valid ONNX file: {msg}; re-export it or check it is not truncated")]
     Corrupt { path: PathBuf, msg: String },
     #[error("{0}")]
     Decode(String),
-    #[error("model uses opset {found}; gradcamd needs opset >= {min}: re-export with a newer opset_version")]
+    #[error(
+        "model uses opset {found}; augmenting it needs opset >= {min}: re-export with a newer opset_version"
+    )]
     Opset { found: i64, min: i64 },
     #[error("not a CNN classifier: {0}")]
     NotCnn(String),

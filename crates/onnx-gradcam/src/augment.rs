@@ -6,9 +6,9 @@
 //! 2. The target tensor `A` is the input of the pooling op nearest to the logits that pools a
 //!    4-D tensor over its spatial axes (GlobalAveragePool, spatial ReduceMean, AveragePool), or
 //!    a tensor named by the user.
-//! 3. The seed is a one-hot of the class: the new input `target_class` (int64 [N], or [1] for
+//! 3. The seed is a one-hot of the class: the new input `target_class` (int64 `[N]`, or `[1]` for
 //!    the whole batch; -1 means top-1, computed in the graph with `ArgMax`).
-//! 4. The head's nodes are differentiated in reverse order with the rules in [`super::vjp`].
+//! 4. The head's nodes are differentiated in reverse order with the rules in `vjp.rs`.
 //!
 //! The new nodes, initializers, input and outputs go into a second `GraphProto` that is appended
 //! to the original file bytes as another `graph` field; protobuf parsers merge it into the first.
@@ -100,7 +100,7 @@ pub struct Augmented {
     pub pre_softmax: bool,
     pub target: String,
     pub target_dims: Option<Vec<Option<i64>>>,
-    /// The target tensor is channels-last; `gradcamd_A`/`dA` are transposed to [N,C,h,w].
+    /// The target tensor is channels-last; `gradcamd_A`/`dA` are transposed to `[N,C,h,w]`.
     pub target_nhwc: bool,
     pub candidates: Vec<Candidate>,
     /// The head's ops from the target tensor to the score, in forward order: (op, node name).

@@ -3,7 +3,7 @@
 
 use super::proto::{attr_type, dtype, AttributeProto, NodeProto, TensorProto};
 
-pub struct Builder {
+pub(crate) struct Builder {
     pub nodes: Vec<NodeProto>,
     pub initializers: Vec<TensorProto>,
     /// Element type of the differentiated tensors; every float constant is made in it.
@@ -12,7 +12,7 @@ pub struct Builder {
     counter: usize,
 }
 
-pub enum Attr {
+pub(crate) enum Attr {
     I(i64),
     F(f32),
     Ints(Vec<i64>),
@@ -21,7 +21,7 @@ pub enum Attr {
 }
 
 impl Builder {
-    pub fn new(elem_type: i32, opset: i64) -> Self {
+    pub(crate) fn new(elem_type: i32, opset: i64) -> Self {
         Builder {
             nodes: Vec::new(),
             initializers: Vec::new(),
@@ -37,14 +37,14 @@ impl Builder {
     }
 
     /// Adds one node with one output and returns the output's name.
-    pub fn op(&mut self, op_type: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
+    pub(crate) fn op(&mut self, op_type: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
         let out = self.fresh(op_type);
         self.op_into(op_type, inputs, attrs, &out);
         out
     }
 
     /// Adds one node whose output has a chosen name (the graph outputs we expose).
-    pub fn op_into(&mut self, op_type: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>, out: &str) {
+    pub(crate) fn op_into(&mut self, op_type: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>, out: &str) {
         let attribute = attrs
             .into_iter()
             .map(|(name, a)| {
@@ -73,7 +73,7 @@ impl Builder {
     }
 
     /// A float constant of the graph's element type, shaped `dims` (`[]` for a scalar).
-    pub fn const_f(&mut self, values: &[f64], dims: &[i64]) -> String {
+    pub(crate) fn const_f(&mut self, values: &[f64], dims: &[i64]) -> String {
         let name = self.fresh("const");
         let mut t = TensorProto {
             dims: dims.to_vec(),
@@ -95,11 +95,11 @@ impl Builder {
         name
     }
 
-    pub fn scalar(&mut self, v: f64) -> String {
+    pub(crate) fn scalar(&mut self, v: f64) -> String {
         self.const_f(&[v], &[])
     }
 
-    pub fn const_i64(&mut self, values: &[i64], dims: &[i64]) -> String {
+    pub(crate) fn const_i64(&mut self, values: &[i64], dims: &[i64]) -> String {
         let name = self.fresh("const");
         self.initializers.push(TensorProto {
             dims: dims.to_vec(),
@@ -111,13 +111,13 @@ impl Builder {
         name
     }
 
-    pub fn ints(&mut self, values: &[i64]) -> String {
+    pub(crate) fn ints(&mut self, values: &[i64]) -> String {
         self.const_i64(values, &[values.len() as i64])
     }
 
     /// `ReduceSum`/`ReduceMean` over constant axes, written the way this opset wants them:
     /// ReduceSum takes axes as an input from 13, ReduceMean only from 18.
-    pub fn reduce(&mut self, op: &str, x: &str, axes: &[i64], keepdims: bool) -> String {
+    pub(crate) fn reduce(&mut self, op: &str, x: &str, axes: &[i64], keepdims: bool) -> String {
         let keep = ("keepdims", Attr::I(keepdims as i64));
         let axes_as_input = op == "ReduceSum" || self.opset >= 18;
         if axes_as_input {
@@ -128,13 +128,13 @@ impl Builder {
         }
     }
 
-    pub fn unsqueeze(&mut self, x: &str, axes: &[i64]) -> String {
+    pub(crate) fn unsqueeze(&mut self, x: &str, axes: &[i64]) -> String {
         let a = self.ints(axes);
         self.op("Unsqueeze", &[x, &a], vec![])
     }
 
     /// The number of elements of `x` as a scalar of the graph's float type.
-    pub fn size_f(&mut self, x: &str) -> String {
+    pub(crate) fn size_f(&mut self, x: &str) -> String {
         let s = self.op("Size", &[x], vec![]);
         self.op("Cast", &[&s], vec![("to", Attr::I(self.elem_type as i64))])
     }

@@ -16,7 +16,7 @@ use super::model::{attr_f, attr_i, attr_ints, OnnxModel};
 use super::OnnxError;
 
 /// Ops with a backward rule, as listed in errors and in `gradcamd inspect`.
-pub const SUPPORTED: &[&str] = &[
+pub(crate) const SUPPORTED: &[&str] = &[
     "Add",
     "AveragePool(1x1)",
     "BatchNormalization",
@@ -56,7 +56,7 @@ pub fn is_supported(op: &str) -> bool {
     SUPPORTED.iter().any(|s| s.split('(').next() == Some(op))
 }
 
-pub struct Ctx<'a> {
+pub(crate) struct Ctx<'a> {
     pub m: &'a OnnxModel,
     pub b: &'a mut Builder,
     /// Tensors whose value depends on the target tensor (the ones that get gradients).
@@ -134,7 +134,7 @@ impl Ctx<'_> {
 
 /// Emits the backward of node `ni` given `g`, the gradient of its first output. Returns the
 /// gradient of each differentiable input as `(input index, tensor name)`.
-pub fn backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, String)>, OnnxError> {
+pub(crate) fn backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, String)>, OnnxError> {
     let n = cx.m.node(ni).clone();
     // Corrupt or hand-made graphs can lack required inputs; index only after this check.
     let arity = match n.op_type.as_str() {
