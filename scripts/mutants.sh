@@ -40,8 +40,11 @@ for g in "${groups[@]}"; do
       run cam -f src/cam.rs -- ;;
     onnx) # backward rules and the augmentation, against torch autograd
       # The rewriter is its own crate (crates/onnx-gradcam); its guards are gradcamd's tests.
+      # cargo-mutants 27 runs the baseline on the mutated package whatever --test-package says
+      # (which has no `tests` target), so the baseline is skipped and the timeout given.
       FILTERS=(augment:: rules:: heads:: reference:: nhwc:: methods:: fuzz::found commands::inspect)
-      run onnx --workspace -f crates/onnx-gradcam/src/vjp.rs -f crates/onnx-gradcam/src/augment.rs --test-package gradcamd -- ;;
+      run onnx --workspace -f crates/onnx-gradcam/src/vjp.rs -f crates/onnx-gradcam/src/augment.rs \
+        --test-package gradcamd --baseline skip --timeout 300 -- ;;
     render) # colormap, upsampling, blend (the HUD's text drawing is left out)
       FILTERS=(render:: reference:: methods:: files::alpha files::file_to_file)
       run render -f src/render.rs -E 'HudFont|hud_|font_for|fps_text|short_label|RenderConfig::' -- ;;

@@ -78,7 +78,7 @@ impl Meter {
 
     /// Call once per item the stage handled.
     #[inline]
-    pub fn tick(&mut self, items: u64) {
+    pub(crate) fn tick(&mut self, items: u64) {
         self.seen += items;
         if self.at_warm.is_none() && self.seen >= self.warm_after {
             self.at_warm = thread_allocs();

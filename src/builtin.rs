@@ -2,7 +2,7 @@
 //! from any directory. It is loaded exactly like a user's model.
 
 /// How the built-in model is named where a path would be.
-pub const EMBEDDED_NAME: &str = "builtin:efficientnet_lite0";
+pub(crate) const EMBEDDED_NAME: &str = "builtin:efficientnet_lite0";
 pub const EMBEDDED_ONNX: &[u8] = include_bytes!("../models/efficientnet_lite0.onnx");
-pub const EMBEDDED_SIDECAR: &str = include_str!("../models/efficientnet_lite0.toml");
-pub const EMBEDDED_LABELS: &str = include_str!("../models/imagenet_labels.txt");
+pub(crate) const EMBEDDED_SIDECAR: &str = include_str!("../models/efficientnet_lite0.toml");
+pub(crate) const EMBEDDED_LABELS: &str = include_str!("../models/imagenet_labels.txt");

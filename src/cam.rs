@@ -175,7 +175,7 @@ pub fn compute(
 
 /// [`compute`] into `out`, reusing its buffer when the shape agrees: Grad-CAM and CAM then
 /// allocate nothing; the other methods compute into a new map.
-pub fn compute_into(
+pub(crate) fn compute_into(
     method: Method,
     a: ArrayView3<f32>,
     da: ArrayView3<f32>,
@@ -202,7 +202,7 @@ pub fn compute_into(
 ///
 /// Computed through the positions × positions Gram matrix, whose top eigenvector `u` gives the
 /// projection `σ₁ u`; power iteration in f64 on that small matrix.
-pub fn projection(x: ArrayView3<f32>) -> Array2<f32> {
+pub(crate) fn projection(x: ArrayView3<f32>) -> Array2<f32> {
     let (c, h, w) = x.dim();
     let n = h * w;
     // m[p, k]: position p, channel k, centred over positions; NaN -> 0 as the reference does.
@@ -276,7 +276,7 @@ fn top_eigenvector(g: &[f64], n: usize) -> (Vec<f64>, usize) {
 }
 
 /// Grad-CAM of one item into `out` [h,w] (no allocation).
-pub fn gradcam_into(a: ArrayView3<f32>, da: ArrayView3<f32>, mut out: ArrayViewMut2<f32>) {
+pub(crate) fn gradcam_into(a: ArrayView3<f32>, da: ArrayView3<f32>, mut out: ArrayViewMut2<f32>) {
     out.fill(0.0);
     let hw = (da.shape()[1] * da.shape()[2]) as f32;
     for (ak, dak) in a.outer_iter().zip(da.outer_iter()) {
@@ -301,7 +301,7 @@ pub fn gradcam_weights(da: ArrayView3<f32>) -> Vec<f32> {
 }
 
 /// Plain CAM: `sum_k w_k A_k` with `w` the FC row of the class.
-pub fn cam_fc_into(a: ArrayView3<f32>, w: ArrayView1<f32>, mut out: ArrayViewMut2<f32>) {
+pub(crate) fn cam_fc_into(a: ArrayView3<f32>, w: ArrayView1<f32>, mut out: ArrayViewMut2<f32>) {
     out.fill(0.0);
     for (ak, &wk) in a.outer_iter().zip(w.iter()) {
         out.scaled_add(wk, &ak);

@@ -33,7 +33,7 @@ use crate::stats::{Event, Stage, StageMeter, Stats};
 
 /// What a source URI names.
 #[derive(Debug, Clone, PartialEq)]
-pub enum SourceKind {
+pub(crate) enum SourceKind {
     File(String),
     /// V4L2 camera index: `camera:N` or `/dev/videoN`.
     Camera(i32),
@@ -49,7 +49,7 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
-    pub fn parse(uri: &str) -> SourceKind {
+    pub(crate) fn parse(uri: &str) -> SourceKind {
         if let Some(spec) = uri.strip_prefix("synthetic:") {
             let (size, fps) = spec.split_once('@').unwrap_or((spec, "30"));
             let (w, h) = size.split_once('x').unwrap_or(("640", "360"));
@@ -73,7 +73,7 @@ impl SourceKind {
         SourceKind::File(uri.to_string())
     }
 
-    pub fn default_mode(&self) -> SourceMode {
+    pub(crate) fn default_mode(&self) -> SourceMode {
         match self {
             SourceKind::File(_) => SourceMode::File,
             _ => SourceMode::Live,
@@ -83,7 +83,7 @@ impl SourceKind {
 
 /// How a live source reconnects.
 #[derive(Debug, Clone)]
-pub struct Reconnect {
+pub(crate) struct Reconnect {
     pub initial: Duration,
     pub max: Duration,
     /// FFmpeg open and read timeouts: without them a stalled server blocks a read ~30 s.
@@ -103,7 +103,7 @@ impl From<&LiveConfig> for Reconnect {
 }
 
 /// An opened source, with what the sinks need to know about it.
-pub struct Source {
+pub(crate) struct Source {
     pub index: usize,
     pub name: String,
     /// The URI as shown ([`crate::uri::redact`]); `kind` holds the one that is opened.
@@ -149,7 +149,7 @@ fn open_capture(kind: &SourceKind, rc: &Reconnect) -> opencv::Result<VideoCaptur
 }
 
 /// The rate assumed for a source that reports none, or none yet.
-pub const DEFAULT_FPS: f64 = 25.0;
+pub(crate) const DEFAULT_FPS: f64 = 25.0;
 
 /// The frame rate an opened source reports, if usable; else [`DEFAULT_FPS`], with a warning.
 fn reported_fps(kind: &SourceKind, cap: &VideoCapture, name: &str) -> f64 {
@@ -273,7 +273,7 @@ fn connect_fifo(index: usize, kind: &SourceKind, rc: &Reconnect) -> Result<(Vide
 impl Source {
     /// Opens a source. A file that does not exist or decode is an error; a live source that is
     /// down is an error only when `strict`, else it is logged and retried by [`Source::run`].
-    pub fn open(
+    pub(crate) fn open(
         index: usize,
         name: String,
         uri: &str,
@@ -370,7 +370,7 @@ impl Source {
 
     /// Decodes until the end of the stream or the stop flag, sending each frame downstream.
     /// `drain` is a receiver of the same channel, used by live sources to drop the older frame.
-    pub fn run(
+    pub(crate) fn run(
         mut self,
         tx: Sender<Frame>,
         drain: Receiver<Frame>,

@@ -143,7 +143,7 @@ impl TryFrom<String> for ProviderKind {
 pub struct Fourcc([char; 4]);
 
 impl Fourcc {
-    pub fn chars(&self) -> [char; 4] {
+    pub(crate) fn chars(&self) -> [char; 4] {
         self.0
     }
 }
@@ -173,7 +173,7 @@ impl std::fmt::Display for Fourcc {
 }
 
 /// `R,G,B` or one value for all three.
-pub fn parse_triple(s: &str) -> Result<[f32; 3], String> {
+pub(crate) fn parse_triple(s: &str) -> Result<[f32; 3], String> {
     let v: Vec<f32> = s
         .split(',')
         .map(|x| {
@@ -190,7 +190,7 @@ pub fn parse_triple(s: &str) -> Result<[f32; 3], String> {
 }
 
 /// `WxH`, each side in 1..=[`MAX_INPUT_SIDE`].
-pub fn parse_size(s: &str) -> Result<[u32; 2], String> {
+pub(crate) fn parse_size(s: &str) -> Result<[u32; 2], String> {
     let (w, h) = s.split_once(['x', 'X']).ok_or("expected WxH, e.g. 224x224")?;
     let p = |v: &str| {
         v.trim()
@@ -431,7 +431,7 @@ impl Config {
     }
 
     /// Range checks that serde cannot express.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
         let p = &self.pipeline;
         if let Some(b) = p.batch_size.filter(|b| !(1..=256).contains(b)) {
             anyhow::bail!("pipeline.batch_size = {b} is out of range 1..=256");
@@ -495,15 +495,15 @@ impl Config {
 }
 
 /// Largest model input side gradcamd feeds (a frame is resized to it): 8K.
-pub const MAX_INPUT_SIDE: u32 = 8192;
+pub(crate) const MAX_INPUT_SIDE: u32 = 8192;
 /// Frames in one inter-stage channel: each holds a whole frame (1080p: 6 MB).
-pub const MAX_QUEUE_FRAMES: usize = 1024;
+pub(crate) const MAX_QUEUE_FRAMES: usize = 1024;
 /// Render workers and intra-op threads: far over any machine's cores.
-pub const MAX_WORKERS: usize = 256;
+pub(crate) const MAX_WORKERS: usize = 256;
 /// ORT sessions side by side: each holds the whole model.
-pub const MAX_SESSIONS: usize = 64;
+pub(crate) const MAX_SESSIONS: usize = 64;
 /// Concurrent HTTP requests (threads).
-pub const MAX_CLIENTS: usize = 4096;
+pub(crate) const MAX_CLIENTS: usize = 4096;
 /// Smallest ROI, as a fraction of the frame: one pixel of a 1000x1000 frame.
 const MIN_ROI_AREA: f32 = 1e-6;
 

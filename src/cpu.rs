@@ -21,24 +21,24 @@ fn clock(id: libc::clockid_t) -> Duration {
 }
 
 /// CPU time of the calling thread.
-pub fn thread_cpu() -> Duration {
+pub(crate) fn thread_cpu() -> Duration {
     clock(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 /// CPU time of the whole process, threads that have exited included.
-pub fn process_cpu() -> Duration {
+pub(crate) fn process_cpu() -> Duration {
     clock(libc::CLOCK_PROCESS_CPUTIME_ID)
 }
 
 /// Measures the calling thread's CPU from `start()` on.
 #[derive(Clone, Copy)]
-pub struct Span(Duration);
+pub(crate) struct Span(Duration);
 
 impl Span {
-    pub fn start() -> Span {
+    pub(crate) fn start() -> Span {
         Span(thread_cpu())
     }
-    pub fn elapsed(&self) -> Duration {
+    pub(crate) fn elapsed(&self) -> Duration {
         thread_cpu().saturating_sub(self.0)
     }
 }
@@ -57,7 +57,7 @@ fn set_thread_name(buf: &[u8; 16]) {
 
 /// Runs `f` with the calling thread renamed to `name` (at most 15 bytes kept), so that threads
 /// `f` starts are born with that name; the old name is restored afterwards.
-pub fn named<T>(name: &str, f: impl FnOnce() -> T) -> T {
+pub(crate) fn named<T>(name: &str, f: impl FnOnce() -> T) -> T {
     let old = thread_name();
     let mut buf = [0u8; 16];
     let n = name.len().min(15);
@@ -69,7 +69,7 @@ pub fn named<T>(name: &str, f: impl FnOnce() -> T) -> T {
 }
 
 /// Summed CPU time of this process's live threads named `name` (as [`named`] gave it).
-pub fn threads_cpu(name: &str) -> Duration {
+pub(crate) fn threads_cpu(name: &str) -> Duration {
     let name = &name.as_bytes()[..name.len().min(15)];
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
         return Duration::ZERO;

@@ -35,7 +35,7 @@ impl Kind {
 
 /// An error tagged with its [`Kind`].
 #[derive(Debug)]
-pub struct Failure {
+pub(crate) struct Failure {
     pub kind: Kind,
     pub error: anyhow::Error,
 }
@@ -48,7 +48,7 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-pub trait KindExt<T> {
+pub(crate) trait KindExt<T> {
     fn kind(self, kind: Kind) -> anyhow::Result<T>;
 }
 
@@ -80,7 +80,7 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
 
 /// The exit class of an error type, said once per type (where the type is defined, or here for
 /// another crate's): call sites write `.classified()?` instead of choosing a [`Kind`] each time.
-pub trait Classify: fmt::Display {
+pub(crate) trait Classify: fmt::Display {
     fn class(&self) -> Kind;
 }
 

@@ -19,7 +19,7 @@ use crate::error::{fail, Kind};
 /// cadence, so only a disk that has stopped holds inference back.
 const QUEUED: usize = 1024;
 
-pub struct EventLog {
+pub(crate) struct EventLog {
     tx: Option<Sender<(u64, String)>>,
     writer: Option<JoinHandle<()>>,
     /// Set once by the writer when the log failed; taken once by whoever reports it.
@@ -28,7 +28,7 @@ pub struct EventLog {
 
 impl EventLog {
     /// Opens `path` for appending (an error names it) and starts its writer.
-    pub fn open(path: &Path, source: &str) -> anyhow::Result<EventLog> {
+    pub(crate) fn open(path: &Path, source: &str) -> anyhow::Result<EventLog> {
         let f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -55,19 +55,19 @@ impl EventLog {
 
     /// Queues the line of frame `seq`. Waits only while `QUEUED` (1024) lines are ahead of it. A
     /// line sent after the log failed is dropped: the failure is reported instead.
-    pub fn send(&self, seq: u64, line: String) {
+    pub(crate) fn send(&self, seq: u64, line: String) {
         if let Some(tx) = &self.tx {
             let _ = tx.send((seq, line));
         }
     }
 
     /// The log's failure, once: the message already logged as an error.
-    pub fn take_failure(&self) -> Option<String> {
+    pub(crate) fn take_failure(&self) -> Option<String> {
         self.failed.lock().ok()?.take()
     }
 
     /// Writes what is queued, flushes, and stops the writer; then any failure not yet taken.
-    pub fn close(mut self) -> Option<String> {
+    pub(crate) fn close(mut self) -> Option<String> {
         self.finish();
         self.take_failure()
     }

@@ -97,18 +97,19 @@ impl Explainer {
         engine: Engine,
         method: Method,
         fc: Option<FcHead>,
-        batch_size: usize,
+        batch_size: std::num::NonZeroUsize,
         item_dims: [usize; 3],
     ) -> Self {
+        let batch_size = batch_size.get();
         Explainer {
             engine,
             method,
             fc,
-            batch_size: batch_size.max(1),
+            batch_size,
             item_dims,
             cam_time: Duration::ZERO,
             outs: Vec::new(),
-            targets: Vec::with_capacity(batch_size.max(1)),
+            targets: Vec::with_capacity(batch_size),
             extra: Vec::new(),
             replicated: Vec::new(),
         }
@@ -138,7 +139,7 @@ impl Explainer {
     }
 
     /// Size of the maps the last call made (feature resolution), once warm.
-    pub fn cam_dims(&self) -> Option<(usize, usize)> {
+    pub(crate) fn cam_dims(&self) -> Option<(usize, usize)> {
         self.outs.first()?.maps.first().map(|m| m.cam.dim())
     }
 
@@ -152,7 +153,7 @@ impl Explainer {
             .ok_or_else(|| EngineError::Run("every input slot is in use".into()))
     }
 
-    pub fn put_slot(&mut self, slot: InputSlot) {
+    pub(crate) fn put_slot(&mut self, slot: InputSlot) {
         self.engine.put_slot(slot);
     }
 
@@ -181,7 +182,7 @@ impl Explainer {
     }
 
     /// Explains the first `specs.len()` items of `slot`.
-    pub fn explain_slot(
+    pub(crate) fn explain_slot(
         &mut self,
         slot: &InputSlot,
         specs: &[TargetSpec],
@@ -359,13 +360,13 @@ fn top_k_into(logits: impl Iterator<Item = f32>, k: usize, soft: &Softmax, out: 
 
 /// The `k` best classes with their softmax probabilities, best first.
 /// Parses a target (`top1`, `topk:K`, a class index or a label) against the model's labels.
-pub fn resolve_target(model: &Model, target: &str) -> anyhow::Result<TargetSpec> {
+pub(crate) fn resolve_target(model: &Model, target: &str) -> anyhow::Result<TargetSpec> {
     TargetSpec::parse(target, |t| model.sidecar.class_of(t), model.num_classes())
         .map_err(|e| fail(Kind::Config, format!("target: {e}")))
 }
 
 /// Fails unless `method` can run on this model.
-pub fn check_method(model: &Model, method: Method) -> anyhow::Result<()> {
+pub(crate) fn check_method(model: &Model, method: Method) -> anyhow::Result<()> {
     if method == Method::Cam && model.graph.fc.is_none() {
         let head: Vec<&str> = model.graph.head.iter().map(|(op, _)| op.as_str()).collect();
         return Err(fail(

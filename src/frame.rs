@@ -40,7 +40,7 @@ impl ClassMap {
     }
 
     /// Makes `self` a copy of `other`, reusing the map's buffer when the sizes agree.
-    pub fn copy_from(&mut self, other: &ClassMap) {
+    pub(crate) fn copy_from(&mut self, other: &ClassMap) {
         self.class = other.class;
         self.prob = other.prob;
         self.score = other.score;
@@ -55,13 +55,13 @@ impl ClassMap {
 /// Whether an output that shows frames only on demand (the HTTP stream: while someone watches,
 /// or when a snapshot is due) wants a source's next frame. Render asks before drawing one that
 /// no file or window shows; the sink that holds the viewers answers.
-pub trait Demand: Send + Sync {
+pub(crate) trait Demand: Send + Sync {
     fn wants_frame(&self, source: usize) -> bool;
 }
 
 #[cfg(feature = "video")]
 /// One decoded frame.
-pub struct Frame {
+pub(crate) struct Frame {
     /// Index of the source in the plan; sinks route on it.
     pub source: usize,
     /// Position in the source, from 0. Capture counts the frames it reads; inference renumbers
@@ -81,7 +81,7 @@ pub struct Frame {
 
 #[cfg(feature = "video")]
 /// A frame with its classification and explanation.
-pub struct Explained {
+pub(crate) struct Explained {
     pub frame: Frame,
     /// One map per explained class (several for `topk`); empty when the frame could not be
     /// explained (it is still written, without overlay, so the output keeps every frame).
@@ -93,7 +93,7 @@ pub struct Explained {
 
 #[cfg(feature = "video")]
 /// A frame ready for the sinks.
-pub struct Annotated {
+pub(crate) struct Annotated {
     pub source: usize,
     pub seq: u64,
     pub image: Mat,
@@ -112,7 +112,7 @@ pub struct Annotated {
 
 /// A frame for a source's window: the display thread shows the newest and skips the rest.
 #[cfg(feature = "video")]
-pub struct Shown {
+pub(crate) struct Shown {
     pub source: usize,
     pub image: Mat,
 }
@@ -121,7 +121,7 @@ pub struct Shown {
 /// allocates nothing: frames' `Mat`s (sink → capture) and CAM maps (render → inference). A
 /// bounded channel: giving to a full pool drops the buffer, taking from an empty one returns
 /// `None` (the caller allocates).
-pub struct Pool<T> {
+pub(crate) struct Pool<T> {
     tx: crossbeam_channel::Sender<T>,
     rx: crossbeam_channel::Receiver<T>,
 }
@@ -136,16 +136,16 @@ impl<T> Clone for Pool<T> {
 }
 
 impl<T> Pool<T> {
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
         Pool { tx, rx }
     }
 
-    pub fn take(&self) -> Option<T> {
+    pub(crate) fn take(&self) -> Option<T> {
         self.rx.try_recv().ok()
     }
 
-    pub fn give(&self, item: T) {
+    pub(crate) fn give(&self, item: T) {
         let _ = self.tx.try_send(item);
     }
 }

@@ -29,29 +29,39 @@
 //! - [`sink`]: one thread per source, re-ordering by frame number and feeding that source's
 //!   outputs (file, HTTP hub, window);
 //! - [`pipeline`]: builds the validated plan and runs the threads, with a shutdown deadline.
+#![warn(unreachable_pub)]
+// Dead code is found by the full build: without `video`, what only the pipeline uses is unused.
+#![cfg_attr(not(feature = "video"), allow(dead_code))]
+
+// The engine: everything the build without OpenCV has.
 pub mod alloc;
 pub mod app;
 pub mod builtin;
 pub mod cam;
 pub mod cli;
 pub mod config;
-pub mod cpu;
+pub(crate) mod cpu;
 pub mod engine;
 pub mod error;
-pub mod events;
 pub mod explainer;
-pub mod frame;
-pub mod metrics;
+pub(crate) mod frame;
 pub mod model;
-pub mod monitor;
-pub mod npy;
-pub mod paths;
-pub mod sidecar;
+pub(crate) mod npy;
+pub(crate) mod paths;
+pub(crate) mod sidecar;
+pub mod stats;
 
+// The video pipeline and what only it uses.
 #[cfg(feature = "video")]
-pub mod capture;
+pub(crate) mod capture;
 #[cfg(feature = "video")]
-pub mod infer;
+pub(crate) mod events;
+#[cfg(feature = "video")]
+pub(crate) mod infer;
+#[cfg(feature = "video")]
+pub(crate) mod metrics;
+#[cfg(feature = "video")]
+pub(crate) mod monitor;
 #[cfg(feature = "video")]
 pub mod pipeline;
 #[cfg(feature = "video")]
@@ -59,9 +69,9 @@ pub mod preprocess;
 #[cfg(feature = "video")]
 pub mod render;
 #[cfg(feature = "video")]
-pub mod sink;
-pub mod stats;
-pub mod uri;
+pub(crate) mod sink;
+#[cfg(feature = "video")]
+pub(crate) mod uri;
 
 /// `eprintln!` that never panics: with stderr closed (`gradcamd run … 2>&1 | head -2`) a
 /// message is lost, not the recording.

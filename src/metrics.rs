@@ -9,7 +9,7 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-pub fn render(stats: &Stats, names: &[String]) -> String {
+pub(crate) fn render(stats: &Stats, names: &[String]) -> String {
     let mut o = String::new();
     let per_source =
         |o: &mut String, name: &str, kind: &str, help: &str, f: &dyn Fn(&SourceStats) -> String| {

@@ -19,7 +19,7 @@ pub struct Model {
 
 /// Reads an ONNX file as the daemon reads every input: a regular file, at most
 /// [`MAX_MODEL_BYTES`] (a FIFO or `/dev/zero` given as the model is refused, not waited on).
-pub fn read_onnx(path: &Path) -> Result<OnnxModel, OnnxError> {
+pub(crate) fn read_onnx(path: &Path) -> Result<OnnxModel, OnnxError> {
     OnnxModel::load_with(path, |p| read_capped(p, MAX_MODEL_BYTES, "model"))
 }
 
@@ -147,7 +147,7 @@ impl Model {
         Ok(Model { path, sidecar, graph })
     }
 
-    pub fn num_classes(&self) -> Option<usize> {
+    pub(crate) fn num_classes(&self) -> Option<usize> {
         self.graph
             .fc
             .as_ref()

@@ -18,7 +18,7 @@ use crate::frame::ClassMap;
 
 /// Settings of one source, from `[[source]]`.
 #[derive(Debug, Clone, Default)]
-pub struct MonitorConfig {
+pub(crate) struct MonitorConfig {
     /// EMA weight of the previous map, 0 (off) ..< 1.
     pub smoothing: f32,
     /// Polygon in frame-relative coordinates.
@@ -50,7 +50,7 @@ impl From<&SourceConfig> for MonitorConfig {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Event<'a> {
+pub(crate) struct Event<'a> {
     /// Seconds since the Unix epoch.
     pub ts: f64,
     pub source: &'a str,
@@ -72,7 +72,7 @@ pub struct Event<'a> {
     pub alert: bool,
 }
 
-pub struct Monitor {
+pub(crate) struct Monitor {
     pub name: String,
     cfg: MonitorConfig,
     smoothed: Option<Array2<f32>>,
@@ -86,7 +86,7 @@ pub struct Monitor {
 }
 
 /// What one frame's observation found.
-pub struct Observation {
+pub(crate) struct Observation {
     pub outside_roi: Option<f32>,
     /// An alert started on this frame.
     pub alert: bool,
@@ -100,7 +100,7 @@ pub struct Observation {
 const UPSAMPLE: usize = 4;
 
 impl Monitor {
-    pub fn new(name: String, cfg: MonitorConfig) -> anyhow::Result<Monitor> {
+    pub(crate) fn new(name: String, cfg: MonitorConfig) -> anyhow::Result<Monitor> {
         let events = match &cfg.events {
             Some(p) => Some(EventLog::open(p, &name)?),
             None => None,
@@ -119,7 +119,7 @@ impl Monitor {
     }
 
     /// Smooths the first map in place and computes the frame's statistics and event.
-    pub fn observe(
+    pub(crate) fn observe(
         &mut self,
         seq: u64,
         pts_ms: f64,
@@ -219,20 +219,22 @@ impl Monitor {
 
     /// Writes the events still queued and closes the log: its failure, if one is not yet
     /// reported by [`Monitor::observe`].
-    pub fn close_log(&mut self) -> Option<String> {
+    pub(crate) fn close_log(&mut self) -> Option<String> {
         self.events.take().and_then(EventLog::close)
     }
 }
 
 /// Bilinear upsampling by `k`, sampling at cell centres (as OpenCV's INTER_LINEAR does).
-pub fn upsample(m: &Array2<f32>, k: usize) -> Array2<f32> {
+#[cfg(test)]
+fn upsample(m: &Array2<f32>, k: usize) -> Array2<f32> {
     let mut out = Array2::zeros((0, 0));
     upsample_into(m, k, &mut out);
     out
 }
 
-/// [`upsample`] into `out`, reusing its buffer when the size agrees.
-pub fn upsample_into(m: &Array2<f32>, k: usize, out: &mut Array2<f32>) {
+/// Bilinear upsampling by `k` into `out`, sampling at cell centres (as OpenCV's INTER_LINEAR
+/// does), reusing its buffer when the size agrees.
+pub(crate) fn upsample_into(m: &Array2<f32>, k: usize, out: &mut Array2<f32>) {
     let (h, w) = m.dim();
     let (hh, ww) = (h * k, w * k);
     if out.dim() != (hh, ww) {
@@ -254,7 +256,7 @@ pub fn upsample_into(m: &Array2<f32>, k: usize, out: &mut Array2<f32>) {
 }
 
 /// Even-odd rule point-in-polygon, frame-relative coordinates.
-pub fn inside(poly: &[[f32; 2]], x: f32, y: f32) -> bool {
+pub(crate) fn inside(poly: &[[f32; 2]], x: f32, y: f32) -> bool {
     let mut c = false;
     let n = poly.len();
     for i in 0..n {
@@ -268,7 +270,7 @@ pub fn inside(poly: &[[f32; 2]], x: f32, y: f32) -> bool {
 }
 
 /// Share of the map's mass whose sample centre lies outside the polygon.
-pub fn outside_share(m: &Array2<f32>, poly: &[[f32; 2]]) -> f32 {
+pub(crate) fn outside_share(m: &Array2<f32>, poly: &[[f32; 2]]) -> f32 {
     let (h, w) = m.dim();
     let (mut total, mut out) = (0f64, 0f64);
     for ((i, j), &v) in m.indexed_iter() {

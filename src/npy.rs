@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> std::io::Result<()> {
+pub(crate) fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> std::io::Result<()> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let tuple = if dims.len() == 1 {
         format!("({},)", dims[0])
@@ -28,7 +28,7 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> std::io::Result<
 
 /// Reads a `.npy` file of little-endian f32 in C order (what [`write_f32`] and numpy's
 /// `np.save` of a float32 array write): (shape, data).
-pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), String> {
+pub(crate) fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), String> {
     let b = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let bad = |why: &str| format!("{} is not a float32 .npy file: {why}", path.display());
     if b.len() < 10 || &b[..6] != b"\x93NUMPY" {

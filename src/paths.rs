@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 /// What a path names, for "is this the same file" questions.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Identity {
+pub(crate) enum Identity {
     /// An existing file (symlinks followed): device and inode.
     Inode(u64, u64),
     /// A path that does not exist yet: canonical directory + file name.
@@ -32,7 +32,7 @@ pub enum Identity {
 
 /// The identity of `p`; `None` when neither it nor its directory can be resolved (then it
 /// cannot collide with anything that exists, and opening it fails with its own error).
-pub fn identity(p: &Path) -> Option<Identity> {
+pub(crate) fn identity(p: &Path) -> Option<Identity> {
     match std::fs::metadata(p) {
         Ok(m) => Some(Identity::Inode(m.dev(), m.ino())),
         Err(_) => {
@@ -45,7 +45,7 @@ pub fn identity(p: &Path) -> Option<Identity> {
 }
 
 /// The directory a path lives in (`.` for a bare name).
-pub fn parent(p: &Path) -> &Path {
+pub(crate) fn parent(p: &Path) -> &Path {
     p.parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
@@ -81,7 +81,7 @@ impl<'a> Named<'a> {
 
 /// Fails when an output is the same file as an input or as another output (a log shared by
 /// several sources excepted), whatever the spelling. The message names both uses.
-pub fn check_distinct(items: &[Named]) -> Result<(), String> {
+pub(crate) fn check_distinct(items: &[Named]) -> Result<(), String> {
     let ids: Vec<Option<Identity>> = items.iter().map(|n| identity(n.path)).collect();
     for (i, a) in items.iter().enumerate() {
         for (j, b) in items.iter().enumerate().skip(i + 1) {
@@ -106,7 +106,7 @@ pub fn check_distinct(items: &[Named]) -> Result<(), String> {
 
 /// Why an output could not be claimed.
 #[derive(Debug)]
-pub enum ClaimError {
+pub(crate) enum ClaimError {
     /// An existing file, and no `--overwrite`.
     Exists,
     /// Anything else, in words.
@@ -127,7 +127,7 @@ impl std::fmt::Display for ClaimError {
 
 /// An output path this run holds: created by it, or an existing file it may overwrite.
 #[derive(Debug)]
-pub struct Claim {
+pub(crate) struct Claim {
     pub path: PathBuf,
     /// This run made the file (and may remove it if it never writes a frame).
     pub created: bool,
@@ -139,7 +139,7 @@ pub struct Claim {
 
 impl Claim {
     /// Claims `path` for writing (see the module doc).
-    pub fn take(path: &Path, overwrite: bool) -> Result<Claim, ClaimError> {
+    pub(crate) fn take(path: &Path, overwrite: bool) -> Result<Claim, ClaimError> {
         let words = |e: io::Error| ClaimError::Other(describe(&e, path));
         let new = OpenOptions::new()
             .write(true)
@@ -191,7 +191,7 @@ impl Claim {
 
     /// Checks, right before the path is opened by name, that it still leads to the claimed
     /// file and is no symlink: nothing was swapped in since start-up.
-    pub fn verify(&self) -> Result<(), String> {
+    pub(crate) fn verify(&self) -> Result<(), String> {
         match std::fs::symlink_metadata(&self.path) {
             Ok(m) if m.file_type().is_file() && m.dev() == self.dev && m.ino() == self.ino => Ok(()),
             Ok(_) => Err(format!(
@@ -203,13 +203,13 @@ impl Claim {
     }
 
     /// Bytes this process may still write on the output's file system.
-    pub fn space_left(&self) -> Option<u64> {
+    pub(crate) fn space_left(&self) -> Option<u64> {
         space_left(&self.file)
     }
 
     /// A name that opens exactly the claimed file, whatever happens to its path since:
     /// `/proc/self/fd/N`. `None` without procfs.
-    pub fn fd_path(&self) -> Option<PathBuf> {
+    pub(crate) fn fd_path(&self) -> Option<PathBuf> {
         use std::os::fd::AsRawFd;
         let p = PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()));
         p.exists().then_some(p)
@@ -217,7 +217,7 @@ impl Claim {
 
     /// Starts writing the file's dirty pages to the disk, without waiting: a power cut then
     /// loses the last seconds, not the half minute the kernel may hold back.
-    pub fn start_writeback(&self) {
+    pub(crate) fn start_writeback(&self) {
         use std::os::fd::AsRawFd;
         // SAFETY: a plain syscall on a descriptor we own; the result is advisory.
         unsafe {
@@ -226,13 +226,13 @@ impl Claim {
     }
 
     /// Size of the claimed file now (what the encoder has written).
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         self.file.metadata().map_or(0, |m| m.len())
     }
 
     /// Gives the path up unused: removes the file if this run created it and nothing was
     /// written to it (still the same, empty inode); leaves anything else alone.
-    pub fn abandon(self) {
+    pub(crate) fn abandon(self) {
         let ours = std::fs::symlink_metadata(&self.path)
             .is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino && m.len() == 0);
         if self.created && ours {
@@ -243,7 +243,7 @@ impl Claim {
 
 /// A new directory under the system's temporary directory that only this user can enter,
 /// for scratch files: nothing another user planted (a symlink at a guessable name) is in it.
-pub fn private_temp_dir(tag: &str) -> io::Result<PathBuf> {
+pub(crate) fn private_temp_dir(tag: &str) -> io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let base = std::env::temp_dir();
     let nanos = std::time::SystemTime::now()
@@ -262,7 +262,7 @@ pub fn private_temp_dir(tag: &str) -> io::Result<PathBuf> {
 }
 
 /// Bytes an unprivileged writer may still use on the file system holding `f`.
-pub fn space_left(f: &File) -> Option<u64> {
+pub(crate) fn space_left(f: &File) -> Option<u64> {
     use std::os::fd::AsRawFd;
     let mut s = std::mem::MaybeUninit::<libc::statvfs>::uninit();
     // SAFETY: fstatvfs fills the struct on success; we read it only then.
@@ -304,12 +304,12 @@ fn describe(e: &io::Error, path: &Path) -> String {
 
 /// Largest model file read: protobuf's own 2 GiB limit (bigger models keep their weights in
 /// external data files).
-pub const MAX_MODEL_BYTES: u64 = 2 << 30;
+pub(crate) const MAX_MODEL_BYTES: u64 = 2 << 30;
 /// Largest config, sidecar or labels file read.
-pub const MAX_TEXT_BYTES: u64 = 16 << 20;
+pub(crate) const MAX_TEXT_BYTES: u64 = 16 << 20;
 
 /// [`read_capped`] for a text file of at most [`MAX_TEXT_BYTES`].
-pub fn read_text(path: &Path, what: &str) -> io::Result<String> {
+pub(crate) fn read_text(path: &Path, what: &str) -> io::Result<String> {
     let bytes = read_capped(path, MAX_TEXT_BYTES, what)?;
     String::from_utf8(bytes)
         .map_err(|_| io::Error::other(format!("{what} {} is not UTF-8 text", path.display())))
@@ -317,7 +317,7 @@ pub fn read_text(path: &Path, what: &str) -> io::Result<String> {
 
 /// Reads a whole input file, refusing what is not a regular file (a FIFO or `/dev/zero`
 /// would block or never end) and anything larger than `cap` bytes.
-pub fn read_capped(path: &Path, cap: u64, what: &str) -> io::Result<Vec<u8>> {
+pub(crate) fn read_capped(path: &Path, cap: u64, what: &str) -> io::Result<Vec<u8>> {
     use std::io::Read;
     let f = File::open(path)?;
     let m = f.metadata()?;

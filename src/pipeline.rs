@@ -49,7 +49,7 @@ pub struct Plan {
     render: RenderConfig,
     render_workers: usize,
     queue: usize,
-    pub batch_size: usize,
+    pub batch_size: std::num::NonZeroUsize,
     /// From a stop to giving up the frames still in flight (`None`: no limit).
     shutdown_timeout: Option<Duration>,
 }
@@ -62,7 +62,7 @@ pub struct Summary {
     pub stats: Arc<Stats>,
 }
 
-pub fn engine_options(cfg: &Config) -> EngineOptions {
+pub(crate) fn engine_options(cfg: &Config) -> EngineOptions {
     EngineOptions {
         provider: Provider::new(cfg.model.provider, cfg.model.device_id),
         fallback: cfg.model.fallback,
@@ -155,7 +155,7 @@ impl Plan {
         // Buffers in flight at most: queued at each stage, the batch being filled and the batches
         // inference holds (in its slots, or finished and waiting for their turn), one per render
         // worker.
-        let in_infer = batch_size * (infer::CARRIERS * explainers.len().max(1) + 1);
+        let in_infer = batch_size.get() * (infer::CARRIERS * explainers.len().max(1) + 1);
         let in_flight = 2 * p.queue_frames + in_infer + workers + 2;
         let maps_pool = Pool::new(in_flight);
         // Filled up front with maps of the model's size, so that the frames in flight never
@@ -370,7 +370,7 @@ impl Plan {
 
 /// Each source's name, unique: the configured one, or one made from its URI ("clip",
 /// "clip-2"; never a URL's user info or query).
-pub fn source_names(cfg: &Config) -> anyhow::Result<Vec<String>> {
+pub(crate) fn source_names(cfg: &Config) -> anyhow::Result<Vec<String>> {
     let mut names: Vec<String> = Vec::new();
     for (i, s) in cfg.source.iter().enumerate() {
         let name = match &s.name {

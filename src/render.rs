@@ -27,7 +27,7 @@ pub enum Blend {
     Reference,
 }
 
-pub struct RenderConfig {
+pub(crate) struct RenderConfig {
     pub alpha: f32,
     pub hud: bool,
     /// Short label of each class ("bow tie"), shared so that frames carry it without copying.
@@ -36,12 +36,12 @@ pub struct RenderConfig {
     pub always_shown: Vec<bool>,
     /// Where the other sources' frames may be shown: they are drawn only when it wants them,
     /// and not at all without it (events only).
-    pub demand: Option<Arc<dyn Demand>>,
+    pub(crate) demand: Option<Arc<dyn Demand>>,
 }
 
 impl RenderConfig {
     /// The short labels of `labels`, as [`RenderConfig::labels`] holds them.
-    pub fn short_labels(labels: &[String]) -> Arc<Vec<Arc<str>>> {
+    pub(crate) fn short_labels(labels: &[String]) -> Arc<Vec<Arc<str>>> {
         Arc::new(
             (0..labels.len())
                 .map(|c| Arc::from(short_label(labels, c)))
@@ -213,7 +213,7 @@ fn hud_size(rows: i32) -> (f64, i32) {
 }
 
 /// The first synonym of an ImageNet-style label ("bow tie, bow-tie, bowtie" → "bow tie").
-pub fn short_label(labels: &[String], class: usize) -> String {
+pub(crate) fn short_label(labels: &[String], class: usize) -> String {
     labels.get(class).map_or_else(
         || format!("class {class}"),
         |l| l.split(',').next().unwrap_or(l).trim().to_string(),
@@ -342,7 +342,7 @@ impl HudFont {
 
     /// Draws `text` ("label score") top-left and `right` (the fps) top-right, on a dark band
     /// for contrast.
-    pub fn draw_hud(&self, img: &mut Mat, text: &str, right: Option<&str>) -> opencv::Result<()> {
+    pub(crate) fn draw_hud(&self, img: &mut Mat, text: &str, right: Option<&str>) -> opencv::Result<()> {
         let pad = (self.height / 3).max(2);
         let band = Rect::new(0, 0, img.cols(), self.height + self.base + 2 * pad);
         imgproc::rectangle(img, band, Scalar::new(0.0, 0.0, 0.0, 0.0), -1, imgproc::LINE_8, 0)?;
@@ -457,7 +457,7 @@ fn render_with(
 
 /// One worker: renders until its input closes. Each frame's CAM maps go back to `maps_pool`
 /// for the inference stage to reuse.
-pub fn run(
+pub(crate) fn run(
     rx: Receiver<Explained>,
     sinks: Vec<Sender<Annotated>>,
     cfg: Arc<RenderConfig>,

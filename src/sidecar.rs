@@ -92,7 +92,7 @@ pub struct Sidecar {
 
 impl Sidecar {
     /// The sidecar path for a model: `models/foo.onnx` → `models/foo.toml`.
-    pub fn path_for(model: &Path) -> PathBuf {
+    pub(crate) fn path_for(model: &Path) -> PathBuf {
         model.with_extension("toml")
     }
 
@@ -112,7 +112,7 @@ impl Sidecar {
     }
 
     /// The sidecar of the model built into the binary.
-    pub fn embedded() -> Result<Self, SidecarError> {
+    pub(crate) fn embedded() -> Result<Self, SidecarError> {
         Self::parse(EMBEDDED_SIDECAR, Path::new(EMBEDDED_NAME), |_| {
             Ok(EMBEDDED_LABELS.to_string())
         })
@@ -278,7 +278,7 @@ impl Sidecar {
     }
 
     /// Resolves a target given as a label (case-insensitive) or an index.
-    pub fn class_of(&self, target: &str) -> Result<usize, String> {
+    pub(crate) fn class_of(&self, target: &str) -> Result<usize, String> {
         if let Ok(i) = target.parse::<usize>() {
             if !self.labels.is_empty() && i >= self.labels.len() {
                 return Err(format!(

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub mod event;
-pub use event::Event;
+pub(crate) mod event;
+#[cfg(feature = "video")]
+pub(crate) use event::Event;
 
 #[derive(Default)]
 pub struct Timer(AtomicU64);
@@ -42,13 +43,13 @@ pub struct SourceStats {
 }
 
 impl SourceStats {
-    pub fn set_fps(&self, fps: f64) {
+    pub(crate) fn set_fps(&self, fps: f64) {
         self.fps.store(fps.to_bits(), Ordering::Relaxed);
     }
     pub fn fps(&self) -> Option<f64> {
         Some(f64::from_bits(self.fps.load(Ordering::Relaxed))).filter(|f| *f > 0.0)
     }
-    pub fn set_outside_roi(&self, v: f32) {
+    pub(crate) fn set_outside_roi(&self, v: f32) {
         self.outside_roi.store(v.to_bits() as u64, Ordering::Relaxed);
     }
     pub fn outside_roi(&self) -> f32 {
@@ -57,7 +58,8 @@ impl SourceStats {
 }
 
 /// Upper bounds (seconds) of the latency histogram buckets.
-pub const LATENCY_BUCKETS: [f64; 12] = [0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+pub(crate) const LATENCY_BUCKETS: [f64; 12] =
+    [0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Capture-to-sink latency: a Prometheus histogram plus the last few thousand values for exact
 /// percentiles.
@@ -83,7 +85,7 @@ impl Default for Latency {
 }
 
 impl Latency {
-    pub fn observe(&self, d: Duration) {
+    pub(crate) fn observe(&self, d: Duration) {
         let s = d.as_secs_f64();
         for (b, &le) in self.buckets.iter().zip(&LATENCY_BUCKETS) {
             if s <= le {
@@ -111,7 +113,7 @@ impl Latency {
     }
 
     /// Percentile `p` (0..100) of the recent latencies, in seconds.
-    pub fn percentile(&self, p: f64) -> Option<f64> {
+    pub(crate) fn percentile(&self, p: f64) -> Option<f64> {
         let mut v: Vec<f32> = self.recent.lock().ok()?.iter().copied().collect();
         if v.is_empty() {
             return None;
@@ -142,7 +144,7 @@ impl AllocCount {
     }
 
     /// Allocations per frame, when counted.
-    pub fn per_frame(&self) -> Option<f64> {
+    pub(crate) fn per_frame(&self) -> Option<f64> {
         let n = self.frames.load(Ordering::Relaxed);
         (self.threads.load(Ordering::Relaxed) > 0 && n > 0)
             .then(|| self.allocs.load(Ordering::Relaxed) as f64 / n as f64)
@@ -150,11 +152,11 @@ impl AllocCount {
 }
 
 /// Frames a stage handles before its allocations count: buffers grow to size on the first ones.
-pub const WARM_FRAMES: u64 = 32;
+pub(crate) const WARM_FRAMES: u64 = 32;
 
 /// A stage's work, as its CPU time is reported; the allocation count it falls under follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
+pub(crate) enum Stage {
     Decode,
     Preprocess,
     Inference,
@@ -164,14 +166,14 @@ pub enum Stage {
 
 /// One stage thread's accounting, the same in every stage loop: the CPU its work takes (on the
 /// thread's own clock, so waiting costs nothing), and its allocations once warm.
-pub struct StageMeter<'a> {
+pub(crate) struct StageMeter<'a> {
     cpu: &'a Timer,
     allocs: &'a AllocCount,
     meter: crate::alloc::Meter,
 }
 
 impl<'a> StageMeter<'a> {
-    pub fn new(stats: &'a Stats, stage: Stage) -> StageMeter<'a> {
+    pub(crate) fn new(stats: &'a Stats, stage: Stage) -> StageMeter<'a> {
         let (cpu, allocs) = match stage {
             Stage::Decode => (&stats.decode, &stats.alloc_capture),
             Stage::Preprocess => (&stats.preprocess, &stats.alloc_infer),
@@ -188,13 +190,13 @@ impl<'a> StageMeter<'a> {
 
     /// `items` more handled (frames; a batch counts its frames).
     #[inline]
-    pub fn tick(&mut self, items: u64) {
+    pub(crate) fn tick(&mut self, items: u64) {
         self.meter.tick(items);
     }
 
     /// Runs `f`, adding the CPU it takes to the stage's time.
     #[inline]
-    pub fn time<T>(&self, f: impl FnOnce() -> T) -> T {
+    pub(crate) fn time<T>(&self, f: impl FnOnce() -> T) -> T {
         let t = crate::cpu::Span::start();
         let out = f();
         self.cpu.add(t.elapsed());
@@ -203,7 +205,7 @@ impl<'a> StageMeter<'a> {
 
     /// Records the allocations counted since the stage was warm. Called where the frame loop
     /// ends, before the stage's own teardown (a file's finalizing is not per-frame work).
-    pub fn finish(self) {
+    pub(crate) fn finish(self) {
         self.allocs.record(&self.meter);
     }
 }
@@ -246,13 +248,13 @@ pub struct Stats {
 
 impl Stats {
     /// Records an output's failure (logged by the caller when it happens).
-    pub fn output_failed(&self, msg: String) {
+    pub(crate) fn output_failed(&self, msg: String) {
         if let Ok(mut v) = self.output_errors.lock() {
             v.push(msg);
         }
     }
 
-    pub fn output_errors(&self) -> Vec<String> {
+    pub(crate) fn output_errors(&self) -> Vec<String> {
         self.output_errors.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
@@ -264,7 +266,7 @@ impl Stats {
     }
 
     /// Allocations per frame once warm, per stage (`None` where not counted).
-    pub fn allocs_per_frame(&self) -> Vec<(&'static str, Option<f64>)> {
+    pub(crate) fn allocs_per_frame(&self) -> Vec<(&'static str, Option<f64>)> {
         vec![
             ("capture", self.alloc_capture.per_frame()),
             ("infer", self.alloc_infer.per_frame()),
@@ -305,7 +307,7 @@ impl Stats {
 /// Frames per second over the last two seconds, for the HUD and the page: a daemon's lifetime
 /// average would hide, for days, a camera that slowed down an hour ago, and this one reads 0
 /// once frames stop. Counts in 100 ms buckets, a fixed array: a tick allocates nothing.
-pub struct RecentRate {
+pub(crate) struct RecentRate {
     start: Instant,
     first: Option<Duration>,
     /// (bucket number since `start`, frames in it), at bucket number % BUCKETS.
@@ -332,7 +334,7 @@ impl RecentRate {
     }
 
     /// One frame, at `now`.
-    pub fn tick(&mut self, now: Instant) {
+    pub(crate) fn tick(&mut self, now: Instant) {
         let (t, b) = self.bucket(now);
         self.first.get_or_insert(t);
         let slot = &mut self.buckets[b as usize % Self::BUCKETS];
@@ -344,7 +346,7 @@ impl RecentRate {
 
     /// Frames per second over the window ending at `now` (or since the first frame, when that
     /// is more recent).
-    pub fn rate(&self, now: Instant) -> f64 {
+    pub(crate) fn rate(&self, now: Instant) -> f64 {
         let Some(first) = self.first else { return 0.0 };
         let (t, b) = self.bucket(now);
         let oldest = b.saturating_sub(Self::BUCKETS as u64 - 1);

@@ -43,7 +43,7 @@ fn secret_key(k: &str) -> bool {
 
 /// `uri` with the password of its user info and the values of token-like query keys replaced
 /// by `***`. Anything that is not a URL (a file path, `camera:0`) comes back unchanged.
-pub fn redact(uri: &str) -> Cow<'_, str> {
+pub(crate) fn redact(uri: &str) -> Cow<'_, str> {
     let Some(scheme_end) = uri.find("://") else {
         return Cow::Borrowed(uri);
     };
@@ -98,7 +98,7 @@ pub fn redact(uri: &str) -> Cow<'_, str> {
 
 /// A source's name when the config gives none: a file's stem; for a URL the stem of its last
 /// path segment, else its host (never its user info, port or query); `fallback` otherwise.
-pub fn default_name(uri: &str, fallback: &str) -> String {
+pub(crate) fn default_name(uri: &str, fallback: &str) -> String {
     let stem = |s: &str| {
         std::path::Path::new(s)
             .file_stem()

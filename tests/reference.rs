@@ -286,7 +286,7 @@ fn bound_full_and_partial_batches_agree() {
         engine,
         cam::Method::GradCam,
         model.graph.fc.clone(),
-        4,
+        std::num::NonZeroUsize::new(4).expect("4 is not 0"),
         pre.item_dims(),
     );
     ex.warm_up(2).expect("warm-up");
@@ -418,4 +418,7 @@ fn a_slot_runs_only_on_its_own_engine() {
         e.as_deref().is_some_and(|e| e.contains("another engine")),
         "{e:?}"
     );
+    // A batch of nothing is refused, not rounded up to one.
+    let e = a.prepare(0, pre.item_dims(), 1).err().map(|e| e.to_string());
+    assert!(e.as_deref().is_some_and(|e| e.contains("a batch of 0")), "{e:?}");
 }

@@ -13,7 +13,7 @@ use crate::error::{fail, Classified, Kind};
 use crate::model::Model;
 
 #[derive(Serialize)]
-pub struct EnginePoint {
+pub(crate) struct EnginePoint {
     pub batch_size: usize,
     pub forward_fps: f64,
     pub gradients_fps: f64,
@@ -26,7 +26,7 @@ pub struct EnginePoint {
 }
 
 #[derive(Serialize)]
-pub struct PipelinePoint {
+pub(crate) struct PipelinePoint {
     pub video: String,
     pub frames: u64,
     pub seconds: f64,
@@ -46,7 +46,7 @@ pub struct PipelinePoint {
 }
 
 #[derive(Serialize)]
-pub struct SourcesPoint {
+pub(crate) struct SourcesPoint {
     pub sources: usize,
     pub seconds: f64,
     /// Frames explained per second, all sources together.
@@ -63,7 +63,7 @@ pub struct SourcesPoint {
 
 /// Where the time of a forward+gradients run goes, from ORT's profiler.
 #[derive(Serialize)]
-pub struct ProfilePoint {
+pub(crate) struct ProfilePoint {
     pub trace: String,
     pub batch_size: usize,
     /// Runs the times are averaged over (every run the session made, warm-up included).
@@ -76,7 +76,7 @@ pub struct ProfilePoint {
 }
 
 #[derive(Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub model: String,
     pub provider: String,
     /// ORT sessions run side by side, and intra-op threads of each (0 = ORT's default).
@@ -235,7 +235,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     .sessions(args.workers);
     let sizes = if args.batch_size.is_empty() {
-        let own = opts.batch_size(None);
+        let own = opts.batch_size(None).get();
         let mut v = vec![own];
         v.extend([1, 2, 4, 8, 16].into_iter().filter(|&b| b != own));
         v

@@ -13,7 +13,7 @@ use crate::engine::{Engine, EngineOptions, Provider};
 use crate::error::{fail, Classified, Kind};
 
 #[derive(Serialize)]
-pub struct Comparison {
+pub(crate) struct Comparison {
     pub frames: usize,
     pub provider: String,
     pub reference: String,

@@ -19,7 +19,7 @@ use crate::preprocess::Preprocessor;
 use crate::render::{overlay, Blend, Scratch};
 
 #[derive(Serialize)]
-pub struct ClassProb {
+pub(crate) struct ClassProb {
     pub index: usize,
     pub label: String,
     pub prob: f32,
@@ -32,7 +32,7 @@ pub struct Target {
 }
 
 #[derive(Serialize)]
-pub struct MapJson {
+pub(crate) struct MapJson {
     pub index: usize,
     pub label: String,
     pub prob: f32,
@@ -42,7 +42,7 @@ pub struct MapJson {
 }
 
 #[derive(Serialize)]
-pub struct Explanation {
+pub(crate) struct Explanation {
     pub image: String,
     pub top5: Vec<ClassProb>,
     /// The (first) explained class.
@@ -117,7 +117,7 @@ fn read_image(p: &Path) -> anyhow::Result<Mat> {
 }
 
 /// Explains `images` in batches; used by the CLI and the tests.
-pub fn explain_images(
+pub(crate) fn explain_images(
     explainer: &mut Explainer,
     pre: &mut Preprocessor,
     images: &[(String, Mat)],
@@ -179,9 +179,9 @@ fn check_explain_paths(args: &ExplainArgs) -> anyhow::Result<()> {
 }
 
 pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
-    if args.batch_size == 0 {
+    let Some(batch_size) = std::num::NonZeroUsize::new(args.batch_size) else {
         return Err(fail(Kind::Config, "--batch-size must be at least 1"));
-    }
+    };
     check_explain_paths(args)?;
     let model = Model::load(&args.model, false)?;
     check_method(&model, args.method)?;
@@ -221,7 +221,7 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
         engine,
         args.method,
         model.graph.fc.clone(),
-        args.batch_size,
+        batch_size,
         pre.item_dims(),
     );
     let results = explain_images(

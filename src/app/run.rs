@@ -10,7 +10,7 @@ use crate::pipeline::Plan;
 use crate::stats::Stats;
 
 /// The config as the file says, with the command line's overrides applied and re-validated.
-pub fn config_from(args: &RunArgs) -> anyhow::Result<Config> {
+pub(crate) fn config_from(args: &RunArgs) -> anyhow::Result<Config> {
     let mut cfg = match &args.config {
         Some(p) => Config::load(p)?,
         None => Config::default(),

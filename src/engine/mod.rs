@@ -19,13 +19,14 @@ use ort::session::SessionInputValue;
 use ort::value::TensorRef;
 
 use bound::Bound;
-pub use bound::InputSlot;
+pub(crate) use bound::InputSlot;
 use onnx_gradcam::augment::{IN_TARGET, OUT_A, OUT_CAM, OUT_CLASS, OUT_DA};
 use onnx_gradcam::Augmented;
 pub(crate) use options::build_session;
 use options::provider_name;
-pub use options::{EngineOptions, Provider, POOL_THREADS};
-pub use runtime::{default_library, init_runtime};
+pub use options::EngineOptions;
+pub(crate) use options::{Provider, POOL_THREADS};
+pub use runtime::init_runtime;
 
 /// ONNX Runtime's own errors stay the `source` of these.
 #[derive(Debug, thiserror::Error)]
@@ -159,8 +160,11 @@ impl Engine {
     /// pre-allocated outputs to the session. Runs the session once on zeros (which also warms
     /// it up).
     pub fn prepare(&mut self, batch: usize, item_dims: [usize; 3], slots: usize) -> Result<(), EngineError> {
+        if batch == 0 {
+            return Err(EngineError::Run("a batch of 0 items".into()));
+        }
         let [c, h, w] = item_dims;
-        let dims = [batch.max(1), c, h, w];
+        let dims = [batch, c, h, w];
         let zeros = vec![0f32; dims.iter().product()];
         let view = ArrayView4::from_shape(dims, &zeros)
             .map_err(|e| EngineError::Run(format!("input buffer: {e}")))?;
@@ -208,17 +212,17 @@ impl Engine {
         self.slots.pop()
     }
 
-    pub fn put_slot(&mut self, slot: InputSlot) {
+    pub(crate) fn put_slot(&mut self, slot: InputSlot) {
         self.slots.push(slot);
     }
 
     /// Ends ORT profiling (see [`EngineOptions::profile`]) and returns the profile's path.
-    pub fn end_profiling(&mut self) -> Result<String, EngineError> {
+    pub(crate) fn end_profiling(&mut self) -> Result<String, EngineError> {
         Ok(self.session.end_profiling()?)
     }
 
     /// Items per prepared batch (0 before [`Engine::prepare`]).
-    pub fn batch_capacity(&self) -> usize {
+    pub(crate) fn batch_capacity(&self) -> usize {
         self.dims[0]
     }
 

@@ -1,6 +1,7 @@
 //! Where and how sessions run: the execution provider, the session count and batch size the
 //! pipeline gets by default, and the session builder.
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use ort::session::builder::GraphOptimizationLevel;
@@ -50,7 +51,7 @@ impl Default for EngineOptions {
 }
 
 /// The name ORT's intra-op threads carry (see [`crate::cpu::named`]).
-pub const POOL_THREADS: &str = "ort-pool";
+pub(crate) const POOL_THREADS: &str = "ort-pool";
 
 impl EngineOptions {
     /// How many sessions to run side by side, and `self` adjusted for each: `requested`, or
@@ -78,12 +79,14 @@ impl EngineOptions {
     /// two cores: the default model runs 18% faster per frame at batch 1 than at 8, its
     /// activations staying in cache; bench/NOTES.md), else 8. Call it on the options
     /// [`EngineOptions::sessions`] returns.
-    pub fn batch_size(&self, requested: Option<usize>) -> usize {
-        match requested {
-            Some(b) => b.max(1),
-            None if self.provider == Provider::Cpu && self.intra_threads == 1 => 1,
-            None => 8,
-        }
+    pub fn batch_size(&self, requested: Option<usize>) -> NonZeroUsize {
+        let default = if self.provider == Provider::Cpu && self.intra_threads == 1 {
+            NonZeroUsize::MIN
+        } else {
+            NonZeroUsize::MIN.saturating_add(7)
+        };
+        // Zero is refused where it is read (config, flags): it cannot come here.
+        requested.and_then(NonZeroUsize::new).unwrap_or(default)
     }
 }
 
@@ -150,7 +153,7 @@ mod tests {
         let (n, o) = cuda.sessions(0);
         assert_eq!(n, 2);
         assert_eq!(o.intra_threads, 0, "CUDA sessions keep ORT's own thread count");
-        assert_eq!(o.batch_size(None), 8);
+        assert_eq!(o.batch_size(None).get(), 8);
         assert_eq!(cuda.sessions(3).0, 3);
 
         let (n, o) = EngineOptions::default().sessions(0);

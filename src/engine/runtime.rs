@@ -9,7 +9,7 @@ static RUNTIME: OnceLock<ort::environment::Environment> = OnceLock::new();
 
 /// The runtime library: `explicit`, else `ORT_DYLIB_PATH`, else the copy `make setup` put in
 /// this source tree at build time.
-pub fn default_library() -> PathBuf {
+pub(crate) fn default_library() -> PathBuf {
     // Set but empty (`ORT_DYLIB_PATH= gradcamd ...`) is unset, as for PATH-like variables.
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);

@@ -18,7 +18,7 @@ use crate::stats::{Stage, StageMeter, Stats};
 /// frames and they finish together: on a 120-frame clip, one session running the last batch of
 /// 8 alone left a core idle for 50 ms, 10% of the run. Small batches cost nothing on the CPU
 /// (batch 1–4 run as fast per frame as batch 8). One session has nobody to wait for.
-pub fn batch_target(b: usize, sessions: usize, left: Option<u64>) -> usize {
+pub(super) fn batch_target(b: usize, sessions: usize, left: Option<u64>) -> usize {
     match left {
         Some(left) if sessions > 1 && left > 0 => {
             let share = left.div_ceil((sessions * SLOTS) as u64);

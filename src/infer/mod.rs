@@ -35,17 +35,16 @@ use crate::frame::{ClassMap, Explained, Frame, Pool};
 use crate::monitor::Monitor;
 use crate::preprocess::Preprocessor;
 use crate::stats::{Stage, StageMeter, Stats};
-pub use batcher::batch_target;
 use release::Release;
 
 /// Input slots in rotation between the batcher and each session.
-pub const SLOTS: usize = 2;
+pub(crate) const SLOTS: usize = 2;
 
 /// Batches in flight per session: in its slots, and finished, waiting for their turn.
-pub const CARRIERS: usize = 2 * SLOTS;
+pub(crate) const CARRIERS: usize = 2 * SLOTS;
 
-pub struct InferConfig {
-    pub batch_size: usize,
+pub(crate) struct InferConfig {
+    pub batch_size: std::num::NonZeroUsize,
     pub batch_timeout: Duration,
     /// What to explain, per source index.
     pub targets: Vec<TargetSpec>,
@@ -78,7 +77,7 @@ struct Carrier {
 /// Runs until every source has closed (or the next stage has), and gives the explainers back:
 /// destroying two sessions takes ~12 ms of CPU, which the caller spends after the outputs are
 /// finalized rather than beside the last frames' render and encode.
-pub fn run(
+pub(crate) fn run(
     explainers: Vec<Explainer>,
     pre: Preprocessor,
     cfg: InferConfig,
@@ -93,7 +92,7 @@ pub fn run(
     let pool = crate::engine::POOL_THREADS;
     let before = crate::cpu::threads_cpu(pool);
     let mut explainers = explainers;
-    let b = cfg.batch_size.max(1);
+    let b = cfg.batch_size.get();
     let sessions = explainers.len().max(1);
     let (free_tx, free_rx) = bounded::<Carrier>(CARRIERS * sessions);
     for _ in 0..CARRIERS * sessions {

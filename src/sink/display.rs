@@ -17,7 +17,7 @@ use crate::frame::Shown;
 
 /// Fails unless a window can be opened: an X11 display whose socket exists, a Wayland socket,
 /// or Qt's offscreen platform (`QT_QPA_PLATFORM=offscreen`, for tests).
-pub fn check_display() -> anyhow::Result<()> {
+pub(crate) fn check_display() -> anyhow::Result<()> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     if env("QT_QPA_PLATFORM").is_some_and(|p| p == "offscreen") {
         return Ok(());
@@ -41,20 +41,20 @@ pub fn check_display() -> anyhow::Result<()> {
     Err(fail(Kind::Output, "no display for the window: DISPLAY is not set; run it in a desktop session, or watch over HTTP with --http"))
 }
 
-pub struct Display {
+pub(crate) struct Display {
     pub tx: Sender<Shown>,
     rx: Receiver<Shown>,
     names: Vec<String>,
 }
 
 impl Display {
-    pub fn new(names: Vec<String>) -> Display {
+    pub(crate) fn new(names: Vec<String>) -> Display {
         let (tx, rx) = crossbeam_channel::bounded(2);
         Display { tx, rx, names }
     }
 
     /// Shows frames until every sender is gone; a `q`/Esc key sets `stop`.
-    pub fn run(self, stop: Arc<AtomicBool>) {
+    pub(crate) fn run(self, stop: Arc<AtomicBool>) {
         let Display { tx, rx, names } = self;
         drop(tx);
         let span = tracing::info_span!("display");

@@ -29,7 +29,7 @@ use opencv::videoio::VideoWriter;
 use crate::error::{fail, Kind};
 use crate::paths::{Claim, ClaimError};
 
-pub struct FileSink {
+pub(crate) struct FileSink {
     /// The configured path; with segments, each file is named after it with a UTC time stamp.
     pub path: PathBuf,
     fourcc: i32,
@@ -70,7 +70,7 @@ pub struct FileSink {
 
 /// Space kept free on an output's file system: when less is left, the file is closed while
 /// its trailer still fits (an hour of 30 fps video needs ~3 MB of index in a plain .mp4).
-pub const RESERVE: u64 = 4 << 20;
+pub(crate) const RESERVE: u64 = 4 << 20;
 
 /// Frames a file waits for, to fix its rate from their times (see [`FileSink::push`]).
 const RATE_FRAMES: usize = 5;
@@ -97,7 +97,7 @@ pub struct Written {
 }
 
 /// `out/cam1.mp4` → `out/cam1-20261126T050200Z.mp4` (UTC), for segments.
-pub fn segment_path(base: &Path, t: std::time::SystemTime) -> PathBuf {
+pub(crate) fn segment_path(base: &Path, t: std::time::SystemTime) -> PathBuf {
     let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -133,7 +133,7 @@ impl FileSink {
     ///
     /// Called before any other work (the model is not loaded yet); the source's frame rate
     /// comes later, with [`FileSink::set_fps`].
-    pub fn open(
+    pub(crate) fn open(
         path: &Path,
         out: &crate::config::OutputConfig,
         segment_secs: Option<f64>,
@@ -212,7 +212,7 @@ impl FileSink {
 
     /// The rate the file plays at: the source's, known once it is open (a live camera's only
     /// once it is connected). Applies from the next file opened.
-    pub fn set_fps(&mut self, fps: f64) {
+    pub(crate) fn set_fps(&mut self, fps: f64) {
         if fps.is_finite() && fps > 0.0 && !self.rate_fixed {
             self.fps = fps;
             self.segment_frames = self.segment_secs.map(|s| ((s * fps).round() as u64).max(1));
@@ -225,7 +225,7 @@ impl FileSink {
     /// the source reports (its average), and where the source's time jumps ahead (a camera
     /// that stalled, a recording with gaps) the last frame is repeated to fill the gap. No
     /// frame is ever dropped. `give` gets back frames the sink no longer holds.
-    pub fn push(&mut self, m: Mat, pts_ms: f64, give: &mut impl FnMut(Mat)) {
+    pub(crate) fn push(&mut self, m: Mat, pts_ms: f64, give: &mut impl FnMut(Mat)) {
         if !self.rate_fixed {
             self.early.push((m, pts_ms));
             if self.early.len() < RATE_FRAMES {
@@ -510,7 +510,7 @@ impl FileSink {
     }
 
     /// Finalizes the container (writes the trailer).
-    pub fn finish(mut self) -> Written {
+    pub(crate) fn finish(mut self) -> Written {
         // Fewer frames than it takes to fix the rate: the source's rate it is.
         if !self.early.is_empty() {
             self.fix_rate();

@@ -54,7 +54,7 @@ struct Slot {
 }
 
 /// The latest frame of each source, shared by the sink threads and the HTTP handlers.
-pub struct Hub {
+pub(crate) struct Hub {
     names: Vec<String>,
     slots: Vec<(Mutex<Slot>, Condvar)>,
     closed: AtomicBool,
@@ -72,7 +72,7 @@ impl crate::frame::Demand for Hub {
 }
 
 impl Hub {
-    pub fn new(names: Vec<String>) -> Hub {
+    pub(crate) fn new(names: Vec<String>) -> Hub {
         let slots = names
             .iter()
             .map(|_| (Mutex::new(Slot::default()), Condvar::new()))
@@ -84,13 +84,13 @@ impl Hub {
         }
     }
 
-    pub fn index(&self, name: &str) -> Option<usize> {
+    pub(crate) fn index(&self, name: &str) -> Option<usize> {
         self.names.iter().position(|n| n == name)
     }
 
     /// Publishes a source's frame: its label, score and rate always, the image when it was
     /// drawn and is wanted.
-    pub fn publish(&self, a: &crate::frame::Annotated) {
+    pub(crate) fn publish(&self, a: &crate::frame::Annotated) {
         let Some((m, cv)) = self.slots.get(a.source) else {
             return;
         };
@@ -117,7 +117,7 @@ impl Hub {
     }
 
     /// Ends every stream (the pipeline is shutting down).
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         for (_, cv) in &self.slots {
             cv.notify_all();
@@ -155,14 +155,14 @@ impl Hub {
     }
 }
 
-pub struct HttpServer {
+pub(crate) struct HttpServer {
     pub addr: String,
     listener: TcpListener,
     pub hub: Arc<Hub>,
     limits: Limits,
 }
 
-pub struct Running {
+pub(crate) struct Running {
     hub: Arc<Hub>,
     closed: Arc<AtomicBool>,
     local: Option<SocketAddr>,
@@ -171,7 +171,7 @@ pub struct Running {
 
 /// Limits that keep a hostile or broken client from holding the daemon's threads.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// A connection that sends no complete request, or a viewer that reads nothing, for this
     /// long is closed.
     pub idle_timeout: Duration,
@@ -184,7 +184,7 @@ const MAX_HEAD: usize = 8 << 10;
 
 impl HttpServer {
     /// Binds now, so a taken or invalid address fails before any work starts.
-    pub fn bind(addr: &str, names: Vec<String>, limits: Limits) -> anyhow::Result<HttpServer> {
+    pub(crate) fn bind(addr: &str, names: Vec<String>, limits: Limits) -> anyhow::Result<HttpServer> {
         use std::net::ToSocketAddrs;
         let resolved: Vec<SocketAddr> = addr
             .to_socket_addrs()
@@ -220,7 +220,7 @@ impl HttpServer {
     /// Serves until [`Running::stop`]: one thread per connection (streams are long), at most
     /// [`Limits::max_clients`] at once, each with the idle timeout on its reads and writes.
     /// One request per connection (`Connection: close`).
-    pub fn start(self, stats: Arc<Stats>) -> anyhow::Result<Running> {
+    pub(crate) fn start(self, stats: Arc<Stats>) -> anyhow::Result<Running> {
         let hub = self.hub.clone();
         let closed = Arc::new(AtomicBool::new(false));
         let busy = Arc::new(AtomicUsize::new(0));
@@ -275,7 +275,7 @@ impl HttpServer {
 }
 
 impl Running {
-    pub fn stop(self) {
+    pub(crate) fn stop(self) {
         self.hub.close();
         self.closed.store(true, Ordering::SeqCst);
         // Wakes the accept loop, which then sees the flag.
@@ -473,7 +473,7 @@ fn html_escape(s: &str) -> String {
 }
 
 /// A source name as one URL path segment: everything but unreserved ASCII is %XX (UTF-8).
-pub fn percent_encode(s: &str) -> String {
+pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -486,7 +486,7 @@ pub fn percent_encode(s: &str) -> String {
 }
 
 /// `%XX` sequences decoded (as UTF-8, lossily); anything malformed is kept as it is.
-pub fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -9,9 +9,9 @@
 //! more frames are waiting than can be in flight, the missing one is given up and counted as
 //! dropped.
 
-pub mod display;
-pub mod file;
-pub mod http;
+pub(crate) mod display;
+pub(crate) mod file;
+pub(crate) mod http;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,7 +31,7 @@ use opencv::core::Mat;
 const ABANDON_POLL: Duration = Duration::from_millis(50);
 
 /// The outputs of one source.
-pub struct SourceSink {
+pub(crate) struct SourceSink {
     pub index: usize,
     pub file: Option<FileSink>,
     pub hub: Option<Arc<Hub>>,
@@ -48,7 +48,7 @@ impl SourceSink {
     /// Runs until the input closes, or until `abandon` is set (the shutdown deadline passed:
     /// the frames still in flight are given up); returns what the file output wrote, if there
     /// is one. `on_frame` is called after each frame (progress bar).
-    pub fn run(
+    pub(crate) fn run(
         mut self,
         rx: Receiver<Annotated>,
         stats: Arc<Stats>,

@@ -9,12 +9,12 @@ use std::time::Duration;
 use super::Stats;
 
 /// Something that happened in a stage, and the counters it moves.
-pub trait Event {
+pub(crate) trait Event {
     fn emit(self, stats: &Stats);
 }
 
 /// A frame left capture for inference.
-pub struct FrameCaptured {
+pub(crate) struct FrameCaptured {
     pub source: usize,
 }
 
@@ -29,7 +29,7 @@ impl Event for FrameCaptured {
 
 /// A live frame given up: replaced by a newer one before inference took it, or never reaching
 /// its sink in time.
-pub struct FramesDropped {
+pub(crate) struct FramesDropped {
     pub source: usize,
 }
 
@@ -43,7 +43,7 @@ impl Event for FramesDropped {
 }
 
 /// A source delivers frames (at start-up or after a reconnect), at the rate it reports.
-pub struct SourceUp {
+pub(crate) struct SourceUp {
     pub source: usize,
     pub fps: f64,
 }
@@ -58,7 +58,7 @@ impl Event for SourceUp {
 }
 
 /// A source stopped delivering; reconnecting begins.
-pub struct SourceLost {
+pub(crate) struct SourceLost {
     pub source: usize,
 }
 
@@ -72,7 +72,7 @@ impl Event for SourceLost {
 }
 
 /// One inference run over `frames` frames.
-pub struct BatchRun {
+pub(crate) struct BatchRun {
     pub frames: usize,
 }
 
@@ -86,7 +86,7 @@ impl Event for BatchRun {
 }
 
 /// A frame the model explained, with what its source's monitor made of it.
-pub struct FrameExplained {
+pub(crate) struct FrameExplained {
     pub source: usize,
     /// Share of the CAM outside the region of interest, where one is set.
     pub outside_roi: Option<f32>,
@@ -110,7 +110,7 @@ impl Event for FrameExplained {
 }
 
 /// A frame that could not be explained; it is written without an overlay.
-pub struct FrameNotExplained;
+pub(crate) struct FrameNotExplained;
 
 impl Event for FrameNotExplained {
     fn emit(self, stats: &Stats) {
@@ -119,7 +119,7 @@ impl Event for FrameNotExplained {
 }
 
 /// Render drew the explanation on a frame (an output was going to show it).
-pub struct FrameDrawn;
+pub(crate) struct FrameDrawn;
 
 impl Event for FrameDrawn {
     fn emit(self, stats: &Stats) {
@@ -128,7 +128,7 @@ impl Event for FrameDrawn {
 }
 
 /// A sink handed a frame to its outputs, `latency` after capture.
-pub struct FrameWritten {
+pub(crate) struct FrameWritten {
     pub latency: Duration,
 }
 
