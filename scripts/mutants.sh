@@ -49,7 +49,7 @@ for g in "${groups[@]}"; do
       FILTERS=(render:: reference:: methods:: files::alpha files::file_to_file)
       run render -f src/render.rs -E 'HudFont|hud_|font_for|fps_text|short_label|RenderConfig::' -- ;;
     monitor) # smoothing, ROI share and alert, peak, centroid, hot box
-      FILTERS=(monitor:: files::roi)
+      FILTERS=(monitor:: files::roi mqtt::)
       run monitor -f src/monitor.rs -- ;;
     target) # which class each source explains: parsing and resolving `target`
       FILTERS=(explainer:: files::each_source commands::explain commands::topk)

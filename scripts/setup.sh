@@ -21,9 +21,10 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 APT_PKGS=(build-essential pkg-config libopencv-dev clang libclang-dev ffmpeg python3-pip unzip)
 # The live tests: scripts/rtsp_server.py (gst-rtsp-server through python3-gi, run with
 # /usr/bin/python3; -good brings qtdemux, rtph264pay and the RTP/UDP elements) and
-# scripts/browser_check.sh (Debian's headless Chromium).
+# scripts/browser_check.sh (Debian's headless Chromium); the MQTT tests start Debian's Mosquitto
+# and nats-server (its MQTT listener), and read with mosquitto_sub.
 APT_TEST_PKGS=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-  chromium)
+  chromium mosquitto mosquitto-clients nats-server)
 need_apt() { # [package...] (default: APT_PKGS)
   local want=("$@") missing=()
   ((${#want[@]})) || want=("${APT_PKGS[@]}")

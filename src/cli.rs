@@ -90,6 +90,10 @@ pub struct RunArgs {
     /// `--http 127.0.0.1:8090`).
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8090")]
     pub http: Option<String>,
+    /// Publish state, labels and alerts to this MQTT broker (`mqtt://host:1883`; the rest of
+    /// `[mqtt]` from the config).
+    #[arg(long, value_name = "URL")]
+    pub mqtt: Option<String>,
     /// Show every source in a window (`q` or Esc stops).
     #[arg(long)]
     pub display: bool,

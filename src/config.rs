@@ -22,6 +22,7 @@ pub struct Config {
     pub output: OutputConfig,
     pub live: LiveConfig,
     pub http: HttpConfig,
+    pub mqtt: MqttConfig,
     /// Video sources; each gets its own capture thread and its own output.
     pub source: Vec<SourceConfig>,
 }
@@ -311,6 +312,151 @@ impl Default for HttpConfig {
     }
 }
 
+/// The MQTT output: state, labels, alerts and Home Assistant discovery on the plant's broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host[:port]` (1883) or `mqtts://host[:port]` (8883, with `ca_file`); unset: no
+    /// MQTT. Credentials are not taken from the URL.
+    pub url: Option<String>,
+    /// Default: `gradcamd-<topic_prefix>`.
+    pub client_id: Option<String>,
+    /// First level of every topic; unique per daemon on one broker (as Frigate's).
+    pub topic_prefix: String,
+    pub username: Option<String>,
+    /// File holding the password (its first line). Else the environment variable
+    /// `password_env` names. Never the TOML itself: a config file gets copied and shared.
+    pub password_file: Option<PathBuf>,
+    pub password_env: String,
+    /// PEM file of the CA that signed the broker's certificate (`mqtts://`).
+    pub ca_file: Option<PathBuf>,
+    /// QoS of state and events (0, 1 or 2); availability and discovery are QoS 1.
+    pub qos: u8,
+    /// A source's state is sent on each change of label or up/down, and at least this often.
+    pub state_every_secs: f64,
+    /// Home Assistant discovery prefix; empty: no discovery configs.
+    pub discovery_prefix: String,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            url: None,
+            client_id: None,
+            topic_prefix: "gradcamd".into(),
+            username: None,
+            password_file: None,
+            password_env: "GRADCAMD_MQTT_PASSWORD".into(),
+            ca_file: None,
+            qos: 1,
+            state_every_secs: 10.0,
+            discovery_prefix: "homeassistant".into(),
+        }
+    }
+}
+
+impl MqttConfig {
+    /// The broker's address, when MQTT is on.
+    pub fn broker(&self) -> anyhow::Result<Option<BrokerUrl>> {
+        self.url
+            .as_deref()
+            .map(BrokerUrl::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let Some(b) = self.broker()? else {
+            return Ok(());
+        };
+        let topic_ok = |t: &str| {
+            !t.is_empty() && !t.contains(['+', '#', '\0']) && !t.starts_with('/') && !t.ends_with('/')
+        };
+        if !topic_ok(&self.topic_prefix) {
+            anyhow::bail!(
+                "mqtt.topic_prefix = {:?} is not a topic level: no '+', '#', or leading or trailing '/'",
+                self.topic_prefix
+            );
+        }
+        if !self.discovery_prefix.is_empty() && !topic_ok(&self.discovery_prefix) {
+            anyhow::bail!(
+                "mqtt.discovery_prefix = {:?} is not a topic level",
+                self.discovery_prefix
+            );
+        }
+        if self.qos > 2 {
+            anyhow::bail!("mqtt.qos = {} is out of range 0..=2", self.qos);
+        }
+        if !(self.state_every_secs >= 0.1 && self.state_every_secs <= 86_400.0) {
+            anyhow::bail!(
+                "mqtt.state_every_secs = {} is out of range 0.1..=86400",
+                self.state_every_secs
+            );
+        }
+        if b.tls && self.ca_file.is_none() {
+            anyhow::bail!("mqtt.url is mqtts://: give mqtt.ca_file, the PEM of the CA that signed the broker's certificate");
+        }
+        if self.password_file.is_some() && self.username.is_none() {
+            anyhow::bail!("mqtt.password_file is set without mqtt.username");
+        }
+        Ok(())
+    }
+}
+
+/// Where a broker is, from `mqtt.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl BrokerUrl {
+    pub fn parse(url: &str) -> Result<BrokerUrl, String> {
+        // Before any message that quotes the URL.
+        if url.contains('@') {
+            return Err(
+                "mqtt.url holds credentials; give mqtt.username, and the password in mqtt.password_file or the environment"
+                    .into(),
+            );
+        }
+        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r)
+        } else if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r)
+        } else {
+            return Err(format!(
+                "mqtt.url = {url:?} is not an MQTT URL; write mqtt://host:1883 or mqtts://host:8883"
+            ));
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') || rest.contains('?') {
+            return Err(format!(
+                "mqtt.url = {url:?}: a broker URL has no path or query; write mqtt://host:port"
+            ));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            // An IPv6 literal's own colons are inside its brackets.
+            Some((h, p)) if !p.contains(']') => {
+                let port = p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                    format!("mqtt.url = {url:?}: port {p:?} is not a port number (1..=65535)")
+                })?;
+                (h, port)
+            }
+            _ => (rest, if tls { 8883 } else { 1883 }),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("mqtt.url = {url:?} names no host"));
+        }
+        Ok(BrokerUrl {
+            host: host.to_string(),
+            port,
+            tls,
+        })
+    }
+}
+
 /// Cameras and streams.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -465,6 +611,7 @@ impl Config {
         if !(0.0..=1.0).contains(&self.explain.alpha) {
             anyhow::bail!("explain.alpha = {} is out of range 0..=1", self.explain.alpha);
         }
+        self.mqtt.validate()?;
         for s in &self.source {
             if s.uri.trim().is_empty() {
                 anyhow::bail!("a [[source]] has no uri: give a video file, camera:N or a stream URL");
@@ -616,6 +763,36 @@ mod tests {
         ] {
             let e = format!("{:#}", Config::parse(text).unwrap_err());
             assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn broker_urls_give_host_port_and_tls_or_say_what_is_wrong() {
+        let ok = |u: &str| BrokerUrl::parse(u).unwrap_or_else(|e| panic!("{u}: {e}"));
+        let b = |host: &str, port, tls| BrokerUrl {
+            host: host.into(),
+            port,
+            tls,
+        };
+        assert_eq!(ok("mqtt://broker"), b("broker", 1883, false));
+        assert_eq!(ok("mqtts://broker.plant/"), b("broker.plant", 8883, true));
+        assert_eq!(ok("mqtt://10.0.0.7:1884"), b("10.0.0.7", 1884, false));
+        assert_eq!(ok("mqtt://[::1]:1883"), b("::1", 1883, false));
+        assert_eq!(ok("mqtts://[fe80::1]"), b("fe80::1", 8883, true));
+        for (u, want) in [
+            ("tcp://broker:1883", "not an MQTT URL"),
+            ("broker:1883", "not an MQTT URL"),
+            ("mqtt://u:p@broker", "holds credentials"),
+            ("http://u:p@broker", "holds credentials"),
+            ("mqtt://broker:0", "not a port number"),
+            ("mqtt://broker:70000", "not a port number"),
+            ("mqtt://broker:x", "not a port number"),
+            ("mqtt://:1883", "names no host"),
+            ("mqtt://broker/topic", "no path"),
+        ] {
+            let e = BrokerUrl::parse(u).unwrap_err();
+            assert!(e.contains(want), "{u}: {e}");
+            assert!(!e.contains(":p@"), "{u}: the password is in the message: {e}");
         }
     }
 }

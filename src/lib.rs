@@ -63,6 +63,8 @@ pub(crate) mod metrics;
 #[cfg(feature = "video")]
 pub(crate) mod monitor;
 #[cfg(feature = "video")]
+pub(crate) mod mqtt;
+#[cfg(feature = "video")]
 pub mod pipeline;
 #[cfg(feature = "video")]
 pub mod preprocess;

@@ -78,6 +78,11 @@ pub(crate) fn render(stats: &Stats, names: &[String]) -> String {
     let _ = writeln!(o, "# HELP gradcamd_inference_batch_size Frames in the last inference batch.\n# TYPE gradcamd_inference_batch_size gauge\ngradcamd_inference_batch_size {}", n(&stats.last_batch));
     let _ = writeln!(o, "# HELP gradcamd_inference_batches_total Inference runs.\n# TYPE gradcamd_inference_batches_total counter\ngradcamd_inference_batches_total {}", n(&stats.batches));
     let _ = writeln!(o, "# HELP gradcamd_frames_written_total Frames written by the sinks.\n# TYPE gradcamd_frames_written_total counter\ngradcamd_frames_written_total {}", n(&stats.written));
+    if let Some(m) = &stats.mqtt {
+        let _ = writeln!(o, "# HELP gradcamd_mqtt_connected 1 while connected to the MQTT broker.\n# TYPE gradcamd_mqtt_connected gauge\ngradcamd_mqtt_connected {}", n(&m.connected));
+        let _ = writeln!(o, "# HELP gradcamd_mqtt_published_total MQTT messages handed to the client.\n# TYPE gradcamd_mqtt_published_total counter\ngradcamd_mqtt_published_total {}", n(&m.published));
+        let _ = writeln!(o, "# HELP gradcamd_mqtt_dropped_total MQTT messages dropped: a full outbox, or alerts past the bound held while the broker is away.\n# TYPE gradcamd_mqtt_dropped_total counter\ngradcamd_mqtt_dropped_total {}", n(&m.dropped));
+    }
     o
 }
 

@@ -90,6 +90,10 @@ pub(crate) struct Observation {
     pub outside_roi: Option<f32>,
     /// An alert started on this frame.
     pub alert: bool,
+    /// An alert is on after this frame (it started here or earlier and has not ended).
+    pub alerting: bool,
+    /// The hot region's box, on the frames where an alert starts or ends.
+    pub hot_bbox: Option<[f32; 4]>,
     /// The events log was found failed (disk full, I/O error) on this frame: said once, then
     /// the log is closed and the run ends with the output exit code. Its writer runs on its own
     /// thread, so this comes a frame or more after the line that failed.
@@ -130,6 +134,8 @@ impl Monitor {
             return Observation {
                 outside_roi: None,
                 alert: false,
+                alerting: self.alerting,
+                hot_bbox: None,
                 events_failed: None,
             };
         };
@@ -140,6 +146,8 @@ impl Monitor {
             return Observation {
                 outside_roi: None,
                 alert: false,
+                alerting: false,
+                hot_bbox: None,
                 events_failed: None,
             };
         }
@@ -166,6 +174,7 @@ impl Monitor {
         let fine = &self.fine;
         let outside = self.cfg.roi.as_ref().map(|poly| outside_share(fine, poly));
         let mut alert = false;
+        let was_alerting = self.alerting;
         if let Some(o) = outside {
             if o > self.cfg.roi_alert_ratio {
                 self.over += 1;
@@ -213,6 +222,10 @@ impl Monitor {
         Observation {
             outside_roi: outside,
             alert,
+            alerting: self.alerting,
+            hot_bbox: (self.alerting != was_alerting)
+                .then(|| hot_bbox(fine, self.cfg.hot_threshold))
+                .flatten(),
             events_failed,
         }
     }

@@ -52,6 +52,7 @@ pub struct Plan {
     pub batch_size: std::num::NonZeroUsize,
     /// From a stop to giving up the frames still in flight (`None`: no limit).
     shutdown_timeout: Option<Duration>,
+    mqtt: Option<crate::mqtt::MqttPlan>,
 }
 
 /// What a finished run did, for the summary line and `bench`.
@@ -172,15 +173,23 @@ impl Plan {
             // (Twice that, as a render worker the OS parked may keep one while others go on.)
             s.gap_limit = (src.mode == SourceMode::Live).then_some(2 * in_flight);
         }
+        let labels = Arc::new(model.sidecar.labels.clone());
+        let (mqtt, outbox) = crate::mqtt::plan(
+            &cfg.mqtt,
+            &io.sources.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+            labels.clone(),
+        )?
+        .unzip();
         Ok(Plan {
             infer: InferConfig {
                 batch_size,
                 batch_timeout: Duration::from_millis(p.batch_timeout_ms),
                 targets,
                 monitors,
-                labels: Arc::new(model.sidecar.labels.clone()),
+                labels,
                 maps_pool,
                 expected_frames: expected_frames(&io.sources),
+                mqtt: outbox,
             },
             method: cfg.explain.method,
             render: RenderConfig {
@@ -208,6 +217,7 @@ impl Plan {
             io,
             frame_pools,
             model,
+            mqtt,
         })
     }
 
@@ -232,6 +242,7 @@ impl Plan {
             queue,
             batch_size,
             shutdown_timeout,
+            mqtt,
         } = self;
         tracing::info!(
             model = %model.path.display(),
@@ -242,7 +253,8 @@ impl Plan {
             method = %method,
             "gradcamd ready"
         );
-        let stats = Arc::new(Stats::new(sources.len()));
+        let stats = Arc::new(Stats::new(sources.len()).with_mqtt(mqtt.as_ref().map(|m| m.counters.clone())));
+        let mqtt = mqtt.map(|m| m.start(stats.clone())).transpose()?;
         let display_h = match display {
             Some(d) => {
                 let stop = stop.clone();
@@ -345,6 +357,10 @@ impl Plan {
             }
             Some(infer_h.join().map_err(|_| join_err("inference"))?)
         };
+        // After inference (its last frames' states), before the summary.
+        if let Some(m) = mqtt {
+            m.finish();
+        }
         if let Some(h) = http_running {
             h.stop();
         }
@@ -440,11 +456,17 @@ fn check_paths(cfg: &Config, names: &[String]) -> anyhow::Result<()> {
 /// source, side by side, and hands it its claimed outputs.
 fn open_io(cfg: &Config, names: Vec<String>, files: Vec<Option<FileSink>>) -> anyhow::Result<Io> {
     for (s, name) in cfg.source.iter().zip(&names) {
-        // An events log is an output: a monitor may want only the per-frame results.
-        if s.output.is_none() && s.events.is_none() && cfg.http.listen.is_none() && !s.display {
+        // An events log is an output: a monitor may want only the per-frame results; so is
+        // the MQTT output (state, labels, alerts).
+        if s.output.is_none()
+            && s.events.is_none()
+            && cfg.http.listen.is_none()
+            && !s.display
+            && cfg.mqtt.url.is_none()
+        {
             return Err(fail(
                 Kind::Config,
-                format!("source '{name}' has no output: set output = \"out/{name}.mp4\", events = \"out/{name}.jsonl\" or display = true, pass --output, or serve it with --http"),
+                format!("source '{name}' has no output: set output = \"out/{name}.mp4\", events = \"out/{name}.jsonl\" or display = true, pass --output, or serve it with --http or --mqtt"),
             ));
         }
     }

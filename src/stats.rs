@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub(crate) mod event;
@@ -151,6 +151,15 @@ impl AllocCount {
     }
 }
 
+/// The MQTT output: 1 while connected; messages published, and dropped (a full outbox, or
+/// alerts past the bound held while the broker is away).
+#[derive(Default)]
+pub(crate) struct MqttStats {
+    pub connected: AtomicU64,
+    pub published: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
 /// Frames a stage handles before its allocations count: buffers grow to size on the first ones.
 pub(crate) const WARM_FRAMES: u64 = 32;
 
@@ -241,6 +250,8 @@ pub struct Stats {
     pub alloc_sink: AllocCount,
     /// Indexed by source.
     pub sources: Vec<SourceStats>,
+    /// The MQTT output's counters, when it is configured.
+    pub(crate) mqtt: Option<Arc<MqttStats>>,
     /// Outputs that failed during the run (an events log that cannot be written), one line
     /// each; the run ends with the output exit code.
     output_errors: std::sync::Mutex<Vec<String>>,
@@ -263,6 +274,11 @@ impl Stats {
             sources: (0..sources).map(|_| SourceStats::default()).collect(),
             ..Default::default()
         }
+    }
+
+    /// With the MQTT output's counters (its gauges appear in `/metrics`).
+    pub(crate) fn with_mqtt(self, mqtt: Option<Arc<MqttStats>>) -> Stats {
+        Stats { mqtt, ..self }
     }
 
     /// Allocations per frame once warm, per stage (`None` where not counted).

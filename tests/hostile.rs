@@ -29,7 +29,7 @@ fn wait_bounded(mut c: Child, secs: u64, what: &str) -> Output {
     }
 }
 
-fn spawn(args: &[&str]) -> Child {
+pub(crate) fn spawn(args: &[&str]) -> Child {
     bin()
         .args(args)
         .stdout(Stdio::null())
@@ -38,7 +38,7 @@ fn spawn(args: &[&str]) -> Child {
         .expect("run gradcamd")
 }
 
-fn signal(c: &Child, sig: &str) {
+pub(crate) fn signal(c: &Child, sig: &str) {
     let st = Command::new("kill")
         .args([sig, &c.id().to_string()])
         .status()
@@ -47,7 +47,7 @@ fn signal(c: &Child, sig: &str) {
 }
 
 /// Reads the child's stderr on a thread; returns (lines seen so far, all of it at the end).
-fn tee(c: &mut Child) -> (std::sync::mpsc::Receiver<String>, std::thread::JoinHandle<String>) {
+pub(crate) fn tee(c: &mut Child) -> (std::sync::mpsc::Receiver<String>, std::thread::JoinHandle<String>) {
     let err = c.stderr.take().expect("piped stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     let h = std::thread::spawn(move || {
@@ -64,7 +64,7 @@ fn tee(c: &mut Child) -> (std::sync::mpsc::Receiver<String>, std::thread::JoinHa
 }
 
 /// Waits for a line containing `want`, up to `secs`.
-fn wait_line(rx: &std::sync::mpsc::Receiver<String>, want: &str, secs: u64) -> Instant {
+pub(crate) fn wait_line(rx: &std::sync::mpsc::Receiver<String>, want: &str, secs: u64) -> Instant {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -27,6 +27,8 @@ mod http;
 mod live;
 #[cfg(feature = "video")]
 mod methods;
+#[cfg(feature = "video")]
+mod mqtt;
 mod nhwc;
 #[cfg(feature = "video")]
 mod reference;

@@ -39,6 +39,9 @@ pub(crate) fn config_from(args: &RunArgs) -> anyhow::Result<Config> {
     if let Some(h) = &args.http {
         cfg.http.listen = Some(h.clone());
     }
+    if let Some(u) = &args.mqtt {
+        cfg.mqtt.url = Some(u.clone());
+    }
     if args.display {
         cfg.source.iter_mut().for_each(|s| s.display = true);
     }

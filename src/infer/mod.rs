@@ -56,6 +56,8 @@ pub(crate) struct InferConfig {
     /// How many frames the sources will send, when every one is a file that says so: the last
     /// frames are then spread over the sessions (see [`batch_target`]).
     pub expected_frames: Option<u64>,
+    /// Each frame's outcome for the MQTT output, when there is one.
+    pub mqtt: Option<crate::mqtt::Outbox>,
 }
 
 /// One batch on its way: an input slot of session `worker` and the frames preprocessed into it.
@@ -139,6 +141,7 @@ pub(crate) fn run(
         maps_pool,
         batch_timeout,
         expected_frames,
+        mqtt,
         ..
     } = cfg;
     let batcher_tx = tx.clone();
@@ -148,6 +151,7 @@ pub(crate) fn run(
         tx,
         labels,
         stats.clone(),
+        mqtt,
         CARRIERS * sessions,
     ));
     let started = std::time::Instant::now();

@@ -11,6 +11,7 @@ use crossbeam_channel::Sender;
 use super::Carrier;
 use crate::frame::Explained;
 use crate::monitor::Monitor;
+use crate::mqtt::{Note, Outbox};
 use crate::stats::event::{FrameExplained, FrameNotExplained};
 use crate::stats::{Event, RecentRate, Stats};
 
@@ -30,6 +31,7 @@ pub(super) struct Release {
     tx: Sender<Explained>,
     labels: Arc<Vec<String>>,
     stats: Arc<Stats>,
+    mqtt: Option<Outbox>,
 }
 
 impl Release {
@@ -39,6 +41,7 @@ impl Release {
         tx: Sender<Explained>,
         labels: Arc<Vec<String>>,
         stats: Arc<Stats>,
+        mqtt: Option<Outbox>,
         carriers: usize,
     ) -> Release {
         Release {
@@ -51,6 +54,7 @@ impl Release {
             tx,
             labels,
             stats,
+            mqtt,
         }
     }
 
@@ -98,6 +102,17 @@ impl Release {
         let stats = &*self.stats;
         for (i, frame) in batch.frames.drain(..).enumerate() {
             let mut maps = batch.maps.get_mut(i).map(std::mem::take).unwrap_or_default();
+            let mut note = Note {
+                source: frame.source,
+                seq: frame.seq,
+                pts_ms: frame.pts_ms,
+                class: None,
+                prob: 0.0,
+                outside_roi: None,
+                alerting: false,
+                hot_bbox: None,
+                fps: 0.0,
+            };
             if maps.is_empty() {
                 FrameNotExplained.emit(stats);
             } else {
@@ -110,10 +125,17 @@ impl Release {
                     let o = m.observe(frame.seq, frame.pts_ms, &mut maps, &self.labels);
                     explained.outside_roi = o.outside_roi;
                     explained.alert = o.alert;
+                    note.alerting = o.alerting;
+                    note.hot_bbox = o.hot_bbox;
                     if let Some(e) = o.events_failed {
                         stats.output_failed(e);
                     }
                 }
+                if let Some(m) = maps.first() {
+                    note.class = Some(m.class);
+                    note.prob = m.prob;
+                }
+                note.outside_roi = explained.outside_roi;
                 explained.emit(stats);
             }
             let mut e = Explained {
@@ -125,6 +147,10 @@ impl Release {
                 let now = Instant::now();
                 r.tick(now);
                 e.fps = r.rate(now) as f32;
+            }
+            if let Some(out) = &self.mqtt {
+                note.fps = e.fps;
+                out.note(note);
             }
             if self.tx.send(e).is_err() {
                 return false;

@@ -1,0 +1,570 @@
+//! The MQTT output against real brokers (`scripts/setup.sh test` installs them): Debian's
+//! Mosquitto, started per test on a free loopback port with a password file and an ACL, and
+//! Debian's nats-server with its MQTT listener (on JetStream), for broker neutrality. Read with
+//! Mosquitto's own `mosquitto_sub`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::hostile::{signal, spawn, tee, wait_line};
+use crate::util::{ffprobe_frames, free_port, media, s, scratch, Kid};
+
+const USER: &str = "gradcamd";
+const PASSWORD: &str = "pw-9f3c1e77-secret";
+const PREFIX: &str = "gradcamd-test";
+
+struct Broker {
+    port: u16,
+    _kid: Kid,
+}
+
+impl Broker {
+    /// Mosquitto with one user, who may use `PREFIX/#` and `homeassistant/#` only.
+    fn start(dir: &Path) -> Broker {
+        let port = free_port();
+        let passwd = dir.join("passwd");
+        let st = Command::new("mosquitto_passwd")
+            .args(["-b", "-c", &s(&passwd), USER, PASSWORD])
+            .status()
+            .expect("mosquitto_passwd: run scripts/setup.sh test");
+        assert!(st.success());
+        let acl = dir.join("acl");
+        std::fs::write(
+            &acl,
+            format!("user {USER}\ntopic readwrite {PREFIX}/#\ntopic readwrite homeassistant/#\n"),
+        )
+        .unwrap();
+        let me = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nacl_file {}\npersistence false\nuser {}\n",
+                s(&passwd),
+                s(&acl),
+                me.trim()
+            ),
+        )
+        .unwrap();
+        let kid = Kid(Command::new("mosquitto")
+            .args(["-c", &s(&conf)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto: run scripts/setup.sh test"));
+        Broker::ready(port, kid, "mosquitto")
+    }
+
+    /// nats-server with its MQTT listener, which needs JetStream, and the same user.
+    fn nats(dir: &Path) -> Broker {
+        let (port, nats_port) = (free_port(), free_port());
+        let conf = dir.join("nats.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: 127.0.0.1:{nats_port}\nserver_name: gradcamd_test\njetstream {{ store_dir: \"{}\" }}\nauthorization {{ users = [ {{ user: {USER}, password: \"{PASSWORD}\" }} ] }}\nmqtt {{ listen: 127.0.0.1:{port} }}\n",
+                s(&dir.join("js"))
+            ),
+        )
+        .unwrap();
+        let kid = Kid(Command::new("nats-server")
+            .args(["-c", &s(&conf)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server: run scripts/setup.sh test"));
+        Broker::ready(port, kid, "nats-server")
+    }
+
+    fn ready(port: u16, kid: Kid, what: &str) -> Broker {
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Broker { port, _kid: kid };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{what} did not listen on {port} within 10 s");
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+/// One message as `mosquitto_sub -F '%r %t %p'` prints it.
+#[derive(Debug, Clone)]
+struct Msg {
+    retained: bool,
+    topic: String,
+    payload: String,
+}
+
+impl Msg {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.payload)
+            .unwrap_or_else(|e| panic!("{} is not JSON ({e}): {}", self.topic, self.payload))
+    }
+}
+
+/// A subscriber to everything the user may read; ready once it has seen its own probe.
+struct Sub {
+    msgs: Arc<Mutex<Vec<Msg>>>,
+    _kid: Kid,
+}
+
+impl Sub {
+    fn start(b: &Broker) -> Sub {
+        let port = b.port.to_string();
+        let mut kid = Kid(Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-u",
+                USER,
+                "-P",
+                PASSWORD,
+                "-q",
+                "1",
+                "-v",
+            ])
+            .args([
+                "-F",
+                "%r %t %p",
+                "-t",
+                &format!("{PREFIX}/#"),
+                "-t",
+                "homeassistant/#",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub"));
+        let out = kid.stdout.take().expect("piped");
+        let msgs = Arc::new(Mutex::new(Vec::new()));
+        let m = msgs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let mut it = line.splitn(3, ' ');
+                let (Some(r), Some(t)) = (it.next(), it.next()) else {
+                    continue;
+                };
+                let p = it.next().unwrap_or("").to_string();
+                if let Ok(mut v) = m.lock() {
+                    v.push(Msg {
+                        retained: r == "1",
+                        topic: t.to_string(),
+                        payload: p,
+                    });
+                }
+            }
+        });
+        let sub = Sub { msgs, _kid: kid };
+        for _ in 0..100 {
+            let _ = Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", &port, "-u", USER, "-P", PASSWORD])
+                .args(["-t", &format!("{PREFIX}/probe"), "-m", "probe"])
+                .status();
+            if sub
+                .wait(|m| m.topic.ends_with("/probe"), Duration::from_millis(100))
+                .is_some()
+            {
+                return sub;
+            }
+        }
+        panic!("mosquitto_sub saw nothing within 10 s");
+    }
+
+    fn all(&self) -> Vec<Msg> {
+        self.msgs.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    fn on(&self, topic: &str) -> Vec<Msg> {
+        self.all().into_iter().filter(|m| m.topic == topic).collect()
+    }
+
+    /// The first message that satisfies `ok`, waiting up to `within`.
+    fn wait(&self, ok: impl Fn(&Msg) -> bool, within: Duration) -> Option<Msg> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(m) = self.all().into_iter().find(|m| ok(m)) {
+                return Some(m);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn write_config(dir: &Path, mqtt: &str, sources: &str) -> PathBuf {
+    std::fs::write(dir.join("pw"), format!("{PASSWORD}\n")).unwrap();
+    let p = dir.join("run.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[mqtt]\n{mqtt}\nusername = \"{USER}\"\npassword_file = \"{}\"\ntopic_prefix = \"{PREFIX}\"\n\n{sources}",
+            s(&dir.join("pw"))
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// An ROI in the top-left corner, where the model never looks on carphone: an alert after 3
+/// frames.
+const ROI: &str = "roi = [[0.0, 0.0], [0.3, 0.0], [0.3, 0.3], [0.0, 0.3]]\nroi_alert_frames = 3\n";
+
+fn state_is_well_formed(v: &Value, labels: &[String]) {
+    let class = v["class"].as_u64().unwrap_or_else(|| panic!("class: {v}")) as usize;
+    assert_eq!(v["source"], "cam 1", "{v}");
+    assert_eq!(v["label"].as_str(), labels.get(class).map(String::as_str), "{v}");
+    let score = v["score"].as_f64().unwrap_or(-1.0);
+    assert!((0.0..=1.0).contains(&score), "{v}");
+    let outside = v["outside_roi"].as_f64().unwrap_or(-1.0);
+    assert!((0.0..=1.0).contains(&outside), "{v}");
+    assert!(v["alert"].is_boolean() && v["up"].is_boolean(), "{v}");
+    assert!(v["fps"].as_f64().is_some_and(|f| f >= 0.0), "{v}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(v["time"].as_f64().is_some_and(|t| (now - t).abs() < 600.0), "{v}");
+}
+
+fn labels() -> Vec<String> {
+    std::fs::read_to_string(crate::util::root().join("models/imagenet_labels.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_run_publishes_availability_state_labels_alerts_and_discovery_in_frigate_and_ha_shape() {
+    let dir = scratch("mqtt_topics");
+    topic_suite(&dir, &Broker::start(&dir));
+}
+
+#[test]
+fn the_same_topics_through_nats_servers_mqtt_listener() {
+    let dir = scratch("mqtt_topics_nats");
+    topic_suite(&dir, &Broker::nats(&dir));
+}
+
+/// Every topic of a run on carphone with an ROI alert, read back from `broker`.
+fn topic_suite(dir: &Path, broker: &Broker) {
+    let sub = Sub::start(broker);
+    let out = dir.join("out.mp4");
+    let cfg = write_config(
+        dir,
+        &format!("url = \"{}\"", broker.url()),
+        &format!(
+            "[[source]]\nname = \"cam 1\"\nuri = \"{}\"\noutput = \"{}\"\n{ROI}",
+            s(&media("carphone_pristine.mp4")),
+            s(&out)
+        ),
+    );
+    let o = crate::util::run(&["run", "--quiet", "--config", &s(&cfg)]);
+    let err = crate::util::stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains(PASSWORD), "the password is in the log:\n{err}");
+    // The video is as it is without MQTT: every frame.
+    assert_eq!(ffprobe_frames(&out), Some(120));
+    // `stopped` is the last word on availability, after `online`.
+    let stopped = sub.wait(
+        |m| m.topic == format!("{PREFIX}/available") && m.payload == "stopped",
+        Duration::from_secs(10),
+    );
+    assert!(stopped.is_some(), "no `stopped`: {:?}", sub.all());
+    let avail: Vec<String> = sub
+        .on(&format!("{PREFIX}/available"))
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    assert_eq!(
+        avail,
+        ["online", "stopped"],
+        "availability (no will on a clean stop)"
+    );
+
+    let labels = labels();
+    let states = sub.on(&format!("{PREFIX}/cam_1/state"));
+    assert!(states.len() >= 2, "{states:?}");
+    for m in &states {
+        state_is_well_formed(&m.json(), &labels);
+    }
+    assert!(
+        states.iter().any(|m| m.json()["alert"] == true),
+        "no state with the alert on"
+    );
+    // The label topic: the plain label, each different from the one before.
+    let label_msgs: Vec<String> = sub
+        .on(&format!("{PREFIX}/cam_1/label"))
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    assert!(!label_msgs.is_empty());
+    assert!(label_msgs.windows(2).all(|w| w[0] != w[1]), "{label_msgs:?}");
+    assert_eq!(
+        Some(label_msgs.last().unwrap().as_str()),
+        states.last().unwrap().json()["label"].as_str()
+    );
+
+    // Alerts in Frigate's event shape: new (before = after), then end with the run.
+    let events: Vec<Value> = sub
+        .on(&format!("{PREFIX}/events"))
+        .iter()
+        .map(Msg::json)
+        .collect();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(kinds, ["new", "end"], "{events:?}");
+    let (new, end) = (&events[0], &events[1]);
+    assert_eq!(new["before"], new["after"]);
+    assert_eq!(new["after"]["camera"], "cam 1");
+    assert_eq!(end["before"]["id"], new["after"]["id"]);
+    assert!(
+        new["after"]["end_time"].is_null() && end["after"]["end_time"].is_f64(),
+        "{end}"
+    );
+    assert!(
+        new["after"]["outside_roi"].as_f64().is_some_and(|v| v > 0.5),
+        "{new}"
+    );
+    let hot: Vec<f64> = new["after"]["hot_box"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    assert!(
+        hot.len() == 4 && hot.iter().all(|v| (0.0..=1.0).contains(v)) && hot[0] < hot[2] && hot[1] < hot[3],
+        "{new}"
+    );
+    assert!(new["after"]["frame"].as_u64().is_some_and(|f| f >= 2), "{new}");
+
+    // Discovery: four entities on the state topic, with availability, unique ids and a device.
+    let mut configs: Vec<Msg> = sub
+        .all()
+        .into_iter()
+        .filter(|m| m.topic.starts_with("homeassistant/"))
+        .collect();
+    // Messages on different topics may arrive in any order (nats-server reorders them).
+    configs.sort_by(|a, b| a.topic.cmp(&b.topic));
+    let topics: Vec<&str> = configs.iter().map(|m| m.topic.as_str()).collect();
+    assert_eq!(
+        topics,
+        [
+            "homeassistant/binary_sensor/gradcamd-test/cam_1_alert/config",
+            "homeassistant/sensor/gradcamd-test/cam_1_label/config",
+            "homeassistant/sensor/gradcamd-test/cam_1_outside_roi/config",
+            "homeassistant/sensor/gradcamd-test/cam_1_score/config",
+        ]
+    );
+    let mut ids = std::collections::HashSet::new();
+    for c in &configs {
+        let v = c.json();
+        for key in [
+            "name",
+            "unique_id",
+            "state_topic",
+            "value_template",
+            "availability_topic",
+        ] {
+            assert!(v[key].is_string(), "{}: no {key}: {v}", c.topic);
+        }
+        assert!(
+            ids.insert(v["unique_id"].as_str().unwrap_or("").to_string()),
+            "duplicate unique_id: {v}"
+        );
+        assert_eq!(v["state_topic"], format!("{PREFIX}/cam_1/state"));
+        assert_eq!(v["availability_topic"], format!("{PREFIX}/available"));
+        assert_eq!(
+            (
+                v["payload_available"].as_str(),
+                v["payload_not_available"].as_str()
+            ),
+            (Some("online"), Some("offline"))
+        );
+        assert!(
+            v["device"]["identifiers"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty()),
+            "{v}"
+        );
+    }
+    assert_eq!(configs[0].json()["device_class"], "problem");
+
+    // A subscriber that comes later gets the retained ones: availability, last state, discovery.
+    let late = Sub::start(broker);
+    let r = late
+        .wait(
+            |m| m.topic == format!("{PREFIX}/cam_1/state"),
+            Duration::from_secs(5),
+        )
+        .expect("retained state");
+    assert!(r.retained);
+    assert_eq!(r.payload, states.last().unwrap().payload);
+    let a = late
+        .wait(
+            |m| m.topic == format!("{PREFIX}/available"),
+            Duration::from_secs(5),
+        )
+        .expect("retained availability");
+    assert!(a.retained && a.payload == "stopped", "{a:?}");
+    assert_eq!(
+        late.all()
+            .iter()
+            .filter(|m| m.retained && m.topic.starts_with("homeassistant/"))
+            .count(),
+        4
+    );
+    assert!(
+        late.all()
+            .iter()
+            .all(|m| m.topic != format!("{PREFIX}/events") && m.topic != format!("{PREFIX}/cam_1/label")),
+        "events and labels are not retained"
+    );
+}
+
+#[test]
+fn the_broker_publishes_offline_when_gradcamd_is_killed() {
+    let dir = scratch("mqtt_will");
+    let broker = Broker::start(&dir);
+    let sub = Sub::start(&broker);
+    let cfg = write_config(
+        &dir,
+        &format!("url = \"{}\"", broker.url()),
+        "[[source]]\nuri = \"synthetic:160x120@20\"\n",
+    );
+    let mut c = Kid(spawn(&["run", "--quiet", "--config", &s(&cfg)]));
+    let (rx, _all) = tee(&mut c);
+    wait_line(&rx, "MQTT connected", 60);
+    sub.wait(|m| m.topic.ends_with("/state"), Duration::from_secs(10))
+        .expect("a state");
+    signal(&c, "-KILL");
+    let _ = c.wait();
+    let will = sub.wait(
+        |m| m.topic == format!("{PREFIX}/available") && m.payload == "offline",
+        Duration::from_secs(10),
+    );
+    assert!(
+        will.is_some(),
+        "no last will: {:?}",
+        sub.on(&format!("{PREFIX}/available"))
+    );
+}
+
+#[test]
+fn a_wrong_password_is_one_clear_line_then_retries_and_the_video_goes_on() {
+    let dir = scratch("mqtt_password");
+    let broker = Broker::start(&dir);
+    let out = dir.join("out.mp4");
+    let cfg = write_config(
+        &dir,
+        &format!("url = \"{}\"", broker.url()),
+        &format!(
+            "[[source]]\nuri = \"synthetic:160x120@20\"\noutput = \"{}\"\n",
+            s(&out)
+        ),
+    );
+    let wrong = "not-the-password-7c1d";
+    std::fs::write(dir.join("pw"), format!("{wrong}\n")).unwrap();
+    let mut c = Kid(spawn(&["run", "--quiet", "--config", &s(&cfg)]));
+    let (rx, all) = tee(&mut c);
+    wait_line(&rx, "refused the user name or password", 60);
+    // A second attempt, after the backoff.
+    wait_line(&rx, "refused the user name or password", 30);
+    signal(&c, "-INT");
+    let st = c.wait().expect("wait");
+    let err = all.join().unwrap_or_default();
+    assert!(st.success(), "{err}");
+    assert!(
+        !err.contains(wrong) && !err.contains(PASSWORD),
+        "a password is in the log:\n{err}"
+    );
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("MQTT"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line, then warnings:\n{err}");
+    assert!(
+        errors[0].contains("mqtt.username") && errors[0].contains("retrying"),
+        "{}",
+        errors[0]
+    );
+    assert!(ffprobe_frames(&out).is_some_and(|n| n > 0), "the video went on");
+}
+
+#[test]
+fn a_broker_that_is_down_leaves_the_file_output_whole() {
+    let dir = scratch("mqtt_down");
+    let out = dir.join("out.mp4");
+    let events = dir.join("events.jsonl");
+    let port = free_port();
+    let cfg = write_config(
+        &dir,
+        &format!("url = \"mqtt://127.0.0.1:{port}\""),
+        &format!(
+            "[[source]]\nuri = \"{}\"\noutput = \"{}\"\nevents = \"{}\"\n",
+            s(&media("carphone_pristine.mp4")),
+            s(&out),
+            s(&events)
+        ),
+    );
+    let o = crate::util::run(&["run", "--quiet", "--config", &s(&cfg)]);
+    let err = crate::util::stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("cannot reach MQTT broker 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert_eq!(ffprobe_frames(&out), Some(120));
+    assert_eq!(crate::util::events(&events).len(), 120);
+}
+
+#[test]
+fn bad_mqtt_settings_are_config_errors_before_anything_runs() {
+    let dir = scratch("mqtt_bad");
+    let video = s(&media("carphone_pristine.mp4"));
+    for (mqtt, want) in [
+        ("url = \"http://127.0.0.1:1883\"", "not an MQTT URL"),
+        ("url = \"mqtt://user:pw@127.0.0.1\"", "holds credentials"),
+        ("url = \"mqtt://127.0.0.1:99999\"", "not a port number"),
+        ("url = \"mqtts://127.0.0.1\"", "mqtt.ca_file"),
+        ("url = \"mqtt://127.0.0.1\"\nqos = 3", "mqtt.qos"),
+    ] {
+        let cfg = write_config(&dir, mqtt, &format!("[[source]]\nuri = \"{video}\"\n"));
+        crate::util::expect_error(&crate::util::run(&["run", "--config", &s(&cfg)]), 2, &[want]);
+    }
+    // A CA file that is not there, and a password file that is not there.
+    let cfg = write_config(
+        &dir,
+        &format!(
+            "url = \"mqtts://127.0.0.1\"\nca_file = \"{}\"",
+            s(&dir.join("nope.pem"))
+        ),
+        &format!("[[source]]\nuri = \"{video}\"\n"),
+    );
+    crate::util::expect_error(
+        &crate::util::run(&["run", "--config", &s(&cfg)]),
+        2,
+        &["mqtt.ca_file", "nope.pem"],
+    );
+    let cfg = write_config(
+        &dir,
+        "url = \"mqtt://127.0.0.1\"",
+        &format!("[[source]]\nuri = \"{video}\"\n"),
+    );
+    std::fs::remove_file(dir.join("pw")).unwrap();
+    crate::util::expect_error(
+        &crate::util::run(&["run", "--config", &s(&cfg)]),
+        2,
+        &["mqtt.password_file"],
+    );
+}
