@@ -23,6 +23,49 @@ pub enum TargetSpec {
     TopK(usize),
 }
 
+/// What each source explains, changeable while the pipeline runs (MQTT's `target/set`): one
+/// atomic per source, read by the batcher for every frame.
+pub(crate) struct Targets(Vec<std::sync::atomic::AtomicU64>);
+
+impl Targets {
+    pub(crate) fn new(specs: &[TargetSpec]) -> Targets {
+        Targets(
+            specs
+                .iter()
+                .map(|t| std::sync::atomic::AtomicU64::new(Self::code(*t)))
+                .collect(),
+        )
+    }
+
+    fn code(t: TargetSpec) -> u64 {
+        match t {
+            TargetSpec::Top1 => 0,
+            TargetSpec::Class(c) => 1 << 32 | (c as u64 & 0xffff_ffff),
+            TargetSpec::TopK(k) => 2 << 32 | (k as u64 & 0xffff_ffff),
+        }
+    }
+
+    /// Source `i`'s target (top-1 for a source it does not know).
+    pub(crate) fn get(&self, i: usize) -> TargetSpec {
+        let Some(v) = self.0.get(i) else {
+            return TargetSpec::Top1;
+        };
+        let v = v.load(std::sync::atomic::Ordering::Relaxed);
+        let n = (v & 0xffff_ffff) as usize;
+        match v >> 32 {
+            1 => TargetSpec::Class(n),
+            2 => TargetSpec::TopK(n),
+            _ => TargetSpec::Top1,
+        }
+    }
+
+    pub(crate) fn set(&self, i: usize, t: TargetSpec) {
+        if let Some(v) = self.0.get(i) {
+            v.store(Self::code(t), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 impl TargetSpec {
     /// `top1`, `topk:K`, a class index, or a label (any synonym, case-insensitive).
     pub fn parse(
@@ -390,6 +433,26 @@ fn ranked(logits: impl Iterator<Item = f32> + Clone, k: usize) -> Vec<(usize, f3
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn targets_hold_each_sources_spec_and_change_one_at_a_time() {
+        let t = Targets::new(&[TargetSpec::Top1, TargetSpec::TopK(3)]);
+        assert_eq!(
+            (t.get(0), t.get(1), t.get(7)),
+            (TargetSpec::Top1, TargetSpec::TopK(3), TargetSpec::Top1)
+        );
+        t.set(0, TargetSpec::Class(281));
+        assert_eq!(
+            (t.get(0), t.get(1)),
+            (TargetSpec::Class(281), TargetSpec::TopK(3))
+        );
+        t.set(0, TargetSpec::Class(0));
+        assert_eq!(t.get(0), TargetSpec::Class(0));
+        t.set(0, TargetSpec::Top1);
+        t.set(7, TargetSpec::Class(1));
+        assert_eq!(t.get(0), TargetSpec::Top1);
+    }
+
     use super::*;
 
     /// Softmax probability of `class`, computed independently of [`Softmax`].

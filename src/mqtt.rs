@@ -6,6 +6,8 @@
 //! | `<prefix>/<source>/state` | yes | JSON state, on a change of label or up/down, and every `state_every_secs` |
 //! | `<prefix>/<source>/label` | no | the label, on change |
 //! | `<prefix>/events` | no | alerts: `{"type": "new"\|"end", "before", "after"}` |
+//! | `<prefix>/<source>/target/set` | (read) | a label, a class index or `top1`: what the source explains |
+//! | `<prefix>/<source>/target/state` | yes | `{"target", "class", "error"}`: what it explains, and why a set was refused |
 //! | `<discovery>/sensor\|binary_sensor/<node>/<object>/config` | yes | on connect |
 //!
 //! Two threads, neither on the frame path: the release stage hands each frame's outcome to a
@@ -26,6 +28,7 @@ use serde::Serialize;
 
 use crate::config::MqttConfig;
 use crate::error::{fail, Kind};
+use crate::explainer::{TargetSpec, Targets};
 use crate::stats::{MqttStats, Stats};
 
 /// Frames' outcomes waiting for the `mqtt` thread.
@@ -72,8 +75,22 @@ impl Outbox {
     }
 }
 
+/// What `target/set` acts on: the sources' shared targets, and how a label or index is read
+/// (the model's sidecar: synonyms, range).
+pub(crate) struct Control {
+    pub targets: Arc<Targets>,
+    pub resolve: Resolve,
+}
+
+/// Reads a target as the config does: `top1`, a class index, or a label or synonym.
+pub(crate) type Resolve = Box<dyn Fn(&str) -> Result<TargetSpec, String> + Send>;
+
+/// Commands waiting for the publisher.
+const COMMANDS: usize = 64;
+
 /// The MQTT output, checked and ready: its threads start with the pipeline ([`MqttPlan::start`]).
 pub(crate) struct MqttPlan {
+    control: Control,
     opts: MqttOptions,
     cfg: MqttConfig,
     at: String,
@@ -247,6 +264,9 @@ struct Publisher {
     labels: Arc<Vec<String>>,
     stats: Arc<Stats>,
     counters: Arc<MqttStats>,
+    control: Control,
+    /// (source, why the last set was refused).
+    target_errors: Vec<Option<String>>,
     connected: Arc<AtomicBool>,
     /// Set by the network thread on each ConnAck: availability, discovery and states are due.
     fresh: Arc<AtomicBool>,
@@ -284,6 +304,14 @@ impl Publisher {
         for s in &mut self.sources {
             s.dirty = true;
             s.label_dirty = true;
+        }
+        // A clean session: the subscription is made again on every connect.
+        let set = self.topic("+/target/set");
+        if self.client.try_subscribe(set, QoS::AtLeastOnce).is_err() {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        for i in 0..self.sources.len() {
+            self.target_state(i);
         }
         while let Some((topic, body)) = self.held.pop_front() {
             self.publish(topic, qos(self.cfg.qos), false, body);
@@ -352,6 +380,66 @@ impl Publisher {
                 serde_json::json!({"value_template": "{{ 'ON' if value_json.alert else 'OFF' }}", "device_class": "problem"}),
             ),
         ]
+    }
+
+    /// `<prefix>/<source>/target/state`: what the source explains, and the last refusal.
+    fn target_state(&self, i: usize) {
+        let (target, class) = match self.control.targets.get(i) {
+            TargetSpec::Top1 => ("top1".to_string(), None),
+            TargetSpec::Class(c) => (self.label(Some(c)).to_string(), Some(c)),
+            TargetSpec::TopK(k) => (format!("topk:{k}"), None),
+        };
+        let body = serde_json::json!({
+            "target": target,
+            "class": class,
+            "error": self.target_errors.get(i).cloned().flatten(),
+        });
+        let topic = self.topic(&format!("{}/target/state", self.sources[i].level));
+        self.publish(topic, qos(self.cfg.qos), true, body.to_string().into_bytes());
+    }
+
+    /// A `target/set` message: changes what the source explains from the next batch on, or
+    /// says why not. Never fatal.
+    fn command(&mut self, topic: &str, payload: &[u8]) {
+        let prefix = format!("{}/", self.cfg.topic_prefix);
+        let Some(level) = topic
+            .strip_prefix(&prefix)
+            .and_then(|t| t.strip_suffix("/target/set"))
+        else {
+            return;
+        };
+        let Some(i) = self.sources.iter().position(|s| s.level == level) else {
+            tracing::warn!(
+                topic,
+                "target/set for a source this daemon does not have; ignored"
+            );
+            return;
+        };
+        let value = String::from_utf8_lossy(payload);
+        let value = value.trim();
+        let result = match (self.control.targets.get(i), (self.control.resolve)(value)) {
+            (TargetSpec::TopK(k), _) => Err(format!(
+                "this source explains topk:{k} (set in its config); target/set changes a top1 or single-class source"
+            )),
+            (_, Ok(TargetSpec::TopK(_))) => Err("topk cannot be set over MQTT; set it in the config".to_string()),
+            (_, Ok(t)) => Ok(t),
+            (_, Err(e)) => Err(e),
+        };
+        let name = self.sources[i].name.clone();
+        match result {
+            Ok(t) => {
+                self.control.targets.set(i, t);
+                self.target_errors[i] = None;
+                tracing::info!(source = %name, target = value, "target set over MQTT");
+            }
+            Err(e) => {
+                // The value is shown as given, cut short: it comes from the network.
+                let shown: String = value.chars().take(80).collect();
+                tracing::warn!(source = %name, value = %shown, "target/set refused: {e}");
+                self.target_errors[i] = Some(format!("{shown:?}: {e}"));
+            }
+        }
+        self.target_state(i);
     }
 
     fn apply(&mut self, n: Note) {
@@ -469,8 +557,11 @@ impl Publisher {
         }
     }
 
-    fn run(mut self, rx: Receiver<Note>, stop: &AtomicBool) {
+    fn run(mut self, rx: Receiver<Note>, commands: Receiver<(String, Vec<u8>)>, stop: &AtomicBool) {
         loop {
+            while let Ok((topic, payload)) = commands.try_recv() {
+                self.command(&topic, &payload);
+            }
             // A stop past the shutdown deadline may leave inference (and the outbox) open.
             if stop.load(Ordering::Relaxed) {
                 while let Ok(n) = rx.try_recv() {
@@ -513,8 +604,10 @@ impl Publisher {
 
 /// Drives the connection; ends once the disconnect is sent, or, with the broker away, when
 /// the publisher has finished (`closing`).
+#[allow(clippy::too_many_arguments)]
 fn network(
     mut conn: Connection,
+    commands: Sender<(String, Vec<u8>)>,
     at: String,
     password_env: String,
     counters: Arc<MqttStats>,
@@ -554,6 +647,10 @@ fn network(
                 fresh.store(true, Ordering::Relaxed);
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => disconnecting = true,
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                // Only the subscribed target/set topics come in; a flood is cut, not queued.
+                let _ = commands.try_send((p.topic, p.payload.to_vec()));
+            }
             Ok(_) => {}
             Err(e) => {
                 let was = connected.swap(false, Ordering::Relaxed);
@@ -589,6 +686,7 @@ pub(crate) fn plan(
     cfg: &MqttConfig,
     names: &[String],
     labels: Arc<Vec<String>>,
+    control: Control,
 ) -> anyhow::Result<Option<(MqttPlan, Outbox)>> {
     let Some(broker) = cfg.broker().map_err(|e| fail(Kind::Config, e))? else {
         return Ok(None);
@@ -616,6 +714,7 @@ pub(crate) fn plan(
     let counters = Arc::new(MqttStats::default());
     let (tx, rx) = bounded(OUTBOX);
     let plan = MqttPlan {
+        control,
         opts,
         cfg: cfg.clone(),
         at: format!("{}:{}", broker.host, broker.port),
@@ -632,6 +731,7 @@ impl MqttPlan {
     /// while the video runs.
     pub(crate) fn start(self, stats: Arc<Stats>) -> anyhow::Result<Mqtt> {
         let MqttPlan {
+            control,
             opts,
             cfg,
             at,
@@ -644,6 +744,7 @@ impl MqttPlan {
         let connected = Arc::new(AtomicBool::new(false));
         let fresh = Arc::new(AtomicBool::new(false));
         let closing = Arc::new(AtomicBool::new(false));
+        let (cmd_tx, cmd_rx) = bounded(COMMANDS);
         let net = {
             let (counters, connected, fresh, closing) = (
                 counters.clone(),
@@ -654,10 +755,13 @@ impl MqttPlan {
             let env = cfg.password_env.clone();
             std::thread::Builder::new()
                 .name("mqtt-net".into())
-                .spawn(move || network(conn, at, env, counters, connected, fresh, closing))
+                .spawn(move || network(conn, cmd_tx, at, env, counters, connected, fresh, closing))
                 .map_err(|e| fail(Kind::Runtime, format!("cannot start the MQTT thread: {e}")))?
         };
+        let target_errors = vec![None; names.len()];
         let publisher = Publisher {
+            control,
+            target_errors,
             client,
             cfg,
             sources: names
@@ -688,7 +792,7 @@ impl MqttPlan {
         let thread = std::thread::Builder::new()
             .name("mqtt".into())
             .spawn(move || {
-                publisher.run(rx, &stopping);
+                publisher.run(rx, cmd_rx, &stopping);
                 closing.store(true, Ordering::Relaxed);
                 // Bounded: the network thread ends on the sent disconnect, or at its next
                 // timeout once closing with the broker away.

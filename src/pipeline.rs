@@ -22,7 +22,7 @@ use crate::capture::{Reconnect, Source};
 use crate::config::{Config, SourceMode};
 use crate::engine::{Engine, EngineOptions, Provider};
 use crate::error::{fail, Classified, Kind};
-use crate::explainer::{check_method, resolve_target, Explainer};
+use crate::explainer::{check_method, resolve_target, Explainer, TargetSpec, Targets};
 use crate::frame::{ClassMap, Demand, Pool};
 use crate::infer::{self, InferConfig};
 use crate::model::Model;
@@ -174,10 +174,19 @@ impl Plan {
             s.gap_limit = (src.mode == SourceMode::Live).then_some(2 * in_flight);
         }
         let labels = Arc::new(model.sidecar.labels.clone());
+        let targets = Arc::new(Targets::new(&targets));
+        let control = crate::mqtt::Control {
+            targets: targets.clone(),
+            resolve: {
+                let (sidecar, classes) = (model.sidecar.clone(), model.num_classes());
+                Box::new(move |t: &str| TargetSpec::parse(t, |x| sidecar.class_of(x), classes))
+            },
+        };
         let (mqtt, outbox) = crate::mqtt::plan(
             &cfg.mqtt,
             &io.sources.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
             labels.clone(),
+            control,
         )?
         .unzip();
         Ok(Plan {

@@ -568,3 +568,104 @@ fn bad_mqtt_settings_are_config_errors_before_anything_runs() {
         &["mqtt.password_file"],
     );
 }
+
+fn publish(b: &Broker, topic: &str, payload: &str) {
+    let st = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &b.port.to_string(),
+            "-u",
+            USER,
+            "-P",
+            PASSWORD,
+            "-q",
+            "1",
+        ])
+        .args(["-t", topic, "-m", payload])
+        .status()
+        .expect("mosquitto_pub");
+    assert!(st.success());
+}
+
+#[test]
+fn target_set_changes_what_a_live_source_explains_and_a_bad_value_is_reported_back() {
+    let dir = scratch("mqtt_target");
+    let broker = Broker::start(&dir);
+    let sub = Sub::start(&broker);
+    let cfg = write_config(
+        &dir,
+        &format!("url = \"{}\"", broker.url()),
+        &format!(
+            "[[source]]\nname = \"cam 1\"\nuri = \"{}\"\nmode = \"live\"\n",
+            s(&media("carphone_pristine.mp4"))
+        ),
+    );
+    let mut c = Kid(spawn(&["run", "--quiet", "--config", &s(&cfg)]));
+    let (rx, all) = tee(&mut c);
+    wait_line(&rx, "MQTT connected", 60);
+    let target_state = format!("{PREFIX}/cam_1/target/state");
+    let state = format!("{PREFIX}/cam_1/state");
+    let first = sub
+        .wait(|m| m.topic == target_state, Duration::from_secs(10))
+        .expect("target/state");
+    assert_eq!(
+        first.json(),
+        serde_json::json!({"target": "top1", "class": null, "error": null})
+    );
+    let top1 = sub
+        .wait(|m| m.topic == state, Duration::from_secs(10))
+        .expect("a state")
+        .json();
+    assert_ne!(top1["class"], 281, "carphone's top-1 is not a cat: {top1}");
+
+    // A synonym of ImageNet class 281 ("tabby, tabby cat").
+    publish(&broker, &format!("{PREFIX}/cam_1/target/set"), "tabby");
+    let set = sub
+        .wait(
+            |m| m.topic == target_state && m.json()["class"] == 281,
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|| panic!("no target/state for class 281: {:?}", sub.on(&target_state)));
+    assert_eq!(
+        set.json(),
+        serde_json::json!({"target": "tabby, tabby cat", "class": 281, "error": null})
+    );
+    let cat = sub.wait(
+        |m| m.topic == state && m.json()["class"] == 281,
+        Duration::from_secs(10),
+    );
+    let cat = cat.unwrap_or_else(|| panic!("the state never explained class 281: {:?}", sub.on(&state)));
+    assert_eq!(cat.json()["label"], "tabby, tabby cat");
+
+    // Bad values: refused, said on target/state, the target kept, the daemon running.
+    for (value, want) in [
+        ("no such class", "no such class"),
+        ("99999", "out of range"),
+        ("topk:3", "topk"),
+    ] {
+        publish(&broker, &format!("{PREFIX}/cam_1/target/set"), value);
+        let refused = sub.wait(
+            |m| m.topic == target_state && m.json()["error"].as_str().is_some_and(|e| e.contains(want)),
+            Duration::from_secs(10),
+        );
+        let refused = refused
+            .unwrap_or_else(|| panic!("{value}: no refusal on target/state: {:?}", sub.on(&target_state)));
+        assert_eq!(
+            refused.json()["class"],
+            281,
+            "{value}: the target changed: {}",
+            refused.payload
+        );
+    }
+    assert!(
+        c.try_wait().ok().flatten().is_none(),
+        "a bad target/set stopped the daemon"
+    );
+    signal(&c, "-INT");
+    let st = c.wait().expect("wait");
+    let err = all.join().unwrap_or_default();
+    assert!(st.success(), "{err}");
+    assert!(err.contains("target/set refused"), "{err}");
+}

@@ -8,7 +8,7 @@ use crossbeam_channel::{Receiver, Select, Sender};
 
 use super::{Carrier, SLOTS};
 use crate::engine::InputSlot;
-use crate::explainer::TargetSpec;
+use crate::explainer::Targets;
 use crate::frame::{Explained, Frame};
 use crate::preprocess::Preprocessor;
 use crate::stats::{Stage, StageMeter, Stats};
@@ -54,7 +54,7 @@ impl Free {
 pub(super) fn run(
     rxs: &[Receiver<Frame>],
     mut pre: Preprocessor,
-    targets: &[TargetSpec],
+    targets: &Targets,
     (b, timeout, expected): (usize, Duration, Option<u64>),
     free: Free,
     full: Vec<Sender<Carrier>>,
@@ -108,7 +108,7 @@ pub(super) fn run(
                     let i = batch.frames.len();
                     batch
                         .specs
-                        .push(targets.get(f.source).copied().unwrap_or(TargetSpec::Top1));
+                        .push(targets.get(f.source));
                     let input = batch.slot.as_mut().map(|s| s.data_mut());
                     let ok = match input.and_then(|d| d.get_mut(i * item_len..(i + 1) * item_len)) {
                         Some(slot) => match pre.fill(&f.image, slot) {

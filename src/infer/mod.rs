@@ -30,7 +30,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::engine::InputSlot;
-use crate::explainer::{Explainer, TargetSpec};
+use crate::explainer::{Explainer, TargetSpec, Targets};
 use crate::frame::{ClassMap, Explained, Frame, Pool};
 use crate::monitor::Monitor;
 use crate::preprocess::Preprocessor;
@@ -47,7 +47,7 @@ pub(crate) struct InferConfig {
     pub batch_size: std::num::NonZeroUsize,
     pub batch_timeout: Duration,
     /// What to explain, per source index.
-    pub targets: Vec<TargetSpec>,
+    pub targets: Arc<Targets>,
     /// Smoothing, ROI and events, per source index.
     pub monitors: Vec<Monitor>,
     pub labels: Arc<Vec<String>>,
