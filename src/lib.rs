@@ -28,6 +28,8 @@
 //! - [`render`]: N workers drawing heatmap and HUD;
 //! - [`sink`]: one thread per source, re-ordering by frame number and feeding that source's
 //!   outputs (file, HTTP hub, window);
+//! - [`mqtt`]: state, labels, alerts and discovery on an MQTT broker, fed by the in-order
+//!   release through a bounded outbox, on threads of its own;
 //! - [`pipeline`]: builds the validated plan and runs the threads, with a shutdown deadline.
 #![warn(unreachable_pub)]
 // Dead code is found by the full build: without `video`, what only the pipeline uses is unused.
