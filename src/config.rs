@@ -334,6 +334,9 @@ pub struct MqttConfig {
     pub qos: u8,
     /// A source's state is sent on each change of label or up/down, and at least this often.
     pub state_every_secs: f64,
+    /// The latest drawn frame as JPEG on `<prefix>/<source>/heatmap` (retained, for a Home
+    /// Assistant image entity) at most this often; 0: never.
+    pub heatmap_every_secs: f64,
     /// Home Assistant discovery prefix; empty: no discovery configs.
     pub discovery_prefix: String,
 }
@@ -350,6 +353,7 @@ impl Default for MqttConfig {
             ca_file: None,
             qos: 1,
             state_every_secs: 10.0,
+            heatmap_every_secs: 0.0,
             discovery_prefix: "homeassistant".into(),
         }
     }
@@ -392,6 +396,10 @@ impl MqttConfig {
                 "mqtt.state_every_secs = {} is out of range 0.1..=86400",
                 self.state_every_secs
             );
+        }
+        let h = self.heatmap_every_secs;
+        if !(h == 0.0 || (0.1..=86_400.0).contains(&h)) {
+            anyhow::bail!("mqtt.heatmap_every_secs = {h} is out of range 0.1..=86400 (0: off)");
         }
         if b.tls && self.ca_file.is_none() {
             anyhow::bail!("mqtt.url is mqtts://: give mqtt.ca_file, the PEM of the CA that signed the broker's certificate");

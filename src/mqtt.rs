@@ -6,6 +6,7 @@
 //! | `<prefix>/<source>/state` | yes | JSON state, on a change of label or up/down, and every `state_every_secs` |
 //! | `<prefix>/<source>/label` | no | the label, on change |
 //! | `<prefix>/events` | no | alerts: `{"type": "new"\|"end", "before", "after"}` |
+//! | `<prefix>/<source>/heatmap` | yes | the latest drawn frame as JPEG, every `heatmap_every_secs` |
 //! | `<prefix>/<source>/target/set` | (read) | a label, a class index or `top1`: what the source explains |
 //! | `<prefix>/<source>/target/state` | yes | `{"target", "class", "error"}`: what it explains, and why a set was refused |
 //! | `<discovery>/sensor\|binary_sensor/<node>/<object>/config` | yes | on connect |
@@ -25,6 +26,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use rumqttc::{Client, Connection, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use serde::Serialize;
+
+use opencv::core::{Mat, Vector};
+use opencv::imgcodecs;
+use opencv::prelude::*;
 
 use crate::config::MqttConfig;
 use crate::error::{fail, Kind};
@@ -87,10 +92,72 @@ pub(crate) type Resolve = Box<dyn Fn(&str) -> Result<TargetSpec, String> + Send>
 
 /// Commands waiting for the publisher.
 const COMMANDS: usize = 64;
+/// Heatmap JPEGs waiting for the publisher; more are dropped (and counted).
+const HEATMAPS: usize = 4;
+/// Largest message sent: a JPEG of a 4K frame is a few MB.
+const MAX_OUTGOING: usize = 16 << 20;
+
+/// The heatmap tap: asks render to draw a source's next frame when its heatmap is due, and
+/// takes it from the sink as JPEG (encoded on the sink's thread, at most every
+/// `heatmap_every_secs` per source).
+pub(crate) struct Heatmaps {
+    every_ms: u64,
+    start: Instant,
+    /// Per source: when its last heatmap was taken, in ms since `start`; `u64::MAX`: never.
+    last: Vec<std::sync::atomic::AtomicU64>,
+    tx: Sender<(usize, Vec<u8>)>,
+    counters: Arc<MqttStats>,
+}
+
+impl Heatmaps {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn due(&self, source: usize) -> bool {
+        self.last.get(source).is_some_and(|l| {
+            let last = l.load(Ordering::Relaxed);
+            last == u64::MAX || self.now_ms().saturating_sub(last) >= self.every_ms
+        })
+    }
+
+    /// A drawn frame of `source`: encoded and handed over when its heatmap is due.
+    pub(crate) fn offer(&self, source: usize, image: &Mat) {
+        if !self.due(source) {
+            return;
+        }
+        if let Some(l) = self.last.get(source) {
+            l.store(self.now_ms(), Ordering::Relaxed);
+        }
+        let mut buf = Vector::<u8>::new();
+        let params = Vector::from_slice(&[imgcodecs::IMWRITE_JPEG_QUALITY, 80]);
+        if !imgcodecs::imencode(".jpg", image, &mut buf, &params).unwrap_or(false) {
+            return;
+        }
+        if self.tx.try_send((source, buf.to_vec())).is_err() {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl crate::frame::Demand for Heatmaps {
+    fn wants_frame(&self, source: usize) -> bool {
+        self.due(source)
+    }
+}
+
+/// What the pipeline wires in: the plan (started with the pipeline), the release stage's
+/// outbox, and the heatmap tap for render and the sinks.
+pub(crate) struct Parts {
+    pub plan: MqttPlan,
+    pub outbox: Outbox,
+    pub heatmaps: Option<Arc<Heatmaps>>,
+}
 
 /// The MQTT output, checked and ready: its threads start with the pipeline ([`MqttPlan::start`]).
 pub(crate) struct MqttPlan {
     control: Control,
+    heatmaps: Option<Receiver<(usize, Vec<u8>)>>,
     opts: MqttOptions,
     cfg: MqttConfig,
     at: String,
@@ -333,17 +400,16 @@ impl Publisher {
             "sw_version": env!("CARGO_PKG_VERSION"),
         });
         let entity = |component: &str, key: &str, name: &str, extra: serde_json::Value| {
-            let mut v = serde_json::json!({
+            let mut c = serde_json::json!({
                 "name": name,
                 "unique_id": format!("gradcamd_{node}_{object}_{key}"),
                 "object_id": format!("{object}_{key}"),
-                "state_topic": state_topic,
                 "availability_topic": self.topic("available"),
                 "payload_available": "online",
                 "payload_not_available": "offline",
                 "device": device,
             });
-            if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            if let (Some(o), Some(e)) = (c.as_object_mut(), extra.as_object()) {
                 o.extend(e.clone());
             }
             (
@@ -351,35 +417,57 @@ impl Publisher {
                     "{}/{component}/{node}/{object}_{key}/config",
                     self.cfg.discovery_prefix
                 ),
-                v.to_string(),
+                c.to_string(),
             )
         };
-        vec![
+        let mut v = vec![
             entity(
                 "sensor",
                 "label",
                 "Label",
-                serde_json::json!({"value_template": "{{ value_json.label }}", "icon": "mdi:label"}),
+                serde_json::json!({"state_topic": state_topic, "value_template": "{{ value_json.label }}", "icon": "mdi:label"}),
             ),
             entity(
                 "sensor",
                 "score",
                 "Score",
-                serde_json::json!({"value_template": "{{ value_json.score }}", "state_class": "measurement"}),
+                serde_json::json!({"state_topic": state_topic, "value_template": "{{ value_json.score }}", "state_class": "measurement"}),
             ),
             entity(
                 "sensor",
                 "outside_roi",
                 "Attention outside ROI",
-                serde_json::json!({"value_template": "{{ (value_json.outside_roi * 100) | round(1) if value_json.outside_roi is not none else none }}", "unit_of_measurement": "%", "state_class": "measurement"}),
+                serde_json::json!({"state_topic": state_topic, "value_template": "{{ (value_json.outside_roi * 100) | round(1) if value_json.outside_roi is not none else none }}", "unit_of_measurement": "%", "state_class": "measurement"}),
             ),
             entity(
                 "binary_sensor",
                 "alert",
                 "Attention alert",
-                serde_json::json!({"value_template": "{{ 'ON' if value_json.alert else 'OFF' }}", "device_class": "problem"}),
+                serde_json::json!({"state_topic": state_topic, "value_template": "{{ 'ON' if value_json.alert else 'OFF' }}", "device_class": "problem"}),
             ),
-        ]
+        ];
+        if self.cfg.heatmap_every_secs > 0.0 {
+            let image_topic = self.topic(&format!("{}/heatmap", s.level));
+            v.push(entity(
+                "image",
+                "heatmap",
+                "Heatmap",
+                serde_json::json!({"image_topic": image_topic, "content_type": "image/jpeg"}),
+            ));
+        }
+        v
+    }
+
+    /// The latest heatmap, retained (a Home Assistant image shows it at once); QoS 0, and not
+    /// held while the broker is away: the next one replaces it.
+    fn heatmap(&self, i: usize, jpeg: Vec<u8>) {
+        let Some(s) = self.sources.get(i) else { return };
+        if !self.connected.load(Ordering::Relaxed) {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let topic = self.topic(&format!("{}/heatmap", s.level));
+        self.publish(topic, QoS::AtMostOnce, true, jpeg);
     }
 
     /// `<prefix>/<source>/target/state`: what the source explains, and the last refusal.
@@ -557,10 +645,19 @@ impl Publisher {
         }
     }
 
-    fn run(mut self, rx: Receiver<Note>, commands: Receiver<(String, Vec<u8>)>, stop: &AtomicBool) {
+    fn run(
+        mut self,
+        rx: Receiver<Note>,
+        commands: Receiver<(String, Vec<u8>)>,
+        heatmaps: Option<Receiver<(usize, Vec<u8>)>>,
+        stop: &AtomicBool,
+    ) {
         loop {
             while let Ok((topic, payload)) = commands.try_recv() {
                 self.command(&topic, &payload);
+            }
+            while let Some(Ok((i, jpeg))) = heatmaps.as_ref().map(Receiver::try_recv) {
+                self.heatmap(i, jpeg);
             }
             // A stop past the shutdown deadline may leave inference (and the outbox) open.
             if stop.load(Ordering::Relaxed) {
@@ -687,7 +784,7 @@ pub(crate) fn plan(
     names: &[String],
     labels: Arc<Vec<String>>,
     control: Control,
-) -> anyhow::Result<Option<(MqttPlan, Outbox)>> {
+) -> anyhow::Result<Option<Parts>> {
     let Some(broker) = cfg.broker().map_err(|e| fail(Kind::Config, e))? else {
         return Ok(None);
     };
@@ -697,6 +794,8 @@ pub(crate) fn plan(
         .unwrap_or_else(|| format!("gradcamd-{}", ha_id(&cfg.topic_prefix)));
     let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
     opts.set_keep_alive(Duration::from_secs(15));
+    // Incoming stays at rumqttc's 10 KiB: only target/set comes in.
+    opts.set_max_packet_size(10 * 1024, MAX_OUTGOING);
     opts.set_last_will(LastWill::new(
         format!("{}/available", cfg.topic_prefix),
         "offline",
@@ -713,8 +812,25 @@ pub(crate) fn plan(
     }
     let counters = Arc::new(MqttStats::default());
     let (tx, rx) = bounded(OUTBOX);
+    let (heatmaps, heatmap_rx) = if cfg.heatmap_every_secs > 0.0 {
+        let (htx, hrx) = bounded(HEATMAPS);
+        let h = Heatmaps {
+            every_ms: (cfg.heatmap_every_secs * 1000.0) as u64,
+            start: Instant::now(),
+            last: names
+                .iter()
+                .map(|_| std::sync::atomic::AtomicU64::new(u64::MAX))
+                .collect(),
+            tx: htx,
+            counters: counters.clone(),
+        };
+        (Some(Arc::new(h)), Some(hrx))
+    } else {
+        (None, None)
+    };
     let plan = MqttPlan {
         control,
+        heatmaps: heatmap_rx,
         opts,
         cfg: cfg.clone(),
         at: format!("{}:{}", broker.host, broker.port),
@@ -723,7 +839,11 @@ pub(crate) fn plan(
         rx,
         counters: counters.clone(),
     };
-    Ok(Some((plan, Outbox { tx, counters })))
+    Ok(Some(Parts {
+        plan,
+        outbox: Outbox { tx, counters },
+        heatmaps,
+    }))
 }
 
 impl MqttPlan {
@@ -732,6 +852,7 @@ impl MqttPlan {
     pub(crate) fn start(self, stats: Arc<Stats>) -> anyhow::Result<Mqtt> {
         let MqttPlan {
             control,
+            heatmaps,
             opts,
             cfg,
             at,
@@ -792,7 +913,7 @@ impl MqttPlan {
         let thread = std::thread::Builder::new()
             .name("mqtt".into())
             .spawn(move || {
-                publisher.run(rx, cmd_rx, &stopping);
+                publisher.run(rx, cmd_rx, heatmaps, &stopping);
                 closing.store(true, Ordering::Relaxed);
                 // Bounded: the network thread ends on the sent disconnect, or at its next
                 // timeout once closing with the broker away.

@@ -182,13 +182,24 @@ impl Plan {
                 Box::new(move |t: &str| TargetSpec::parse(t, |x| sidecar.class_of(x), classes))
             },
         };
-        let (mqtt, outbox) = crate::mqtt::plan(
+        let parts = crate::mqtt::plan(
             &cfg.mqtt,
             &io.sources.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
             labels.clone(),
             control,
-        )?
-        .unzip();
+        )?;
+        let heatmaps = parts.as_ref().and_then(|p| p.heatmaps.clone());
+        for s in &mut io.sinks {
+            s.heatmaps = heatmaps.clone();
+        }
+        let (mqtt, outbox) = parts.map(|p| (p.plan, p.outbox)).unzip();
+        let mut demand: Vec<Arc<dyn Demand>> = Vec::new();
+        if let Some(hub) = io.sinks.iter().find_map(|s| s.hub.clone()) {
+            demand.push(hub);
+        }
+        if let Some(h) = heatmaps {
+            demand.push(h);
+        }
         Ok(Plan {
             infer: InferConfig {
                 batch_size,
@@ -210,11 +221,7 @@ impl Plan {
                     .iter()
                     .map(|s| s.file.is_some() || s.display.is_some())
                     .collect(),
-                demand: io
-                    .sinks
-                    .iter()
-                    .find_map(|s| s.hub.clone())
-                    .map(|h| h as Arc<dyn Demand>),
+                demand,
             },
             render_workers: workers,
             queue: p.queue_frames,
@@ -534,6 +541,7 @@ fn open_io(cfg: &Config, names: Vec<String>, files: Vec<Option<FileSink>>) -> an
             // Set by the plan, which knows how many frames can be in flight.
             gap_limit: None,
             recycle: None,
+            heatmaps: None,
         });
         sources.push(src);
     }

@@ -34,9 +34,10 @@ pub(crate) struct RenderConfig {
     pub labels: Arc<Vec<Arc<str>>>,
     /// Per source: whether an output shows every frame (a file, a window). Empty: all do.
     pub always_shown: Vec<bool>,
-    /// Where the other sources' frames may be shown: they are drawn only when it wants them,
-    /// and not at all without it (events only).
-    pub(crate) demand: Option<Arc<dyn Demand>>,
+    /// Outputs that show the other sources' frames now and then (the HTTP streams, MQTT
+    /// heatmaps): a frame is drawn only when one of them wants it, and not at all without them
+    /// (events only).
+    pub(crate) demand: Vec<Arc<dyn Demand>>,
 }
 
 impl RenderConfig {
@@ -52,10 +53,7 @@ impl RenderConfig {
     /// Whether to draw this frame: an output will show it.
     fn draws(&self, f: &crate::frame::Frame) -> bool {
         self.always_shown.get(f.source).copied().unwrap_or(true)
-            || self
-                .demand
-                .as_ref()
-                .is_some_and(|d| f.lost || d.wants_frame(f.source))
+            || (!self.demand.is_empty() && (f.lost || self.demand.iter().any(|d| d.wants_frame(f.source))))
     }
 
     fn label(&self, class: usize) -> Arc<str> {
@@ -693,7 +691,7 @@ mod tests {
             hud: false,
             labels: Arc::new(Vec::new()),
             always_shown: Vec::new(),
-            demand: None,
+            demand: Vec::new(),
         };
         let mut s = Scratch::default();
         let mut last: Option<(Size, *const u8)> = None;
@@ -760,7 +758,7 @@ mod tests {
             hud: true,
             labels: Arc::new(Vec::new()),
             always_shown: Vec::new(),
-            demand: None,
+            demand: Vec::new(),
         };
         let frame = noise(960, 540, 7);
         let mut e = explained(0, frame.try_clone().unwrap(), maps(4, 0), false);
@@ -798,7 +796,7 @@ mod tests {
             hud: false,
             labels: Arc::new(vec![Arc::from("bow tie"), Arc::from("carp")]),
             always_shown: Vec::new(),
-            demand: None,
+            demand: Vec::new(),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let (out_tx, out_rx) = crossbeam_channel::unbounded();

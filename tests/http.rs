@@ -24,9 +24,8 @@ fn two_live_sources(dir: &Path, sources: [(&str, &str); 2]) -> PathBuf {
     cfg
 }
 
-/// Reads one multipart JPEG part from an MJPEG stream.
 /// Mean of a JPEG's top two rows.
-fn hud_band(jpeg: &[u8]) -> f64 {
+pub(crate) fn hud_band(jpeg: &[u8]) -> f64 {
     let img = opencv::imgcodecs::imdecode(
         &opencv::core::Vector::from_slice(jpeg),
         opencv::imgcodecs::IMREAD_COLOR,
@@ -36,6 +35,7 @@ fn hud_band(jpeg: &[u8]) -> f64 {
     opencv::core::mean_def(&top).unwrap().0[..3].iter().sum::<f64>() / 3.0
 }
 
+/// Reads one multipart JPEG part from an MJPEG stream.
 fn read_part(r: &mut impl std::io::BufRead) -> Vec<u8> {
     let mut len = None;
     loop {

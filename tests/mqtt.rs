@@ -96,12 +96,15 @@ impl Broker {
     }
 }
 
-/// One message as `mosquitto_sub -F '%r %t %p'` prints it.
+/// One message as `mosquitto_sub -F '%r %t %x'` prints it (the payload in hex: a heatmap is
+/// binary).
 #[derive(Debug, Clone)]
 struct Msg {
     retained: bool,
     topic: String,
+    /// The payload as text (lossy for binary ones).
     payload: String,
+    bytes: Vec<u8>,
 }
 
 impl Msg {
@@ -136,7 +139,7 @@ impl Sub {
             ])
             .args([
                 "-F",
-                "%r %t %p",
+                "%r %t %x",
                 "-t",
                 &format!("{PREFIX}/#"),
                 "-t",
@@ -155,12 +158,17 @@ impl Sub {
                 let (Some(r), Some(t)) = (it.next(), it.next()) else {
                     continue;
                 };
-                let p = it.next().unwrap_or("").to_string();
+                let hex = it.next().unwrap_or("").as_bytes();
+                let bytes: Vec<u8> = hex
+                    .chunks(2)
+                    .filter_map(|c| u8::from_str_radix(std::str::from_utf8(c).ok()?, 16).ok())
+                    .collect();
                 if let Ok(mut v) = m.lock() {
                     v.push(Msg {
                         retained: r == "1",
                         topic: t.to_string(),
-                        payload: p,
+                        payload: String::from_utf8_lossy(&bytes).into_owned(),
+                        bytes,
                     });
                 }
             }
@@ -220,13 +228,25 @@ fn write_config(dir: &Path, mqtt: &str, sources: &str) -> PathBuf {
 const ROI: &str = "roi = [[0.0, 0.0], [0.3, 0.0], [0.3, 0.3], [0.0, 0.3]]\nroi_alert_frames = 3\n";
 
 fn state_is_well_formed(v: &Value, labels: &[String]) {
-    let class = v["class"].as_u64().unwrap_or_else(|| panic!("class: {v}")) as usize;
     assert_eq!(v["source"], "cam 1", "{v}");
-    assert_eq!(v["label"].as_str(), labels.get(class).map(String::as_str), "{v}");
-    let score = v["score"].as_f64().unwrap_or(-1.0);
-    assert!((0.0..=1.0).contains(&score), "{v}");
-    let outside = v["outside_roi"].as_f64().unwrap_or(-1.0);
-    assert!((0.0..=1.0).contains(&outside), "{v}");
+    match v["class"].as_u64() {
+        Some(class) => {
+            assert_eq!(
+                v["label"].as_str(),
+                labels.get(class as usize).map(String::as_str),
+                "{v}"
+            );
+            let score = v["score"].as_f64().unwrap_or(-1.0);
+            assert!((0.0..=1.0).contains(&score), "{v}");
+            let outside = v["outside_roi"].as_f64().unwrap_or(-1.0);
+            assert!((0.0..=1.0).contains(&outside), "{v}");
+        }
+        // Connected before the first frame was explained: nothing to say yet.
+        None => assert!(
+            v["class"].is_null() && v["label"] == "" && v["score"].is_null() && v["outside_roi"].is_null(),
+            "{v}"
+        ),
+    }
     assert!(v["alert"].is_boolean() && v["up"].is_boolean(), "{v}");
     assert!(v["fps"].as_f64().is_some_and(|f| f >= 0.0), "{v}");
     let now = std::time::SystemTime::now()
@@ -535,6 +555,10 @@ fn bad_mqtt_settings_are_config_errors_before_anything_runs() {
         ("url = \"mqtt://127.0.0.1:99999\"", "not a port number"),
         ("url = \"mqtts://127.0.0.1\"", "mqtt.ca_file"),
         ("url = \"mqtt://127.0.0.1\"\nqos = 3", "mqtt.qos"),
+        (
+            "url = \"mqtt://127.0.0.1\"\nheatmap_every_secs = 0.01",
+            "mqtt.heatmap_every_secs",
+        ),
     ] {
         let cfg = write_config(&dir, mqtt, &format!("[[source]]\nuri = \"{video}\"\n"));
         crate::util::expect_error(&crate::util::run(&["run", "--config", &s(&cfg)]), 2, &[want]);
@@ -670,4 +694,89 @@ fn target_set_changes_what_a_live_source_explains_and_a_bad_value_is_reported_ba
     let err = all.join().unwrap_or_default();
     assert!(st.success(), "{err}");
     assert!(err.contains("target/set refused"), "{err}");
+}
+
+/// (width, height) from a baseline or progressive JPEG's SOF marker.
+fn jpeg_size(b: &[u8]) -> Option<(u16, u16)> {
+    if !b.starts_with(&[0xFF, 0xD8]) || !b.ends_with(&[0xFF, 0xD9]) {
+        return None;
+    }
+    let mut i = 2;
+    while i + 9 < b.len() {
+        if b[i] != 0xFF {
+            return None;
+        }
+        let marker = b[i + 1];
+        let len = u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize;
+        if (0xC0..=0xC2).contains(&marker) {
+            let h = u16::from_be_bytes([b[i + 5], b[i + 6]]);
+            let w = u16::from_be_bytes([b[i + 7], b[i + 8]]);
+            return Some((w, h));
+        }
+        i += 2 + len;
+    }
+    None
+}
+
+#[test]
+fn heatmaps_are_jpegs_of_the_drawn_frame_for_a_home_assistant_image() {
+    let dir = scratch("mqtt_heatmap");
+    let broker = Broker::start(&dir);
+    let sub = Sub::start(&broker);
+    let cfg = write_config(
+        &dir,
+        &format!("url = \"{}\"\nheatmap_every_secs = 0.5", broker.url()),
+        &format!(
+            "[[source]]\nname = \"cam 1\"\nuri = \"{}\"\nmode = \"live\"\n",
+            s(&media("carphone_pristine.mp4"))
+        ),
+    );
+    let mut c = Kid(spawn(&["run", "--quiet", "--config", &s(&cfg)]));
+    let (rx, all) = tee(&mut c);
+    wait_line(&rx, "MQTT connected", 60);
+    let topic = format!("{PREFIX}/cam_1/heatmap");
+    let enough = |n: usize| sub.on(&topic).len() >= n;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !enough(3) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&c, "-INT");
+    let st = c.wait().expect("wait");
+    let err = all.join().unwrap_or_default();
+    assert!(st.success(), "{err}");
+    let maps = sub.on(&topic);
+    assert!(maps.len() >= 3, "{} heatmaps in 30 s", maps.len());
+    for m in &maps {
+        assert_eq!(
+            jpeg_size(&m.bytes),
+            Some((176, 144)),
+            "not a JPEG of the frame: {} bytes",
+            m.bytes.len()
+        );
+    }
+    // Drawn, though the source has no other output: the HUD's black band on top (the clip's
+    // own top rows average 126-133).
+    for (k, m) in maps.iter().enumerate() {
+        let band = crate::http::hud_band(&m.bytes);
+        assert!(band < 20.0, "heatmap {k} is not drawn: top rows {band}");
+    }
+    let image = sub
+        .all()
+        .into_iter()
+        .find(|m| m.topic == "homeassistant/image/gradcamd-test/cam_1_heatmap/config")
+        .expect("the image entity's discovery");
+    let v = image.json();
+    assert_eq!(v["image_topic"], topic);
+    assert_eq!(v["content_type"], "image/jpeg");
+    assert_eq!(v["availability_topic"], format!("{PREFIX}/available"));
+    assert!(
+        v["state_topic"].is_null(),
+        "an image entity has no state topic: {v}"
+    );
+    // Retained: a Home Assistant that starts later shows the last one.
+    let late = Sub::start(&broker);
+    let last = late
+        .wait(|m| m.topic == topic, Duration::from_secs(5))
+        .expect("retained heatmap");
+    assert!(last.retained && jpeg_size(&last.bytes).is_some());
 }

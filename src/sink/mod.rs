@@ -42,6 +42,8 @@ pub(crate) struct SourceSink {
     pub gap_limit: Option<usize>,
     /// Where written frames' buffers go back to capture.
     pub recycle: Option<Pool<Mat>>,
+    /// The MQTT output's heatmaps, when it publishes them.
+    pub heatmaps: Option<Arc<crate::mqtt::Heatmaps>>,
 }
 
 impl SourceSink {
@@ -113,6 +115,9 @@ impl SourceSink {
         if let Some(h) = &self.hub {
             h.publish(&a);
         }
+        if let (Some(h), true) = (&self.heatmaps, a.drawn) {
+            h.offer(a.source, &a.image);
+        }
         if let Some(d) = &self.display {
             // A busy window skips frames rather than queueing them.
             let _ = d.try_send(crate::frame::Shown {
@@ -180,6 +185,7 @@ mod tests {
             display: None,
             gap_limit,
             recycle: Some(pool.clone()),
+            heatmaps: None,
         };
         let (tx, rx) = crossbeam_channel::unbounded();
         for &s in order {
@@ -207,6 +213,7 @@ mod tests {
             display: None,
             gap_limit: None,
             recycle: None,
+            heatmaps: None,
         };
         let (tx, rx) = crossbeam_channel::unbounded();
         let abandon = Arc::new(AtomicBool::new(false));
