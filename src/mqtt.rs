@@ -531,7 +531,6 @@ impl Publisher {
     }
 
     fn apply(&mut self, n: Note) {
-        let label_now = n.class.map(|c| self.label(Some(c)).to_string());
         let Some(s) = self.sources.get_mut(n.source) else {
             return;
         };
@@ -549,7 +548,12 @@ impl Publisher {
                 let a = Alert {
                     id: format!("{t:.6}-{}", s.level),
                     camera: s.name.clone(),
-                    label: label_now.unwrap_or_default(),
+                    // Looked up here only: this runs for every frame.
+                    label: n
+                        .class
+                        .and_then(|c| self.labels.get(c))
+                        .cloned()
+                        .unwrap_or_default(),
                     score: n.prob,
                     outside_roi: n.outside_roi,
                     hot_box: n.hot_bbox,
