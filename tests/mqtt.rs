@@ -615,14 +615,15 @@ fn publish(b: &Broker, topic: &str, payload: &str) {
     assert!(try_publish(b, topic, payload), "mosquitto_pub {topic} {payload}");
 }
 
-#[test]
-fn target_set_changes_what_a_live_source_explains_and_a_bad_value_is_reported_back() {
-    let dir = scratch("mqtt_target");
+/// carphone played as a live camera named "cam 1", MQTT its only output (`mqtt_keys` added to
+/// `[mqtt]`), connected: the broker, a subscriber, the daemon and its whole stderr at the end.
+fn start_live(name: &str, mqtt_keys: &str) -> (Broker, Sub, Kid, std::thread::JoinHandle<String>) {
+    let dir = scratch(name);
     let broker = Broker::start(&dir);
     let sub = Sub::start(&broker);
     let cfg = write_config(
         &dir,
-        &format!("url = \"{}\"", broker.url()),
+        &format!("url = \"{}\"{mqtt_keys}", broker.url()),
         &format!(
             "[[source]]\nname = \"cam 1\"\nuri = \"{}\"\nmode = \"live\"\n",
             s(&media("carphone_pristine.mp4"))
@@ -631,6 +632,12 @@ fn target_set_changes_what_a_live_source_explains_and_a_bad_value_is_reported_ba
     let mut c = Kid(spawn(&["run", "--quiet", "--config", &s(&cfg)]));
     let (rx, all) = tee(&mut c);
     wait_line(&rx, "MQTT connected", 60);
+    (broker, sub, c, all)
+}
+
+#[test]
+fn target_set_changes_what_a_live_source_explains_and_a_bad_value_is_reported_back() {
+    let (broker, sub, mut c, all) = start_live("mqtt_target", "");
     let target_state = format!("{PREFIX}/cam_1/target/state");
     let state = format!("{PREFIX}/cam_1/state");
     let first = sub
@@ -720,20 +727,7 @@ fn jpeg_size(b: &[u8]) -> Option<(u16, u16)> {
 
 #[test]
 fn heatmaps_are_jpegs_of_the_drawn_frame_for_a_home_assistant_image() {
-    let dir = scratch("mqtt_heatmap");
-    let broker = Broker::start(&dir);
-    let sub = Sub::start(&broker);
-    let cfg = write_config(
-        &dir,
-        &format!("url = \"{}\"\nheatmap_every_secs = 0.5", broker.url()),
-        &format!(
-            "[[source]]\nname = \"cam 1\"\nuri = \"{}\"\nmode = \"live\"\n",
-            s(&media("carphone_pristine.mp4"))
-        ),
-    );
-    let mut c = Kid(spawn(&["run", "--quiet", "--config", &s(&cfg)]));
-    let (rx, all) = tee(&mut c);
-    wait_line(&rx, "MQTT connected", 60);
+    let (broker, sub, mut c, all) = start_live("mqtt_heatmap", "\nheatmap_every_secs = 0.5");
     let topic = format!("{PREFIX}/cam_1/heatmap");
     let enough = |n: usize| sub.on(&topic).len() >= n;
     let deadline = Instant::now() + Duration::from_secs(30);
