@@ -28,7 +28,7 @@ use opencv::videoio::{self, VideoCapture};
 use crate::config::{LiveConfig, SourceMode};
 use crate::error::{fail, Kind};
 use crate::frame::{Frame, Pool};
-use crate::stats::event::{FrameCaptured, FramesDropped, SourceLost, SourceUp};
+use crate::stats::event::{FrameCaptured, FramesDropped, SourceEnded, SourceLost, SourceUp};
 use crate::stats::{Event, Stage, StageMeter, Stats};
 
 /// What a source URI names.
@@ -559,6 +559,7 @@ impl Source {
         if let Some(mut c) = self.cap.take() {
             let _ = c.release();
         }
+        SourceEnded { source }.emit(&stats);
     }
 
     /// A file that ends well before the frame count its container announces was cut short

@@ -71,6 +71,19 @@ impl Event for SourceLost {
     }
 }
 
+/// A source is done (a file's end, or the run stopping): down, without counting a reconnect.
+pub(crate) struct SourceEnded {
+    pub source: usize,
+}
+
+impl Event for SourceEnded {
+    fn emit(self, stats: &Stats) {
+        if let Some(s) = stats.source(self.source) {
+            s.up.store(0, Relaxed);
+        }
+    }
+}
+
 /// One inference run over `frames` frames.
 pub(crate) struct BatchRun {
     pub frames: usize,
@@ -162,6 +175,9 @@ mod tests {
         SourceLost { source: 0 }.emit(&s);
         assert_eq!((get(&s.sources[0].up), get(&s.sources[0].reconnects)), (0, 1));
         assert_eq!(get(&s.sources[1].up), 0);
+        SourceUp { source: 0, fps: 12.5 }.emit(&s);
+        SourceEnded { source: 0 }.emit(&s);
+        assert_eq!((get(&s.sources[0].up), get(&s.sources[0].reconnects)), (0, 1));
 
         BatchRun { frames: 3 }.emit(&s);
         BatchRun { frames: 0 }.emit(&s);
