@@ -334,6 +334,9 @@ pub struct MqttConfig {
     pub qos: u8,
     /// A source's state is sent on each change of label or up/down, and at least this often.
     pub state_every_secs: f64,
+    /// A new label counts (state, `label` topic) once it has been the top class this many
+    /// frames in a row: a classifier that flickers on a scene would send a message per frame.
+    pub label_hold_frames: u32,
     /// The latest drawn frame as JPEG on `<prefix>/<source>/heatmap` (retained, for a Home
     /// Assistant image entity) at most this often; 0: never.
     pub heatmap_every_secs: f64,
@@ -353,6 +356,7 @@ impl Default for MqttConfig {
             ca_file: None,
             qos: 1,
             state_every_secs: 10.0,
+            label_hold_frames: 3,
             heatmap_every_secs: 0.0,
             discovery_prefix: "homeassistant".into(),
         }
@@ -395,6 +399,12 @@ impl MqttConfig {
             anyhow::bail!(
                 "mqtt.state_every_secs = {} is out of range 0.1..=86400",
                 self.state_every_secs
+            );
+        }
+        if !(1..=10_000).contains(&self.label_hold_frames) {
+            anyhow::bail!(
+                "mqtt.label_hold_frames = {} is out of range 1..=10000 (1: every change)",
+                self.label_hold_frames
             );
         }
         let h = self.heatmap_every_secs;

@@ -15,7 +15,8 @@
 //! bounded outbox (a full one drops and counts), `mqtt` turns outcomes into messages, and
 //! `mqtt-net` drives the connection (rumqttc's event loop), reconnecting with backoff.
 //! While the broker is away, state and labels are not queued (they are retained, and sent
-//! afresh on reconnect); alerts wait, up to [`HELD_EVENTS`].
+//! afresh on reconnect); alerts wait, up to [`HELD_EVENTS`], and those the broker had not
+//! acknowledged when the link broke are sent again on the next one (see [`network`]).
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -24,7 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
-use rumqttc::{Client, Connection, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{
+    Client, Connection, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, Request,
+};
 use serde::Serialize;
 
 use opencv::core::{Mat, Vector};
@@ -184,6 +187,13 @@ fn explain(e: &ConnectionError, at: &str, password_env: &str) -> String {
         ),
         ConnectionError::ConnectionRefused(c) => format!("MQTT broker {at} refused the connection ({c:?})"),
         ConnectionError::Io(io) => format!("cannot reach MQTT broker {at}: {io}"),
+        ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted) => {
+            format!("MQTT broker {at} closed the connection")
+        }
+        ConnectionError::MqttState(rumqttc::StateError::AwaitPingResp) => {
+            format!("MQTT broker {at} stopped answering (no ping response within the keep-alive)")
+        }
+        ConnectionError::MqttState(rumqttc::StateError::Io(io)) => format!("MQTT broker {at}: {io}"),
         ConnectionError::NetworkTimeout => format!("MQTT broker {at} did not answer in time"),
         ConnectionError::Tls(t) => format!("TLS with MQTT broker {at} failed: {t}; check mqtt.ca_file and the broker's certificate"),
         other => format!("MQTT connection to {at}: {other}"),
@@ -312,7 +322,10 @@ struct EventMsg<'a> {
 struct Source {
     name: String,
     level: String,
+    /// The held label's class (see `label_hold_frames`).
     class: Option<usize>,
+    /// A different class the latest frames agree on, and for how many frames.
+    next: Option<(Option<usize>, u32)>,
     prob: f32,
     outside_roi: Option<f32>,
     fps: f32,
@@ -534,12 +547,23 @@ impl Publisher {
         let Some(s) = self.sources.get_mut(n.source) else {
             return;
         };
-        if n.class != s.class {
-            s.dirty = true;
-            s.label_dirty = true;
+        if n.class == s.class {
+            s.next = None;
+            s.prob = n.prob;
+        } else {
+            let seen = match s.next {
+                Some((c, k)) if c == n.class => k + 1,
+                _ => 1,
+            };
+            s.next = Some((n.class, seen));
+            if seen >= self.cfg.label_hold_frames {
+                s.class = n.class;
+                s.prob = n.prob;
+                s.next = None;
+                s.dirty = true;
+                s.label_dirty = true;
+            }
         }
-        s.class = n.class;
-        s.prob = n.prob;
         s.outside_roi = n.outside_roi;
         s.fps = n.fps;
         let t = now_secs();
@@ -703,19 +727,42 @@ impl Publisher {
     }
 }
 
-/// Drives the connection; ends once the disconnect is sent, or, with the broker away, when
-/// the publisher has finished (`closing`).
-#[allow(clippy::too_many_arguments)]
-fn network(
-    mut conn: Connection,
+/// What the network thread shares with the rest.
+struct Link {
     commands: Sender<(String, Vec<u8>)>,
+    /// `host:port`, for messages.
     at: String,
     password_env: String,
+    /// `<prefix>/events`: alerts on it that the broker had not acknowledged when the link
+    /// broke are sent again on the next one.
+    events: String,
     counters: Arc<MqttStats>,
     connected: Arc<AtomicBool>,
     fresh: Arc<AtomicBool>,
     closing: Arc<AtomicBool>,
-) {
+}
+
+/// Drives the connection; ends once the disconnect is sent, or, with the broker away, when
+/// the publisher has finished (`closing`).
+///
+/// At-least-once for alerts across a broker restart: rumqttc keeps the publishes the broker
+/// had not acknowledged (and the requests still queued) in `pending` when the link breaks,
+/// but clears them on a connect whose session is not present, which is every connect of a
+/// clean session, and every one to a broker restarted without persistence. So the alerts among
+/// them are taken out at the break and put back after the next ConnAck; a subscriber may see
+/// one twice (same `id`), never zero times.
+fn network(mut conn: Connection, link: Link) {
+    let Link {
+        commands,
+        at,
+        password_env,
+        events,
+        counters,
+        connected,
+        fresh,
+        closing,
+    } = link;
+    let mut unacked: VecDeque<Request> = VecDeque::new();
     let mut backoff = BACKOFF_FIRST;
     let mut attempt = 0u32;
     let mut ever = false;
@@ -743,6 +790,14 @@ fn network(
                 ever = true;
                 attempt = 0;
                 backoff = BACKOFF_FIRST;
+                if !unacked.is_empty() {
+                    tracing::info!(
+                        alerts = unacked.len(),
+                        "MQTT: sending again the alerts the broker had not acknowledged"
+                    );
+                    // Ahead of anything new: rumqttc sends `pending` first.
+                    conn.eventloop.pending.extend(unacked.drain(..));
+                }
                 connected.store(true, Ordering::Relaxed);
                 counters.connected.store(1, Ordering::Relaxed);
                 fresh.store(true, Ordering::Relaxed);
@@ -754,6 +809,20 @@ fn network(
             }
             Ok(_) => {}
             Err(e) => {
+                for r in conn.eventloop.pending.drain(..) {
+                    if let Request::Publish(mut p) = r {
+                        if p.topic == events && p.qos != QoS::AtMostOnce {
+                            if unacked.len() == HELD_EVENTS {
+                                unacked.pop_front();
+                                counters.dropped.fetch_add(1, Ordering::Relaxed);
+                            }
+                            // A new session: the broker has no packet ids of ours.
+                            p.pkid = 0;
+                            p.dup = false;
+                            unacked.push_back(Request::Publish(p));
+                        }
+                    }
+                }
                 let was = connected.swap(false, Ordering::Relaxed);
                 counters.connected.store(0, Ordering::Relaxed);
                 if closing.load(Ordering::Relaxed) || disconnecting {
@@ -871,16 +940,19 @@ impl MqttPlan {
         let closing = Arc::new(AtomicBool::new(false));
         let (cmd_tx, cmd_rx) = bounded(COMMANDS);
         let net = {
-            let (counters, connected, fresh, closing) = (
-                counters.clone(),
-                connected.clone(),
-                fresh.clone(),
-                closing.clone(),
-            );
-            let env = cfg.password_env.clone();
+            let link = Link {
+                commands: cmd_tx,
+                at,
+                password_env: cfg.password_env.clone(),
+                events: format!("{}/events", cfg.topic_prefix),
+                counters: counters.clone(),
+                connected: connected.clone(),
+                fresh: fresh.clone(),
+                closing: closing.clone(),
+            };
             std::thread::Builder::new()
                 .name("mqtt-net".into())
-                .spawn(move || network(conn, cmd_tx, at, env, counters, connected, fresh, closing))
+                .spawn(move || network(conn, link))
                 .map_err(|e| fail(Kind::Runtime, format!("cannot start the MQTT thread: {e}")))?
         };
         let target_errors = vec![None; names.len()];
@@ -895,6 +967,7 @@ impl MqttPlan {
                     name: n.clone(),
                     level: topic_level(n),
                     class: None,
+                    next: None,
                     prob: 0.0,
                     outside_roi: None,
                     fps: 0.0,

@@ -20,12 +20,19 @@ const PREFIX: &str = "gradcamd-test";
 
 struct Broker {
     port: u16,
-    _kid: Kid,
+    kid: Kid,
+    /// Mosquitto's config, to start it again on the same port.
+    conf: Option<PathBuf>,
 }
 
 impl Broker {
     /// Mosquitto with one user, who may use `PREFIX/#` and `homeassistant/#` only.
     fn start(dir: &Path) -> Broker {
+        Broker::mosquitto(dir, "persistence false\n")
+    }
+
+    /// The same, with `extra` lines in its config.
+    fn mosquitto(dir: &Path, extra: &str) -> Broker {
         let port = free_port();
         let passwd = dir.join("passwd");
         let st = Command::new("mosquitto_passwd")
@@ -44,20 +51,38 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nacl_file {}\npersistence false\nuser {}\n",
+                "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nacl_file {}\nuser {}\n{extra}",
                 s(&passwd),
                 s(&acl),
                 me.trim()
             ),
         )
         .unwrap();
-        let kid = Kid(Command::new("mosquitto")
-            .args(["-c", &s(&conf)])
+        let mut b = Broker::ready(port, Broker::spawn_mosquitto(&conf), "mosquitto");
+        b.conf = Some(conf);
+        b
+    }
+
+    fn spawn_mosquitto(conf: &Path) -> Kid {
+        Kid(Command::new("mosquitto")
+            .args(["-c", &s(conf)])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("mosquitto: run scripts/setup.sh test"));
-        Broker::ready(port, kid, "mosquitto")
+            .expect("mosquitto: run scripts/setup.sh test"))
+    }
+
+    /// `kill -9`.
+    fn kill(&mut self) {
+        signal(&self.kid, "-KILL");
+        let _ = self.kid.0.wait();
+    }
+
+    /// Mosquitto again, on the same port with the same config.
+    fn restart(&mut self) {
+        let conf = self.conf.clone().expect("a mosquitto broker");
+        *self = Broker::ready(self.port, Broker::spawn_mosquitto(&conf), "mosquitto");
+        self.conf = Some(conf);
     }
 
     /// nats-server with its MQTT listener, which needs JetStream, and the same user.
@@ -84,7 +109,11 @@ impl Broker {
     fn ready(port: u16, kid: Kid, what: &str) -> Broker {
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Broker { port, _kid: kid };
+                return Broker {
+                    port,
+                    kid,
+                    conf: None,
+                };
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -96,11 +125,12 @@ impl Broker {
     }
 }
 
-/// One message as `mosquitto_sub -F '%r %t %x'` prints it (the payload in hex: a heatmap is
+/// One message as `mosquitto_sub -F '%r %q %t %x'` prints it (the payload in hex: a heatmap is
 /// binary).
 #[derive(Debug, Clone)]
 struct Msg {
     retained: bool,
+    qos: u8,
     topic: String,
     /// The payload as text (lossy for binary ones).
     payload: String,
@@ -122,6 +152,16 @@ struct Sub {
 
 impl Sub {
     fn start(b: &Broker) -> Sub {
+        Sub::with(b, &[])
+    }
+
+    /// A persistent session (`-c -i ID`): on a broker with persistence, what is published
+    /// while this subscriber is away (the broker restarting) waits for it.
+    fn durable(b: &Broker, id: &str) -> Sub {
+        Sub::with(b, &["-c", "-i", id])
+    }
+
+    fn with(b: &Broker, extra: &[&str]) -> Sub {
         let port = b.port.to_string();
         let mut kid = Kid(Command::new("mosquitto_sub")
             .args([
@@ -133,13 +173,15 @@ impl Sub {
                 USER,
                 "-P",
                 PASSWORD,
+                // The highest QoS the broker grants, so that a message arrives with its own.
                 "-q",
-                "1",
+                if b.conf.is_some() { "2" } else { "1" },
                 "-v",
             ])
+            .args(extra)
             .args([
                 "-F",
-                "%r %t %x",
+                "%r %q %t %x",
                 "-t",
                 &format!("{PREFIX}/#"),
                 "-t",
@@ -154,8 +196,8 @@ impl Sub {
         let m = msgs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let mut it = line.splitn(3, ' ');
-                let (Some(r), Some(t)) = (it.next(), it.next()) else {
+                let mut it = line.splitn(4, ' ');
+                let (Some(r), Some(q), Some(t)) = (it.next(), it.next(), it.next()) else {
                     continue;
                 };
                 let hex = it.next().unwrap_or("").as_bytes();
@@ -166,6 +208,7 @@ impl Sub {
                 if let Ok(mut v) = m.lock() {
                     v.push(Msg {
                         retained: r == "1",
+                        qos: q.parse().unwrap_or(u8::MAX),
                         topic: t.to_string(),
                         payload: String::from_utf8_lossy(&bytes).into_owned(),
                         bytes,
@@ -241,9 +284,16 @@ fn state_is_well_formed(v: &Value, labels: &[String]) {
             let outside = v["outside_roi"].as_f64().unwrap_or(-1.0);
             assert!((0.0..=1.0).contains(&outside), "{v}");
         }
-        // Connected before the first frame was explained: nothing to say yet.
+        // Connected before the first label held (`label_hold_frames`): no label yet, though the
+        // attention may already be measured.
         None => assert!(
-            v["class"].is_null() && v["label"] == "" && v["score"].is_null() && v["outside_roi"].is_null(),
+            v["class"].is_null()
+                && v["label"] == ""
+                && v["score"].is_null()
+                && (v["outside_roi"].is_null()
+                    || v["outside_roi"]
+                        .as_f64()
+                        .is_some_and(|o| (0.0..=1.0).contains(&o))),
             "{v}"
         ),
     }
@@ -312,6 +362,10 @@ fn topic_suite(dir: &Path, broker: &Broker) {
         "availability (no will on a clean stop)"
     );
 
+    // `qos` is 1 by default, and availability and discovery are always 1.
+    let qos: Vec<(String, u8)> = sub.all().into_iter().map(|m| (m.topic, m.qos)).collect();
+    assert!(qos.iter().all(|(_, q)| *q == 1), "{qos:?}");
+
     let labels = labels();
     let states = sub.on(&format!("{PREFIX}/cam_1/state"));
     assert!(states.len() >= 2, "{states:?}");
@@ -321,6 +375,13 @@ fn topic_suite(dir: &Path, broker: &Broker) {
     assert!(
         states.iter().any(|m| m.json()["alert"] == true),
         "no state with the alert on"
+    );
+    // The file has ended: the last state says the source is down.
+    let last = states.last().unwrap().json();
+    assert_eq!(
+        (&last["up"], &last["alert"]),
+        (&Value::Bool(false), &Value::Bool(false)),
+        "{last}"
     );
     // The label topic: the plain label, each different from the one before.
     let label_msgs: Vec<String> = sub
@@ -546,6 +607,201 @@ fn a_broker_that_is_down_leaves_the_file_output_whole() {
 }
 
 #[test]
+fn a_label_is_published_once_it_holds_for_label_hold_frames() {
+    let dir = scratch("mqtt_hold");
+    let broker = Broker::start(&dir);
+    let sub = Sub::start(&broker);
+    let events = dir.join("events.jsonl");
+    // A trailer: scene cuts, and frames where the top class flickers.
+    let cfg = write_config(
+        &dir,
+        &format!("url = \"{}\"\nlabel_hold_frames = 4", broker.url()),
+        &format!(
+            "[[source]]\nname = \"cam\"\nuri = \"{}\"\nevents = \"{}\"\n",
+            s(&media("bikes.mp4")),
+            s(&events)
+        ),
+    );
+    let o = crate::util::run(&["run", "--quiet", "--config", &s(&cfg)]);
+    assert!(o.status.success(), "{}", crate::util::stderr(&o));
+    sub.wait(
+        |m| m.topic == format!("{PREFIX}/available") && m.payload == "stopped",
+        Duration::from_secs(10),
+    )
+    .expect("stopped");
+    // The labels that held 4 frames, from the frames' own classes.
+    let (mut held, mut run, mut prev) = (Vec::new(), 0, None::<String>);
+    for e in crate::util::events(&events) {
+        let label = e["label"].as_str().map(str::to_string);
+        run = if label == prev { run + 1 } else { 1 };
+        prev = label.clone();
+        if run == 4 && held.last() != label.as_ref() {
+            held.extend(label);
+        }
+    }
+    let flicker = crate::util::events(&events)
+        .windows(2)
+        .filter(|w| w[0]["label"] != w[1]["label"])
+        .count();
+    assert!(
+        flicker > held.len() + 5,
+        "the clip does not flicker: {flicker} changes, {} held",
+        held.len()
+    );
+    let sent: Vec<String> = sub
+        .on(&format!("{PREFIX}/cam/label"))
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    // Several may hold between two publishes: what is sent is in order, a part of `held`, and
+    // ends where it ends.
+    let mut rest = held.iter();
+    for l in &sent {
+        assert!(
+            rest.any(|h| h == l),
+            "{l:?} never held 4 frames, or is out of order\nsent {sent:?}\nheld {held:?}"
+        );
+    }
+    assert_eq!(sent.last(), held.last(), "sent {sent:?}\nheld {held:?}");
+}
+
+/// The alerts a run raised, from its events file: the frame where each began.
+fn alerts_in(events: &[Value]) -> Vec<u64> {
+    let mut on = false;
+    let mut starts = Vec::new();
+    for e in events {
+        let alert = e["alert"] == true;
+        if alert && !on {
+            starts.push(e["seq"].as_u64().expect("seq"));
+        }
+        on = alert;
+    }
+    starts
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[test]
+fn a_broker_killed_and_restarted_mid_run_loses_no_alert_and_no_frame() {
+    let dir = scratch("mqtt_restart");
+    // Persistence, so that the test's own subscriber keeps its session across the restart and
+    // sees what gradcamd sends before it is back; gradcamd itself uses a clean session, and
+    // gets no help from it.
+    let store = dir.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let mut broker = Broker::mosquitto(
+        &dir,
+        &format!(
+            "persistence true\npersistence_location {}/\nautosave_on_changes true\nautosave_interval 1\n",
+            s(&store)
+        ),
+    );
+    let sub = Sub::durable(&broker, "gradcamd-test-restart");
+    let out = dir.join("out.mp4");
+    let events = dir.join("events.jsonl");
+    // A synthetic source read losslessly: as fast as inference goes, every frame kept; with the
+    // ROI on the left half, the moving square raises an alert every few tenths of a second.
+    let cfg = write_config(
+        &dir,
+        &format!("url = \"{}\"", broker.url()),
+        &format!(
+            "[[source]]\nname = \"line\"\nuri = \"synthetic:160x120@20\"\nmode = \"file\"\noutput = \"{}\"\nevents = \"{}\"\nroi = [[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]\nroi_alert_frames = 3\n",
+            s(&out),
+            s(&events)
+        ),
+    );
+    let mut c = Kid(spawn(&["run", "--quiet", "--config", &s(&cfg)]));
+    let (rx, all) = tee(&mut c);
+    wait_line(&rx, "MQTT connected", 60);
+    let topic = format!("{PREFIX}/events");
+    let news = |sub: &Sub| {
+        sub.on(&topic)
+            .iter()
+            .filter(|m| m.json()["type"] == "new")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while news(&sub) < 3 {
+        assert!(Instant::now() < deadline, "no alerts: {:?}", sub.all());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // First the broker hangs (as behind a pulled cable): the socket stays open, alerts go out
+    // and no acknowledgement comes back. Then it dies, and comes back empty.
+    let down = unix_now();
+    signal(&broker.kid, "-STOP");
+    std::thread::sleep(Duration::from_secs(2));
+    broker.kill();
+    wait_line(&rx, "the connection was lost", 30);
+    std::thread::sleep(Duration::from_secs(1));
+    broker.restart();
+    let up = unix_now();
+    wait_line(&rx, "MQTT reconnected", 60);
+    let after = news(&sub);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while news(&sub) < after + 3 {
+        assert!(Instant::now() < deadline, "no alerts after the reconnect");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&c, "-INT");
+    let st = c.wait().expect("wait");
+    let err = all.join().unwrap_or_default();
+    assert!(st.success(), "{err}");
+    sub.wait(
+        |m| m.topic == format!("{PREFIX}/available") && m.payload == "stopped",
+        Duration::from_secs(10),
+    )
+    .expect("`stopped` after the restart");
+
+    // The video: every frame read is written, through the outage too.
+    let lines = crate::util::events(&events);
+    assert_eq!(ffprobe_frames(&out), Some(lines.len() as u64), "{err}");
+    let outage: Vec<u64> = lines
+        .iter()
+        .filter(|e| e["ts"].as_f64().is_some_and(|t| t > down && t < up))
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    assert!(!outage.is_empty(), "no frames while the broker was down");
+
+    // Every alert the run raised reached the subscriber, `new` and `end`, each at least once.
+    let raised = alerts_in(&lines);
+    assert!(
+        raised.iter().any(|f| outage.contains(f)),
+        "no alert arose while the broker was down: the test shows nothing"
+    );
+    let got: Vec<Value> = sub.on(&topic).iter().map(Msg::json).collect();
+    let mut new_at = std::collections::BTreeSet::new();
+    let mut new_ids = std::collections::BTreeSet::new();
+    let mut end_ids = std::collections::BTreeSet::new();
+    for e in &got {
+        let id = e["before"]["id"].as_str().unwrap_or_default().to_string();
+        match e["type"].as_str() {
+            Some("new") => {
+                new_at.insert(e["after"]["frame"].as_u64().unwrap_or(u64::MAX));
+                new_ids.insert(id);
+            }
+            Some("end") => {
+                end_ids.insert(id);
+            }
+            other => panic!("event type {other:?}"),
+        }
+    }
+    let raised: std::collections::BTreeSet<u64> = raised.into_iter().collect();
+    let missing: Vec<&u64> = raised.difference(&new_at).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} alerts never arrived (frames {missing:?})",
+        missing.len(),
+        raised.len()
+    );
+    assert_eq!(new_at.len(), raised.len(), "alerts that the run did not raise");
+    assert_eq!(end_ids, new_ids, "every alert ends");
+}
+
+#[test]
 fn bad_mqtt_settings_are_config_errors_before_anything_runs() {
     let dir = scratch("mqtt_bad");
     let video = s(&media("carphone_pristine.mp4"));
@@ -588,6 +844,164 @@ fn bad_mqtt_settings_are_config_errors_before_anything_runs() {
         2,
         &["mqtt.password_file"],
     );
+}
+
+/// A CA made with openssl: (certificate, key).
+fn test_ca(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (crt, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={name}"),
+        "-keyout",
+        &s(&key),
+        "-out",
+        &s(&crt),
+    ]);
+    (crt, key)
+}
+
+fn openssl(args: &[&str]) {
+    let o = Command::new("openssl").args(args).output().expect("openssl");
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn tls_with_the_brokers_ca_connects_and_a_wrong_ca_is_one_clear_line_then_retries() {
+    let dir = scratch("mqtt_tls");
+    let (ca, ca_key) = test_ca(&dir, "plant-ca");
+    // The broker's certificate, signed by that CA, for the address the URL names.
+    let (crt, key, csr, ext) = (
+        dir.join("broker.crt"),
+        dir.join("broker.key"),
+        dir.join("broker.csr"),
+        dir.join("san.ext"),
+    );
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &s(&key),
+        "-out",
+        &s(&csr),
+    ]);
+    std::fs::write(
+        &ext,
+        "subjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &s(&csr),
+        "-CA",
+        &s(&ca),
+        "-CAkey",
+        &s(&ca_key),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &s(&ext),
+        "-out",
+        &s(&crt),
+    ]);
+    let broker = Broker::mosquitto(
+        &dir,
+        &format!(
+            "persistence false\ncafile {}\ncertfile {}\nkeyfile {}\n",
+            s(&ca),
+            s(&crt),
+            s(&key)
+        ),
+    );
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    // `via_env`: the password from $GRADCAMD_MQTT_PASSWORD instead of mqtt.password_file.
+    let run = |ca: &Path, via_env: bool| {
+        let cfg = write_config(
+            &dir,
+            &format!("url = \"{url}\"\nca_file = \"{}\"", s(ca)),
+            "[[source]]\nname = \"cam\"\nuri = \"synthetic:160x120@20\"\n",
+        );
+        let mut cmd = crate::util::bin();
+        if via_env {
+            let text = std::fs::read_to_string(&cfg).unwrap();
+            let text: String = text
+                .lines()
+                .filter(|l| !l.starts_with("password_file"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            std::fs::write(&cfg, text).unwrap();
+            cmd.env("GRADCAMD_MQTT_PASSWORD", PASSWORD);
+        }
+        let mut c = Kid(cmd
+            .args(["run", "--quiet", "--config", &s(&cfg)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run gradcamd"));
+        let (rx, all) = tee(&mut c);
+        (c, rx, all)
+    };
+
+    let (c, rx, all) = run(&ca, true);
+    wait_line(&rx, "MQTT connected", 60);
+    // Read back over TLS with Mosquitto's client: the retained state.
+    let o = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "--cafile",
+            &s(&ca),
+        ])
+        .args(["-u", USER, "-P", PASSWORD, "-t", &format!("{PREFIX}/cam/state")])
+        .args(["-C", "1", "-W", "20"])
+        .output()
+        .expect("mosquitto_sub");
+    let state: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("no state over TLS ({e}): {}", String::from_utf8_lossy(&o.stderr)));
+    assert_eq!(state["source"], "cam");
+    signal(&c, "-INT");
+    drop(c);
+    let _ = all.join();
+
+    // Another CA: the handshake fails; one line that says so and where to look, then retries.
+    let (other, _) = test_ca(&dir, "other-ca");
+    let (mut c, rx, all) = run(&other, false);
+    wait_line(&rx, "TLS with MQTT broker", 60);
+    wait_line(&rx, "TLS with MQTT broker", 30);
+    signal(&c, "-INT");
+    let st = c.0.wait().expect("wait");
+    let err = all.join().unwrap_or_default();
+    assert!(st.success(), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "one error line, then warnings:\n{err}");
+    assert!(
+        errors[0].contains(&format!("TLS with MQTT broker 127.0.0.1:{}", broker.port))
+            && errors[0].contains("mqtt.ca_file")
+            && errors[0].contains("retrying"),
+        "{}",
+        errors[0]
+    );
+    assert!(!err.contains(PASSWORD), "the password is in the log");
 }
 
 /// Publishes with Mosquitto's own client, QoS 1; whether it was accepted.
@@ -637,7 +1051,7 @@ fn start_live(name: &str, mqtt_keys: &str) -> (Broker, Sub, Kid, std::thread::Jo
 
 #[test]
 fn target_set_changes_what_a_live_source_explains_and_a_bad_value_is_reported_back() {
-    let (broker, sub, mut c, all) = start_live("mqtt_target", "");
+    let (broker, sub, mut c, all) = start_live("mqtt_target", "\nqos = 0");
     let target_state = format!("{PREFIX}/cam_1/target/state");
     let state = format!("{PREFIX}/cam_1/state");
     let first = sub
@@ -701,6 +1115,14 @@ fn target_set_changes_what_a_live_source_explains_and_a_bad_value_is_reported_ba
     let err = all.join().unwrap_or_default();
     assert!(st.success(), "{err}");
     assert!(err.contains("target/set refused"), "{err}");
+    // `qos = 0`: states and target states at most once.
+    let q: Vec<u8> = sub
+        .all()
+        .iter()
+        .filter(|m| m.topic == state || m.topic == target_state)
+        .map(|m| m.qos)
+        .collect();
+    assert!(q.iter().all(|q| *q == 0), "{q:?}");
 }
 
 /// (width, height) from a baseline or progressive JPEG's SOF marker.
@@ -727,7 +1149,7 @@ fn jpeg_size(b: &[u8]) -> Option<(u16, u16)> {
 
 #[test]
 fn heatmaps_are_jpegs_of_the_drawn_frame_for_a_home_assistant_image() {
-    let (broker, sub, mut c, all) = start_live("mqtt_heatmap", "\nheatmap_every_secs = 0.5");
+    let (broker, sub, mut c, all) = start_live("mqtt_heatmap", "\nheatmap_every_secs = 0.5\nqos = 2");
     let topic = format!("{PREFIX}/cam_1/heatmap");
     let enough = |n: usize| sub.on(&topic).len() >= n;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -740,6 +1162,15 @@ fn heatmaps_are_jpegs_of_the_drawn_frame_for_a_home_assistant_image() {
     assert!(st.success(), "{err}");
     let maps = sub.on(&topic);
     assert!(maps.len() >= 3, "{} heatmaps in 30 s", maps.len());
+    // Heatmaps at most once whatever `qos` says (the next one replaces a lost one); states at
+    // `qos = 2`.
+    assert!(maps.iter().all(|m| m.qos == 0));
+    let states: Vec<u8> = sub
+        .on(&format!("{PREFIX}/cam_1/state"))
+        .iter()
+        .map(|m| m.qos)
+        .collect();
+    assert!(!states.is_empty() && states.iter().all(|q| *q == 2), "{states:?}");
     for m in &maps {
         assert_eq!(
             jpeg_size(&m.bytes),
