@@ -9,6 +9,7 @@
 # Everything fetched lands in .deps/ (git-ignored):
 #   .deps/ort/libonnxruntime.so.1.32.0
 #   .deps/media/{carphone_pristine,bikes}.mp4, {chelsea,coffee,astronaut,rocket}.*
+#   .deps/kserve/ (test only: a venv with the KServe v2 server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEPS=.deps
@@ -22,9 +23,10 @@ APT_PKGS=(build-essential pkg-config libopencv-dev clang libclang-dev ffmpeg pyt
 # The live tests: scripts/rtsp_server.py (gst-rtsp-server through python3-gi, run with
 # /usr/bin/python3; -good brings qtdemux, rtph264pay and the RTP/UDP elements) and
 # scripts/browser_check.sh (Debian's headless Chromium); the MQTT tests start Debian's Mosquitto
-# and nats-server (its MQTT listener), and read with mosquitto_sub.
+# and nats-server (its MQTT listener), and read with mosquitto_sub; python3-venv holds the
+# KServe test server (need_kserve).
 APT_TEST_PKGS=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-  chromium mosquitto mosquitto-clients nats-server)
+  chromium mosquitto mosquitto-clients nats-server python3-venv)
 need_apt() { # [package...] (default: APT_PKGS)
   local want=("$@") missing=()
   ((${#want[@]})) || want=("${APT_PKGS[@]}")
@@ -108,6 +110,25 @@ need_media() {
   rm -rf $DEPS/wheels
 }
 
+# --- the KServe v2 test server ----------------------------------------------------
+# tests/remote.rs serves the augmented model through a real KServe v2 server (kserve's
+# ModelServer over onnxruntime, scripts/kserve_server.py): a venv of Debian's python3 with every
+# package pinned and hashed in scripts/kserve-requirements.txt. Reinstalled when that changes.
+KSERVE=$DEPS/kserve
+need_kserve() {
+  local req=scripts/kserve-requirements.txt
+  local stamp=$KSERVE/.requirements.sha256
+  local sum
+  sum=$(sha256sum "$req" | cut -d' ' -f1)
+  [ -x $KSERVE/bin/python ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ] && return 0
+  log "installing the KServe test server into $KSERVE (kserve, onnxruntime; about a minute)"
+  rm -rf $KSERVE
+  /usr/bin/python3 -m venv $KSERVE
+  $KSERVE/bin/pip install -q --disable-pip-version-check --no-cache-dir --require-hashes \
+    --no-deps --only-binary=:all: -r "$req"
+  echo "$sum" >"$stamp"
+}
+
 need_rust() {
   if ! command -v cargo >/dev/null 2>&1; then
     log "no Rust toolchain: install rustup, Rust >= 1.85; Debian 12's cargo is too old"
@@ -117,7 +138,7 @@ need_rust() {
 
 case "$what" in
   all) need_rust; need_apt; need_ort; need_media ;;
-  test) need_rust; need_apt "${APT_PKGS[@]}" "${APT_TEST_PKGS[@]}"; need_ort; need_media ;;
+  test) need_rust; need_apt "${APT_PKGS[@]}" "${APT_TEST_PKGS[@]}"; need_ort; need_media; need_kserve ;;
   ort) need_ort ;;
   media) need_media ;;
   *) log "unknown target '$what' (all, test, ort, media)"; exit 2 ;;

@@ -137,6 +137,12 @@ pub struct ExplainArgs {
     /// DIR/<stem>_dA.npy (float32, [C,h,w]), for comparison with other tools.
     #[arg(long, value_name = "DIR")]
     pub save_tensors: Option<PathBuf>,
+    /// Run the model on a KServe v2 server (Triton, KServe, ...) that serves it augmented.
+    #[arg(long, value_name = "grpc://HOST:PORT")]
+    pub remote: Option<String>,
+    /// The served model's name (with --remote); default: the model file's stem.
+    #[arg(long, value_name = "NAME", requires = "remote")]
+    pub remote_model: Option<String>,
 }
 
 #[derive(Debug, Args)]

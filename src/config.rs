@@ -60,9 +60,24 @@ pub struct ModelConfig {
     /// Model input size [width, height] (flag: WxH), for models whose input size is dynamic.
     #[arg(long, value_name = "WxH", value_parser = parse_size)]
     pub input_size: Option<[u32; 2]>,
-    /// Execution provider: "cpu" or "cuda".
+    /// Execution provider: "cpu", "cuda", or "remote" (a KServe v2 server: Triton, KServe, ...).
     #[arg(skip)]
     pub provider: ProviderKind,
+    /// `provider = "remote"`: the server's gRPC endpoint, `grpc://host:port`.
+    #[arg(skip)]
+    pub endpoint: Option<String>,
+    /// `provider = "remote"`: the served model's name; default: the model file's stem.
+    #[arg(skip)]
+    pub model_name: Option<String>,
+    /// `provider = "remote"`: the served model's version; empty: the server's choice.
+    #[arg(skip)]
+    pub model_version: String,
+    /// `provider = "remote"`: a request's deadline, and the connect timeout; 0: 10000.
+    #[arg(skip)]
+    pub timeout_ms: u64,
+    /// `provider = "remote"`: requests in flight at once (one per inference worker); 0: 2.
+    #[arg(skip)]
+    pub max_in_flight: usize,
     /// CUDA device ordinal.
     #[arg(skip)]
     pub device_id: i32,
@@ -125,6 +140,9 @@ pub enum ProviderKind {
     #[default]
     Cpu,
     Cuda,
+    /// `[model]` only: it needs the endpoint and model keys.
+    #[value(skip)]
+    Remote,
 }
 
 impl TryFrom<String> for ProviderKind {
@@ -133,7 +151,10 @@ impl TryFrom<String> for ProviderKind {
         match s.as_str() {
             "cpu" => Ok(ProviderKind::Cpu),
             "cuda" => Ok(ProviderKind::Cuda),
-            p => Err(format!("provider \"{p}\": expected \"cpu\" or \"cuda\"")),
+            "remote" => Ok(ProviderKind::Remote),
+            p => Err(format!(
+                "provider \"{p}\": expected \"cpu\", \"cuda\" or \"remote\""
+            )),
         }
     }
 }
@@ -619,6 +640,33 @@ impl Config {
                 "http.idle_timeout_ms = {} is out of range 100..=3600000",
                 self.http.idle_timeout_ms
             );
+        }
+        let m = &self.model;
+        if m.provider == ProviderKind::Remote {
+            let endpoint = m.endpoint.as_deref().ok_or_else(|| {
+                anyhow::anyhow!("model.provider = \"remote\" needs model.endpoint = \"grpc://host:port\" (the inference server)")
+            })?;
+            crate::remote::RemoteTarget::authority(endpoint).map_err(|e| anyhow::anyhow!(e))?;
+            if !(0..=600_000).contains(&m.timeout_ms) {
+                anyhow::bail!(
+                    "model.timeout_ms = {} is out of range 0..=600000 (0: 10000)",
+                    m.timeout_ms
+                );
+            }
+            if !(0..=MAX_SESSIONS).contains(&m.max_in_flight) {
+                anyhow::bail!(
+                    "model.max_in_flight = {} is out of range 0..={MAX_SESSIONS} (0: 2)",
+                    m.max_in_flight
+                );
+            }
+        } else if let Some(key) = [
+            ("model.endpoint", m.endpoint.is_some()),
+            ("model.model_name", m.model_name.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(k, set)| set.then_some(k))
+        {
+            anyhow::bail!("{key} is set but model.provider is not \"remote\"");
         }
         if let Some([w, h]) = self.model.input_size {
             let max = MAX_INPUT_SIDE;

@@ -50,6 +50,7 @@ pub(crate) mod frame;
 pub mod model;
 pub(crate) mod npy;
 pub(crate) mod paths;
+pub mod remote;
 pub(crate) mod sidecar;
 pub mod stats;
 

@@ -65,7 +65,7 @@ pub struct Summary {
 
 pub(crate) fn engine_options(cfg: &Config) -> EngineOptions {
     EngineOptions {
-        provider: Provider::new(cfg.model.provider, cfg.model.device_id),
+        provider: Provider::from_config(&cfg.model),
         fallback: cfg.model.fallback,
         intra_threads: cfg.model.intra_threads,
         intra_op_spinning: cfg.model.intra_op_spinning,

@@ -32,6 +32,8 @@ mod mqtt;
 mod nhwc;
 #[cfg(feature = "video")]
 mod reference;
+#[cfg(feature = "video")]
+mod remote;
 mod rules;
 #[cfg(feature = "video")]
 mod schedule;

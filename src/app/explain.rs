@@ -214,7 +214,19 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
             )
         })?)
     };
-    let engine = Engine::new(&model.graph, &EngineOptions::default()).classified()?;
+    let mut opts = EngineOptions::default();
+    if let Some(endpoint) = &args.remote {
+        crate::remote::RemoteTarget::authority(endpoint)
+            .map_err(|e| fail(Kind::Config, format!("--remote: {e}")))?;
+        let m = crate::config::ModelConfig {
+            provider: crate::config::ProviderKind::Remote,
+            endpoint: Some(endpoint.clone()),
+            model_name: args.remote_model.clone(),
+            ..args.model.clone()
+        };
+        opts.provider = crate::engine::Provider::from_config(&m);
+    }
+    let engine = Engine::new(&model.graph, &opts).classified()?;
     tracing::info!(model = %model.path.display(), target = %model.graph.target, provider = %engine.provider_used, images = images.len(), "explaining");
     let mut pre = Preprocessor::new(&model.sidecar.input);
     let mut explainer = Explainer::new(

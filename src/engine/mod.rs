@@ -50,6 +50,9 @@ pub enum EngineError {
     /// What gradcamd's own checks found wrong with a run.
     #[error("inference failed: {0}")]
     Run(String),
+    /// The inference server (`provider = "remote"`): unreachable, refused, or the wrong model.
+    #[error("{0}")]
+    Remote(String),
     #[error("inference failed: {0}")]
     Ort(#[from] ort::Error),
 }
@@ -66,11 +69,17 @@ impl crate::error::Classify for EngineError {
 /// engine's, so a run is only given slots its bindings were made for.
 static ENGINES: AtomicU64 = AtomicU64::new(0);
 
+/// Where batches run: an ONNX Runtime session here, or a KServe v2 server.
+enum Backend {
+    Local(Session),
+    Remote(Box<crate::remote::Client>),
+}
+
 pub struct Engine {
     /// The bindings first: they are dropped before the session that made them.
     bound: Option<Box<Bound>>,
     slots: Vec<InputSlot>,
-    session: Session,
+    backend: Backend,
     /// This engine's number since its last [`Engine::prepare`], which its slots carry.
     id: u64,
     input_name: String,
@@ -113,6 +122,20 @@ impl Engine {
         opts: &EngineOptions,
         augmented: bool,
     ) -> Result<Self, EngineError> {
+        if let Provider::Remote(target) = &opts.provider {
+            if !augmented {
+                return Err(EngineError::Remote(
+                    "a remote model runs augmented only (no forward-only benchmark)".into(),
+                ));
+            }
+            let client = crate::remote::Client::connect(target, model)?;
+            return Ok(Self::with_backend(
+                Backend::Remote(Box::new(client)),
+                format!("remote {} model {}", target.endpoint, target.model_name),
+                model,
+                augmented,
+            ));
+        }
         init_runtime(None)?;
         // The session starts its thread pool: name the threads so stages can count their CPU.
         let build = |p: &Provider| {
@@ -135,8 +158,17 @@ impl Engine {
             }
             Err(e) => return Err(EngineError::Session(e)),
         };
-        Ok(Engine {
-            session,
+        Ok(Self::with_backend(
+            Backend::Local(session),
+            provider_used,
+            model,
+            augmented,
+        ))
+    }
+
+    fn with_backend(backend: Backend, provider_used: String, model: &Augmented, augmented: bool) -> Engine {
+        Engine {
+            backend,
             input_name: model.input_name.clone(),
             provider_used,
             augmented,
@@ -152,7 +184,7 @@ impl Engine {
             slots: Vec::new(),
             bound: None,
             id: ENGINES.fetch_add(1, Ordering::Relaxed),
-        })
+        }
     }
 
     /// Allocates `slots` input buffers for `batch` items of `item_dims` and, where the model
@@ -175,15 +207,16 @@ impl Engine {
         self.dims = dims;
         self.id = ENGINES.fetch_add(1, Ordering::Relaxed);
         let slots = slots.max(1);
-        let bound = if self.input_f16 {
-            Ok(None)
-        } else {
-            let names = bound::Names {
-                input: &self.input_name,
-                logits: &self.logits,
-                augmented: self.augmented,
-            };
-            Bound::new(&mut self.session, names, dims, slots, self.id)
+        let bound = match &mut self.backend {
+            Backend::Local(session) if !self.input_f16 => {
+                let names = bound::Names {
+                    input: &self.input_name,
+                    logits: &self.logits,
+                    augmented: self.augmented,
+                };
+                Bound::new(session, names, dims, slots, self.id)
+            }
+            _ => Ok(None),
         };
         // The old slots and bindings go before the new ones are used; a slot of theirs still
         // out is refused from now on (its number is not the engine's any more).
@@ -218,7 +251,10 @@ impl Engine {
 
     /// Ends ORT profiling (see [`EngineOptions::profile`]) and returns the profile's path.
     pub(crate) fn end_profiling(&mut self) -> Result<String, EngineError> {
-        Ok(self.session.end_profiling()?)
+        match &mut self.backend {
+            Backend::Local(session) => Ok(session.end_profiling()?),
+            Backend::Remote(_) => Err(EngineError::Run("a remote model has no ORT profile".into())),
+        }
     }
 
     /// Items per prepared batch (0 before [`Engine::prepare`]).
@@ -240,9 +276,9 @@ impl Engine {
             return Err(run("input slot from another engine".into()));
         }
         let [b, c, h, w] = self.dims;
-        if let Some(bound) = self.bound.as_mut() {
+        if let (Some(bound), Backend::Local(session)) = (self.bound.as_mut(), &self.backend) {
             if slot.is_bound() && (n == b || (bound.has_partial() && (1..b).contains(&n))) {
-                bound.run(&self.session, slot, n, b, targets)?;
+                bound.run(session, slot, n, b, targets)?;
                 return Ok(f(bound.view(n).map_err(run)?));
             }
         }
@@ -264,6 +300,13 @@ impl Engine {
         targets: &[i64],
         f: impl FnOnce(BatchView) -> R,
     ) -> Result<R, EngineError> {
+        let session = match &mut self.backend {
+            Backend::Local(session) => session,
+            Backend::Remote(client) => {
+                let names = (self.input_name.as_str(), self.logits.as_str(), self.in_graph_cam);
+                return client.run(input, targets, names, f);
+            }
+        };
         let x: SessionInputValue = if self.input_f16 {
             self.input_half.clear();
             self.input_half
@@ -275,10 +318,9 @@ impl Engine {
         };
         let t = TensorRef::from_array_view(([targets.len()], targets))?;
         let outputs = if self.augmented {
-            self.session
-                .run(ort::inputs![self.input_name.as_str() => x, IN_TARGET => t])?
+            session.run(ort::inputs![self.input_name.as_str() => x, IN_TARGET => t])?
         } else {
-            self.session.run(ort::inputs![self.input_name.as_str() => x])?
+            session.run(ort::inputs![self.input_name.as_str() => x])?
         };
         let get = |name: &str| {
             outputs

@@ -11,7 +11,11 @@ use ort::session::Session;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Provider {
     Cpu,
-    Cuda { device_id: i32 },
+    Cuda {
+        device_id: i32,
+    },
+    /// A KServe v2 server (Triton, KServe, ...); see [`crate::remote`].
+    Remote(std::sync::Arc<crate::remote::RemoteTarget>),
 }
 
 impl Provider {
@@ -20,6 +24,28 @@ impl Provider {
         match kind {
             crate::config::ProviderKind::Cpu => Provider::Cpu,
             crate::config::ProviderKind::Cuda => Provider::Cuda { device_id },
+            // Its endpoint and model come from `[model]` ([`Provider::from_config`]).
+            crate::config::ProviderKind::Remote => Provider::Remote(Default::default()),
+        }
+    }
+
+    /// The provider `[model]` names, with the server's address for a remote one.
+    pub fn from_config(m: &crate::config::ModelConfig) -> Provider {
+        match m.provider {
+            crate::config::ProviderKind::Remote => {
+                let stem = m.path.as_deref().and_then(|p| p.file_stem()).map_or_else(
+                    || "efficientnet_lite0".to_string(),
+                    |s| s.to_string_lossy().into_owned(),
+                );
+                Provider::Remote(std::sync::Arc::new(crate::remote::RemoteTarget {
+                    endpoint: m.endpoint.clone().unwrap_or_default(),
+                    model_name: m.model_name.clone().unwrap_or(stem),
+                    model_version: m.model_version.clone(),
+                    timeout_ms: if m.timeout_ms == 0 { 10_000 } else { m.timeout_ms },
+                    max_in_flight: if m.max_in_flight == 0 { 2 } else { m.max_in_flight },
+                }))
+            }
+            kind => Provider::new(kind, m.device_id),
         }
     }
 }
@@ -64,7 +90,12 @@ impl EngineOptions {
     pub fn sessions(&self, requested: usize) -> (usize, EngineOptions) {
         let mut opts = self.clone();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let n = match requested {
+        let n = match (requested, &opts.provider) {
+            // One request in flight per worker.
+            (0, Provider::Remote(t)) => t.max_in_flight.max(1),
+            (n, _) => n,
+        };
+        let n = match n {
             0 if opts.provider == Provider::Cpu => cores.clamp(1, 2),
             0 => 2,
             n => n,
@@ -128,6 +159,7 @@ pub(crate) fn build_session(
                 "this gradcamd was built without the `cuda` feature",
             ));
         }
+        Provider::Remote(_) => return Err(ort::Error::new("a remote model has no local session")),
     }
     b.commit_from_memory(bytes)
 }
@@ -136,6 +168,7 @@ pub(super) fn provider_name(p: &Provider) -> String {
     match p {
         Provider::Cpu => "cpu".into(),
         Provider::Cuda { device_id } => format!("cuda:{device_id}"),
+        Provider::Remote(t) => format!("remote {}", t.endpoint),
     }
 }
 

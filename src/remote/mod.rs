@@ -1,0 +1,387 @@
+//! Inference on a shared KServe v2 server (`[model] provider = "remote"`): Triton's ONNX
+//! Runtime backend, KServe, OpenVINO Model Server and MLServer all speak the v2 (Open
+//! Inference) protocol, and the augmented model is a plain ONNX model they serve unchanged,
+//! gradients included. Capture, preprocessing, the CAM, render and the sinks stay on the box;
+//! only the batch crosses the wire.
+//!
+//! One [`Client`] per session worker, each with its own connection and a current-thread
+//! runtime that runs only inside its calls: the stages stay plain threads, and `max_in_flight`
+//! workers are `max_in_flight` requests in flight.
+
+pub(crate) mod v2;
+
+use std::time::Duration;
+
+use ndarray::{ArrayView1, ArrayView2, ArrayView3, ArrayView4};
+use tonic::codec::ProstCodec;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use crate::engine::{BatchView, EngineError};
+use onnx_gradcam::augment::{IN_TARGET, OUT_A, OUT_CAM, OUT_CLASS, OUT_DA};
+use onnx_gradcam::Augmented;
+
+/// Where the model is served (`[model] endpoint`, `model_name`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RemoteTarget {
+    /// `grpc://host:port`.
+    pub endpoint: String,
+    pub model_name: String,
+    /// Empty: the server's choice.
+    pub model_version: String,
+    pub timeout_ms: u64,
+    /// Requests in flight at once: one per session worker.
+    pub max_in_flight: usize,
+}
+
+impl RemoteTarget {
+    /// `host:port` of a `grpc://` endpoint.
+    pub(crate) fn authority(endpoint: &str) -> Result<&str, String> {
+        let rest = endpoint.strip_prefix("grpc://").ok_or_else(|| {
+            format!("model.endpoint = \"{endpoint}\" is not a gRPC endpoint: write grpc://host:port (Triton's gRPC port is 8001)")
+        })?;
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| format!("model.endpoint = \"{endpoint}\" has no port: write grpc://host:port"))?;
+        if host.is_empty() || host.contains(['/', '@', ' ']) || port.parse::<u16>().is_err() {
+            return Err(format!("model.endpoint = \"{endpoint}\" is not grpc://host:port"));
+        }
+        Ok(rest)
+    }
+}
+
+const READY: &str = "/inference.GRPCInferenceService/ServerReady";
+const METADATA: &str = "/inference.GRPCInferenceService/ModelMetadata";
+const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+/// A batch of A and dA for a large model is tens of MB; tonic's default is 4 MiB.
+const MAX_MESSAGE: usize = 1 << 30;
+
+pub(crate) struct Client {
+    rt: tokio::runtime::Runtime,
+    grpc: tonic::client::Grpc<Channel>,
+    target: RemoteTarget,
+    /// Decoded outputs of the last batch, reused.
+    f32s: Vec<(String, Vec<usize>, Vec<f32>)>,
+    i64s: Vec<(String, Vec<usize>, Vec<i64>)>,
+}
+
+fn remote(msg: String) -> EngineError {
+    EngineError::Remote(msg)
+}
+
+/// One line for a failed call: what, where, what to do.
+fn explain(s: &tonic::Status, t: &RemoteTarget) -> String {
+    let (at, msg) = (&t.endpoint, s.message());
+    match s.code() {
+        Code::Unavailable => format!(
+            "inference server {at} is unavailable ({msg}); is it running, and is model.endpoint right?"
+        ),
+        Code::NotFound => format!(
+            "inference server {at} has no model '{}' ({msg}); check model.model_name and model.model_version",
+            t.model_name
+        ),
+        Code::DeadlineExceeded | Code::Cancelled => format!(
+            "inference server {at} did not answer within {} ms (model.timeout_ms)",
+            t.timeout_ms
+        ),
+        Code::ResourceExhausted => format!(
+            "inference server {at} refused a message as too large ({msg}); lower pipeline.batch_size, or raise the server's gRPC message limits"
+        ),
+        c => format!("inference server {at}: {c:?}: {msg}"),
+    }
+}
+
+impl Client {
+    /// Connects (within `timeout_ms`) and checks that the served model is `model` augmented.
+    pub(crate) fn connect(target: &RemoteTarget, model: &Augmented) -> Result<Client, EngineError> {
+        let authority = RemoteTarget::authority(&target.endpoint).map_err(remote)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| remote(format!("cannot start the gRPC runtime: {e}")))?;
+        let timeout = Duration::from_millis(target.timeout_ms.max(1));
+        let endpoint = Endpoint::from_shared(format!("http://{authority}"))
+            .map_err(|e| remote(format!("model.endpoint = \"{}\": {e}", target.endpoint)))?
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .tcp_nodelay(true);
+        let channel = rt.block_on(endpoint.connect()).map_err(|e| {
+            // tonic's own line is "transport error"; the cause is at the end of the chain.
+            let mut why = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                why = s.to_string();
+                src = s.source();
+            }
+            remote(format!(
+                "cannot reach inference server {} ({why}); is it running, and is model.endpoint right?",
+                target.endpoint
+            ))
+        })?;
+        let grpc = tonic::client::Grpc::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        let mut c = Client {
+            rt,
+            grpc,
+            target: target.clone(),
+            f32s: Vec::new(),
+            i64s: Vec::new(),
+        };
+        let ready: v2::ServerReadyResponse = c.call(READY, v2::ServerReadyRequest {})?;
+        if !ready.ready {
+            return Err(remote(format!(
+                "inference server {} is not ready yet",
+                target.endpoint
+            )));
+        }
+        c.check(model)?;
+        Ok(c)
+    }
+
+    fn call<Q, R>(&mut self, path: &'static str, req: Q) -> Result<R, EngineError>
+    where
+        Q: prost::Message + Send + Sync + 'static,
+        R: prost::Message + Default + Send + Sync + 'static,
+    {
+        let grpc = &mut self.grpc;
+        let out = self.rt.block_on(async move {
+            grpc.ready()
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let codec: ProstCodec<Q, R> = ProstCodec::default();
+            grpc.unary(
+                tonic::Request::new(req),
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                codec,
+            )
+            .await
+            .map(tonic::Response::into_inner)
+        });
+        out.map_err(|s| remote(explain(&s, &self.target)))
+    }
+
+    /// The served model's inputs and outputs against the augmented model's: a model served
+    /// without augmentation, or another model, is refused here, not at the first frame.
+    fn check(&mut self, model: &Augmented) -> Result<(), EngineError> {
+        let meta: v2::ModelMetadataResponse = self.call(
+            METADATA,
+            v2::ModelMetadataRequest {
+                name: self.target.model_name.clone(),
+                version: self.target.model_version.clone(),
+            },
+        )?;
+        fn has<'a>(list: &'a [v2::TensorMetadata], n: &str) -> Option<&'a v2::TensorMetadata> {
+            list.iter().find(|t| t.name == n)
+        }
+        let name = &self.target.model_name;
+        let at = &self.target.endpoint;
+        let mut missing: Vec<&str> = Vec::new();
+        if has(&meta.inputs, IN_TARGET).is_none() {
+            missing.push(IN_TARGET);
+        }
+        let mut outs = vec![OUT_A, OUT_DA, OUT_CLASS];
+        if model.in_graph_cam {
+            outs.push(OUT_CAM);
+        }
+        missing.extend(outs.into_iter().filter(|o| has(&meta.outputs, o).is_none()));
+        if !missing.is_empty() {
+            return Err(remote(format!(
+                "model '{name}' on {at} is not augmented for gradients (it has no {}): serve the model that `gradcamd augment` writes, or a repository from `gradcamd export-triton`",
+                missing.join(", ")
+            )));
+        }
+        let list = |l: &[v2::TensorMetadata]| {
+            l.iter()
+                .map(|t| format!("{} {} {:?}", t.name, t.datatype, t.shape))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match has(&meta.inputs, &model.input_name) {
+            Some(t) if t.datatype == "FP32" => {}
+            Some(t) => {
+                return Err(remote(format!(
+                    "model '{name}' on {at} takes {} as {}; this gradcamd sends FP32",
+                    t.name, t.datatype
+                )))
+            }
+            None => {
+                return Err(remote(format!(
+                    "model '{name}' on {at} has inputs {}, not '{}': is it the model given to gradcamd (model.path)?",
+                    list(&meta.inputs),
+                    model.input_name
+                )))
+            }
+        }
+        if has(&meta.outputs, &model.logits_output).is_none() {
+            return Err(remote(format!(
+                "model '{name}' on {at} has outputs {}, not '{}': is it the model given to gradcamd (model.path)?",
+                list(&meta.outputs),
+                model.logits_output
+            )));
+        }
+        Ok(())
+    }
+
+    /// One batch on the server: the input as raw FP32 and one target per item (a dynamic
+    /// batcher needs `[N]`, not one value for all), every output back raw or typed.
+    pub(crate) fn run<R>(
+        &mut self,
+        input: ArrayView4<f32>,
+        targets: &[i64],
+        model: (&str, &str, bool),
+        f: impl FnOnce(BatchView) -> R,
+    ) -> Result<R, EngineError> {
+        let (input_name, logits_name, in_graph_cam) = model;
+        let n = input.shape()[0];
+        let mut x = Vec::with_capacity(input.len() * 4);
+        match input.as_slice() {
+            Some(s) => s.iter().for_each(|v| x.extend_from_slice(&v.to_le_bytes())),
+            None => input.iter().for_each(|v| x.extend_from_slice(&v.to_le_bytes())),
+        }
+        let mut t = Vec::with_capacity(n * 8);
+        for i in 0..n {
+            let c = targets.get(i).or(targets.first()).copied().unwrap_or(-1);
+            t.extend_from_slice(&c.to_le_bytes());
+        }
+        let shape: Vec<i64> = input.shape().iter().map(|&d| d as i64).collect();
+        let tensor = |name: &str, datatype: &str, shape: Vec<i64>| v2::InferInputTensor {
+            name: name.to_string(),
+            datatype: datatype.to_string(),
+            shape,
+            ..Default::default()
+        };
+        let req = v2::ModelInferRequest {
+            model_name: self.target.model_name.clone(),
+            model_version: self.target.model_version.clone(),
+            inputs: vec![
+                tensor(input_name, "FP32", shape),
+                tensor(IN_TARGET, "INT64", vec![n as i64]),
+            ],
+            raw_input_contents: vec![x, t],
+            ..Default::default()
+        };
+        let resp: v2::ModelInferResponse = self.call(INFER, req)?;
+        self.decode(resp)?;
+        let bad = |e: ndarray::ShapeError| remote(format!("unexpected output shape: {e}"));
+        let f32_out = |name: &str| self.f32s.iter().find(|(n, _, _)| n == name);
+        let need = |name: &str| {
+            f32_out(name).ok_or_else(|| remote(format!("the server's answer has no output '{name}'")))
+        };
+        let (_, ls, l) = need(logits_name)?;
+        let logits = ArrayView2::from_shape(dims::<2>(ls)?, l).map_err(bad)?;
+        let empty4 = ArrayView4::from_shape((0, 0, 0, 0), &[][..]).map_err(bad)?;
+        let a = match f32_out(OUT_A) {
+            Some((_, s, v)) => ArrayView4::from_shape(dims::<4>(s)?, v).map_err(bad)?,
+            None => empty4,
+        };
+        let da = match f32_out(OUT_DA) {
+            Some((_, s, v)) => ArrayView4::from_shape(dims::<4>(s)?, v).map_err(bad)?,
+            None => empty4,
+        };
+        let (_, cs, c) = self
+            .i64s
+            .iter()
+            .find(|(n, _, _)| n == OUT_CLASS)
+            .ok_or_else(|| remote(format!("the server's answer has no output '{OUT_CLASS}'")))?;
+        let class = ArrayView1::from_shape(dims::<1>(cs)?, c).map_err(bad)?;
+        let cam = if in_graph_cam {
+            let (_, s, v) = need(OUT_CAM)?;
+            Some(ArrayView3::from_shape(dims::<3>(s)?, v).map_err(bad)?)
+        } else {
+            None
+        };
+        if logits.nrows() != n || class.len() != n {
+            return Err(remote(format!(
+                "the server answered {} rows for a batch of {n}",
+                logits.nrows()
+            )));
+        }
+        Ok(f(BatchView {
+            logits,
+            a,
+            da,
+            class,
+            cam,
+        }))
+    }
+
+    /// Outputs into the reused buffers: raw little-endian bytes (Triton, KServe), or typed
+    /// `contents` (which the protocol allows too).
+    fn decode(&mut self, resp: v2::ModelInferResponse) -> Result<(), EngineError> {
+        self.f32s.clear();
+        self.i64s.clear();
+        let raw = !resp.raw_output_contents.is_empty();
+        if raw && resp.raw_output_contents.len() != resp.outputs.len() {
+            return Err(remote(format!(
+                "the server sent {} raw contents for {} outputs",
+                resp.raw_output_contents.len(),
+                resp.outputs.len()
+            )));
+        }
+        let mut bytes = resp.raw_output_contents.into_iter();
+        for out in resp.outputs {
+            let shape: Vec<usize> = out
+                .shape
+                .iter()
+                .map(|&d| {
+                    usize::try_from(d)
+                        .map_err(|_| remote(format!("output '{}' has shape {:?}", out.name, out.shape)))
+                })
+                .collect::<Result<_, _>>()?;
+            let count: usize = shape.iter().product();
+            let raw_bytes = bytes.next();
+            let size = |width: usize, got: usize| {
+                remote(format!(
+                    "output '{}' of shape {shape:?} came with {got} bytes, not {}",
+                    out.name,
+                    count * width
+                ))
+            };
+            match out.datatype.as_str() {
+                "FP32" => {
+                    let v: Vec<f32> = match raw_bytes {
+                        Some(b) if b.len() == count * 4 => b
+                            .chunks_exact(4)
+                            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                            .collect(),
+                        Some(b) => return Err(size(4, b.len())),
+                        None => out.contents.map(|c| c.fp32_contents).unwrap_or_default(),
+                    };
+                    if v.len() != count {
+                        return Err(size(4, v.len() * 4));
+                    }
+                    self.f32s.push((out.name, shape, v));
+                }
+                "INT64" => {
+                    let v: Vec<i64> = match raw_bytes {
+                        Some(b) if b.len() == count * 8 => b
+                            .chunks_exact(8)
+                            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                            .collect(),
+                        Some(b) => return Err(size(8, b.len())),
+                        None => out.contents.map(|c| c.int64_contents).unwrap_or_default(),
+                    };
+                    if v.len() != count {
+                        return Err(size(8, v.len() * 8));
+                    }
+                    self.i64s.push((out.name, shape, v));
+                }
+                // Outputs gradcamd does not read (a model's extra ones) may be of any type.
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn dims<const N: usize>(shape: &[usize]) -> Result<[usize; N], EngineError> {
+    <[usize; N]>::try_from(shape).map_err(|_| {
+        remote(format!(
+            "an output of rank {} where {N} was expected",
+            shape.len()
+        ))
+    })
+}

@@ -1,0 +1,213 @@
+//! Inference on a real KServe v2 server: kserve's `ModelServer` over onnxruntime
+//! (scripts/kserve_server.py, the only lines of it that are ours), installed pinned and hashed
+//! into .deps/kserve by `scripts/setup.sh test` and started here on loopback.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use gradcamd::cam::correlation;
+
+use crate::util::{expect_error, floats, free_port, media, read_json, root, s, scratch, Kid};
+
+struct Server {
+    port: u16,
+    _kid: Kid,
+}
+
+impl Server {
+    /// `model` served as `name`, gRPC on a free loopback port; ready once the port answers.
+    fn start(model: &Path, name: &str) -> Server {
+        let py = root().join(".deps/kserve/bin/python");
+        assert!(
+            py.exists(),
+            "no KServe test server at {}: run scripts/setup.sh test",
+            py.display()
+        );
+        let (port, http) = (free_port(), free_port());
+        let kid = Kid(Command::new(py)
+            .arg(root().join("scripts/kserve_server.py"))
+            .arg(model)
+            .args(["--model_name", name])
+            .args(["--grpc_port", &port.to_string(), "--http_port", &http.to_string()])
+            // One onnxruntime thread: the machine's cores are shared with the tests.
+            .env("ORT_THREADS", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the KServe server"));
+        for _ in 0..600 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Server { port, _kid: kid };
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the KServe server did not listen on {port} within 60 s");
+    }
+
+    fn endpoint(&self) -> String {
+        format!("grpc://127.0.0.1:{}", self.port)
+    }
+}
+
+/// The built-in model augmented, as a user puts it on the server.
+fn augmented(dir: &Path) -> PathBuf {
+    let out = dir.join("efficientnet_lite0.onnx");
+    let o = crate::util::run(&[
+        "augment",
+        "-o",
+        &s(&out),
+        &s(&root().join("models/efficientnet_lite0.onnx")),
+    ]);
+    assert!(o.status.success(), "{}", crate::util::stderr(&o));
+    out
+}
+
+const STILLS: [&str; 4] = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"];
+
+fn explain(dir: &Path, method: &str, remote: Option<&str>) -> serde_json::Value {
+    let json = dir.join(format!(
+        "{method}-{}.json",
+        if remote.is_some() { "remote" } else { "local" }
+    ));
+    let mut args = vec![
+        "explain".to_string(),
+        "--method".into(),
+        method.into(),
+        "--json".into(),
+        s(&json),
+    ];
+    if let Some(r) = remote {
+        args.extend(["--remote".to_string(), r.to_string()]);
+    }
+    args.extend(STILLS.iter().map(|f| s(&media(f))));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = crate::util::run(&args);
+    assert!(o.status.success(), "{method}: {}", crate::util::stderr(&o));
+    read_json(&json)
+}
+
+#[test]
+fn remote_and_local_give_the_same_classes_and_cams_for_every_method() {
+    let dir = scratch("remote_same");
+    let server = Server::start(&augmented(&dir), "efficientnet_lite0");
+    let ep = server.endpoint();
+    for method in [
+        "gradcam",
+        "gradcampp",
+        "xgradcam",
+        "hirescam",
+        "layercam",
+        "eigencam",
+        "eigengradcam",
+        "cam",
+    ] {
+        let (local, remote) = (explain(&dir, method, None), explain(&dir, method, Some(&ep)));
+        for (k, (l, r)) in local
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(remote.as_array().unwrap())
+            .enumerate()
+        {
+            let name = STILLS[k];
+            assert_eq!(l["target"], r["target"], "{method} {name}");
+            assert_eq!(l["top5"], r["top5"], "{method} {name}");
+            let (a, b) = (floats(&l["cam_raw"]), floats(&r["cam_raw"]));
+            assert_eq!(a.len(), b.len());
+            let corr = correlation(&a, &b);
+            assert!(corr >= 0.99999, "{method} {name}: CAM correlation {corr}");
+        }
+    }
+
+    // The clip through the daemon: the same class and score on every frame.
+    let run = |name: &str, model: &str| {
+        let events = dir.join(format!("{name}.jsonl"));
+        let toml = format!(
+            "[model]\n{model}\n\n[[source]]\nuri = \"{}\"\nevents = \"{}\"\n",
+            s(&media("carphone_pristine.mp4")),
+            s(&events)
+        );
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(&cfg, toml).unwrap();
+        let o = crate::util::run(&["run", "--quiet", "--config", &s(&cfg)]);
+        assert!(o.status.success(), "{name}: {}", crate::util::stderr(&o));
+        crate::util::events(&events)
+    };
+    let local = run("local", "");
+    let remote = run("remote", &format!("provider = \"remote\"\nendpoint = \"{ep}\""));
+    assert_eq!((local.len(), remote.len()), (120, 120));
+    for (l, r) in local.iter().zip(&remote) {
+        assert_eq!(l["class"], r["class"], "frame {}", l["seq"]);
+        let (a, b) = (l["score"].as_f64().unwrap(), r["score"].as_f64().unwrap());
+        assert!(
+            (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+            "frame {}: score {a} vs {b}",
+            l["seq"]
+        );
+    }
+}
+
+#[test]
+fn a_plain_model_a_wrong_name_and_no_server_each_give_their_line() {
+    let dir = scratch("remote_refused");
+    let plain = Server::start(&root().join("models/efficientnet_lite0.onnx"), "plain");
+    let aug = Server::start(&augmented(&dir), "efficientnet_lite0");
+    let video = s(&media("carphone_pristine.mp4"));
+    let run = |keys: &str| {
+        let cfg = dir.join("run.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[model]\nprovider = \"remote\"\n{keys}\n\n[[source]]\nuri = \"{video}\"\nevents = \"{}\"\n",
+                s(&dir.join("e.jsonl"))
+            ),
+        )
+        .unwrap();
+        crate::util::run(&["run", "--config", &s(&cfg)])
+    };
+    // Served without the gradients: refused at start-up, saying how to augment.
+    let o = run(&format!(
+        "endpoint = \"{}\"\nmodel_name = \"plain\"",
+        plain.endpoint()
+    ));
+    expect_error(&o, 7, &["model 'plain'", "not augmented", "gradcamd augment"]);
+    // A name the server does not have.
+    let o = run(&format!(
+        "endpoint = \"{}\"\nmodel_name = \"nope\"",
+        aug.endpoint()
+    ));
+    expect_error(&o, 7, &["has no model 'nope'", "model.model_name"]);
+    // Nothing listening.
+    let port = free_port();
+    let o = run(&format!("endpoint = \"grpc://127.0.0.1:{port}\""));
+    expect_error(
+        &o,
+        7,
+        &[
+            &format!("cannot reach inference server grpc://127.0.0.1:{port}"),
+            "Connection refused",
+        ],
+    );
+    // Not an endpoint, or remote keys without the remote provider: config errors.
+    expect_error(
+        &run("endpoint = \"http://127.0.0.1:8001\""),
+        2,
+        &["model.endpoint", "grpc://host:port"],
+    );
+    expect_error(&run(""), 2, &["model.endpoint"]);
+    let cfg = dir.join("cpu.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[model]\nendpoint = \"{}\"\n\n[[source]]\nuri = \"{video}\"\n",
+            aug.endpoint()
+        ),
+    )
+    .unwrap();
+    expect_error(
+        &crate::util::run(&["run", "--config", &s(&cfg)]),
+        2,
+        &["model.endpoint is set but model.provider is not \"remote\""],
+    );
+}
