@@ -78,6 +78,11 @@ pub struct ModelConfig {
     /// `provider = "remote"`: requests in flight at once (one per inference worker); 0: 2.
     #[arg(skip)]
     pub max_in_flight: usize,
+    /// `provider = "remote"`: how long a file source waits for a server that is away before
+    /// the run stops with an error (live sources never wait: their frames go on, marked);
+    /// default 60.
+    #[arg(skip)]
+    pub retry_secs: Option<f64>,
     /// CUDA device ordinal.
     #[arg(skip)]
     pub device_id: i32,
@@ -652,6 +657,9 @@ impl Config {
                     "model.timeout_ms = {} is out of range 0..=600000 (0: 10000)",
                     m.timeout_ms
                 );
+            }
+            if let Some(r) = m.retry_secs.filter(|r| !(0.0..=86_400.0).contains(r)) {
+                anyhow::bail!("model.retry_secs = {r} is out of range 0..=86400");
             }
             if !(0..=MAX_SESSIONS).contains(&m.max_in_flight) {
                 anyhow::bail!(

@@ -225,6 +225,12 @@ impl Explainer {
     }
 
     /// Explains the first `specs.len()` items of `slot`.
+    /// The first `n` results of the last call (what it returned).
+    pub(crate) fn last_outs(&mut self, n: usize) -> &mut [ItemOut] {
+        let n = n.min(self.outs.len());
+        &mut self.outs[..n]
+    }
+
     pub(crate) fn explain_slot(
         &mut self,
         slot: &InputSlot,

@@ -89,6 +89,8 @@ pub(crate) struct Explained {
     /// The source's explained frames per second over the last 2 s, when this frame left
     /// inference: for the HUD.
     pub fps: f32,
+    /// Not explained because the inference server was away: said on the frame, always.
+    pub unavailable: bool,
 }
 
 #[cfg(feature = "video")]

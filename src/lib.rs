@@ -9,6 +9,8 @@
 //!   while ORT still owns the outputs; [`cam`]: the CAM methods on activations and gradients.
 //! - [`model`]: a model ready to serve: ONNX + [`sidecar`] + augmentation, checked up front;
 //!   [`builtin`]: the default model in the binary.
+//! - [`engine`]: where batches run, an ORT session here or, through [`remote`], a KServe v2
+//!   server (Triton, KServe) that serves the augmented model.
 //! - [`config`], [`cli`], [`error`]: configuration as parsed (`[model]` is also every
 //!   command's model flags), flags, failure classes and exit codes.
 //! - [`paths`]: which paths are one file, and how outputs are claimed; [`uri`]: source URIs

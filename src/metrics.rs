@@ -77,6 +77,8 @@ pub(crate) fn render(stats: &Stats, names: &[String]) -> String {
     let _ = writeln!(o, "gradcamd_latency_seconds_bucket{{le=\"+Inf\"}} {count}\ngradcamd_latency_seconds_sum {sum}\ngradcamd_latency_seconds_count {count}");
     let _ = writeln!(o, "# HELP gradcamd_inference_batch_size Frames in the last inference batch.\n# TYPE gradcamd_inference_batch_size gauge\ngradcamd_inference_batch_size {}", n(&stats.last_batch));
     let _ = writeln!(o, "# HELP gradcamd_inference_batches_total Inference runs.\n# TYPE gradcamd_inference_batches_total counter\ngradcamd_inference_batches_total {}", n(&stats.batches));
+    let _ = writeln!(o, "# HELP gradcamd_inference_errors_total Batches the inference server could not run (provider = \"remote\").\n# TYPE gradcamd_inference_errors_total counter\ngradcamd_inference_errors_total {}", n(&stats.inference_errors));
+    let _ = writeln!(o, "# HELP gradcamd_inference_up 0 while the inference server is unavailable.\n# TYPE gradcamd_inference_up gauge\ngradcamd_inference_up {}", u8::from(stats.inference_down.load(Ordering::Relaxed) == 0));
     let _ = writeln!(o, "# HELP gradcamd_frames_written_total Frames written by the sinks.\n# TYPE gradcamd_frames_written_total counter\ngradcamd_frames_written_total {}", n(&stats.written));
     if let Some(m) = &stats.mqtt {
         let _ = writeln!(o, "# HELP gradcamd_mqtt_connected 1 while connected to the MQTT broker.\n# TYPE gradcamd_mqtt_connected gauge\ngradcamd_mqtt_connected {}", n(&m.connected));

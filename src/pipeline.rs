@@ -210,6 +210,9 @@ impl Plan {
                 maps_pool,
                 expected_frames: expected_frames(&io.sources),
                 mqtt: outbox,
+                lossless: io.sources.iter().map(|s| s.mode == SourceMode::File).collect(),
+                unavailable_wait: Duration::from_secs_f64(cfg.model.retry_secs.unwrap_or(60.0)),
+                stop: Arc::default(),
             },
             method: cfg.explain.method,
             render: RenderConfig {
@@ -251,7 +254,7 @@ impl Plan {
                     display,
                 },
             frame_pools,
-            infer,
+            mut infer,
             method,
             render,
             render_workers,
@@ -293,6 +296,7 @@ impl Plan {
             sink_rxs.push(rx);
         }
 
+        infer.stop = stop.clone();
         let bars = Progress::new(progress, &sources);
         let mut captures: Vec<JoinHandle<()>> = Vec::new();
         let mut frame_rxs = Vec::new();

@@ -409,6 +409,8 @@ fn render_with(
             // A lost stream is always labelled: a frozen-looking frame must not pass for live.
             if e.frame.lost {
                 font_for(&mut s.fonts, img)?.draw_hud(img, "stream lost - reconnecting", None)?;
+            } else if e.unavailable {
+                font_for(&mut s.fonts, img)?.draw_hud(img, "inference unavailable", None)?;
             } else if cfg.hud {
                 let right = Some(fps_text(fps, e.fps));
                 font_for(&mut s.fonts, img)?.draw_hud(img, "not explained", right)?;
@@ -631,6 +633,7 @@ mod tests {
             frame,
             maps,
             fps: 30.0,
+            unavailable: false,
         }
     }
 

@@ -37,6 +37,7 @@ pub struct SourceStats {
     pub outside_roi: AtomicU64,
     /// ROI alerts fired.
     pub alerts: AtomicU64,
+
     /// The frame rate the source reports, f64 bits; 0 until it is known (a live camera that
     /// connects after start-up). A file output plays at it.
     pub fps: AtomicU64,
@@ -252,6 +253,12 @@ pub struct Stats {
     pub sources: Vec<SourceStats>,
     /// The MQTT output's counters, when it is configured.
     pub(crate) mqtt: Option<Arc<MqttStats>>,
+    /// Batches the inference server failed (`provider = "remote"`), and 1 while it is down.
+    pub inference_errors: AtomicU64,
+    pub inference_down: AtomicU64,
+    /// What ended the run early, when something did (a file source that waited
+    /// `model.retry_secs` for the inference server): the run's error line.
+    fatal: std::sync::Mutex<Option<String>>,
     /// Outputs that failed during the run (an events log that cannot be written), one line
     /// each; the run ends with the output exit code.
     output_errors: std::sync::Mutex<Vec<String>>,
@@ -263,6 +270,17 @@ impl Stats {
         if let Ok(mut v) = self.output_errors.lock() {
             v.push(msg);
         }
+    }
+
+    /// Records the first reason the run must end with an error (the caller stops the run).
+    pub(crate) fn fail_run(&self, msg: String) {
+        if let Ok(mut f) = self.fatal.lock() {
+            f.get_or_insert(msg);
+        }
+    }
+
+    pub(crate) fn fatal(&self) -> Option<String> {
+        self.fatal.lock().ok().and_then(|f| f.clone())
     }
 
     pub(crate) fn output_errors(&self) -> Vec<String> {

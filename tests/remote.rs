@@ -8,23 +8,32 @@ use std::time::Duration;
 
 use gradcamd::cam::correlation;
 
-use crate::util::{expect_error, floats, free_port, media, read_json, root, s, scratch, Kid};
+use crate::hostile::{signal, spawn, tee, wait_line};
+use crate::util::{
+    expect_error, ffprobe_frames, field, floats, free_port, media, read_json, root, s, scratch, Kid,
+};
 
 struct Server {
     port: u16,
-    _kid: Kid,
+    kid: Kid,
+    model: PathBuf,
+    name: String,
 }
 
 impl Server {
     /// `model` served as `name`, gRPC on a free loopback port; ready once the port answers.
     fn start(model: &Path, name: &str) -> Server {
+        Server::on(free_port(), model, name)
+    }
+
+    fn on(port: u16, model: &Path, name: &str) -> Server {
         let py = root().join(".deps/kserve/bin/python");
         assert!(
             py.exists(),
             "no KServe test server at {}: run scripts/setup.sh test",
             py.display()
         );
-        let (port, http) = (free_port(), free_port());
+        let http = free_port();
         let kid = Kid(Command::new(py)
             .arg(root().join("scripts/kserve_server.py"))
             .arg(model)
@@ -38,11 +47,27 @@ impl Server {
             .expect("start the KServe server"));
         for _ in 0..600 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Server { port, _kid: kid };
+                return Server {
+                    port,
+                    kid,
+                    model: model.to_path_buf(),
+                    name: name.to_string(),
+                };
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("the KServe server did not listen on {port} within 60 s");
+    }
+
+    /// `kill -9`, as a crash or an OOM kill would.
+    fn kill(&mut self) {
+        let _ = self.kid.0.kill();
+        let _ = self.kid.0.wait();
+    }
+
+    /// The same model again on the same port.
+    fn restart(&mut self) {
+        *self = Server::on(self.port, &self.model.clone(), &self.name.clone());
     }
 
     fn endpoint(&self) -> String {
@@ -210,4 +235,111 @@ fn a_plain_model_a_wrong_name_and_no_server_each_give_their_line() {
         2,
         &["model.endpoint is set but model.provider is not \"remote\""],
     );
+}
+
+/// A live and a file source in one daemon (`extra` added to `[model]`).
+fn start_two(
+    dir: &Path,
+    server: &Server,
+    extra: &str,
+) -> (
+    Kid,
+    std::sync::mpsc::Receiver<String>,
+    std::thread::JoinHandle<String>,
+) {
+    let cfg = dir.join("run.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[model]\nprovider = \"remote\"\nendpoint = \"{}\"\n{extra}\n\n\
+             [[source]]\nname = \"live\"\nuri = \"synthetic:160x120@10\"\noutput = \"{}\"\nevents = \"{}\"\n\n\
+             [[source]]\nname = \"file\"\nuri = \"synthetic:160x120@10\"\nmode = \"file\"\noutput = \"{}\"\nevents = \"{}\"\n",
+            server.endpoint(),
+            s(&dir.join("live.mp4")),
+            s(&dir.join("live.jsonl")),
+            s(&dir.join("file.mp4")),
+            s(&dir.join("file.jsonl")),
+        ),
+    )
+    .unwrap();
+    let mut c = Kid(spawn(&["run", "--quiet", "--config", &s(&cfg)]));
+    let (rx, all) = tee(&mut c);
+    wait_line(&rx, "gradcamd ready", 60);
+    (c, rx, all)
+}
+
+#[test]
+fn a_server_killed_and_restarted_mid_run_marks_live_frames_and_loses_no_file_frame() {
+    let dir = scratch("remote_restart");
+    let mut server = Server::start(&augmented(&dir), "efficientnet_lite0");
+    let (c, rx, all) = start_two(&dir, &server, "");
+    std::thread::sleep(Duration::from_secs(2));
+    server.kill();
+    wait_line(&rx, "live sources go on without overlay", 30);
+    std::thread::sleep(Duration::from_secs(1));
+    server.restart();
+    wait_line(&rx, "the inference server is back", 60);
+    let back = unix_now();
+    std::thread::sleep(Duration::from_secs(2));
+    signal(&c, "-INT");
+    let mut c = c;
+    let st = c.0.wait().expect("wait");
+    let log = all.join().unwrap_or_default();
+    assert!(st.success(), "{log}");
+
+    // The file source: every frame read is written, and every one explained (it waited).
+    let file = crate::util::events(&dir.join("file.jsonl"));
+    assert!(file.len() > 20, "{log}");
+    assert_eq!(
+        ffprobe_frames(&dir.join("file.mp4")),
+        Some(file.len() as u64),
+        "{log}"
+    );
+    // The live source went on: frames written without an explanation while the server was
+    // away, explained ones again after it came back.
+    let live = crate::util::events(&dir.join("live.jsonl"));
+    let written = ffprobe_frames(&dir.join("live.mp4")).unwrap_or(0);
+    assert!(field(&log, "not_explained") >= 5.0, "{log}");
+    assert!(
+        written as usize > live.len(),
+        "{written} written, {} explained",
+        live.len()
+    );
+    assert!(
+        live.iter().any(|e| e["ts"].as_f64().is_some_and(|t| t > back)),
+        "no live frame explained after the server came back"
+    );
+}
+
+#[test]
+fn a_file_source_gives_up_after_retry_secs_with_one_line_and_a_file_that_plays() {
+    let dir = scratch("remote_gone");
+    let mut server = Server::start(&augmented(&dir), "efficientnet_lite0");
+    let (c, rx, all) = start_two(&dir, &server, "retry_secs = 2");
+    std::thread::sleep(Duration::from_secs(2));
+    server.kill();
+    wait_line(&rx, "live sources go on without overlay", 30);
+    let mut c = c;
+    let st = c.0.wait().expect("wait");
+    let log = all.join().unwrap_or_default();
+    assert_eq!(st.code(), Some(7), "{log}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(
+        errors[0].contains("waited 2 s") && errors[0].contains("model.retry_secs"),
+        "{}",
+        errors[0]
+    );
+    for f in ["file.mp4", "live.mp4"] {
+        assert!(
+            ffprobe_frames(&dir.join(f)).is_some_and(|n| n > 0),
+            "{f} does not play:\n{log}"
+        );
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }

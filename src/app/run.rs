@@ -117,6 +117,9 @@ pub fn run(args: &RunArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             crate::say!("wrote {} ({} frames)", w.path.display(), w.frames);
         }
     }
+    if let Some(why) = s.fatal() {
+        return Err(fail(Kind::Runtime, why));
+    }
     // A failed output is the run's failure even where other outputs went well: the file is
     // incomplete. (Each was logged when it happened; this is the one line that sums up.)
     if let Some(first) = errors.first() {

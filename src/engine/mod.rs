@@ -50,9 +50,12 @@ pub enum EngineError {
     /// What gradcamd's own checks found wrong with a run.
     #[error("inference failed: {0}")]
     Run(String),
-    /// The inference server (`provider = "remote"`): unreachable, refused, or the wrong model.
+    /// The inference server (`provider = "remote"`) refused: the wrong model, a bad request.
     #[error("{0}")]
     Remote(String),
+    /// The inference server is away (down, unreachable, too slow): worth waiting for.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("inference failed: {0}")]
     Ort(#[from] ort::Error),
 }

@@ -2,6 +2,7 @@
 //! `batch_size`, waiting at most `batch_timeout` after the first) and preprocesses each frame,
 //! as it arrives, straight into a free input slot of one of the sessions.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender};
@@ -11,7 +12,8 @@ use crate::engine::InputSlot;
 use crate::explainer::Targets;
 use crate::frame::{Explained, Frame};
 use crate::preprocess::Preprocessor;
-use crate::stats::{Stage, StageMeter, Stats};
+use crate::stats::event::FrameNotExplained;
+use crate::stats::{Event, Stage, StageMeter, Stats};
 
 /// How many frames the next batch gets, `left` frames before the end of the input when that is
 /// known. Near the end the batches shrink so that every session is handed some of the last
@@ -32,20 +34,60 @@ pub(super) fn batch_target(b: usize, sessions: usize, left: Option<u64>) -> usiz
 pub(super) struct Free {
     pub(super) carriers: Receiver<Carrier>,
     pub(super) slots: Receiver<(usize, InputSlot)>,
+    /// Taken by [`Free::try_next`] without its other half.
+    pub(super) carrier: Option<Carrier>,
+    pub(super) slot: Option<(usize, InputSlot)>,
 }
 
 impl Free {
-    /// Waits while every slot is with the sessions: that is the backpressure. `None` once
-    /// inference has shut down.
-    fn next(&self) -> Option<Carrier> {
-        let mut batch = self.carriers.recv().ok()?;
-        let (worker, slot) = self.slots.recv().ok()?;
+    /// The next carrier with a free slot, waiting `d` at most (waiting while every slot is
+    /// with the sessions is the backpressure): `Ok(None)` on timeout, `Err` once inference
+    /// has shut down.
+    fn next_within(&mut self, d: Duration) -> Result<Option<Carrier>, ()> {
+        use crossbeam_channel::RecvTimeoutError::{Disconnected, Timeout};
+        let until = Instant::now() + d;
+        if self.carrier.is_none() {
+            match self.carriers.recv_deadline(until) {
+                Ok(c) => self.carrier = Some(c),
+                Err(Timeout) => return Ok(None),
+                Err(Disconnected) => return Err(()),
+            }
+        }
+        if self.slot.is_none() {
+            match self.slots.recv_deadline(until) {
+                Ok(s) => self.slot = Some(s),
+                Err(Timeout) => return Ok(None),
+                Err(Disconnected) => return Err(()),
+            }
+        }
+        Ok(self.try_next())
+    }
+
+    /// The same without waiting: `None` while every slot is with the sessions.
+    fn try_next(&mut self) -> Option<Carrier> {
+        if self.carrier.is_none() {
+            self.carrier = self.carriers.try_recv().ok();
+        }
+        if self.slot.is_none() {
+            self.slot = self.slots.try_recv().ok();
+        }
+        match (self.carrier.take(), self.slot.take()) {
+            (Some(c), Some(s)) => Some(Self::ready(c, s)),
+            (c, s) => {
+                (self.carrier, self.slot) = (c, s);
+                None
+            }
+        }
+    }
+
+    fn ready(mut batch: Carrier, (worker, slot): (usize, InputSlot)) -> Carrier {
         batch.worker = worker;
         batch.slot = Some(slot);
         batch.frames.clear();
         batch.specs.clear();
         batch.usable.clear();
-        Some(batch)
+        batch.unavailable = false;
+        batch
     }
 }
 
@@ -56,10 +98,11 @@ pub(super) fn run(
     mut pre: Preprocessor,
     targets: &Targets,
     (b, timeout, expected): (usize, Duration, Option<u64>),
-    free: Free,
+    mut free: Free,
     full: Vec<Sender<Carrier>>,
     tx: Sender<Explained>,
     stats: &Stats,
+    (lossless, stop): (&[bool], &AtomicBool),
 ) {
     let sessions = full.len();
     let mut received = 0u64;
@@ -73,12 +116,21 @@ pub(super) fn run(
     };
     let span = tracing::info_span!("batcher");
     let _e = span.enter();
-    let mut inputs = Inputs::new(rxs);
+    let mut inputs = Inputs::new(rxs, lossless);
     let mut meter = StageMeter::new(stats, Stage::Preprocess);
     let item_len = pre.item_len();
     let mut current: Option<Carrier> = None;
     let mut deadline: Option<Instant> = None;
+    // While the server is away, a live frame goes to inference (to find out whether it is
+    // back) at most this often; the others skip it.
+    let mut probed = Instant::now();
     loop {
+        // While the inference server is away, file sources' frames wait in their queues (their
+        // capture waits with them): the batches in flight are tried again by the workers, and
+        // a live source's new frames still pass, marked "inference unavailable".
+        // Not once the run is stopping: the file sources' captures wait on their queues.
+        let away = stats.inference_down.load(Ordering::Relaxed) == 1 && !stop.load(Ordering::Relaxed);
+        inputs.pause_lossless(away);
         let next = inputs.next(deadline);
         let closed = matches!(next, Next::Closed);
         match next {
@@ -87,20 +139,46 @@ pub(super) fn run(
                     frame: f,
                     maps: Vec::new(),
                     fps: 0.0,
+                    unavailable: false,
                 };
                 if tx.send(lost).is_err() {
                     break;
                 }
             }
             Next::Frame(f) => {
-                if current.is_none() {
-                    match free.next() {
-                        Some(batch) => current = Some(batch),
-                        None => break,
+                // A live frame never waits for a slot while the server is away (the workers
+                // may all be waiting for it with file sources' batches), and tries the server
+                // at most every PROBE_EVERY.
+                let away = live_while_away(&f, stats, lossless);
+                let mut skip = away && !probe_due(&mut probed);
+                if !skip && current.is_none() {
+                    current = if away {
+                        free.try_next()
+                    } else {
+                        match wait_free(&mut free, &mut inputs, (stats, stop), &tx) {
+                            Some(batch) => Some(batch),
+                            None => break,
+                        }
+                    };
+                    if current.is_some() {
+                        let left = expected.and_then(|e| e.checked_sub(received));
+                        target = batch_target(b, sessions, left);
+                        deadline = Some(Instant::now() + timeout);
                     }
-                    let left = expected.and_then(|e| e.checked_sub(received));
-                    target = batch_target(b, sessions, left);
-                    deadline = Some(Instant::now() + timeout);
+                    skip = current.is_none();
+                }
+                if skip {
+                    FrameNotExplained.emit(stats);
+                    let e = Explained {
+                        frame: f,
+                        maps: Vec::new(),
+                        fps: 0.0,
+                        unavailable: true,
+                    };
+                    if tx.send(e).is_err() {
+                        break;
+                    }
+                    continue;
                 }
                 received += 1;
                 let Some(batch) = current.as_mut() else { break };
@@ -150,12 +228,79 @@ pub(super) fn run(
     meter.finish();
 }
 
-/// The sources' channels, read together through one `Select` built once (a closed channel is
-/// removed from it), so waiting for a frame allocates nothing.
+/// A live frame while the inference server is away: written at once, marked, unless it is
+/// time to try the server again (and a slot is free). It may overtake its source's frames in a
+/// batch that waits for the server: the sink puts them back in order, and gives up on the late
+/// ones after its gap limit, as for any live frame.
+fn live_while_away(f: &Frame, stats: &Stats, lossless: &[bool]) -> bool {
+    stats.inference_down.load(Ordering::Relaxed) == 1 && !lossless.get(f.source).copied().unwrap_or(false)
+}
+
+fn probe_due(probed: &mut Instant) -> bool {
+    if probed.elapsed() >= PROBE_EVERY {
+        *probed = Instant::now();
+        return true;
+    }
+    false
+}
+
+/// A carrier with a free slot; while the inference server is away the live sources' frames go
+/// on meanwhile, marked (the file sources' are paused in [`Inputs`]). `None` once inference or
+/// the next stage has shut down.
+fn wait_free(
+    free: &mut Free,
+    inputs: &mut Inputs,
+    (stats, stop): (&Stats, &AtomicBool),
+    tx: &Sender<Explained>,
+) -> Option<Carrier> {
+    loop {
+        if stats.inference_down.load(Ordering::Relaxed) == 0 || stop.load(Ordering::Relaxed) {
+            // Not blocking for good: the server may go away while this waits.
+            match free.next_within(Duration::from_millis(100)) {
+                Ok(Some(c)) => return Some(c),
+                Ok(None) => continue,
+                Err(()) => return None,
+            }
+        }
+        if let Some(c) = free.try_next() {
+            return Some(c);
+        }
+        inputs.pause_lossless(true);
+        match inputs.next(Some(Instant::now() + Duration::from_millis(50))) {
+            Next::Frame(f) => {
+                let unavailable = !f.lost;
+                if unavailable {
+                    FrameNotExplained.emit(stats);
+                }
+                let e = Explained {
+                    frame: f,
+                    maps: Vec::new(),
+                    fps: 0.0,
+                    unavailable,
+                };
+                tx.send(e).ok()?;
+            }
+            Next::Timeout => {}
+            // Only the file sources are left; they wait for the slot.
+            Next::Closed => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// See [`live_while_away`].
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// The sources' channels, read together through one `Select` (a closed channel is left out
+/// of it), so waiting for a frame allocates nothing; it is rebuilt only when a source closes or
+/// the lossless ones are paused or resumed.
 struct Inputs<'a> {
     rxs: &'a [Receiver<Frame>],
     sel: Select<'a>,
-    open: usize,
+    /// The source index of each of `sel`'s operations.
+    ids: Vec<usize>,
+    open: Vec<bool>,
+    lossless: &'a [bool],
+    paused: bool,
     /// Frames taken from each source so far: the next one's `seq`.
     taken: Vec<u64>,
 }
@@ -167,16 +312,38 @@ enum Next {
 }
 
 impl<'a> Inputs<'a> {
-    fn new(rxs: &'a [Receiver<Frame>]) -> Self {
-        let mut sel = Select::new();
-        for r in rxs {
-            sel.recv(r);
-        }
-        Inputs {
+    fn new(rxs: &'a [Receiver<Frame>], lossless: &'a [bool]) -> Self {
+        let mut inputs = Inputs {
             rxs,
-            sel,
-            open: rxs.len(),
+            sel: Select::new(),
+            ids: Vec::with_capacity(rxs.len()),
+            open: vec![true; rxs.len()],
+            lossless,
+            paused: false,
             taken: vec![0; rxs.len()],
+        };
+        inputs.rebuild();
+        inputs
+    }
+
+    fn rebuild(&mut self) {
+        let mut sel = Select::new();
+        self.ids.clear();
+        for (i, r) in self.rxs.iter().enumerate() {
+            let held = self.paused && self.lossless.get(i).copied().unwrap_or(false);
+            if self.open[i] && !held {
+                sel.recv(r);
+                self.ids.push(i);
+            }
+        }
+        self.sel = sel;
+    }
+
+    /// Leaves the lossless sources' frames where they are (`true`), or reads them again.
+    fn pause_lossless(&mut self, paused: bool) {
+        if paused != self.paused {
+            self.paused = paused;
+            self.rebuild();
         }
     }
 
@@ -186,17 +353,31 @@ impl<'a> Inputs<'a> {
     /// the sinks could not tell from frames still in flight.
     fn next(&mut self, deadline: Option<Instant>) -> Next {
         loop {
-            if self.open == 0 {
+            if !self.open.contains(&true) {
                 return Next::Closed;
+            }
+            if self.ids.is_empty() {
+                // Only paused sources are open: look again soon (the server may be back).
+                let nap = Instant::now() + Duration::from_millis(100);
+                std::thread::sleep(
+                    deadline
+                        .map_or(nap, |d| d.min(nap))
+                        .saturating_duration_since(Instant::now()),
+                );
+                return Next::Timeout;
             }
             let op = match deadline {
                 Some(d) => match self.sel.select_deadline(d) {
                     Ok(op) => op,
                     Err(_) => return Next::Timeout,
                 },
-                None => self.sel.select(),
+                None => match self.sel.select_timeout(Duration::from_millis(200)) {
+                    Ok(op) => op,
+                    // Now and then, so that a pause or a resume is seen.
+                    Err(_) => return Next::Timeout,
+                },
             };
-            let i = op.index();
+            let i = self.ids.get(op.index()).copied().unwrap_or(0);
             match op.recv(&self.rxs[i]) {
                 Ok(mut f) => {
                     if let Some(n) = self.taken.get_mut(i) {
@@ -206,8 +387,8 @@ impl<'a> Inputs<'a> {
                     return Next::Frame(f);
                 }
                 Err(_) => {
-                    self.sel.remove(i);
-                    self.open -= 1;
+                    self.open[i] = false;
+                    self.rebuild();
                 }
             }
         }

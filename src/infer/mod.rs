@@ -58,6 +58,13 @@ pub(crate) struct InferConfig {
     pub expected_frames: Option<u64>,
     /// Each frame's outcome for the MQTT output, when there is one.
     pub mqtt: Option<crate::mqtt::Outbox>,
+    /// Per source index: its frames are never given up (a file source), so a batch of them
+    /// waits for an inference server that is away, up to `unavailable_wait`.
+    pub lossless: Vec<bool>,
+    pub unavailable_wait: Duration,
+    /// The run's stop flag: set by a worker that gave up waiting, so the run ends (and its
+    /// outputs are finalized); read while waiting, so Ctrl-C is not held up.
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One batch on its way: an input slot of session `worker` and the frames preprocessed into it.
@@ -74,6 +81,8 @@ struct Carrier {
     usable: Vec<bool>,
     /// Frame i's maps once explained (empty: not explained).
     maps: Vec<Vec<ClassMap>>,
+    /// The inference server was away for this batch.
+    unavailable: bool,
 }
 
 /// Runs until every source has closed (or the next stage has), and gives the explainers back:
@@ -106,6 +115,7 @@ pub(crate) fn run(
             specs: Vec::with_capacity(b),
             usable: Vec::with_capacity(b),
             maps: (0..b).map(|_| Vec::new()).collect(),
+            unavailable: false,
         });
     }
     let (slot_tx, slot_rx) = bounded::<(usize, InputSlot)>(SLOTS * sessions);
@@ -142,8 +152,17 @@ pub(crate) fn run(
         batch_timeout,
         expected_frames,
         mqtt,
+        lossless,
+        unavailable_wait,
+        stop,
         ..
     } = cfg;
+    let server = session::Server {
+        lossless,
+        wait: unavailable_wait,
+        stop,
+        backoff: Mutex::new(session::Backoff::default()),
+    };
     let batcher_tx = tx.clone();
     let release = Mutex::new(Release::new(
         monitors,
@@ -161,9 +180,12 @@ pub(crate) fn run(
             .spawn_scoped(scope, {
                 let (stats, tx) = (stats.clone(), batcher_tx);
                 let (rxs, targets) = (&rxs, &targets);
+                let (lossless, stop) = (server.lossless.as_slice(), &*server.stop);
                 let free = batcher::Free {
                     carriers: free_rx,
                     slots: slot_rx,
+                    carrier: None,
+                    slot: None,
                 };
                 move || {
                     batcher::run(
@@ -175,6 +197,7 @@ pub(crate) fn run(
                         full_txs,
                         tx,
                         &stats,
+                        (lossless, stop),
                     )
                 }
             });
@@ -190,6 +213,7 @@ pub(crate) fn run(
                 stats: &stats,
                 release: &release,
                 started,
+                server: &server,
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("infer-{w}"))

@@ -142,6 +142,7 @@ impl Release {
                 frame,
                 maps,
                 fps: 0.0,
+                unavailable: batch.unavailable,
             };
             if let Some(r) = self.rates.get_mut(e.frame.source) {
                 let now = Instant::now();

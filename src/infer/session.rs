@@ -4,21 +4,69 @@
 //! in-order release.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
 use super::release::Release;
 use super::Carrier;
-use crate::engine::InputSlot;
-use crate::explainer::Explainer;
+use crate::engine::{EngineError, InputSlot};
+use crate::explainer::{Explainer, ItemOut};
 use crate::frame::{ClassMap, Pool};
 use crate::stats::event::BatchRun;
 use crate::stats::{Event, Stats};
 
 /// The "model output NaN" warning is said once per process, not once per frame.
 static NAN_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// The inference server as the workers see it (`provider = "remote"`; a local session is never
+/// away).
+pub(super) struct Server {
+    /// Per source index: a batch holding its frames waits for the server (see
+    /// [`super::InferConfig::lossless`]).
+    pub(super) lossless: Vec<bool>,
+    pub(super) wait: Duration,
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) backoff: Mutex<Backoff>,
+}
+
+#[derive(Default)]
+pub(super) struct Backoff {
+    /// Since when the server has been away (`None`: up).
+    down_since: Option<Instant>,
+}
+
+impl Server {
+    /// A batch failed with the server away: counted, and said once per outage.
+    fn down(&self, stats: &Stats, why: &str) {
+        stats.inference_errors.fetch_add(1, Ordering::Relaxed);
+        stats.inference_down.store(1, Ordering::Relaxed);
+        if let Ok(mut b) = self.backoff.lock() {
+            if b.down_since.is_none() {
+                b.down_since = Some(Instant::now());
+                tracing::warn!(
+                    "{why}; live sources go on without overlay (\"inference unavailable\"), file sources wait up to {} s (model.retry_secs); retrying",
+                    self.wait.as_secs_f64()
+                );
+            }
+        }
+    }
+
+    fn up(&self, stats: &Stats) {
+        if stats.inference_down.swap(0, Ordering::Relaxed) == 0 {
+            return;
+        }
+        if let Ok(mut b) = self.backoff.lock() {
+            if let Some(since) = b.down_since.take() {
+                tracing::info!(
+                    after_s = format!("{:.1}", since.elapsed().as_secs_f64()),
+                    "the inference server is back"
+                );
+            }
+        }
+    }
+}
 
 pub(super) struct Worker<'a> {
     pub(super) explainer: &'a mut Explainer,
@@ -29,6 +77,7 @@ pub(super) struct Worker<'a> {
     pub(super) release: &'a Mutex<Release>,
     /// When inference started: the origin of the trace log's batch times.
     pub(super) started: Instant,
+    pub(super) server: &'a Server,
 }
 
 impl Worker<'_> {
@@ -38,10 +87,21 @@ impl Worker<'_> {
         let n = batch.frames.len();
         let t = crate::cpu::Span::start();
         let wall = Instant::now();
-        let results = match &batch.slot {
+        let mut results = match &batch.slot {
             Some(slot) if n > 0 => self.explainer.explain_slot(slot, &batch.specs, false),
-            _ => Err(crate::engine::EngineError::Run("empty batch".into())),
+            _ => Err(EngineError::Run("empty batch".into())),
         };
+        if let Err(EngineError::Unavailable(why)) = &results {
+            let why = why.clone();
+            self.server.down(self.stats, &why);
+            let lossless = batch
+                .frames
+                .iter()
+                .any(|f| self.server.lossless.get(f.source).copied().unwrap_or(false));
+            if lossless {
+                results = wait_for_server(self.explainer, self.server, self.stats, &batch, &why);
+            }
+        }
         let spent = t.elapsed();
         // RUST_LOG=gradcamd::infer=trace: when each batch ran, to see the sessions' idle time.
         tracing::trace!(
@@ -57,6 +117,9 @@ impl Worker<'_> {
             let _ = self.slots.try_send((batch.worker, slot));
         }
         BatchRun { frames: n }.emit(self.stats);
+        if results.is_ok() {
+            self.server.up(self.stats);
+        }
         match results {
             Ok(outs) => {
                 for (i, r) in outs.iter().enumerate().take(n) {
@@ -92,6 +155,10 @@ impl Worker<'_> {
                     }
                 }
             }
+            Err(EngineError::Unavailable(_)) => {
+                batch.unavailable = true;
+                batch.maps.iter_mut().for_each(Vec::clear);
+            }
             Err(e) => {
                 if n > 0 {
                     tracing::warn!(frames = n, error = %e, "inference failed for a batch; writing its frames without overlay");
@@ -108,4 +175,47 @@ impl Worker<'_> {
             Err(_) => false,
         }
     }
+}
+
+/// A batch with frames of a file source and the server away: tried again with backoff
+/// until it runs, the run stops, or `model.retry_secs` have passed. Then the run is ended
+/// with one line; what was written is finalized as at any stop.
+fn wait_for_server<'e>(
+    explainer: &'e mut Explainer,
+    server: &Server,
+    stats: &Stats,
+    batch: &Carrier,
+    why: &str,
+) -> Result<&'e mut [ItemOut], EngineError> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(250);
+    let mut why = why.to_string();
+    while !server.stop.load(Ordering::SeqCst) {
+        let left = server.wait.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            stats.fail_run(format!(
+                "{why}; a file source waited {:.0} s for it (model.retry_secs) and the run was stopped: the output holds every frame read until then",
+                server.wait.as_secs_f64()
+            ));
+            server.stop.store(true, Ordering::SeqCst);
+            break;
+        }
+        // In steps, so that a stop is not held up by a long pause.
+        let until = Instant::now() + pause.min(left);
+        while Instant::now() < until && !server.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        pause = (pause * 2).min(Duration::from_secs(2));
+        let Some(slot) = &batch.slot else { break };
+        // The count only: a borrow returned from inside the loop would hold the explainer.
+        match explainer.explain_slot(slot, &batch.specs, false).map(|o| o.len()) {
+            Err(EngineError::Unavailable(w)) => {
+                server.down(stats, &w);
+                why = w;
+            }
+            Ok(n) => return Ok(explainer.last_outs(n)),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(EngineError::Unavailable(why))
 }

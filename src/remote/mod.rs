@@ -71,6 +71,17 @@ fn remote(msg: String) -> EngineError {
     EngineError::Remote(msg)
 }
 
+/// A failed call as the engine's error: the server away (worth waiting for), or a refusal.
+fn status_error(s: &tonic::Status, t: &RemoteTarget) -> EngineError {
+    let msg = explain(s, t);
+    match s.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+            EngineError::Unavailable(msg)
+        }
+        _ => EngineError::Remote(msg),
+    }
+}
+
 /// One line for a failed call: what, where, what to do.
 fn explain(s: &tonic::Status, t: &RemoteTarget) -> String {
     let (at, msg) = (&t.endpoint, s.message());
@@ -89,6 +100,8 @@ fn explain(s: &tonic::Status, t: &RemoteTarget) -> String {
         Code::ResourceExhausted => format!(
             "inference server {at} refused a message as too large ({msg}); lower pipeline.batch_size, or raise the server's gRPC message limits"
         ),
+        // tonic's code for a connection that broke under the call.
+        Code::Unknown => format!("the connection to inference server {at} broke ({msg})"),
         c => format!("inference server {at}: {c:?}: {msg}"),
     }
 }
@@ -115,7 +128,7 @@ impl Client {
                 why = s.to_string();
                 src = s.source();
             }
-            remote(format!(
+            EngineError::Unavailable(format!(
                 "cannot reach inference server {} ({why}); is it running, and is model.endpoint right?",
                 target.endpoint
             ))
@@ -160,7 +173,7 @@ impl Client {
             .await
             .map(tonic::Response::into_inner)
         });
-        out.map_err(|s| remote(explain(&s, &self.target)))
+        out.map_err(|s| status_error(&s, &self.target))
     }
 
     /// The served model's inputs and outputs against the augmented model's: a model served
