@@ -94,6 +94,20 @@ pub(crate) struct Explained {
 }
 
 #[cfg(feature = "video")]
+impl Explained {
+    /// A frame that goes on without inference: a lost stream's placeholder, or (`unavailable`)
+    /// a live frame while the inference server is away.
+    pub(crate) fn bare(frame: Frame, unavailable: bool) -> Explained {
+        Explained {
+            frame,
+            maps: Vec::new(),
+            fps: 0.0,
+            unavailable,
+        }
+    }
+}
+
+#[cfg(feature = "video")]
 /// A frame ready for the sinks.
 pub(crate) struct Annotated {
     pub source: usize,

@@ -23,10 +23,12 @@ struct Server {
 impl Server {
     /// `model` served as `name`, gRPC on a free loopback port; ready once the port answers.
     fn start(model: &Path, name: &str) -> Server {
-        Server::on(free_port(), model, name)
+        Server::on(free_port(), model, name, false)
     }
 
-    fn on(port: u16, model: &Path, name: &str) -> Server {
+    /// `typed`: the server answers with typed `contents` (fp32_contents, ...) instead of raw
+    /// bytes, which the protocol allows as well.
+    fn on(port: u16, model: &Path, name: &str, typed: bool) -> Server {
         let py = root().join(".deps/kserve/bin/python");
         assert!(
             py.exists(),
@@ -41,6 +43,7 @@ impl Server {
             .args(["--grpc_port", &port.to_string(), "--http_port", &http.to_string()])
             // One onnxruntime thread: the machine's cores are shared with the tests.
             .env("ORT_THREADS", "1")
+            .env("KSERVE_TYPED_OUTPUTS", if typed { "1" } else { "0" })
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -67,7 +70,7 @@ impl Server {
 
     /// The same model again on the same port.
     fn restart(&mut self) {
-        *self = Server::on(self.port, &self.model.clone(), &self.name.clone());
+        *self = Server::on(self.port, &self.model.clone(), &self.name.clone(), false);
     }
 
     fn endpoint(&self) -> String {
@@ -143,6 +146,20 @@ fn remote_and_local_give_the_same_classes_and_cams_for_every_method() {
             let corr = correlation(&a, &b);
             assert!(corr >= 0.99999, "{method} {name}: CAM correlation {corr}");
         }
+    }
+
+    // A server that answers with typed contents rather than raw bytes: the same.
+    let typed = Server::on(
+        free_port(),
+        &dir.join("efficientnet_lite0.onnx"),
+        "efficientnet_lite0",
+        true,
+    );
+    let t = explain(&dir, "gradcam", Some(&typed.endpoint()));
+    let l = explain(&dir, "gradcam", None);
+    for (a, b) in l.as_array().unwrap().iter().zip(t.as_array().unwrap()) {
+        assert_eq!((&a["target"], &a["top5"]), (&b["target"], &b["top5"]));
+        assert_eq!(floats(&a["cam_raw"]), floats(&b["cam_raw"]));
     }
 
     // The clip through the daemon: the same class and score on every frame.

@@ -135,13 +135,7 @@ pub(super) fn run(
         let closed = matches!(next, Next::Closed);
         match next {
             Next::Frame(f) if f.lost => {
-                let lost = Explained {
-                    frame: f,
-                    maps: Vec::new(),
-                    fps: 0.0,
-                    unavailable: false,
-                };
-                if tx.send(lost).is_err() {
+                if tx.send(Explained::bare(f, false)).is_err() {
                     break;
                 }
             }
@@ -169,13 +163,7 @@ pub(super) fn run(
                 }
                 if skip {
                     FrameNotExplained.emit(stats);
-                    let e = Explained {
-                        frame: f,
-                        maps: Vec::new(),
-                        fps: 0.0,
-                        unavailable: true,
-                    };
-                    if tx.send(e).is_err() {
+                    if tx.send(Explained::bare(f, true)).is_err() {
                         break;
                     }
                     continue;
@@ -272,13 +260,7 @@ fn wait_free(
                 if unavailable {
                     FrameNotExplained.emit(stats);
                 }
-                let e = Explained {
-                    frame: f,
-                    maps: Vec::new(),
-                    fps: 0.0,
-                    unavailable,
-                };
-                tx.send(e).ok()?;
+                tx.send(Explained::bare(f, unavailable)).ok()?;
             }
             Next::Timeout => {}
             // Only the file sources are left; they wait for the slot.
