@@ -128,9 +128,9 @@ pub(super) fn run(
         // While the inference server is away, file sources' frames wait in their queues (their
         // capture waits with them): the batches in flight are tried again by the workers, and
         // a live source's new frames still pass, marked "inference unavailable".
-        // Not once the run is stopping: the file sources' captures wait on their queues.
-        let away = stats.inference_down.load(Ordering::Relaxed) == 1 && !stop.load(Ordering::Relaxed);
-        inputs.pause_lossless(away);
+        // Not once the run is stopping: their captures, blocked on those queues, must see it.
+        let paused = stats.inference_down.load(Ordering::Relaxed) == 1 && !stop.load(Ordering::Relaxed);
+        inputs.pause_lossless(paused);
         let next = inputs.next(deadline);
         let closed = matches!(next, Next::Closed);
         match next {

@@ -161,7 +161,7 @@ pub(crate) fn run(
         lossless,
         wait: unavailable_wait,
         stop,
-        backoff: Mutex::new(session::Backoff::default()),
+        down_since: Mutex::new(None),
     };
     let batcher_tx = tx.clone();
     let release = Mutex::new(Release::new(

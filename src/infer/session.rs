@@ -28,13 +28,8 @@ pub(super) struct Server {
     pub(super) lossless: Vec<bool>,
     pub(super) wait: Duration,
     pub(super) stop: Arc<AtomicBool>,
-    pub(super) backoff: Mutex<Backoff>,
-}
-
-#[derive(Default)]
-pub(super) struct Backoff {
-    /// Since when the server has been away (`None`: up).
-    down_since: Option<Instant>,
+    /// Since when the server has been away (`None`: up), for the one line per outage.
+    pub(super) down_since: Mutex<Option<Instant>>,
 }
 
 impl Server {
@@ -42,9 +37,9 @@ impl Server {
     fn down(&self, stats: &Stats, why: &str) {
         stats.inference_errors.fetch_add(1, Ordering::Relaxed);
         stats.inference_down.store(1, Ordering::Relaxed);
-        if let Ok(mut b) = self.backoff.lock() {
-            if b.down_since.is_none() {
-                b.down_since = Some(Instant::now());
+        if let Ok(mut since) = self.down_since.lock() {
+            if since.is_none() {
+                *since = Some(Instant::now());
                 tracing::warn!(
                     "{why}; live sources go on without overlay (\"inference unavailable\"), file sources wait up to {} s (model.retry_secs); retrying",
                     self.wait.as_secs_f64()
@@ -57,8 +52,8 @@ impl Server {
         if stats.inference_down.swap(0, Ordering::Relaxed) == 0 {
             return;
         }
-        if let Ok(mut b) = self.backoff.lock() {
-            if let Some(since) = b.down_since.take() {
+        if let Ok(mut since) = self.down_since.lock() {
+            if let Some(since) = since.take() {
                 tracing::info!(
                     after_s = format!("{:.1}", since.elapsed().as_secs_f64()),
                     "the inference server is back"

@@ -71,38 +71,29 @@ fn remote(msg: String) -> EngineError {
     EngineError::Remote(msg)
 }
 
-/// A failed call as the engine's error: the server away (worth waiting for), or a refusal.
+/// A failed call as one line (what, where, what to do), and as the engine's error: the server
+/// away (worth waiting for) or a refusal.
 fn status_error(s: &tonic::Status, t: &RemoteTarget) -> EngineError {
-    let msg = explain(s, t);
-    match s.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-            EngineError::Unavailable(msg)
-        }
-        _ => EngineError::Remote(msg),
-    }
-}
-
-/// One line for a failed call: what, where, what to do.
-fn explain(s: &tonic::Status, t: &RemoteTarget) -> String {
     let (at, msg) = (&t.endpoint, s.message());
+    let away = EngineError::Unavailable;
     match s.code() {
-        Code::Unavailable => format!(
+        Code::Unavailable => away(format!(
             "inference server {at} is unavailable ({msg}); is it running, and is model.endpoint right?"
-        ),
-        Code::NotFound => format!(
-            "inference server {at} has no model '{}' ({msg}); check model.model_name and model.model_version",
-            t.model_name
-        ),
-        Code::DeadlineExceeded | Code::Cancelled => format!(
+        )),
+        Code::DeadlineExceeded | Code::Cancelled => away(format!(
             "inference server {at} did not answer within {} ms (model.timeout_ms)",
             t.timeout_ms
-        ),
-        Code::ResourceExhausted => format!(
-            "inference server {at} refused a message as too large ({msg}); lower pipeline.batch_size, or raise the server's gRPC message limits"
-        ),
+        )),
         // tonic's code for a connection that broke under the call.
-        Code::Unknown => format!("the connection to inference server {at} broke ({msg})"),
-        c => format!("inference server {at}: {c:?}: {msg}"),
+        Code::Unknown => away(format!("the connection to inference server {at} broke ({msg})")),
+        Code::NotFound => remote(format!(
+            "inference server {at} has no model '{}' ({msg}); check model.model_name and model.model_version",
+            t.model_name
+        )),
+        Code::ResourceExhausted => remote(format!(
+            "inference server {at} refused a message as too large ({msg}); lower pipeline.batch_size, or raise the server's gRPC message limits"
+        )),
+        c => remote(format!("inference server {at}: {c:?}: {msg}")),
     }
 }
 
