@@ -123,6 +123,22 @@ impl Broker {
     fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
+
+    /// Mosquitto's clients (`mosquitto_sub`, `mosquitto_pub`) on this broker, as the user.
+    fn client(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-u",
+            USER,
+            "-P",
+            PASSWORD,
+        ]);
+        c
+    }
 }
 
 /// One message as `mosquitto_sub -F '%r %q %t %x'` prints it (the payload in hex: a heatmap is
@@ -162,17 +178,9 @@ impl Sub {
     }
 
     fn with(b: &Broker, extra: &[&str]) -> Sub {
-        let port = b.port.to_string();
-        let mut kid = Kid(Command::new("mosquitto_sub")
+        let mut kid = Kid(b
+            .client("mosquitto_sub")
             .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-u",
-                USER,
-                "-P",
-                PASSWORD,
                 // The highest QoS the broker grants, so that a message arrives with its own.
                 "-q",
                 if b.conf.is_some() { "2" } else { "1" },
@@ -963,16 +971,9 @@ fn tls_with_the_brokers_ca_connects_and_a_wrong_ca_is_one_clear_line_then_retrie
     let (c, rx, all) = run(&ca, true);
     wait_line(&rx, "MQTT connected", 60);
     // Read back over TLS with Mosquitto's client: the retained state.
-    let o = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "--cafile",
-            &s(&ca),
-        ])
-        .args(["-u", USER, "-P", PASSWORD, "-t", &format!("{PREFIX}/cam/state")])
+    let o = broker
+        .client("mosquitto_sub")
+        .args(["--cafile", &s(&ca), "-t", &format!("{PREFIX}/cam/state")])
         .args(["-C", "1", "-W", "20"])
         .output()
         .expect("mosquitto_sub");
@@ -1006,21 +1007,8 @@ fn tls_with_the_brokers_ca_connects_and_a_wrong_ca_is_one_clear_line_then_retrie
 
 /// Publishes with Mosquitto's own client, QoS 1; whether it was accepted.
 fn try_publish(b: &Broker, topic: &str, payload: &str) -> bool {
-    let port = b.port.to_string();
-    Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-u",
-            USER,
-            "-P",
-            PASSWORD,
-            "-q",
-            "1",
-        ])
-        .args(["-t", topic, "-m", payload])
+    b.client("mosquitto_pub")
+        .args(["-q", "1", "-t", topic, "-m", payload])
         .status()
         .is_ok_and(|st| st.success())
 }
