@@ -32,6 +32,9 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Write the gradient-augmented model to a file.
     Augment(AugmentArgs),
+    /// Write a Triton model repository (the augmented model and its config.pbtxt), ready for
+    /// `tritonserver --model-repository DIR` or a KServe InferenceService.
+    ExportTriton(ExportTritonArgs),
     /// Measure forward, forward+gradients and the whole pipeline in frames per second.
     Bench(BenchArgs),
     /// Run the same preprocessed frames on two execution providers and compare their CAMs.
@@ -164,6 +167,31 @@ pub struct AugmentArgs {
     pub output: PathBuf,
     /// Tensor to explain (see `gradcamd inspect`'s candidates); default: the input of the
     /// pooling op nearest to the logits.
+    #[arg(long, value_name = "TENSOR")]
+    pub target_layer: Option<String>,
+    /// Also output gradcamd_cam, the Grad-CAM map computed inside the graph.
+    #[arg(long)]
+    pub in_graph_cam: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportTritonArgs {
+    /// ONNX model file.
+    pub model: PathBuf,
+    /// The repository: DIR/<name>/config.pbtxt and DIR/<name>/1/model.onnx are written.
+    #[arg(long, value_name = "DIR")]
+    pub repo: PathBuf,
+    /// The model's name on the server (`model_name` in gradcamd's config); default: the file's
+    /// stem.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Triton's `max_batch_size`: the largest batch its dynamic batcher forms.
+    #[arg(long, default_value_t = 8)]
+    pub max_batch: usize,
+    /// Model instances per device (`instance_group`).
+    #[arg(long, default_value_t = 1)]
+    pub instances: usize,
+    /// Tensor to explain; default: the input of the pooling op nearest to the logits.
     #[arg(long, value_name = "TENSOR")]
     pub target_layer: Option<String>,
     /// Also output gradcamd_cam, the Grad-CAM map computed inside the graph.

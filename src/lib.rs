@@ -20,7 +20,7 @@
 //! - [`stats`] counts (stages emit named events, [`stats::event`]; each stage loop has one
 //!   [`stats::StageMeter`]), [`cpu`] and [`alloc`] measure what each stage costs, [`metrics`]
 //!   prints them for Prometheus.
-//! - [`app`]: the subcommands (`run`, `explain`, `inspect`, `augment`, `bench`, `compare`).
+//! - [`app`]: the subcommands (`run`, `explain`, `inspect`, `augment`, `export-triton`, `bench`, `compare`).
 //!
 //! Video pipeline (feature `video`), one file per stage, joined by bounded channels carrying
 //! the types in [`frame`]:

@@ -65,6 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Inspect(a) => gradcamd::app::inspect::inspect(a),
         Command::Augment(a) => gradcamd::app::inspect::augment_cmd(a),
+        Command::ExportTriton(a) => gradcamd::app::export::export_triton(a),
         Command::Bench(a) => gradcamd::app::bench::bench(a),
         Command::Compare(a) => gradcamd::app::compare::compare(a),
         #[cfg(feature = "video")]

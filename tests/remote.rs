@@ -360,3 +360,221 @@ fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
+
+/// Protobuf text format, as much of it as `config.pbtxt` uses: fields `name: value` or
+/// `name { ... }`, lists `[ a, b ]`, strings, numbers and enum words. A field given twice keeps
+/// both. Written here, apart from gradcamd's writer, so that the two are not one mistake.
+#[derive(Debug, Clone, PartialEq)]
+enum Pb {
+    Msg(Vec<(String, Pb)>),
+    List(Vec<Pb>),
+    Word(String),
+    Str(String),
+}
+
+impl Pb {
+    fn parse(text: &str) -> Pb {
+        let toks = pb_tokens(text);
+        let mut at = 0;
+        let m = pb_fields(&toks, &mut at);
+        assert_eq!(at, toks.len(), "trailing tokens from {:?}", toks.get(at));
+        m
+    }
+
+    fn get(&self, key: &str) -> &Pb {
+        match self {
+            Pb::Msg(f) => f
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v)
+                .unwrap_or_else(|| panic!("no {key} in {self:?}")),
+            _ => panic!("{key}: not a message: {self:?}"),
+        }
+    }
+
+    fn has(&self, key: &str) -> bool {
+        matches!(self, Pb::Msg(f) if f.iter().any(|(k, _)| k == key))
+    }
+
+    fn word(&self) -> &str {
+        match self {
+            Pb::Word(w) | Pb::Str(w) => w,
+            _ => panic!("not a scalar: {self:?}"),
+        }
+    }
+
+    fn items(&self) -> &[Pb] {
+        match self {
+            Pb::List(v) => v,
+            _ => panic!("not a list: {self:?}"),
+        }
+    }
+
+    fn dims(&self) -> Vec<usize> {
+        self.get("dims")
+            .items()
+            .iter()
+            .map(|d| d.word().parse().expect("a dim"))
+            .collect()
+    }
+}
+
+fn pb_tokens(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = text.chars().peekable();
+    while let Some(&c) = it.peek() {
+        match c {
+            '#' => while it.next().is_some_and(|c| c != '\n') {},
+            c if c.is_whitespace() => {
+                it.next();
+            }
+            '{' | '}' | '[' | ']' | ':' | ',' => {
+                out.push(c.to_string());
+                it.next();
+            }
+            '"' => {
+                it.next();
+                let mut s = String::from("\"");
+                for c in it.by_ref() {
+                    if c == '"' {
+                        break;
+                    }
+                    s.push(c);
+                }
+                out.push(s);
+            }
+            _ => {
+                let mut w = String::new();
+                while let Some(&c) = it.peek() {
+                    if c.is_alphanumeric() || c == '_' || c == '-' || c == '.' {
+                        w.push(c);
+                        it.next();
+                    } else {
+                        break;
+                    }
+                }
+                assert!(!w.is_empty(), "unexpected {c:?}");
+                out.push(w);
+            }
+        }
+    }
+    out
+}
+
+fn pb_fields(t: &[String], at: &mut usize) -> Pb {
+    let mut fields = Vec::new();
+    while *at < t.len() && t[*at] != "}" {
+        let key = t[*at].clone();
+        *at += 1;
+        if t.get(*at).map(String::as_str) == Some(":") {
+            *at += 1;
+        }
+        let v = pb_value(t, at);
+        fields.push((key, v));
+    }
+    Pb::Msg(fields)
+}
+
+fn pb_value(t: &[String], at: &mut usize) -> Pb {
+    let tok = t.get(*at).cloned().expect("a value");
+    *at += 1;
+    match tok.as_str() {
+        "{" => {
+            let m = pb_fields(t, at);
+            assert_eq!(t.get(*at).map(String::as_str), Some("}"));
+            *at += 1;
+            m
+        }
+        "[" => {
+            let mut items = Vec::new();
+            while t.get(*at).map(String::as_str) != Some("]") {
+                items.push(pb_value(t, at));
+                if t.get(*at).map(String::as_str) == Some(",") {
+                    *at += 1;
+                }
+            }
+            *at += 1;
+            Pb::List(items)
+        }
+        s if s.starts_with('"') => Pb::Str(s[1..].to_string()),
+        s => Pb::Word(s.to_string()),
+    }
+}
+
+#[test]
+fn export_triton_writes_a_repository_whose_config_matches_the_graph_and_whose_model_serves() {
+    let dir = scratch("remote_export");
+    let repo = dir.join("repo");
+    let o = crate::util::run(&[
+        "export-triton",
+        &s(&root().join("models/efficientnet_lite0.onnx")),
+        "--repo",
+        &s(&repo),
+        "--name",
+        "lite0",
+        "--max-batch",
+        "16",
+        "--instances",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", crate::util::stderr(&o));
+    let model = repo.join("lite0/1/model.onnx");
+    let cfg = Pb::parse(&std::fs::read_to_string(repo.join("lite0/config.pbtxt")).unwrap());
+    assert_eq!(cfg.get("name").word(), "lite0");
+    assert_eq!(cfg.get("platform").word(), "onnxruntime_onnx");
+    assert_eq!(cfg.get("max_batch_size").word(), "16");
+    assert!(cfg.has("dynamic_batching"));
+    assert_eq!(cfg.get("instance_group").items()[0].get("count").word(), "2");
+
+    // Inputs and outputs: the graph's, by name and type; dims without the batch; the [N]
+    // tensors as dims [1] reshaped to none.
+    let graph = onnx_gradcam::OnnxModel::load(&model).expect("the exported model parses");
+    let names =
+        |l: &[onnx_gradcam::proto::ValueInfoProto]| l.iter().map(|v| v.name.clone()).collect::<Vec<_>>();
+    let listed = |key: &str| {
+        cfg.get(key)
+            .items()
+            .iter()
+            .map(|t| t.get("name").word().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listed("input"), names(&graph.graph().input));
+    assert_eq!(listed("output"), names(&graph.graph().output));
+    let by = |key: &str, name: &str| {
+        cfg.get(key)
+            .items()
+            .iter()
+            .find(|t| t.get("name").word() == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .clone()
+    };
+    assert_eq!(by("input", "input").dims(), [3, 224, 224]);
+    assert_eq!(by("input", "input").get("data_type").word(), "TYPE_FP32");
+    for (key, name) in [("input", "target_class"), ("output", "gradcamd_class")] {
+        let t = by(key, name);
+        assert_eq!((t.dims(), t.get("data_type").word()), (vec![1], "TYPE_INT64"));
+        assert_eq!(t.get("reshape").get("shape"), &Pb::List(vec![]));
+    }
+    assert_eq!(by("output", "logits").dims(), [1000]);
+    assert_eq!(by("output", "gradcamd_A").dims(), [1280, 7, 7]);
+    assert_eq!(by("output", "gradcamd_dA").dims(), [1280, 7, 7]);
+
+    // The repository's model, served: the same CAMs as here.
+    let server = Server::start(&model, "lite0");
+    let json = dir.join("served.json");
+    let o = crate::util::run(&[
+        "explain",
+        "--remote",
+        &server.endpoint(),
+        "--remote-model",
+        "lite0",
+        "--json",
+        &s(&json),
+        &s(&media("chelsea.png")),
+    ]);
+    assert!(o.status.success(), "{}", crate::util::stderr(&o));
+    let local = explain(&dir, "gradcam", None);
+    let served = read_json(&json);
+    assert_eq!(local[0]["target"], served[0]["target"]);
+    assert_eq!(floats(&local[0]["cam_raw"]), floats(&served[0]["cam_raw"]));
+}

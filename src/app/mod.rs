@@ -3,6 +3,7 @@ pub mod bench;
 pub mod compare;
 #[cfg(feature = "video")]
 pub mod explain;
+pub mod export;
 pub mod inspect;
 #[cfg(feature = "video")]
 pub mod run;
