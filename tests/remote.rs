@@ -578,3 +578,42 @@ fn export_triton_writes_a_repository_whose_config_matches_the_graph_and_whose_mo
     assert_eq!(local[0]["target"], served[0]["target"]);
     assert_eq!(floats(&local[0]["cam_raw"]), floats(&served[0]["cam_raw"]));
 }
+
+#[test]
+fn export_triton_refuses_what_it_cannot_write_with_one_line_each() {
+    let dir = scratch("remote_export_bad");
+    let model = s(&root().join("models/efficientnet_lite0.onnx"));
+    // A file where the repository should be: the model directory cannot be made.
+    let blocked = dir.join("repo");
+    std::fs::write(&blocked, "not a directory").unwrap();
+    let o = crate::util::run(&["export-triton", &model, "--repo", &s(&blocked)]);
+    expect_error(&o, 6, &["cannot write", "repo"]);
+    // No model there.
+    let o = crate::util::run(&[
+        "export-triton",
+        &s(&dir.join("nope.onnx")),
+        "--repo",
+        &s(&dir.join("r")),
+    ]);
+    expect_error(&o, 3, &["nope.onnx"]);
+    // A name that is not one directory; a batch of nothing.
+    let o = crate::util::run(&[
+        "export-triton",
+        &model,
+        "--repo",
+        &s(&dir.join("r")),
+        "--name",
+        "a/b",
+    ]);
+    expect_error(&o, 2, &["--name \"a/b\""]);
+    let o = crate::util::run(&[
+        "export-triton",
+        &model,
+        "--repo",
+        &s(&dir.join("r")),
+        "--max-batch",
+        "0",
+    ]);
+    expect_error(&o, 2, &["--max-batch 0"]);
+    assert!(!dir.join("r").exists(), "a refused export wrote something");
+}

@@ -83,6 +83,20 @@ pub fn export_triton(args: &ExportTritonArgs) -> anyhow::Result<()> {
             ),
         ));
     }
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => args
+            .model
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into()),
+    };
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        return Err(fail(
+            Kind::Config,
+            format!("--name \"{name}\" is not a directory name"),
+        ));
+    }
     let m = crate::model::read_onnx(&args.model).classified()?;
     let opts = AugmentOptions {
         target_layer: args.target_layer.clone(),
@@ -141,20 +155,6 @@ pub fn export_triton(args: &ExportTritonArgs) -> anyhow::Result<()> {
     ];
     if let Some(cam) = cam {
         outputs.push(Tensor::new(OUT_CAM, "TYPE_FP32", &cam));
-    }
-    let name = match &args.name {
-        Some(n) => n.clone(),
-        None => args
-            .model
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".into()),
-    };
-    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-        return Err(fail(
-            Kind::Config,
-            format!("--name \"{name}\" is not a directory name"),
-        ));
     }
     let dir = args.repo.join(&name);
     let write = |p: &Path, bytes: &[u8]| {
