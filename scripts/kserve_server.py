@@ -1,7 +1,8 @@
-"""Minimal KServe v2 (Open Inference Protocol) server for one ONNX model, CPU onnxruntime.
+"""Minimal KServe v2 (Open Inference Protocol) server for ONNX models (one file, or a Triton-style
+model repository: every NAME/1/model.onnx served as NAME), CPU onnxruntime.
 
 Usage:
-  python onnx_server.py MODEL.onnx [--model_name NAME] [--grpc_port 8081] [--http_port 8080]
+  python kserve_server.py MODEL.onnx|REPOSITORY [--model_name NAME] [--grpc_port 8081] [--http_port 8080]
                         [--grpc_max_receive_message_length BYTES] [--grpc_max_send_message_length BYTES]
 All --flags except the model path are kserve.ModelServer's own: kserve parses sys.argv itself
 (parse_known_args at import time) and reads ports and gRPC message limits (default 8 MiB) from it.
@@ -97,11 +98,27 @@ class OnnxModel(Model):
         return InferResponse(response_id=payload.id, model_name=self.name, infer_outputs=outs)
 
 
+def repository(path):
+    """Every NAME/1/model.onnx of a Triton-style model repository (what export-triton writes)."""
+    found = []
+    for name in sorted(os.listdir(path)):
+        onnx = os.path.join(path, name, "1", "model.onnx")
+        if os.path.isfile(onnx):
+            found.append((name, onnx))
+    if not found:
+        raise SystemExit(f"no NAME/1/model.onnx in {path}")
+    return found
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("model_path")
+    p.add_argument("model_path", help="an ONNX file, or a model repository served whole")
     p.add_argument("--model_name", default="model")
     a, _ = p.parse_known_args()  # the rest (ports, limits) is read by kserve itself
-    model = OnnxModel(a.model_name, a.model_path)
-    model.load()
-    ModelServer().start([model])
+    if os.path.isdir(a.model_path):
+        models = [OnnxModel(n, f) for n, f in repository(a.model_path)]
+    else:
+        models = [OnnxModel(a.model_name, a.model_path)]
+    for m in models:
+        m.load()
+    ModelServer().start(models)

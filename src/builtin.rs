@@ -3,6 +3,8 @@
 
 /// How the built-in model is named where a path would be.
 pub(crate) const EMBEDDED_NAME: &str = "builtin:efficientnet_lite0";
+/// The built-in model's name on an inference server, as `export-triton` names it.
+pub(crate) const EMBEDDED_STEM: &str = "efficientnet_lite0";
 pub const EMBEDDED_ONNX: &[u8] = include_bytes!("../models/efficientnet_lite0.onnx");
 pub(crate) const EMBEDDED_SIDECAR: &str = include_str!("../models/efficientnet_lite0.toml");
 pub(crate) const EMBEDDED_LABELS: &str = include_str!("../models/imagenet_labels.txt");

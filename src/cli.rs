@@ -176,8 +176,12 @@ pub struct AugmentArgs {
 
 #[derive(Debug, Args)]
 pub struct ExportTritonArgs {
-    /// ONNX model file.
-    pub model: PathBuf,
+    /// ONNX model file; default: the built-in EfficientNet-Lite0.
+    pub model: Option<PathBuf>,
+    /// Model sidecar (input size, colour order, normalization); default: <model stem>.toml
+    /// beside the model, else what the graph declares.
+    #[arg(long, value_name = "PATH")]
+    pub sidecar: Option<PathBuf>,
     /// The repository: DIR/<name>/config.pbtxt and DIR/<name>/1/model.onnx are written.
     #[arg(long, value_name = "DIR")]
     pub repo: PathBuf,
@@ -194,9 +198,14 @@ pub struct ExportTritonArgs {
     /// Tensor to explain; default: the input of the pooling op nearest to the logits.
     #[arg(long, value_name = "TENSOR")]
     pub target_layer: Option<String>,
-    /// Also output gradcamd_cam, the Grad-CAM map computed inside the graph.
+    /// Also output gradcamd_cam, the Grad-CAM map computed inside the graph: gradcamd then
+    /// asks the server for the logits, the class and the map only (a few KB a frame).
     #[arg(long)]
     pub in_graph_cam: bool,
+    /// Take the resized frames as u8 (gradcamd_frames, [N, H, W, 3], B, G, R) and normalize
+    /// them in the graph: a frame travels as H×W×3 bytes instead of 4× as many.
+    #[arg(long)]
+    pub u8_input: bool,
 }
 
 #[derive(Debug, Args)]
@@ -251,4 +260,21 @@ pub struct BenchArgs {
     /// Synthetic camera stream: WxH@FPS.
     #[arg(long, default_value = "640x360@30")]
     pub camera: String,
+    /// A KServe v2 server (Triton, KServe: grpc://host:port) to measure beside the local
+    /// session: fps, batch times and bytes per frame of each --remote-model at each batch
+    /// size. --sources then runs the cameras through it.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub remote: Option<String>,
+    /// Served models to measure, comma separated (e.g. the plain, --u8-input and
+    /// --in-graph-cam exports of one model); default: the model file's stem. --sources uses
+    /// the first.
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    pub remote_model: Vec<String>,
+    /// With --remote and --sources: this many daemons side by side (copies of this gradcamd,
+    /// one process each), each with the --sources cameras.
+    #[arg(long, default_value_t = 1)]
+    pub daemons: usize,
+    /// Only the --sources runs, as each of --daemons does.
+    #[arg(long, hide = true)]
+    pub sources_only: bool,
 }

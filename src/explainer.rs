@@ -255,6 +255,9 @@ impl Explainer {
             ..
         } = self;
         let (method, fc) = (*method, fc.as_ref());
+        // Only Grad-CAM can come whole from a server's in-graph map; the other methods and
+        // saved tensors need A and dA.
+        engine.want_tensors(keep_tensors || method != Method::GradCam);
         targets.clear();
         targets.extend(specs.iter().map(|s| s.first_target()));
         if outs.len() < n {
@@ -337,7 +340,6 @@ fn class_map_into(
     dst: &mut ClassMap,
 ) {
     let row = b.logits.index_axis(Axis(0), i);
-    let a = b.a.index_axis(Axis(0), i);
     dst.class = class;
     dst.score = row.get(class).copied().unwrap_or(f32::NAN);
     dst.prob = soft.prob(dst.score);
@@ -357,7 +359,8 @@ fn class_map_into(
                     .get(class * fc.channels..(class + 1) * fc.channels)
                     .map(ndarray::ArrayView1::from)
             });
-            cam::compute_into(method, a, b.da.index_axis(Axis(0), i), fc_row, &mut dst.cam);
+            let (a, da) = (b.a.index_axis(Axis(0), i), b.da.index_axis(Axis(0), i));
+            cam::compute_into(method, a, da, fc_row, &mut dst.cam);
         }
     }
 }

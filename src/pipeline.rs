@@ -120,12 +120,14 @@ impl Plan {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
 
-        let pre = Preprocessor::new(&model.sidecar.input);
         let (workers, opts) = engine_options(cfg).sessions(cfg.pipeline.inference_workers);
         let batch_size = opts.batch_size(cfg.pipeline.batch_size);
+        let engines = (0..workers)
+            .map(|_| Engine::new(&model.graph, &opts).classified())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let pre = Preprocessor::for_engine(&model.sidecar.input, engines.first())?;
         let mut explainers = Vec::new();
-        for _ in 0..workers {
-            let engine = Engine::new(&model.graph, &opts).classified()?;
+        for engine in engines {
             let mut explainer = Explainer::new(
                 engine,
                 cfg.explain.method,

@@ -10,7 +10,6 @@ use opencv::core::{Mat, Size};
 use opencv::imgproc;
 use opencv::prelude::*;
 
-use crate::config::ColorOrder;
 use crate::sidecar::{InputSpec, Layout};
 
 pub struct Preprocessor {
@@ -27,18 +26,8 @@ pub struct Preprocessor {
 
 impl Preprocessor {
     pub fn new(spec: &InputSpec) -> Self {
-        let plane_of_bgr = match spec.color {
-            ColorOrder::Rgb => [2, 1, 0],
-            ColorOrder::Bgr => [0, 1, 2],
-        };
-        // x = (p - mean[c]) / std[c] = p * scale + offset, with c the model's channel.
-        let mut scale = [0.0; 3];
-        let mut offset = [0.0; 3];
-        for bgr in 0..3 {
-            let c = plane_of_bgr[bgr];
-            scale[bgr] = 1.0 / spec.std[c];
-            offset[bgr] = -spec.mean[c] / spec.std[c];
-        }
+        let plane_of_bgr = spec.plane_of_bgr();
+        let (scale, offset) = spec.affine_bgr();
         Preprocessor {
             size: Size::new(spec.width as i32, spec.height as i32),
             layout: spec.layout,
@@ -47,6 +36,24 @@ impl Preprocessor {
             offset,
             resized: Mat::default(),
             converted: Mat::default(),
+        }
+    }
+
+    /// What `engine`'s batches hold: the model's input, or the resized frames' raw pixels
+    /// for a server whose model takes u8 frames and normalizes them itself.
+    pub fn for_engine(spec: &InputSpec, engine: Option<&crate::engine::Engine>) -> anyhow::Result<Self> {
+        match engine.and_then(|e| e.frames_input()) {
+            None => Ok(Self::new(spec)),
+            Some(hw) if hw == (spec.height as usize, spec.width as usize) => {
+                Ok(Self::new(&spec.raw_pixels()))
+            }
+            Some((h, w)) => Err(crate::error::fail(
+                crate::error::Kind::Model,
+                format!(
+                    "the served model takes {w}x{h} frames, and this model's input is {}x{}: export the repository from this model (export-triton --u8-input), or fix model.model_name",
+                    spec.width, spec.height
+                ),
+            )),
         }
     }
 

@@ -52,6 +52,63 @@ pub struct InputSpec {
     pub std: [f32; 3],
 }
 
+impl InputSpec {
+    /// `x = pixel * scale + offset` for the frame's B, G and R channels: the model's
+    /// `(pixel - mean) / std`, computed the one way that preprocessing here and a u8-input
+    /// graph (`export-triton --u8-input`) both use, so they give the same floats.
+    pub fn affine_bgr(&self) -> ([f32; 3], [f32; 3]) {
+        let mut scale = [0.0; 3];
+        let mut offset = [0.0; 3];
+        for (bgr, c) in self.plane_of_bgr().into_iter().enumerate() {
+            scale[bgr] = 1.0 / self.std[c];
+            offset[bgr] = -self.mean[c] / self.std[c];
+        }
+        (scale, offset)
+    }
+
+    /// Shape of one item: [3, height, width] or [height, width, 3].
+    pub fn item_dims(&self) -> [usize; 3] {
+        let (h, w) = (self.height as usize, self.width as usize);
+        match self.layout {
+            Layout::Nchw => [3, h, w],
+            Layout::Nhwc => [h, w, 3],
+        }
+    }
+
+    /// The model's channel of the frame's B, G and R.
+    pub fn plane_of_bgr(&self) -> [usize; 3] {
+        match self.color {
+            ColorOrder::Rgb => [2, 1, 0],
+            ColorOrder::Bgr => [0, 1, 2],
+        }
+    }
+
+    /// What a server whose model takes u8 frames is sent: the resized frame's own pixels,
+    /// B, G, R and interleaved, unnormalized (the graph normalizes).
+    pub fn raw_pixels(&self) -> InputSpec {
+        InputSpec {
+            color: ColorOrder::Bgr,
+            layout: Layout::Nhwc,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            ..self.clone()
+        }
+    }
+
+    /// The u8-input graph's arithmetic for this input.
+    pub fn frames_front(&self) -> onnx_gradcam::frames::FramesFront {
+        let (scale_bgr, offset_bgr) = self.affine_bgr();
+        onnx_gradcam::frames::FramesFront {
+            height: self.height,
+            width: self.width,
+            scale_bgr,
+            offset_bgr,
+            rgb: self.color == ColorOrder::Rgb,
+            nchw: self.layout == Layout::Nchw,
+        }
+    }
+}
+
 fn default_layout() -> Layout {
     Layout::Nchw
 }

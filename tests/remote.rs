@@ -93,11 +93,14 @@ fn augmented(dir: &Path) -> PathBuf {
 
 const STILLS: [&str; 4] = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"];
 
-fn explain(dir: &Path, method: &str, remote: Option<&str>) -> serde_json::Value {
-    let json = dir.join(format!(
-        "{method}-{}.json",
-        if remote.is_some() { "remote" } else { "local" }
-    ));
+/// `explain --json` on the stills, here or on `remote` = (endpoint, served model).
+fn explain(dir: &Path, method: &str, remote: Option<(&str, &str)>) -> serde_json::Value {
+    explain_with(dir, method, remote, &[])
+}
+
+/// [`explain`] with `extra` arguments (`--sidecar ...`).
+fn explain_with(dir: &Path, method: &str, remote: Option<(&str, &str)>, extra: &[&str]) -> serde_json::Value {
+    let json = dir.join(format!("{method}-{}.json", remote.map_or("local", |r| r.1)));
     let mut args = vec![
         "explain".to_string(),
         "--method".into(),
@@ -105,14 +108,66 @@ fn explain(dir: &Path, method: &str, remote: Option<&str>) -> serde_json::Value 
         "--json".into(),
         s(&json),
     ];
-    if let Some(r) = remote {
-        args.extend(["--remote".to_string(), r.to_string()]);
+    if let Some((ep, model)) = remote {
+        args.extend(["--remote", ep, "--remote-model", model].map(String::from));
     }
+    args.extend(extra.iter().map(|a| a.to_string()));
     args.extend(STILLS.iter().map(|f| s(&media(f))));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = crate::util::run(&args);
     assert!(o.status.success(), "{method}: {}", crate::util::stderr(&o));
     read_json(&json)
+}
+
+/// The same target, top five and CAM for each still: the CAMs' correlation at least
+/// `min_corr`, and with 1.0 the very same floats.
+fn same_cams(local: &serde_json::Value, remote: &serde_json::Value, min_corr: f64, what: &str) {
+    let (l, r) = (local.as_array().unwrap(), remote.as_array().unwrap());
+    assert_eq!(l.len(), r.len(), "{what}");
+    for (k, (l, r)) in l.iter().zip(r).enumerate() {
+        let name = STILLS[k];
+        assert_eq!(l["target"], r["target"], "{what} {name}");
+        assert_eq!(l["top5"], r["top5"], "{what} {name}");
+        let (a, b) = (floats(&l["cam_raw"]), floats(&r["cam_raw"]));
+        assert_eq!(a.len(), b.len(), "{what} {name}");
+        if min_corr >= 1.0 {
+            assert_eq!(a, b, "{what} {name}");
+        }
+        let corr = correlation(&a, &b);
+        assert!(
+            corr >= min_corr.min(1.0 - 1e-12),
+            "{what} {name}: CAM correlation {corr}"
+        );
+    }
+}
+
+/// The sample clip through `run` with `model` as the `[model]` table: its events.
+fn run_clip(dir: &Path, name: &str, model: &str) -> Vec<serde_json::Value> {
+    let events = dir.join(format!("{name}.jsonl"));
+    let toml = format!(
+        "[model]\n{model}\n\n[[source]]\nuri = \"{}\"\nevents = \"{}\"\n",
+        s(&media("carphone_pristine.mp4")),
+        s(&events)
+    );
+    let cfg = dir.join(format!("{name}.toml"));
+    std::fs::write(&cfg, toml).unwrap();
+    let o = crate::util::run(&["run", "--quiet", "--config", &s(&cfg)]);
+    assert!(o.status.success(), "{name}: {}", crate::util::stderr(&o));
+    crate::util::events(&events)
+}
+
+/// Every frame of the clip: the same class, and the same score to float precision.
+fn same_frames(local: &[serde_json::Value], remote: &[serde_json::Value]) {
+    assert_eq!((local.len(), remote.len()), (120, 120));
+    for (l, r) in local.iter().zip(remote) {
+        assert_eq!(l["class"], r["class"], "frame {}", l["seq"]);
+        let (a, b) = (l["score"].as_f64().unwrap(), r["score"].as_f64().unwrap());
+        assert!(
+            (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+            "frame {}: score {a} vs {b}",
+            l["seq"]
+        );
+    }
 }
 
 #[test]
@@ -130,22 +185,8 @@ fn remote_and_local_give_the_same_classes_and_cams_for_every_method() {
         "eigengradcam",
         "cam",
     ] {
-        let (local, remote) = (explain(&dir, method, None), explain(&dir, method, Some(&ep)));
-        for (k, (l, r)) in local
-            .as_array()
-            .unwrap()
-            .iter()
-            .zip(remote.as_array().unwrap())
-            .enumerate()
-        {
-            let name = STILLS[k];
-            assert_eq!(l["target"], r["target"], "{method} {name}");
-            assert_eq!(l["top5"], r["top5"], "{method} {name}");
-            let (a, b) = (floats(&l["cam_raw"]), floats(&r["cam_raw"]));
-            assert_eq!(a.len(), b.len());
-            let corr = correlation(&a, &b);
-            assert!(corr >= 0.99999, "{method} {name}: CAM correlation {corr}");
-        }
+        let remote = explain(&dir, method, Some((&ep, "efficientnet_lite0")));
+        same_cams(&explain(&dir, method, None), &remote, 0.99999, method);
     }
 
     // A server that answers with typed contents rather than raw bytes: the same.
@@ -155,7 +196,7 @@ fn remote_and_local_give_the_same_classes_and_cams_for_every_method() {
         "efficientnet_lite0",
         true,
     );
-    let t = explain(&dir, "gradcam", Some(&typed.endpoint()));
+    let t = explain(&dir, "gradcam", Some((&typed.endpoint(), "efficientnet_lite0")));
     let l = explain(&dir, "gradcam", None);
     for (a, b) in l.as_array().unwrap().iter().zip(t.as_array().unwrap()) {
         assert_eq!((&a["target"], &a["top5"]), (&b["target"], &b["top5"]));
@@ -163,31 +204,13 @@ fn remote_and_local_give_the_same_classes_and_cams_for_every_method() {
     }
 
     // The clip through the daemon: the same class and score on every frame.
-    let run = |name: &str, model: &str| {
-        let events = dir.join(format!("{name}.jsonl"));
-        let toml = format!(
-            "[model]\n{model}\n\n[[source]]\nuri = \"{}\"\nevents = \"{}\"\n",
-            s(&media("carphone_pristine.mp4")),
-            s(&events)
-        );
-        let cfg = dir.join(format!("{name}.toml"));
-        std::fs::write(&cfg, toml).unwrap();
-        let o = crate::util::run(&["run", "--quiet", "--config", &s(&cfg)]);
-        assert!(o.status.success(), "{name}: {}", crate::util::stderr(&o));
-        crate::util::events(&events)
-    };
-    let local = run("local", "");
-    let remote = run("remote", &format!("provider = \"remote\"\nendpoint = \"{ep}\""));
-    assert_eq!((local.len(), remote.len()), (120, 120));
-    for (l, r) in local.iter().zip(&remote) {
-        assert_eq!(l["class"], r["class"], "frame {}", l["seq"]);
-        let (a, b) = (l["score"].as_f64().unwrap(), r["score"].as_f64().unwrap());
-        assert!(
-            (a - b).abs() <= 1e-4 * a.abs().max(1.0),
-            "frame {}: score {a} vs {b}",
-            l["seq"]
-        );
-    }
+    let local = run_clip(&dir, "local", "");
+    let remote = run_clip(
+        &dir,
+        "remote",
+        &format!("provider = \"remote\"\nendpoint = \"{ep}\""),
+    );
+    same_frames(&local, &remote);
 }
 
 #[test]
@@ -577,6 +600,158 @@ fn export_triton_writes_a_repository_whose_config_matches_the_graph_and_whose_mo
     let served = read_json(&json);
     assert_eq!(local[0]["target"], served[0]["target"]);
     assert_eq!(floats(&local[0]["cam_raw"]), floats(&served[0]["cam_raw"]));
+}
+
+#[test]
+fn u8_input_and_in_graph_cam_exports_give_the_local_cams_for_fewer_bytes() {
+    let dir = scratch("remote_modes");
+    let repo = dir.join("repo");
+    // The built-in model (no MODEL), four ways, into one repository the server serves whole.
+    let modes: [(&str, &[&str]); 4] = [
+        ("fp32", &[]),
+        ("u8", &["--u8-input"]),
+        ("cam", &["--in-graph-cam"]),
+        ("u8cam", &["--u8-input", "--in-graph-cam"]),
+    ];
+    // And two other normalizations of the same graph, to check the graph's arithmetic per
+    // channel (the built-in model's mean and std are the same for all three): ImageNet's, and
+    // a B, G, R order with its own numbers.
+    let sidecar = |name: &str, color: &str, mean: &str, std: &str| {
+        let p = dir.join(format!("{name}.toml"));
+        let text = std::fs::read_to_string(root().join("models/efficientnet_lite0.toml"))
+            .unwrap()
+            .replace(
+                "labels = \"imagenet_labels.txt\"",
+                &format!("labels = \"{}\"", s(&root().join("models/imagenet_labels.txt"))),
+            )
+            .replace("color = \"rgb\"", &format!("color = \"{color}\""))
+            .replace("mean = [127.0, 127.0, 127.0]", &format!("mean = [{mean}]"))
+            .replace("std = [128.0, 128.0, 128.0]", &format!("std = [{std}]"));
+        std::fs::write(&p, text).unwrap();
+        s(&p)
+    };
+    let imagenet = sidecar(
+        "imagenet",
+        "rgb",
+        "123.675, 116.28, 103.53",
+        "58.395, 57.12, 57.375",
+    );
+    let bgr = sidecar("bgr", "bgr", "90.0, 110.5, 131.25", "50.0, 64.0, 71.5");
+    let repo_s = s(&repo);
+    let with: [(&str, &[&str]); 2] = [
+        ("u8imagenet", &["--u8-input", "--sidecar", &imagenet]),
+        ("u8bgr", &["--u8-input", "--sidecar", &bgr]),
+    ];
+    for (name, flags) in modes.into_iter().chain(with) {
+        let mut args = vec!["export-triton", "--repo", &repo_s, "--name", name];
+        args.extend(flags);
+        let o = crate::util::run(&args);
+        assert!(o.status.success(), "{name}: {}", crate::util::stderr(&o));
+    }
+    let cfg = Pb::parse(&std::fs::read_to_string(repo.join("u8/config.pbtxt")).unwrap());
+    let first = &cfg.get("input").items()[0];
+    assert_eq!(first.get("name").word(), "gradcamd_frames");
+    assert_eq!(first.get("data_type").word(), "TYPE_UINT8");
+    assert_eq!(first.dims(), [224, 224, 3]);
+    let graph = onnx_gradcam::OnnxModel::load(&repo.join("u8/1/model.onnx")).expect("parses");
+    let inputs: Vec<&str> = graph.graph().input.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(
+        inputs,
+        ["gradcamd_frames", "target_class"],
+        "the float input is gone"
+    );
+
+    let server = Server::start(&repo, "");
+    let ep = server.endpoint();
+    // u8 frames: the graph's normalization is preprocessing's own, so the CAMs are equal. The
+    // server's in-graph Grad-CAM: equal to float precision. A method other than Grad-CAM on
+    // a model with the in-graph map still gets A and dA.
+    for (name, method, min_corr) in [
+        ("u8", "gradcam", 1.0),
+        ("u8", "gradcampp", 1.0),
+        ("cam", "gradcam", 0.99999),
+        ("u8cam", "gradcam", 0.99999),
+        ("u8cam", "layercam", 1.0),
+    ] {
+        let remote = explain(&dir, method, Some((&ep, name)));
+        same_cams(
+            &explain(&dir, method, None),
+            &remote,
+            min_corr,
+            &format!("{name} {method}"),
+        );
+    }
+    for (name, sc) in [("u8imagenet", &imagenet), ("u8bgr", &bgr)] {
+        let extra = ["--sidecar", sc.as_str()];
+        let local = explain_with(&dir, "gradcam", None, &extra);
+        let remote = explain_with(&dir, "gradcam", Some((&ep, name)), &extra);
+        same_cams(&local, &remote, 1.0, name);
+    }
+    // Through the daemon: the batches hold the frames' raw pixels for the u8 model.
+    let local = run_clip(&dir, "local", "");
+    for name in ["u8", "u8cam"] {
+        let keys = format!("provider = \"remote\"\nendpoint = \"{ep}\"\nmodel_name = \"{name}\"");
+        same_frames(&local, &run_clip(&dir, name, &keys));
+    }
+
+    // The bytes of each mode, as `bench --remote` counts them from the messages.
+    let json = dir.join("bench.json");
+    let o = crate::util::run(&[
+        "bench",
+        "--remote",
+        &ep,
+        "--remote-model",
+        "fp32,u8,cam,u8cam",
+        "--batch-size",
+        "1",
+        "--iters",
+        "2",
+        "--repeats",
+        "1",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+        &s(&json),
+    ]);
+    assert!(o.status.success(), "{}", crate::util::stderr(&o));
+    let b = read_json(&json);
+    let rows = b["remote"].as_array().expect("a remote table");
+    let row = |n: &str| {
+        rows.iter()
+            .find(|r| r["model"] == n)
+            .unwrap_or_else(|| panic!("no {n}"))
+    };
+    let bytes = |n: &str| {
+        let r = row(n);
+        (
+            r["request_bytes_per_frame"].as_f64().unwrap(),
+            r["response_bytes_per_frame"].as_f64().unwrap(),
+        )
+    };
+    // A frame: 224×224×3 floats (602,112 B) or bytes (150,528 B), plus names and the target.
+    // An answer: A and dA (2 × 250,880 B) besides the logits, or the logits (4,000 B), the
+    // class and the 7×7 map.
+    let (frame_f32, frame_u8, a_da) = (602_112.0, 150_528.0, 501_760.0);
+    for (n, sent, received) in [("fp32", frame_f32, a_da), ("u8", frame_u8, a_da)] {
+        let (q, r) = bytes(n);
+        assert!((sent..sent + 400.0).contains(&q), "{n}: {q} B sent per frame");
+        assert!(
+            r > received + 4_000.0 && r < received + 5_000.0,
+            "{n}: {r} B received"
+        );
+    }
+    for (n, sent) in [("cam", frame_f32), ("u8cam", frame_u8)] {
+        let (q, r) = bytes(n);
+        assert!((sent..sent + 400.0).contains(&q), "{n}: {q} B sent per frame");
+        assert!((4_000.0..4_600.0).contains(&r), "{n}: {r} B received per frame");
+        assert_eq!(row(n)["answer"], "cam");
+    }
+    assert_eq!(
+        (row("u8")["input"].as_str(), row("fp32")["input"].as_str()),
+        (Some("u8"), Some("fp32"))
+    );
 }
 
 #[test]

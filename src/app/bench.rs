@@ -17,6 +17,9 @@ pub(crate) struct EnginePoint {
     pub batch_size: usize,
     pub forward_fps: f64,
     pub gradients_fps: f64,
+    /// Time of one forward+gradients batch, all sessions' runs together.
+    pub gradients_p50_ms: f64,
+    pub gradients_p99_ms: f64,
     /// forward+gradients time / forward-only time.
     pub gradient_cost_ratio: f64,
     /// Forward + gradients + Grad-CAM computed inside the graph (only h×w floats per frame
@@ -47,6 +50,8 @@ pub(crate) struct PipelinePoint {
 
 #[derive(Serialize)]
 pub(crate) struct SourcesPoint {
+    /// Daemons side by side (`--daemons`), each with `sources` cameras.
+    pub daemons: usize,
     pub sources: usize,
     pub seconds: f64,
     /// Frames explained per second, all sources together.
@@ -59,6 +64,27 @@ pub(crate) struct SourcesPoint {
     pub drop_rate: f64,
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
+}
+
+/// One served model at one batch size, through `max_in_flight` connections at once.
+#[derive(Serialize)]
+pub(crate) struct RemotePoint {
+    pub model: String,
+    /// What a frame travels as: "fp32" (the model's input) or "u8" (`--u8-input`).
+    pub input: &'static str,
+    /// What comes back: "A+dA" (logits, class, A and dA) or "cam" (logits, class and the
+    /// server's Grad-CAM map, `--in-graph-cam`).
+    pub answer: &'static str,
+    pub batch_size: usize,
+    /// Requests in flight at once (one per connection).
+    pub in_flight: usize,
+    pub fps: f64,
+    /// Time of one request, sent to answered.
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    /// Protobuf bytes of the request and of the answer per frame.
+    pub request_bytes_per_frame: f64,
+    pub response_bytes_per_frame: f64,
 }
 
 /// Where the time of a forward+gradients run goes, from ORT's profiler.
@@ -93,6 +119,9 @@ pub(crate) struct Report {
     pub sources: Vec<SourcesPoint>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<ProfilePoint>,
+    /// `--remote`: the served models, beside `engine` (the local session).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remote: Vec<RemotePoint>,
 }
 
 /// Runs `runs` batches of `b` on a profiled forward+gradients session and sums ORT's node events.
@@ -154,16 +183,25 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median frames/s of `iters` runs at batch `b` on every session at once (one thread each,
-/// started together), after one warm-up run. Batches run the way the pipeline runs them:
-/// prepared input slots, bound to the session where the model allows.
+/// Throughput and the time of one batch, over the timed runs of every session.
+#[derive(Debug, Clone, Copy)]
+struct Speed {
+    /// Median over the repeats of the frames per second of all sessions together.
+    fps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// Frames/s of `iters` runs at batch `b` on every session at once (one thread each, started
+/// together), after one warm-up run, and the batches' times. Batches run the way the pipeline
+/// runs them: prepared input slots, bound to the session where the model allows.
 fn measure(
     engines: &mut [Engine],
     b: usize,
     item: [usize; 3],
     iters: usize,
     repeats: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Speed> {
     // Deterministic, image-like values: the numbers do not change the speed, NaNs would.
     let x = Array4::from_shape_fn((b, item[0], item[1], item[2]), |(n, c, i, j)| {
         (((n * 31 + c * 17 + i * 7 + j * 3) % 255) as f32 - 127.0) / 128.0
@@ -185,6 +223,7 @@ fn measure(
     }
     let iters = iters.max(1);
     let mut fps = Vec::new();
+    let mut times = Vec::new();
     for _ in 0..repeats.max(1) {
         let start = std::sync::Barrier::new(engines.len());
         let spans = std::thread::scope(|s| {
@@ -194,12 +233,15 @@ fn measure(
                 .map(|(engine, slot)| {
                     let (start, t) = (&start, &t);
                     s.spawn(move || {
+                        let mut times = Vec::with_capacity(iters);
                         start.wait();
                         let t0 = Instant::now();
                         for _ in 0..iters {
+                            let r = Instant::now();
                             engine.run_slot(slot, b, t, |_| ())?;
+                            times.push(r.elapsed().as_secs_f64() * 1e3);
                         }
-                        Ok::<_, crate::engine::EngineError>((t0, Instant::now()))
+                        Ok::<_, crate::engine::EngineError>((t0, Instant::now(), times))
                     })
                 })
                 .collect();
@@ -217,11 +259,130 @@ fn measure(
         if let (Some(a), Some(z)) = (first, last) {
             fps.push((engines.len() * b * iters) as f64 / (z - a).as_secs_f64());
         }
+        times.extend(spans.into_iter().flat_map(|s| s.2));
     }
-    Ok(median(fps))
+    times.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        times
+            .get(((times.len() - 1) as f64 * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok(Speed {
+        fps: median(fps),
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+    })
+}
+
+/// The remote target `--remote` and one of `--remote-model` name.
+fn remote_provider(args: &BenchArgs, endpoint: &str, name: Option<&str>) -> anyhow::Result<Provider> {
+    crate::remote::RemoteTarget::authority(endpoint)
+        .map_err(|e| fail(Kind::Config, format!("--remote: {e}")))?;
+    let m = crate::config::ModelConfig {
+        provider: crate::config::ProviderKind::Remote,
+        endpoint: Some(endpoint.to_string()),
+        model_name: name.map(str::to_string),
+        max_in_flight: args.workers,
+        ..args.model.clone()
+    };
+    Ok(Provider::from_config(&m))
+}
+
+/// Each served model of `--remote-model` at each batch size: fps, request times and bytes per
+/// frame, through as many connections as the pipeline would open.
+fn remote_points(
+    args: &BenchArgs,
+    model: &Model,
+    endpoint: &str,
+    sizes: &[usize],
+) -> anyhow::Result<Vec<RemotePoint>> {
+    let names: Vec<Option<&str>> = if args.remote_model.is_empty() {
+        vec![None]
+    } else {
+        args.remote_model.iter().map(|n| Some(n.as_str())).collect()
+    };
+    let input = &model.sidecar.input;
+    let (h, w) = (input.height as usize, input.width as usize);
+    let mut points = Vec::new();
+    for name in names {
+        let provider = remote_provider(args, endpoint, name)?;
+        let shown = match &provider {
+            Provider::Remote(t) => t.model_name.clone(),
+            _ => String::new(),
+        };
+        let (n, opts) = EngineOptions {
+            provider,
+            ..Default::default()
+        }
+        .sessions(0);
+        for &b in sizes {
+            let mut engines = (0..n)
+                .map(|_| Engine::new(&model.graph, &opts).classified())
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut lean = false;
+            let mut frames = false;
+            for e in &mut engines {
+                // As the daemon asks for Grad-CAM: the map alone where the server makes it.
+                lean = e.want_tensors(false);
+                frames = e.frames_input().is_some();
+            }
+            let item = if frames { [h, w, 3] } else { input.item_dims() };
+            let speed = measure(&mut engines, b, item, args.iters, args.repeats)?;
+            let wire =
+                engines
+                    .iter()
+                    .filter_map(Engine::wire)
+                    .fold(crate::remote::Wire::default(), |a, w| crate::remote::Wire {
+                        request_bytes: a.request_bytes + w.request_bytes,
+                        response_bytes: a.response_bytes + w.response_bytes,
+                        items: a.items + w.items,
+                    });
+            let per = |bytes: u64| bytes as f64 / wire.items.max(1) as f64;
+            let p = RemotePoint {
+                model: shown.clone(),
+                input: if frames { "u8" } else { "fp32" },
+                answer: if lean { "cam" } else { "A+dA" },
+                batch_size: b,
+                in_flight: n,
+                fps: speed.fps,
+                latency_p50_ms: speed.p50_ms,
+                latency_p99_ms: speed.p99_ms,
+                request_bytes_per_frame: per(wire.request_bytes),
+                response_bytes_per_frame: per(wire.response_bytes),
+            };
+            crate::say!(
+                "remote {} ({} in, {} out) batch {b:>3}: {:8.1} fps, a request p50 {:.1} ms p99 {:.1} ms ({n} in flight), {:.0} B sent and {:.0} B received per frame",
+                p.model,
+                p.input,
+                p.answer,
+                p.fps,
+                p.latency_p50_ms,
+                p.latency_p99_ms,
+                p.request_bytes_per_frame,
+                p.response_bytes_per_frame
+            );
+            points.push(p);
+        }
+    }
+    Ok(points)
 }
 
 pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.daemons == 0 || (args.daemons > 1 && (args.remote.is_none() || args.sources.is_empty())) {
+        return Err(fail(
+            Kind::Config,
+            "--daemons N (N >= 1) runs the --sources cameras in N processes against --remote: give both",
+        ));
+    }
+    if args.sources_only {
+        let points = args
+            .sources
+            .iter()
+            .map(|&n| sources_point(args, n))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        return write_json(args, &points);
+    }
     let model = Model::load(&args.model, false)?;
     let provider = Provider::new(args.provider, 0);
     if args.batch_size.contains(&0) {
@@ -254,14 +415,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<Vec<_>>>()
     };
-    let (h, w) = (
-        model.sidecar.input.height as usize,
-        model.sidecar.input.width as usize,
-    );
-    let item = match model.sidecar.input.layout {
-        crate::sidecar::Layout::Nchw => [3, h, w],
-        crate::sidecar::Layout::Nhwc => [h, w, 3],
-    };
+    let item = model.sidecar.input.item_dims();
     let in_graph_model = if args.in_graph_cam {
         Some(Model::load(&args.model, true)?)
     } else {
@@ -287,34 +441,34 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             item,
             args.iters,
             args.repeats,
-        )?;
+        )?
+        .fps;
         let mut grad = engines(&model.graph, false)?;
         if let Some(e) = grad.first() {
             provider_used.clone_from(&e.provider_used);
         }
-        let g = measure(&mut grad, b, item, args.iters, args.repeats)?;
+        let speed = measure(&mut grad, b, item, args.iters, args.repeats)?;
+        let g = speed.fps;
         drop(grad);
         let c = match &in_graph_model {
-            Some(m) => Some(measure(
-                &mut engines(&m.graph, false)?,
-                b,
-                item,
-                args.iters,
-                args.repeats,
-            )?),
+            Some(m) => Some(measure(&mut engines(&m.graph, false)?, b, item, args.iters, args.repeats)?.fps),
             None => None,
         };
         if let Some(c) = c {
             crate::say!("batch {b:>3}: forward+in-graph CAM {c:8.1} fps");
         }
         crate::say!(
-            "batch {b:>3}: forward {f:8.1} fps   forward+gradients {g:8.1} fps   gradient cost x{:.3}",
+            "batch {b:>3}: forward {f:8.1} fps   forward+gradients {g:8.1} fps (a batch: p50 {:.1} ms, p99 {:.1} ms)   gradient cost x{:.3}",
+            speed.p50_ms,
+            speed.p99_ms,
             f / g
         );
         points.push(EnginePoint {
             batch_size: b,
             forward_fps: f,
             gradients_fps: g,
+            gradients_p50_ms: speed.p50_ms,
+            gradients_p99_ms: speed.p99_ms,
             in_graph_cam_fps: c,
             gradient_cost_ratio: f / g,
         });
@@ -335,12 +489,22 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         )?),
         None => None,
     };
+    let remote = match &args.remote {
+        Some(endpoint) => remote_points(args, &model, endpoint, &sizes)?,
+        None => Vec::new(),
+    };
     let mut multi = Vec::new();
     for &n in &args.sources {
-        let p = sources_point(args, n)?;
+        let p = if args.daemons > 1 {
+            fleet_point(args, n)?
+        } else {
+            sources_point(args, n)?
+        };
         crate::say!(
-            "{n} camera(s) at {}: {:.1} fps explained in all ({:.1} per camera), drop rate {:.1}%, latency p50 {:.0} ms p99 {:.0} ms",
+            "{} daemon(s) × {n} camera(s) at {}{}: {:.1} fps explained in all ({:.1} per camera), drop rate {:.1}%, latency p50 {:.0} ms p99 {:.0} ms",
+            p.daemons,
             args.camera,
+            args.remote.as_deref().map(|r| format!(" through {r}")).unwrap_or_default(),
             p.fps_total,
             p.fps_per_source,
             100.0 * p.drop_rate,
@@ -384,6 +548,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         pipeline,
         sources: multi,
         profile,
+        remote,
     };
     if let Some(p) = &report.pipeline {
         crate::say!(
@@ -412,7 +577,11 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             crate::say!("  heap allocations per frame once warm: {}", al.join(" "));
         }
     }
-    let text = serde_json::to_string_pretty(&report)?;
+    write_json(args, &report)
+}
+
+fn write_json(args: &BenchArgs, report: &impl Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
     match &args.json {
         Some(p) => std::fs::write(p, text + "\n")
             .map_err(|e| fail(Kind::Output, format!("cannot write {}: {e}", p.display())))?,
@@ -421,12 +590,112 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--daemons` copies of this gradcamd, each running `n` cameras against `--remote` at the
+/// same time, as separate boxes would; their figures summed (fps, frames) or taken at the
+/// worst (the p99 latency; the p50 is the daemons' median).
+fn fleet_point(args: &BenchArgs, n: usize) -> anyhow::Result<SourcesPoint> {
+    let dir = crate::paths::private_temp_dir("bench-fleet")
+        .map_err(|e| fail(Kind::Output, format!("cannot make a temporary directory: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| fail(Kind::Runtime, format!("cannot find gradcamd's own binary: {e}")))?;
+    let mut kids = Vec::new();
+    for d in 0..args.daemons {
+        let json = dir.join(format!("daemon{d}.json"));
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["bench", "--sources-only", "--sources", &n.to_string()])
+            .args(["--seconds", &args.seconds.to_string(), "--camera", &args.camera])
+            .args(["--workers", &args.workers.to_string(), "--json"])
+            .arg(&json);
+        if let Some(r) = &args.remote {
+            cmd.args(["--remote", r]);
+        }
+        if let Some(m) = args.remote_model.first() {
+            cmd.args(["--remote-model", m]);
+        }
+        if let Some(b) = args.batch_size.first() {
+            cmd.args(["--batch-size", &b.to_string()]);
+        }
+        if let Some(m) = &args.model.path {
+            cmd.arg("--model").arg(m);
+        }
+        if let Some(sc) = &args.model.sidecar {
+            cmd.arg("--sidecar").arg(sc);
+        }
+        let kid = cmd
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| fail(Kind::Runtime, format!("cannot start a daemon: {e}")))?;
+        kids.push((kid, json));
+    }
+    let mut points: Vec<SourcesPoint> = Vec::new();
+    let mut failed = None;
+    for (mut kid, json) in kids {
+        let ok = kid.wait().is_ok_and(|s| s.success());
+        let read = std::fs::read_to_string(&json)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Vec<serde_json::Value>>(&t).ok());
+        match (ok, read.as_deref()) {
+            (true, Some([p])) => points.push(SourcesPoint {
+                daemons: 1,
+                sources: n,
+                seconds: p["seconds"].as_f64().unwrap_or(0.0),
+                fps_total: p["fps_total"].as_f64().unwrap_or(0.0),
+                fps_per_source: 0.0,
+                captured: p["captured"].as_u64().unwrap_or(0),
+                processed: p["processed"].as_u64().unwrap_or(0),
+                dropped: p["dropped"].as_u64().unwrap_or(0),
+                drop_rate: 0.0,
+                latency_p50_ms: p["latency_p50_ms"].as_f64().unwrap_or(0.0),
+                latency_p99_ms: p["latency_p99_ms"].as_f64().unwrap_or(0.0),
+            }),
+            _ => failed = Some(json),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(j) = failed {
+        return Err(fail(
+            Kind::Runtime,
+            format!(
+                "a daemon of --daemons failed (its line is above; no {})",
+                j.display()
+            ),
+        ));
+    }
+    let sum = |f: fn(&SourcesPoint) -> u64| points.iter().map(f).sum::<u64>();
+    let (captured, processed, dropped) = (sum(|p| p.captured), sum(|p| p.processed), sum(|p| p.dropped));
+    let fps_total: f64 = points.iter().map(|p| p.fps_total).sum();
+    let cameras = (args.daemons * n) as f64;
+    Ok(SourcesPoint {
+        daemons: args.daemons,
+        sources: n,
+        seconds: points.iter().map(|p| p.seconds).fold(0.0, f64::max),
+        fps_total,
+        fps_per_source: fps_total / cameras,
+        captured,
+        processed,
+        dropped,
+        drop_rate: if captured > 0 {
+            dropped as f64 / captured as f64
+        } else {
+            0.0
+        },
+        latency_p50_ms: median(points.iter().map(|p| p.latency_p50_ms).collect()),
+        latency_p99_ms: points.iter().map(|p| p.latency_p99_ms).fold(0.0, f64::max),
+    })
+}
+
 /// The pipeline config the bench flags describe: model, provider, threads, first batch size.
 #[cfg(feature = "video")]
 fn pipeline_config(args: &BenchArgs) -> crate::config::Config {
     let mut cfg = crate::config::Config::default();
     cfg.model = cfg.model.with_flags(&args.model);
     cfg.model.provider = args.provider;
+    if let Some(r) = &args.remote {
+        cfg.model.provider = crate::config::ProviderKind::Remote;
+        cfg.model.endpoint = Some(r.clone());
+        cfg.model.model_name = args.remote_model.first().cloned();
+        cfg.model.max_in_flight = args.workers;
+    }
     cfg.model.intra_threads = args.threads;
     cfg.model.intra_op_spinning = args.spinning;
     cfg.pipeline.batch_size = args.batch_size.first().copied();
@@ -456,7 +725,7 @@ fn pipeline_point(
     let mut runs = Vec::new();
     let mut floors = Vec::new();
     for _ in 0..args.repeats.max(1) {
-        floors.push(measure(floor, floor_batch, item, args.iters, 1)?);
+        floors.push(measure(floor, floor_batch, item, args.iters, 1)?.fps);
         let plan = crate::pipeline::Plan::build(&cfg)?;
         let s = plan.run(
             std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
@@ -534,6 +803,7 @@ fn sources_point(args: &BenchArgs, n: usize) -> anyhow::Result<SourcesPoint> {
     let captured = Stats::get(&s.stats.captured);
     let dropped = Stats::get(&s.stats.dropped);
     Ok(SourcesPoint {
+        daemons: 1,
         sources: n,
         seconds: secs,
         fps_total: processed as f64 / secs,

@@ -228,7 +228,7 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
     }
     let engine = Engine::new(&model.graph, &opts).classified()?;
     tracing::info!(model = %model.path.display(), target = %model.graph.target, provider = %engine.provider_used, images = images.len(), "explaining");
-    let mut pre = Preprocessor::new(&model.sidecar.input);
+    let mut pre = Preprocessor::for_engine(&model.sidecar.input, Some(&engine))?;
     let mut explainer = Explainer::new(
         engine,
         args.method,
@@ -245,6 +245,8 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
     )?;
 
     if let Some(p) = &args.save_input {
+        // The model's own input, whatever a server is sent.
+        let mut pre = Preprocessor::new(&model.sidecar.input);
         let item = pre.item_len();
         let mut buf = vec![0f32; images.len() * item];
         for (i, (name, img)) in images.iter().enumerate() {

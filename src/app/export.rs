@@ -11,7 +11,7 @@ use crate::cli::ExportTritonArgs;
 use crate::engine::{Engine, EngineOptions};
 use crate::error::{fail, Classified, Kind, KindExt};
 use onnx_gradcam::augment::{IN_TARGET, OUT_A, OUT_CAM, OUT_CLASS, OUT_DA};
-use onnx_gradcam::{augment, AugmentOptions};
+use onnx_gradcam::frames::IN_FRAMES;
 
 /// One input or output of `config.pbtxt`: dims without the batch dimension.
 struct Tensor {
@@ -85,11 +85,13 @@ pub fn export_triton(args: &ExportTritonArgs) -> anyhow::Result<()> {
     }
     let name = match &args.name {
         Some(n) => n.clone(),
-        None => args
-            .model
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".into()),
+        None => match &args.model {
+            Some(m) => m
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into()),
+            None => crate::builtin::EMBEDDED_STEM.to_string(),
+        },
     };
     if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
         return Err(fail(
@@ -97,20 +99,21 @@ pub fn export_triton(args: &ExportTritonArgs) -> anyhow::Result<()> {
             format!("--name \"{name}\" is not a directory name"),
         ));
     }
-    let m = crate::model::read_onnx(&args.model).classified()?;
-    let opts = AugmentOptions {
+    // Loaded as `run` loads it (sidecar, checks, augmentation), so the served model is the
+    // one the daemon expects.
+    let spec = crate::config::ModelConfig {
+        path: args.model.clone(),
+        sidecar: args.sidecar.clone(),
         target_layer: args.target_layer.clone(),
-        in_graph_cam: args.in_graph_cam,
         ..Default::default()
     };
-    let a = augment(&m, &opts).classified()?;
-    if a.input_elem_type != onnx_gradcam::proto::dtype::FLOAT {
+    let model = crate::model::Model::load(&spec, args.in_graph_cam)?;
+    let a = &model.graph;
+    let shown = model.path.display();
+    if a.input_elem_type != onnx_gradcam::proto::dtype::FLOAT && !args.u8_input {
         return Err(fail(
             Kind::Model,
-            format!(
-                "{}: the input is not float32; gradcamd sends float32 to a server",
-                args.model.display()
-            ),
+            format!("{shown}: the input is not float32, and gradcamd sends float32 to a server; export with --u8-input (the graph then casts the frames itself)"),
         ));
     }
     let item: Vec<usize> = a
@@ -123,12 +126,12 @@ pub fn export_triton(args: &ExportTritonArgs) -> anyhow::Result<()> {
         .ok_or_else(|| {
             fail(
                 Kind::Model,
-                format!("{}: the input's size is not fixed ([N, C, H, W] with C, H and W known); export-triton needs it for config.pbtxt", args.model.display()),
+                format!("{shown}: the input's size is not fixed ([N, C, H, W] with C, H and W known); export-triton needs it for config.pbtxt"),
             )
         })?;
     // The outputs' shapes, from one run here at batch 1: the graph declares some of them
     // (the gradient) with no size.
-    let mut engine = Engine::new(&a, &EngineOptions::default()).classified()?;
+    let mut engine = Engine::new(a, &EngineOptions::default()).classified()?;
     let zeros = vec![0f32; item.iter().product()];
     let view = ArrayView4::from_shape((1, item[0], item[1], item[2]), &zeros)
         .map_err(|e| fail(Kind::Runtime, format!("input buffer: {e}")))?;
@@ -143,10 +146,22 @@ pub fn export_triton(args: &ExportTritonArgs) -> anyhow::Result<()> {
             )
         })
         .classified()?;
-    let inputs = [
-        Tensor::new(&a.input_name, "TYPE_FP32", &item),
-        Tensor::new(IN_TARGET, "TYPE_INT64", &[]),
-    ];
+    let input = &model.sidecar.input;
+    let (bytes, first) = if args.u8_input {
+        let bytes = onnx_gradcam::frames::with_frames_input(
+            &a.bytes,
+            &a.input_name,
+            a.input_elem_type,
+            a.opset,
+            &input.frames_front(),
+        )
+        .map_err(|e| fail(Kind::Model, format!("{shown}: {e}")))?;
+        let hw3 = [input.height as usize, input.width as usize, 3];
+        (bytes, Tensor::new(IN_FRAMES, "TYPE_UINT8", &hw3))
+    } else {
+        (a.bytes.clone(), Tensor::new(&a.input_name, "TYPE_FP32", &item))
+    };
+    let inputs = [first, Tensor::new(IN_TARGET, "TYPE_INT64", &[])];
     let mut outputs = vec![
         Tensor::new(&a.logits_output, "TYPE_FP32", &logits),
         Tensor::new(OUT_A, "TYPE_FP32", &act),
@@ -168,7 +183,7 @@ pub fn export_triton(args: &ExportTritonArgs) -> anyhow::Result<()> {
             })
             .kind(Kind::Output)
     };
-    write(&dir.join("1").join("model.onnx"), &a.bytes)?;
+    write(&dir.join("1").join("model.onnx"), &bytes)?;
     write(
         &dir.join("config.pbtxt"),
         config_pbtxt(&name, args, &inputs, &outputs).as_bytes(),

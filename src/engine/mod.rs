@@ -132,12 +132,17 @@ impl Engine {
                 ));
             }
             let client = crate::remote::Client::connect(target, model)?;
-            return Ok(Self::with_backend(
+            let served = client.served;
+            let mut e = Self::with_backend(
                 Backend::Remote(Box::new(client)),
                 format!("remote {} model {}", target.endpoint, target.model_name),
                 model,
                 augmented,
-            ));
+            );
+            // The server's model decides: an in-graph CAM comes back whether or not the
+            // model given here was augmented with one.
+            e.in_graph_cam = served.cam;
+            return Ok(e);
         }
         init_runtime(None)?;
         // The session starts its thread pool: name the threads so stages can count their CPU.
@@ -252,6 +257,43 @@ impl Engine {
         self.slots.push(slot);
     }
 
+    /// The server's model takes u8 frames of this (height, width) and normalizes them itself
+    /// (`export-triton --u8-input`): batches are to hold the frames' raw pixels
+    /// (`InputSpec::raw_pixels`).
+    pub fn frames_input(&self) -> Option<(usize, usize)> {
+        match &self.backend {
+            Backend::Remote(c) => c.served.frames,
+            Backend::Local(_) => None,
+        }
+    }
+
+    /// What the remote runs so far sent and received; `None` for a local session.
+    pub fn wire(&self) -> Option<crate::remote::Wire> {
+        match &self.backend {
+            Backend::Remote(c) => Some(c.wire),
+            Backend::Local(_) => None,
+        }
+    }
+
+    /// The served model takes u8 frames, and the server computes the Grad-CAM map: for
+    /// reports.
+    pub fn served_mode(&self) -> Option<(bool, bool)> {
+        match &self.backend {
+            Backend::Remote(c) => Some((c.served.frames.is_some(), c.served.cam)),
+            Backend::Local(_) => None,
+        }
+    }
+
+    /// Whether the runs to come need A and dA, or only the logits, the class and the Grad-CAM
+    /// map. A server that computes the map then sends only those (a few KB a frame); a local
+    /// session computes everything anyway. Returns whether the answers will lack A and dA.
+    pub(crate) fn want_tensors(&mut self, tensors: bool) -> bool {
+        match &mut self.backend {
+            Backend::Remote(c) => c.set_lean(!tensors),
+            Backend::Local(_) => false,
+        }
+    }
+
     /// Ends ORT profiling (see [`EngineOptions::profile`]) and returns the profile's path.
     pub(crate) fn end_profiling(&mut self) -> Result<String, EngineError> {
         match &mut self.backend {
@@ -306,7 +348,7 @@ impl Engine {
         let session = match &mut self.backend {
             Backend::Local(session) => session,
             Backend::Remote(client) => {
-                let names = (self.input_name.as_str(), self.logits.as_str(), self.in_graph_cam);
+                let names = (self.input_name.as_str(), self.logits.as_str());
                 return client.run(input, targets, names, f);
             }
         };

@@ -34,7 +34,7 @@ impl Provider {
         match m.provider {
             crate::config::ProviderKind::Remote => {
                 let stem = m.path.as_deref().and_then(|p| p.file_stem()).map_or_else(
-                    || "efficientnet_lite0".to_string(),
+                    || crate::builtin::EMBEDDED_STEM.to_string(),
                     |s| s.to_string_lossy().into_owned(),
                 );
                 Provider::Remote(std::sync::Arc::new(crate::remote::RemoteTarget {

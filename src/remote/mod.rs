@@ -19,6 +19,7 @@ use tonic::Code;
 
 use crate::engine::{BatchView, EngineError};
 use onnx_gradcam::augment::{IN_TARGET, OUT_A, OUT_CAM, OUT_CLASS, OUT_DA};
+use onnx_gradcam::frames::IN_FRAMES;
 use onnx_gradcam::Augmented;
 
 /// Where the model is served (`[model] endpoint`, `model_name`, ...).
@@ -62,9 +63,34 @@ pub(crate) struct Client {
     rt: tokio::runtime::Runtime,
     grpc: tonic::client::Grpc<Channel>,
     target: RemoteTarget,
+    /// What the served model takes and gives, from its metadata.
+    pub(crate) served: Served,
+    /// Ask only for the logits, the class and the server's CAM (see [`Client::set_lean`]).
+    lean: bool,
+    /// Protobuf bytes of every inference request and answer so far, and the items they
+    /// carried: what `bench --remote` reports per frame.
+    pub(crate) wire: Wire,
     /// Decoded outputs of the last batch, reused.
     f32s: Vec<(String, Vec<usize>, Vec<f32>)>,
     i64s: Vec<(String, Vec<usize>, Vec<i64>)>,
+}
+
+/// Bytes on the wire (gRPC's framing and HTTP/2's aside: a few dozen a message).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wire {
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub items: u64,
+}
+
+/// The served model's shape of things, as its metadata says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Served {
+    /// It takes u8 frames ([`IN_FRAMES`], `[N, H, W, 3]`, B, G, R) and normalizes them
+    /// itself (`export-triton --u8-input`): (H, W).
+    pub frames: Option<(usize, usize)>,
+    /// It computes the Grad-CAM map itself ([`OUT_CAM`]).
+    pub cam: bool,
 }
 
 fn remote(msg: String) -> EngineError {
@@ -131,6 +157,9 @@ impl Client {
             rt,
             grpc,
             target: target.clone(),
+            served: Served::default(),
+            lean: false,
+            wire: Wire::default(),
             f32s: Vec::new(),
             i64s: Vec::new(),
         };
@@ -186,11 +215,11 @@ impl Client {
         if has(&meta.inputs, IN_TARGET).is_none() {
             missing.push(IN_TARGET);
         }
-        let mut outs = vec![OUT_A, OUT_DA, OUT_CLASS];
-        if model.in_graph_cam {
-            outs.push(OUT_CAM);
-        }
-        missing.extend(outs.into_iter().filter(|o| has(&meta.outputs, o).is_none()));
+        missing.extend(
+            [OUT_A, OUT_DA, OUT_CLASS]
+                .into_iter()
+                .filter(|o| has(&meta.outputs, o).is_none()),
+        );
         if !missing.is_empty() {
             return Err(remote(format!(
                 "model '{name}' on {at} is not augmented for gradients (it has no {}): serve the model that `gradcamd augment` writes, or a repository from `gradcamd export-triton`",
@@ -203,15 +232,29 @@ impl Client {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        match has(&meta.inputs, &model.input_name) {
-            Some(t) if t.datatype == "FP32" => {}
-            Some(t) => {
+        self.served.cam = has(&meta.outputs, OUT_CAM).is_some();
+        match (has(&meta.inputs, IN_FRAMES), has(&meta.inputs, &model.input_name)) {
+            (Some(t), _) => {
+                let hw = match t.shape[..] {
+                    [_, h, w, 3] if h > 0 && w > 0 => (h as usize, w as usize),
+                    _ => (0, 0),
+                };
+                if t.datatype != "UINT8" || hw == (0, 0) {
+                    return Err(remote(format!(
+                        "model '{name}' on {at} takes {IN_FRAMES} as {} {:?}; gradcamd sends UINT8 [N, H, W, 3] frames (export-triton --u8-input)",
+                        t.datatype, t.shape
+                    )));
+                }
+                self.served.frames = Some(hw);
+            }
+            (None, Some(t)) if t.datatype == "FP32" => {}
+            (None, Some(t)) => {
                 return Err(remote(format!(
-                    "model '{name}' on {at} takes {} as {}; this gradcamd sends FP32",
+                    "model '{name}' on {at} takes {} as {}; gradcamd sends FP32, or u8 frames to a model exported with export-triton --u8-input",
                     t.name, t.datatype
                 )))
             }
-            None => {
+            (None, None) => {
                 return Err(remote(format!(
                     "model '{name}' on {at} has inputs {}, not '{}': is it the model given to gradcamd (model.path)?",
                     list(&meta.inputs),
@@ -229,45 +272,81 @@ impl Client {
         Ok(())
     }
 
-    /// One batch on the server: the input as raw FP32 and one target per item (a dynamic
-    /// batcher needs `[N]`, not one value for all), every output back raw or typed.
+    /// Asks for only the logits, the class and the server's Grad-CAM map, not A and dA (a
+    /// few KB a frame instead of half a MB), where the server computes the map; `false`
+    /// asks for everything again. Returns whether the answers will be lean.
+    pub(crate) fn set_lean(&mut self, lean: bool) -> bool {
+        self.lean = lean && self.served.cam;
+        self.lean
+    }
+
+    /// One batch on the server: the input as raw FP32 (or, to a model that takes u8 frames,
+    /// as the frames' bytes) and one target per item (a dynamic batcher needs `[N]`, not one
+    /// value for all), the outputs back raw or typed.
     pub(crate) fn run<R>(
         &mut self,
         input: ArrayView4<f32>,
         targets: &[i64],
-        model: (&str, &str, bool),
+        model: (&str, &str),
         f: impl FnOnce(BatchView) -> R,
     ) -> Result<R, EngineError> {
-        let (input_name, logits_name, in_graph_cam) = model;
+        let (input_name, logits_name) = model;
         let n = input.shape()[0];
-        let mut x = Vec::with_capacity(input.len() * 4);
-        match input.as_slice() {
-            Some(s) => s.iter().for_each(|v| x.extend_from_slice(&v.to_le_bytes())),
-            None => input.iter().for_each(|v| x.extend_from_slice(&v.to_le_bytes())),
-        }
+        let shape: Vec<i64> = input.shape().iter().map(|&d| d as i64).collect();
+        let (x, input) = match self.served.frames {
+            // The batch holds the resized frames' own pixel values (see
+            // `InputSpec::raw_pixels`): whole numbers 0..=255, so the cast is exact.
+            Some(_) => (
+                input.iter().map(|&v| v as u8).collect::<Vec<u8>>(),
+                (IN_FRAMES, "UINT8"),
+            ),
+            None => {
+                let mut x = Vec::with_capacity(input.len() * 4);
+                match input.as_slice() {
+                    Some(s) => s.iter().for_each(|v| x.extend_from_slice(&v.to_le_bytes())),
+                    None => input.iter().for_each(|v| x.extend_from_slice(&v.to_le_bytes())),
+                }
+                (x, (input_name, "FP32"))
+            }
+        };
         let mut t = Vec::with_capacity(n * 8);
         for i in 0..n {
             let c = targets.get(i).or(targets.first()).copied().unwrap_or(-1);
             t.extend_from_slice(&c.to_le_bytes());
         }
-        let shape: Vec<i64> = input.shape().iter().map(|&d| d as i64).collect();
         let tensor = |name: &str, datatype: &str, shape: Vec<i64>| v2::InferInputTensor {
             name: name.to_string(),
             datatype: datatype.to_string(),
             shape,
             ..Default::default()
         };
+        let outputs = if self.lean {
+            [logits_name, OUT_CLASS, OUT_CAM]
+                .iter()
+                .map(|n| v2::InferRequestedOutputTensor {
+                    name: n.to_string(),
+                    ..Default::default()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let req = v2::ModelInferRequest {
             model_name: self.target.model_name.clone(),
             model_version: self.target.model_version.clone(),
             inputs: vec![
-                tensor(input_name, "FP32", shape),
+                tensor(input.0, input.1, shape),
                 tensor(IN_TARGET, "INT64", vec![n as i64]),
             ],
+            outputs,
             raw_input_contents: vec![x, t],
             ..Default::default()
         };
+        let sent = prost::Message::encoded_len(&req) as u64;
         let resp: v2::ModelInferResponse = self.call(INFER, req)?;
+        self.wire.request_bytes += sent;
+        self.wire.response_bytes += prost::Message::encoded_len(&resp) as u64;
+        self.wire.items += n as u64;
         self.decode(resp)?;
         let bad = |e: ndarray::ShapeError| remote(format!("unexpected output shape: {e}"));
         let f32_out = |name: &str| self.f32s.iter().find(|(n, _, _)| n == name);
@@ -276,22 +355,20 @@ impl Client {
         };
         let (_, ls, l) = need(logits_name)?;
         let logits = ArrayView2::from_shape(dims::<2>(ls)?, l).map_err(bad)?;
-        let empty4 = ArrayView4::from_shape((0, 0, 0, 0), &[][..]).map_err(bad)?;
-        let a = match f32_out(OUT_A) {
-            Some((_, s, v)) => ArrayView4::from_shape(dims::<4>(s)?, v).map_err(bad)?,
-            None => empty4,
+        // A lean answer has no A and dA (the CAM is the server's); any other must have them.
+        let a_da = |name: &str| match need(name) {
+            Ok((_, s, v)) => ArrayView4::from_shape(dims::<4>(s)?, &v[..]).map_err(bad),
+            Err(_) if self.lean => ArrayView4::from_shape((0, 0, 0, 0), &[][..]).map_err(bad),
+            Err(e) => Err(e),
         };
-        let da = match f32_out(OUT_DA) {
-            Some((_, s, v)) => ArrayView4::from_shape(dims::<4>(s)?, v).map_err(bad)?,
-            None => empty4,
-        };
+        let (a, da) = (a_da(OUT_A)?, a_da(OUT_DA)?);
         let (_, cs, c) = self
             .i64s
             .iter()
             .find(|(n, _, _)| n == OUT_CLASS)
             .ok_or_else(|| remote(format!("the server's answer has no output '{OUT_CLASS}'")))?;
         let class = ArrayView1::from_shape(dims::<1>(cs)?, c).map_err(bad)?;
-        let cam = if in_graph_cam {
+        let cam = if self.served.cam {
             let (_, s, v) = need(OUT_CAM)?;
             Some(ArrayView3::from_shape(dims::<3>(s)?, v).map_err(bad)?)
         } else {

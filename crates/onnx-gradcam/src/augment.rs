@@ -422,7 +422,7 @@ fn sum(b: &mut Builder, mut parts: Vec<String>) -> String {
     b.op("Sum", &refs, vec![])
 }
 
-fn value_info(name: &str, elem_type: i32, dims: &[Option<i64>]) -> ValueInfoProto {
+pub(crate) fn value_info(name: &str, elem_type: i32, dims: &[Option<i64>]) -> ValueInfoProto {
     let dim = dims
         .iter()
         .map(|d| Dimension {

@@ -9,6 +9,8 @@ pub(crate) struct Builder {
     /// Element type of the differentiated tensors; every float constant is made in it.
     pub elem_type: i32,
     pub opset: i64,
+    /// Names are `<prefix>/<op>_<n>`: one prefix per builder whose nodes go into one model.
+    prefix: &'static str,
     counter: usize,
 }
 
@@ -22,18 +24,24 @@ pub(crate) enum Attr {
 
 impl Builder {
     pub(crate) fn new(elem_type: i32, opset: i64) -> Self {
+        Self::named("gradcamd", elem_type, opset)
+    }
+
+    /// A builder whose names cannot collide with another's that uses another prefix.
+    pub(crate) fn named(prefix: &'static str, elem_type: i32, opset: i64) -> Self {
         Builder {
             nodes: Vec::new(),
             initializers: Vec::new(),
             elem_type,
             opset,
+            prefix,
             counter: 0,
         }
     }
 
     fn fresh(&mut self, hint: &str) -> String {
         self.counter += 1;
-        format!("gradcamd/{hint}_{}", self.counter)
+        format!("{}/{hint}_{}", self.prefix, self.counter)
     }
 
     /// Adds one node with one output and returns the output's name.

@@ -4,6 +4,7 @@
 //!
 //! - [`model`]: a parsed model with producer/consumer/rank indexes.
 //! - [`augment`](mod@augment): picks the target tensor, appends the head's backward graph, adds outputs.
+//! - [`frames`]: a u8 frames input that normalizes in the graph, for inference servers.
 //! - [`proto`]: the protobuf messages read and written, from the ONNX spec's field numbers.
 //!
 //! Inside, one backward rule per supported op (`vjp.rs`) and a node emitter (`builder.rs`).
@@ -11,6 +12,7 @@
 
 pub mod augment;
 mod builder;
+pub mod frames;
 pub mod model;
 pub mod proto;
 mod vjp;
