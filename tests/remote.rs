@@ -309,6 +309,59 @@ fn start_two(
 }
 
 #[test]
+fn two_daemons_with_two_file_sources_each_share_one_server_and_write_every_frame() {
+    let dir = scratch("remote_two");
+    let server = Server::start(&augmented(&dir), "efficientnet_lite0");
+    let clips = [("carphone_pristine.mp4", 120), ("bikes.mp4", 250)];
+    let daemons: Vec<Kid> = (0..2)
+        .map(|d| {
+            let mut toml = format!(
+                "[model]\nprovider = \"remote\"\nendpoint = \"{}\"\n",
+                server.endpoint()
+            );
+            for (clip, _) in clips {
+                toml += &format!(
+                    "\n[[source]]\nuri = \"{}\"\noutput = \"{}\"\nevents = \"{}\"\n",
+                    s(&media(clip)),
+                    s(&dir.join(format!("d{d}-{clip}"))),
+                    s(&dir.join(format!("d{d}-{clip}.jsonl"))),
+                );
+            }
+            let cfg = dir.join(format!("d{d}.toml"));
+            std::fs::write(&cfg, toml).unwrap();
+            Kid(spawn(&["run", "--quiet", "--config", &s(&cfg)]))
+        })
+        .collect();
+    for mut kid in daemons {
+        let st = kid.0.wait().expect("wait");
+        assert!(st.success(), "a daemon exited with {st}");
+    }
+    // Every frame of every file source written (ffprobe reads it back) and explained.
+    let mut spans = Vec::new();
+    for d in 0..2 {
+        for (clip, frames) in clips {
+            let out = dir.join(format!("d{d}-{clip}"));
+            assert_eq!(ffprobe_frames(&out), Some(frames), "{}", out.display());
+            let ev = crate::util::events(&dir.join(format!("d{d}-{clip}.jsonl")));
+            assert_eq!(ev.len(), frames as usize, "daemon {d}, {clip}: frames explained");
+            let ts: Vec<f64> = ev.iter().filter_map(|e| e["ts"].as_f64()).collect();
+            spans.push((d, ts[0], ts[ts.len() - 1]));
+        }
+    }
+    // At the same time: each daemon explained frames while the other did.
+    let span = |d: usize| {
+        let mine = spans.iter().filter(|s| s.0 == d);
+        let first = mine.clone().map(|s| s.1).fold(f64::MAX, f64::min);
+        (first, mine.map(|s| s.2).fold(0.0, f64::max))
+    };
+    let ((a0, a1), (b0, b1)) = (span(0), span(1));
+    assert!(
+        a0 < b1 && b0 < a1,
+        "the daemons did not run side by side: {a0}..{a1}, {b0}..{b1}"
+    );
+}
+
+#[test]
 fn a_server_killed_and_restarted_mid_run_marks_live_frames_and_loses_no_file_frame() {
     let dir = scratch("remote_restart");
     let mut server = Server::start(&augmented(&dir), "efficientnet_lite0");
