@@ -20,7 +20,7 @@ use crossbeam_channel::bounded;
 use crate::cam::Method;
 use crate::capture::{Reconnect, Source};
 use crate::config::{Config, SourceMode};
-use crate::engine::{Engine, EngineOptions, Provider};
+use crate::engine::{Engine, EngineError, EngineOptions, Provider};
 use crate::error::{fail, Classified, Kind};
 use crate::explainer::{check_method, resolve_target, Explainer, TargetSpec, Targets};
 use crate::frame::{ClassMap, Demand, Pool};
@@ -85,8 +85,68 @@ fn expected_frames(sources: &[Source]) -> Option<u64> {
         .sum()
 }
 
+/// The inference engines, one per worker. A server that cannot be reached is waited for,
+/// with a logged retry, when a live source is in the run and `stop` can end the wait: nothing
+/// has been read yet, so waiting loses nothing, and a daemon outlives the server's restarts
+/// and a boot order that starts it first. A run of files alone fails at once: its user is
+/// there to read the line. `None`: stopped while waiting.
+fn connect(
+    cfg: &Config,
+    model: &Model,
+    opts: &EngineOptions,
+    workers: usize,
+    stop: Option<&AtomicBool>,
+) -> anyhow::Result<Option<Vec<Engine>>> {
+    let live = cfg.source.iter().any(|s| {
+        s.mode
+            .unwrap_or_else(|| crate::capture::SourceKind::parse(&s.uri).default_mode())
+            == SourceMode::Live
+    });
+    let mut backoff = Duration::from_secs(1);
+    for attempt in 1u32.. {
+        let engines = (0..workers)
+            .map(|_| Engine::new(&model.graph, opts))
+            .collect::<Result<Vec<_>, _>>();
+        let msg = match (engines, stop) {
+            (Ok(e), _) => {
+                if attempt > 1 {
+                    tracing::info!(attempt, "the inference server answered");
+                }
+                return Ok(Some(e));
+            }
+            (Err(EngineError::Unavailable(msg)), Some(_)) if live => msg,
+            (Err(e), _) => return Err(e).classified(),
+        };
+        let secs = backoff.as_secs();
+        if attempt == 1 {
+            tracing::error!("{msg} A live source is in the run, so gradcamd waits for the server: retrying in {secs} s, then with backoff up to 30 s (Ctrl-C to stop)");
+        } else {
+            tracing::warn!(attempt, retry_in_secs = secs, "{msg}");
+        }
+        let until = Instant::now() + backoff;
+        while Instant::now() < until {
+            if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+    unreachable!("the attempts are unbounded")
+}
+
 impl Plan {
     pub fn build(cfg: &Config) -> anyhow::Result<Plan> {
+        Self::build_inner(cfg, None)?.ok_or_else(|| fail(Kind::Runtime, "no inference engine"))
+    }
+
+    /// [`Plan::build`], waiting for a remote inference server that is not there yet where live
+    /// sources are in the run (see [`connect`]); `None` when `stop` was set while waiting.
+    pub fn build_waiting(cfg: &Config, stop: &AtomicBool) -> anyhow::Result<Option<Plan>> {
+        Self::build_inner(cfg, Some(stop))
+    }
+
+    fn build_inner(cfg: &Config, stop: Option<&AtomicBool>) -> anyhow::Result<Option<Plan>> {
         if cfg.source.is_empty() {
             return Err(fail(
                 Kind::Config,
@@ -122,9 +182,9 @@ impl Plan {
 
         let (workers, opts) = engine_options(cfg).sessions(cfg.pipeline.inference_workers);
         let batch_size = opts.batch_size(cfg.pipeline.batch_size);
-        let engines = (0..workers)
-            .map(|_| Engine::new(&model.graph, &opts).classified())
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let Some(engines) = connect(cfg, &model, &opts, workers, stop)? else {
+            return Ok(None);
+        };
         let pre = Preprocessor::for_engine(&model.sidecar.input, engines.first())?;
         let mut explainers = Vec::new();
         for engine in engines {
@@ -202,7 +262,7 @@ impl Plan {
         if let Some(h) = heatmaps {
             demand.push(h);
         }
-        Ok(Plan {
+        Ok(Some(Plan {
             infer: InferConfig {
                 batch_size,
                 batch_timeout: Duration::from_millis(p.batch_timeout_ms),
@@ -239,7 +299,7 @@ impl Plan {
             frame_pools,
             model,
             mqtt,
-        })
+        }))
     }
 
     /// Runs to the end of every source, or until `stop` is set, and finalizes the outputs.

@@ -405,6 +405,80 @@ fn a_server_killed_and_restarted_mid_run_marks_live_frames_and_loses_no_file_fra
 }
 
 #[test]
+fn a_live_daemon_started_before_its_server_waits_for_it_and_a_file_run_does_not() {
+    let dir = scratch("remote_early");
+    let model = augmented(&dir);
+    let port = free_port();
+    let ep = format!("grpc://127.0.0.1:{port}");
+    let cfg = |name: &str, source: &str| {
+        let p = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "[model]\nprovider = \"remote\"\nendpoint = \"{ep}\"\n\n\
+                 [[source]]\n{source}\noutput = \"{}\"\nevents = \"{}\"\n",
+                s(&dir.join(format!("{name}.mp4"))),
+                s(&dir.join(format!("{name}.jsonl"))),
+            ),
+        )
+        .unwrap();
+        s(&p)
+    };
+    // A file run: one line at once, exit 7.
+    let file = cfg(
+        "file",
+        &format!("uri = \"{}\"", s(&media("carphone_pristine.mp4"))),
+    );
+    expect_error(
+        &crate::util::run(&["run", "--config", &file]),
+        7,
+        &["cannot reach inference server", &ep],
+    );
+    // A live run: it says it waits, and starts once the server is up.
+    let live = cfg("live", "uri = \"synthetic:160x120@10\"");
+    let mut c = Kid(spawn(&["run", "--quiet", "--config", &live]));
+    let (rx, all) = tee(&mut c);
+    wait_line(&rx, "gradcamd waits for the server", 30);
+    wait_line(&rx, "retry_in_secs", 30);
+    let _server = Server::on(port, &model, "efficientnet_lite0", false);
+    wait_line(&rx, "the inference server answered", 60);
+    wait_line(&rx, "gradcamd ready", 30);
+    std::thread::sleep(Duration::from_secs(2));
+    signal(&c.0, "-INT");
+    let st = c.0.wait().expect("wait");
+    let log = all.join().unwrap_or_default();
+    assert!(st.success(), "{log}");
+    let explained = crate::util::events(&dir.join("live.jsonl")).len() as u64;
+    assert!(explained > 5, "{log}");
+    assert!(ffprobe_frames(&dir.join("live.mp4")) >= Some(explained), "{log}");
+
+    // Stopped while it waits: exit 0, and the output it had claimed is given up.
+    let port2 = free_port();
+    let nobody = std::fs::read_to_string(&live)
+        .unwrap()
+        .replace(&format!(":{port}\""), &format!(":{port2}\""))
+        .replace("live.", "waited.");
+    std::fs::write(dir.join("waited.toml"), nobody).unwrap();
+    let mut c = Kid(spawn(&[
+        "run",
+        "--quiet",
+        "--config",
+        &s(&dir.join("waited.toml")),
+    ]));
+    let (rx, all) = tee(&mut c);
+    wait_line(&rx, "gradcamd waits for the server", 30);
+    signal(&c.0, "-INT");
+    let st = c.0.wait().expect("wait");
+    let log = all.join().unwrap_or_default();
+    assert!(st.success(), "{log}");
+    assert!(
+        log.contains("stopped while waiting for the inference server"),
+        "{log}"
+    );
+    assert!(!dir.join("waited.mp4").exists(), "{log}");
+}
+
+#[test]
 fn a_file_source_gives_up_after_retry_secs_with_one_line_and_a_file_that_plays() {
     let dir = scratch("remote_gone");
     let mut server = Server::start(&augmented(&dir), "efficientnet_lite0");

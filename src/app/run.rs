@@ -66,7 +66,10 @@ pub(crate) fn config_from(args: &RunArgs) -> anyhow::Result<Config> {
 
 pub fn run(args: &RunArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let cfg = config_from(args)?;
-    let plan = Plan::build(&cfg)?;
+    let Some(plan) = Plan::build_waiting(&cfg, &stop)? else {
+        tracing::info!("stopped while waiting for the inference server; nothing was read");
+        return Ok(());
+    };
     let progress = !args.quiet;
     let summary = plan.run(stop, progress)?;
     let secs = summary.elapsed.as_secs_f64();
