@@ -879,6 +879,42 @@ fn u8_input_and_in_graph_cam_exports_give_the_local_cams_for_fewer_bytes() {
         (row("u8")["input"].as_str(), row("fp32")["input"].as_str()),
         (Some("u8"), Some("fp32"))
     );
+
+    // N daemons × M cameras against the server: every daemon's frames counted.
+    let json = dir.join("fleet.json");
+    let o = crate::util::run(&[
+        "bench",
+        "--remote",
+        &ep,
+        "--remote-model",
+        "u8cam",
+        "--batch-size",
+        "1",
+        "--iters",
+        "1",
+        "--repeats",
+        "1",
+        "--daemons",
+        "2",
+        "--sources",
+        "1",
+        "--seconds",
+        "3",
+        "--camera",
+        "160x120@10",
+        "--json",
+        &s(&json),
+    ]);
+    assert!(o.status.success(), "{}", crate::util::stderr(&o));
+    let f = &read_json(&json)["sources"][0];
+    assert_eq!(
+        (f["daemons"].as_u64(), f["sources"].as_u64()),
+        (Some(2), Some(1)),
+        "{f}"
+    );
+    let (captured, processed) = (f["captured"].as_u64().unwrap(), f["processed"].as_u64().unwrap());
+    // Two daemons of one 10 fps camera for 3 s: more frames than one daemon could capture.
+    assert!(processed > 35 && captured >= processed, "{f}");
 }
 
 #[test]

@@ -48,7 +48,7 @@ pub(crate) struct PipelinePoint {
     pub allocs_per_frame: std::collections::BTreeMap<String, f64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, serde::Deserialize)]
 pub(crate) struct SourcesPoint {
     /// Daemons side by side (`--daemons`), each with `sources` cameras.
     pub daemons: usize,
@@ -176,6 +176,15 @@ fn profile_point(
         appended_ms: appended,
         ops,
     })
+}
+
+/// `part / whole`, 0 for nothing.
+fn share(part: u64, whole: u64) -> f64 {
+    if whole > 0 {
+        part as f64 / whole as f64
+    } else {
+        0.0
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -633,21 +642,9 @@ fn fleet_point(args: &BenchArgs, n: usize) -> anyhow::Result<SourcesPoint> {
         let ok = kid.wait().is_ok_and(|s| s.success());
         let read = std::fs::read_to_string(&json)
             .ok()
-            .and_then(|t| serde_json::from_str::<Vec<serde_json::Value>>(&t).ok());
-        match (ok, read.as_deref()) {
-            (true, Some([p])) => points.push(SourcesPoint {
-                daemons: 1,
-                sources: n,
-                seconds: p["seconds"].as_f64().unwrap_or(0.0),
-                fps_total: p["fps_total"].as_f64().unwrap_or(0.0),
-                fps_per_source: 0.0,
-                captured: p["captured"].as_u64().unwrap_or(0),
-                processed: p["processed"].as_u64().unwrap_or(0),
-                dropped: p["dropped"].as_u64().unwrap_or(0),
-                drop_rate: 0.0,
-                latency_p50_ms: p["latency_p50_ms"].as_f64().unwrap_or(0.0),
-                latency_p99_ms: p["latency_p99_ms"].as_f64().unwrap_or(0.0),
-            }),
+            .and_then(|t| serde_json::from_str::<Vec<SourcesPoint>>(&t).ok());
+        match (ok, read) {
+            (true, Some(mut p)) if p.len() == 1 => points.extend(p.pop()),
             _ => failed = Some(json),
         }
     }
@@ -674,11 +671,7 @@ fn fleet_point(args: &BenchArgs, n: usize) -> anyhow::Result<SourcesPoint> {
         captured,
         processed,
         dropped,
-        drop_rate: if captured > 0 {
-            dropped as f64 / captured as f64
-        } else {
-            0.0
-        },
+        drop_rate: share(dropped, captured),
         latency_p50_ms: median(points.iter().map(|p| p.latency_p50_ms).collect()),
         latency_p99_ms: points.iter().map(|p| p.latency_p99_ms).fold(0.0, f64::max),
     })
@@ -811,11 +804,7 @@ fn sources_point(args: &BenchArgs, n: usize) -> anyhow::Result<SourcesPoint> {
         captured,
         processed,
         dropped,
-        drop_rate: if captured > 0 {
-            dropped as f64 / captured as f64
-        } else {
-            0.0
-        },
+        drop_rate: share(dropped, captured),
         latency_p50_ms: s.stats.latency.percentile(50.0).unwrap_or(0.0) * 1e3,
         latency_p99_ms: s.stats.latency.percentile(99.0).unwrap_or(0.0) * 1e3,
     })
