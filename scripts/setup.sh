@@ -24,9 +24,10 @@ APT_PKGS=(build-essential pkg-config libopencv-dev clang libclang-dev ffmpeg pyt
 # /usr/bin/python3; -good brings qtdemux, rtph264pay and the RTP/UDP elements) and
 # scripts/browser_check.sh (Debian's headless Chromium); the MQTT tests start Debian's Mosquitto
 # and nats-server (its MQTT listener), and read with mosquitto_sub; python3-venv holds the
-# KServe test server (need_kserve).
+# KServe test server (need_kserve); nginx terminates TLS in front of it (gRPC over TLS, as an
+# ingress does), run in the foreground by the test.
 APT_TEST_PKGS=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-  chromium mosquitto mosquitto-clients nats-server python3-venv)
+  chromium mosquitto mosquitto-clients nats-server python3-venv nginx-light)
 need_apt() { # [package...] (default: APT_PKGS)
   local want=("$@") missing=()
   ((${#want[@]})) || want=("${APT_PKGS[@]}")

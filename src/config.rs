@@ -66,6 +66,16 @@ pub struct ModelConfig {
     /// `provider = "remote"`: the server's gRPC endpoint, `grpc://host:port`.
     #[arg(skip)]
     pub endpoint: Option<String>,
+    /// `provider = "remote"` with a `grpcs://` endpoint: the PEM of the CA that signed the
+    /// server's certificate; default: the system's roots.
+    #[arg(skip)]
+    pub ca_file: Option<PathBuf>,
+    /// `grpcs://` to a server that asks for clients' certificates (Triton's
+    /// `--grpc-use-ssl-mutual`): this client's certificate and key, PEM.
+    #[arg(skip)]
+    pub client_cert: Option<PathBuf>,
+    #[arg(skip)]
+    pub client_key: Option<PathBuf>,
     /// `provider = "remote"`: the served model's name; default: the model file's stem.
     #[arg(skip)]
     pub model_name: Option<String>,
@@ -651,7 +661,27 @@ impl Config {
             let endpoint = m.endpoint.as_deref().ok_or_else(|| {
                 anyhow::anyhow!("model.provider = \"remote\" needs model.endpoint = \"grpc://host:port\" (the inference server)")
             })?;
-            crate::remote::RemoteTarget::authority(endpoint).map_err(|e| anyhow::anyhow!(e))?;
+            let (tls, _) = crate::remote::RemoteTarget::parse(endpoint).map_err(|e| anyhow::anyhow!(e))?;
+            let files = [
+                ("model.ca_file", &m.ca_file),
+                ("model.client_cert", &m.client_cert),
+                ("model.client_key", &m.client_key),
+            ];
+            for (key, p) in files {
+                match p {
+                    Some(_) if !tls => anyhow::bail!(
+                        "{key} is set but model.endpoint is not grpcs://: write grpcs://host:port for TLS"
+                    ),
+                    Some(p) if !p.is_file() => anyhow::bail!(
+                        "{key} = \"{}\" is not a readable file; give the PEM file's path",
+                        p.display()
+                    ),
+                    _ => {}
+                }
+            }
+            if m.client_cert.is_some() != m.client_key.is_some() {
+                anyhow::bail!("model.client_cert and model.client_key go together: give both, or neither");
+            }
             if !(0..=600_000).contains(&m.timeout_ms) {
                 anyhow::bail!(
                     "model.timeout_ms = {} is out of range 0..=600000 (0: 10000)",
@@ -670,6 +700,9 @@ impl Config {
         } else if let Some(key) = [
             ("model.endpoint", m.endpoint.is_some()),
             ("model.model_name", m.model_name.is_some()),
+            ("model.ca_file", m.ca_file.is_some()),
+            ("model.client_cert", m.client_cert.is_some()),
+            ("model.client_key", m.client_key.is_some()),
         ]
         .into_iter()
         .find_map(|(k, set)| set.then_some(k))

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::hostile::{signal, spawn, tee, wait_line};
-use crate::util::{ffprobe_frames, free_port, media, s, scratch, Kid};
+use crate::util::{ffprobe_frames, free_port, media, s, scratch, signed_cert, test_ca, Kid};
 
 const USER: &str = "gradcamd";
 const PASSWORD: &str = "pw-9f3c1e77-secret";
@@ -854,82 +854,12 @@ fn bad_mqtt_settings_are_config_errors_before_anything_runs() {
     );
 }
 
-/// A CA made with openssl: (certificate, key).
-fn test_ca(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let (crt, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        &format!("/CN={name}"),
-        "-keyout",
-        &s(&key),
-        "-out",
-        &s(&crt),
-    ]);
-    (crt, key)
-}
-
-fn openssl(args: &[&str]) {
-    let o = Command::new("openssl").args(args).output().expect("openssl");
-    assert!(
-        o.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 #[test]
 fn tls_with_the_brokers_ca_connects_and_a_wrong_ca_is_one_clear_line_then_retries() {
     let dir = scratch("mqtt_tls");
     let (ca, ca_key) = test_ca(&dir, "plant-ca");
     // The broker's certificate, signed by that CA, for the address the URL names.
-    let (crt, key, csr, ext) = (
-        dir.join("broker.crt"),
-        dir.join("broker.key"),
-        dir.join("broker.csr"),
-        dir.join("san.ext"),
-    );
-    openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        &s(&key),
-        "-out",
-        &s(&csr),
-    ]);
-    std::fs::write(
-        &ext,
-        "subjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &s(&csr),
-        "-CA",
-        &s(&ca),
-        "-CAkey",
-        &s(&ca_key),
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        &s(&ext),
-        "-out",
-        &s(&crt),
-    ]);
+    let (crt, key) = signed_cert(&dir, "broker", (&ca, &ca_key), "serverAuth");
     let broker = Broker::mosquitto(
         &dir,
         &format!(

@@ -651,6 +651,118 @@ fn pb_value(t: &[String], at: &mut usize) -> Pb {
     }
 }
 
+/// nginx in front of `backend` (a gRPC port on loopback), terminating TLS as an ingress does
+/// in front of Triton or KServe: one port that asks for nothing, one that asks for a client
+/// certificate signed by `ca`. Runs in the foreground, one process, files in `dir`.
+fn tls_proxy(dir: &Path, backend: u16, cert: (&Path, &Path), ca: &Path) -> (Kid, u16, u16) {
+    let (plain, mutual) = (free_port(), free_port());
+    let d = s(dir);
+    let server = |port: u16, extra: &str| {
+        format!(
+            "  server {{\n    listen 127.0.0.1:{port} ssl http2;\n    ssl_certificate {};\n    ssl_certificate_key {};\n{extra}    location / {{ grpc_pass grpc://127.0.0.1:{backend}; grpc_read_timeout 120s; }}\n  }}\n",
+            s(cert.0),
+            s(cert.1)
+        )
+    };
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nerror_log {d}/nginx.log info;\npid {d}/nginx.pid;\nevents {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_max_body_size 0;\n  client_body_temp_path {d}/nginx-body;\n  proxy_temp_path {d}/nginx-proxy;\n  fastcgi_temp_path {d}/nginx-fcgi;\n  uwsgi_temp_path {d}/nginx-uwsgi;\n  scgi_temp_path {d}/nginx-scgi;\n{}{}}}\n",
+        server(plain, ""),
+        server(
+            mutual,
+            &format!("    ssl_verify_client on;\n    ssl_client_certificate {};\n", s(ca))
+        ),
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let kid = Kid(Command::new("nginx")
+        .args(["-e", &format!("{d}/nginx.log"), "-p", &d, "-c", &s(&path)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx (scripts/setup.sh test installs nginx-light)"));
+    for _ in 0..300 {
+        let up = |p: u16| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok();
+        if up(plain) && up(mutual) {
+            return (kid, plain, mutual);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "nginx did not listen within 30 s: {}",
+        std::fs::read_to_string(dir.join("nginx.log")).unwrap_or_default()
+    );
+}
+
+#[test]
+fn tls_to_the_server_with_its_ca_and_a_client_certificate_and_each_mistake_in_one_line() {
+    let dir = scratch("remote_tls");
+    let server = Server::start(&augmented(&dir), "efficientnet_lite0");
+    let (ca, ca_key) = crate::util::test_ca(&dir, "plant-ca");
+    let (crt, key) = crate::util::signed_cert(&dir, "server", (&ca, &ca_key), "serverAuth");
+    let (client, client_key) = crate::util::signed_cert(&dir, "box", (&ca, &ca_key), "clientAuth");
+    let (other, _) = crate::util::test_ca(&dir, "other-ca");
+    let (_nginx, plain, mutual) = tls_proxy(&dir, server.port, (&crt, &key), &ca);
+    let keys = |port: u16, extra: &str| {
+        format!("provider = \"remote\"\nendpoint = \"grpcs://127.0.0.1:{port}\"\n{extra}")
+    };
+    let ca_key_line = format!("ca_file = \"{}\"", s(&ca));
+    let mtls = format!(
+        "{ca_key_line}\nclient_cert = \"{}\"\nclient_key = \"{}\"",
+        s(&client),
+        s(&client_key)
+    );
+    // Through TLS, with the server's CA, and with a client certificate where it is asked for:
+    // the clip's every frame as here.
+    let local = run_clip(&dir, "local", "");
+    same_frames(&local, &run_clip(&dir, "tls", &keys(plain, &ca_key_line)));
+    same_frames(&local, &run_clip(&dir, "mtls", &keys(mutual, &mtls)));
+
+    // Another CA; no client certificate where one is asked for: one line each, exit 7.
+    let fails = |name: &str, model: &str, want: &[&str]| {
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[model]\n{model}\n\n[[source]]\nuri = \"{}\"\n",
+                s(&media("carphone_pristine.mp4"))
+            ),
+        )
+        .unwrap();
+        expect_error(&crate::util::run(&["run", "--config", &s(&cfg)]), 7, want);
+    };
+    let other_line = format!("ca_file = \"{}\"", s(&other));
+    fails(
+        "wrong-ca",
+        &keys(plain, &other_line),
+        &["cannot reach inference server grpcs://127.0.0.1", "model.ca_file"],
+    );
+    fails(
+        "no-client-cert",
+        &keys(mutual, &ca_key_line),
+        &["grpcs://127.0.0.1", "answered HTTP 400", "model.client_cert"],
+    );
+    // TLS keys on a plain endpoint; half a client identity: config errors.
+    let plain_ep = format!(
+        "provider = \"remote\"\nendpoint = \"grpc://127.0.0.1:{}\"\n{ca_key_line}",
+        server.port
+    );
+    let cfg = dir.join("bad.toml");
+    for (model, want) in [
+        (
+            plain_ep.as_str(),
+            "model.ca_file is set but model.endpoint is not grpcs://",
+        ),
+        (
+            &*format!("{}\nclient_cert = \"{}\"", keys(mutual, &ca_key_line), s(&client)),
+            "model.client_cert and model.client_key go together",
+        ),
+    ] {
+        std::fs::write(&cfg, format!("[model]\n{model}\n\n[[source]]\nuri = \"x.mp4\"\n")).unwrap();
+        expect_error(&crate::util::run(&["run", "--config", &s(&cfg)]), 2, &[want]);
+    }
+}
+
 #[test]
 fn export_triton_writes_a_repository_whose_config_matches_the_graph_and_whose_model_serves() {
     let dir = scratch("remote_export");

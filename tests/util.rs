@@ -443,3 +443,80 @@ pub mod proto {
         }
     }
 }
+
+/// A CA made with openssl: (certificate, key).
+pub fn test_ca(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (crt, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={name}"),
+        "-keyout",
+        &s(&key),
+        "-out",
+        &s(&crt),
+    ]);
+    (crt, key)
+}
+
+pub fn openssl(args: &[&str]) {
+    let o = Command::new("openssl").args(args).output().expect("openssl");
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A certificate for 127.0.0.1 signed by `ca` = (certificate, key), for `usage`
+/// (`serverAuth` or `clientAuth`): (certificate, key).
+pub fn signed_cert(dir: &Path, name: &str, ca: (&Path, &Path), usage: &str) -> (PathBuf, PathBuf) {
+    let (crt, key, csr, ext) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.csr")),
+        dir.join(format!("{name}.ext")),
+    );
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &s(&key),
+        "-out",
+        &s(&csr),
+    ]);
+    std::fs::write(
+        &ext,
+        format!("subjectAltName = IP:127.0.0.1\nextendedKeyUsage = {usage}\n"),
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &s(&csr),
+        "-CA",
+        &s(ca.0),
+        "-CAkey",
+        &s(ca.1),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &s(&ext),
+        "-out",
+        &s(&crt),
+    ]);
+    (crt, key)
+}

@@ -43,6 +43,9 @@ impl Provider {
                     model_version: m.model_version.clone(),
                     timeout_ms: if m.timeout_ms == 0 { 10_000 } else { m.timeout_ms },
                     max_in_flight: if m.max_in_flight == 0 { 2 } else { m.max_in_flight },
+                    ca_file: m.ca_file.clone(),
+                    client_cert: m.client_cert.clone(),
+                    client_key: m.client_key.clone(),
                 }))
             }
             kind => Provider::new(kind, m.device_id),

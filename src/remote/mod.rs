@@ -10,11 +10,12 @@
 
 pub(crate) mod v2;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ndarray::{ArrayView1, ArrayView2, ArrayView3, ArrayView4};
 use tonic::codec::ProstCodec;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
 
 use crate::engine::{BatchView, EngineError};
@@ -33,14 +34,23 @@ pub struct RemoteTarget {
     pub timeout_ms: u64,
     /// Requests in flight at once: one per session worker.
     pub max_in_flight: usize,
+    /// `grpcs://`: the CA to trust (else the system's roots), and this client's certificate
+    /// and key for a server that asks for one.
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 impl RemoteTarget {
-    /// `host:port` of a `grpc://` endpoint.
-    pub(crate) fn authority(endpoint: &str) -> Result<&str, String> {
-        let rest = endpoint.strip_prefix("grpc://").ok_or_else(|| {
-            format!("model.endpoint = \"{endpoint}\" is not a gRPC endpoint: write grpc://host:port (Triton's gRPC port is 8001)")
-        })?;
+    /// Whether a `grpc://` or `grpcs://` endpoint uses TLS, and its `host:port`.
+    pub(crate) fn parse(endpoint: &str) -> Result<(bool, &str), String> {
+        let (tls, rest) = match (endpoint.strip_prefix("grpcs://"), endpoint.strip_prefix("grpc://")) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            _ => return Err(format!(
+                "model.endpoint = \"{endpoint}\" is not a gRPC endpoint: write grpc://host:port, or grpcs://host:port for TLS (Triton's gRPC port is 8001)"
+            )),
+        };
         let rest = rest.trim_end_matches('/');
         let (host, port) = rest
             .rsplit_once(':')
@@ -48,7 +58,37 @@ impl RemoteTarget {
         if host.is_empty() || host.contains(['/', '@', ' ']) || port.parse::<u16>().is_err() {
             return Err(format!("model.endpoint = \"{endpoint}\" is not grpc://host:port"));
         }
-        Ok(rest)
+        Ok((tls, rest))
+    }
+
+    /// `host:port` of a `grpc://` or `grpcs://` endpoint.
+    pub(crate) fn authority(endpoint: &str) -> Result<&str, String> {
+        Self::parse(endpoint).map(|(_, a)| a)
+    }
+
+    /// The TLS settings for `host` (a name or an address, as the certificate names it).
+    fn tls(&self, host: &str) -> Result<ClientTlsConfig, EngineError> {
+        let read = |key: &str, p: &Path| {
+            std::fs::read(p).map_err(|e| {
+                remote(format!(
+                    "cannot read {key} {}: {e}; give the PEM file's path",
+                    p.display()
+                ))
+            })
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let mut c = ClientTlsConfig::new().domain_name(host).assume_http2(true);
+        c = match &self.ca_file {
+            Some(p) => c.ca_certificate(Certificate::from_pem(read("model.ca_file", p)?)),
+            None => c.with_native_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            c = c.identity(Identity::from_pem(
+                read("model.client_cert", cert)?,
+                read("model.client_key", key)?,
+            ));
+        }
+        Ok(c)
     }
 }
 
@@ -102,6 +142,25 @@ fn remote(msg: String) -> EngineError {
 fn status_error(s: &tonic::Status, t: &RemoteTarget) -> EngineError {
     let (at, msg) = (&t.endpoint, s.message());
     let away = EngineError::Unavailable;
+    // An HTTP answer that is not gRPC: a proxy or an ingress in front of the server answered
+    // for it (tonic names the HTTP status in its message).
+    if let Some(http) = msg
+        .split("status: ")
+        .nth(1)
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse::<u16>().ok())
+    {
+        let what = format!(
+            "inference server {at} answered HTTP {http}, not gRPC (from a proxy or ingress in front of it?)"
+        );
+        return match http {
+            502..=504 => away(format!("{what}: the server behind it is away")),
+            400 | 401 | 403 if t.ca_file.is_some() || at.starts_with("grpcs://") => remote(format!(
+                "{what}: it refused this client; if it asks for a client certificate, set model.client_cert and model.client_key"
+            )),
+            _ => remote(format!("{what}; check model.endpoint")),
+        };
+    }
     match s.code() {
         Code::Unavailable => away(format!(
             "inference server {at} is unavailable ({msg}); is it running, and is model.endpoint right?"
@@ -126,17 +185,24 @@ fn status_error(s: &tonic::Status, t: &RemoteTarget) -> EngineError {
 impl Client {
     /// Connects (within `timeout_ms`) and checks that the served model is `model` augmented.
     pub(crate) fn connect(target: &RemoteTarget, model: &Augmented) -> Result<Client, EngineError> {
-        let authority = RemoteTarget::authority(&target.endpoint).map_err(remote)?;
+        let (tls, authority) = RemoteTarget::parse(&target.endpoint).map_err(remote)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| remote(format!("cannot start the gRPC runtime: {e}")))?;
         let timeout = Duration::from_millis(target.timeout_ms.max(1));
-        let endpoint = Endpoint::from_shared(format!("http://{authority}"))
-            .map_err(|e| remote(format!("model.endpoint = \"{}\": {e}", target.endpoint)))?
+        let bad =
+            |e: tonic::transport::Error| remote(format!("model.endpoint = \"{}\": {e}", target.endpoint));
+        let scheme = if tls { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{authority}"))
+            .map_err(bad)?
             .connect_timeout(timeout)
             .timeout(timeout)
             .tcp_nodelay(true);
+        if tls {
+            let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+            endpoint = endpoint.tls_config(target.tls(host)?).map_err(bad)?;
+        }
         let channel = rt.block_on(endpoint.connect()).map_err(|e| {
             // tonic's own line is "transport error"; the cause is at the end of the chain.
             let mut why = e.to_string();
@@ -145,8 +211,13 @@ impl Client {
                 why = s.to_string();
                 src = s.source();
             }
+            let check = if tls && (why.contains("certificate") || why.contains("TLS") || why.contains("alert")) {
+                "check model.ca_file (and model.client_cert for a server that asks for one) against the server's certificate"
+            } else {
+                "is it running, and is model.endpoint right?"
+            };
             EngineError::Unavailable(format!(
-                "cannot reach inference server {} ({why}); is it running, and is model.endpoint right?",
+                "cannot reach inference server {} ({why}); {check}",
                 target.endpoint
             ))
         })?;
