@@ -243,6 +243,26 @@ fn a_plain_model_a_wrong_name_and_no_server_each_give_their_line() {
         aug.endpoint()
     ));
     expect_error(&o, 7, &["has no model 'nope'", "model.model_name"]);
+    // Another model under this model's name (input and logits named the same): its input's
+    // size tells it apart.
+    let vgg = dir.join("vgg.onnx");
+    let o = crate::util::run(&[
+        "augment",
+        "-o",
+        &s(&vgg),
+        &s(&root().join("tests/fixtures/vgg_replica.onnx")),
+    ]);
+    assert!(o.status.success(), "{}", crate::util::stderr(&o));
+    let other = Server::start(&vgg, "efficientnet_lite0");
+    let o = run(&format!("endpoint = \"{}\"", other.endpoint()));
+    expect_error(
+        &o,
+        7,
+        &[
+            "takes input [-1, 3, 64, 64], and the model given here [-1, 3, 224, 224]",
+            "model.path",
+        ],
+    );
     // Nothing listening.
     let port = free_port();
     let o = run(&format!("endpoint = \"grpc://127.0.0.1:{port}\""));

@@ -318,7 +318,15 @@ impl Client {
                 }
                 self.served.frames = Some(hw);
             }
-            (None, Some(t)) if t.datatype == "FP32" => {}
+            (None, Some(t)) if t.datatype == "FP32" => {
+                let local: Option<Vec<i64>> = model.input_dims.as_ref().map(|d| d.iter().map(|v| v.unwrap_or(-1)).collect());
+                if let Some(local) = local.filter(|l| differs(l, &t.shape)) {
+                    return Err(remote(format!(
+                        "model '{name}' on {at} takes {} {:?}, and the model given here {local:?}: is it the model given to gradcamd (model.path)?",
+                        t.name, t.shape
+                    )));
+                }
+            }
             (None, Some(t)) => {
                 return Err(remote(format!(
                     "model '{name}' on {at} takes {} as {}; gradcamd sends FP32, or u8 frames to a model exported with export-triton --u8-input",
@@ -333,11 +341,18 @@ impl Client {
                 )))
             }
         }
-        if has(&meta.outputs, &model.logits_output).is_none() {
+        let Some(logits) = has(&meta.outputs, &model.logits_output) else {
             return Err(remote(format!(
                 "model '{name}' on {at} has outputs {}, not '{}': is it the model given to gradcamd (model.path)?",
                 list(&meta.outputs),
                 model.logits_output
+            )));
+        };
+        let classes = model.fc.as_ref().map(|f| f.classes as i64);
+        if let Some(c) = classes.filter(|&c| differs(&[-1, c], &logits.shape)) {
+            return Err(remote(format!(
+                "model '{name}' on {at} answers {} {:?}, and the model given here has {c} classes: is it the model given to gradcamd (model.path)?",
+                logits.name, logits.shape
             )));
         }
         Ok(())
@@ -527,6 +542,17 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// Two shapes that cannot be the same tensor's: another rank, or a size both know and that
+/// differs (-1 is unknown on either side; the batch is not compared).
+fn differs(local: &[i64], served: &[i64]) -> bool {
+    local.len() != served.len()
+        || local
+            .iter()
+            .zip(served)
+            .skip(1)
+            .any(|(&a, &b)| a > 0 && b > 0 && a != b)
 }
 
 fn dims<const N: usize>(shape: &[usize]) -> Result<[usize; N], EngineError> {
