@@ -754,6 +754,39 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_without_explanation_says_why_even_with_the_hud_off() {
+        // With the HUD off, a frame the model failed on is left as it is; one that the server
+        // was away for, or a lost stream's placeholder, says so all the same.
+        let cfg = RenderConfig {
+            alpha: 0.4,
+            hud: false,
+            labels: Arc::new(Vec::new()),
+            always_shown: Vec::new(),
+            demand: Vec::new(),
+        };
+        let frame = noise(320, 180, 3);
+        let font = HudFont::new(180).unwrap();
+        for (unavailable, lost, text) in [
+            (false, false, None),
+            (true, false, Some("inference unavailable")),
+            (false, true, Some("stream lost - reconnecting")),
+        ] {
+            let mut e = explained(0, frame.try_clone().unwrap(), Vec::new(), lost);
+            e.unavailable = unavailable;
+            render(&mut e, &cfg, &mut Scratch::default()).unwrap();
+            let mut want = frame.try_clone().unwrap();
+            if let Some(t) = text {
+                font.draw_hud(&mut want, t, None).unwrap();
+            }
+            assert_eq!(
+                e.frame.image.data_bytes().unwrap(),
+                want.data_bytes().unwrap(),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
     fn topk_tiles_are_ranked_and_the_first_shows_the_rate() {
         // Tiles wide enough for the rate beside the label (it is left out where it does not fit).
         let cfg = RenderConfig {
