@@ -611,6 +611,17 @@ mod tests {
         }
     }
 
+    /// Alpha 0.4, no labels, no sinks.
+    fn config(hud: bool) -> RenderConfig {
+        RenderConfig {
+            alpha: 0.4,
+            hud,
+            labels: Arc::new(Vec::new()),
+            always_shown: Vec::new(),
+            demand: Vec::new(),
+        }
+    }
+
     /// A BGR frame with a different value at every pixel (and from frame to frame).
     fn noise(w: i32, h: i32, salt: u32) -> Mat {
         let px: Vec<u8> = (0..(w * h * 3) as u32)
@@ -689,13 +700,7 @@ mod tests {
         // 177 x 145 in a 2 x 2 grid of 88 x 72 tiles: a 1-pixel strip right and below stays
         // black, also when the grid buffer held an earlier frame (it circulates: a frame's
         // buffer becomes the next frame's grid), and when a frame of another size comes.
-        let cfg = RenderConfig {
-            alpha: 0.4,
-            hud: false,
-            labels: Arc::new(Vec::new()),
-            always_shown: Vec::new(),
-            demand: Vec::new(),
-        };
+        let cfg = config(false);
         let mut s = Scratch::default();
         let mut last: Option<(Size, *const u8)> = None;
         // Strips below and right, then only below, then only right: each twice, as the second
@@ -757,13 +762,7 @@ mod tests {
     fn a_frame_without_explanation_says_why_even_with_the_hud_off() {
         // With the HUD off, a frame the model failed on is left as it is; one that the server
         // was away for, or a lost stream's placeholder, says so all the same.
-        let cfg = RenderConfig {
-            alpha: 0.4,
-            hud: false,
-            labels: Arc::new(Vec::new()),
-            always_shown: Vec::new(),
-            demand: Vec::new(),
-        };
+        let cfg = config(false);
         let frame = noise(320, 180, 3);
         let font = HudFont::new(180).unwrap();
         for (unavailable, lost, text) in [
@@ -789,13 +788,7 @@ mod tests {
     #[test]
     fn topk_tiles_are_ranked_and_the_first_shows_the_rate() {
         // Tiles wide enough for the rate beside the label (it is left out where it does not fit).
-        let cfg = RenderConfig {
-            alpha: 0.4,
-            hud: true,
-            labels: Arc::new(Vec::new()),
-            always_shown: Vec::new(),
-            demand: Vec::new(),
-        };
+        let cfg = config(true);
         let frame = noise(960, 540, 7);
         let mut e = explained(0, frame.try_clone().unwrap(), maps(4, 0), false);
         render(&mut e, &cfg, &mut Scratch::default()).unwrap();

@@ -80,13 +80,14 @@ impl Server {
 
 /// The built-in model augmented, as a user puts it on the server.
 fn augmented(dir: &Path) -> PathBuf {
-    let out = dir.join("efficientnet_lite0.onnx");
-    let o = crate::util::run(&[
-        "augment",
-        "-o",
-        &s(&out),
-        &s(&root().join("models/efficientnet_lite0.onnx")),
-    ]);
+    augment_into(dir, "models/efficientnet_lite0.onnx")
+}
+
+/// The model at `model` (from the repository's root) augmented into `dir`, same file name.
+fn augment_into(dir: &Path, model: &str) -> PathBuf {
+    let src = root().join(model);
+    let out = dir.join(src.file_name().expect("a file name"));
+    let o = crate::util::run(&["augment", "-o", &s(&out), &s(&src)]);
     assert!(o.status.success(), "{}", crate::util::stderr(&o));
     out
 }
@@ -245,14 +246,7 @@ fn a_plain_model_a_wrong_name_and_no_server_each_give_their_line() {
     expect_error(&o, 7, &["has no model 'nope'", "model.model_name"]);
     // Another model under this model's name (input and logits named the same): its input's
     // size tells it apart.
-    let vgg = dir.join("vgg.onnx");
-    let o = crate::util::run(&[
-        "augment",
-        "-o",
-        &s(&vgg),
-        &s(&root().join("tests/fixtures/vgg_replica.onnx")),
-    ]);
-    assert!(o.status.success(), "{}", crate::util::stderr(&o));
+    let vgg = augment_into(&dir, "tests/fixtures/vgg_replica.onnx");
     let other = Server::start(&vgg, "efficientnet_lite0");
     let o = run(&format!("endpoint = \"{}\"", other.endpoint()));
     expect_error(
