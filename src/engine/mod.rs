@@ -275,15 +275,6 @@ impl Engine {
         }
     }
 
-    /// The served model takes u8 frames, and the server computes the Grad-CAM map: for
-    /// reports.
-    pub fn served_mode(&self) -> Option<(bool, bool)> {
-        match &self.backend {
-            Backend::Remote(c) => Some((c.served.frames.is_some(), c.served.cam)),
-            Backend::Local(_) => None,
-        }
-    }
-
     /// Whether the runs to come need A and dA, or only the logits, the class and the Grad-CAM
     /// map. A server that computes the map then sends only those (a few KB a frame); a local
     /// session computes everything anyway. Returns whether the answers will lack A and dA.

@@ -145,7 +145,7 @@ fn status_error(s: &tonic::Status, t: &RemoteTarget) -> EngineError {
     // An HTTP answer that is not gRPC: a proxy or an ingress in front of the server answered
     // for it (tonic names the HTTP status in its message).
     if let Some(http) = msg
-        .split("status: ")
+        .split("while receiving response with status: ")
         .nth(1)
         .and_then(|r| r.get(..3))
         .and_then(|c| c.parse::<u16>().ok())
@@ -155,7 +155,7 @@ fn status_error(s: &tonic::Status, t: &RemoteTarget) -> EngineError {
         );
         return match http {
             502..=504 => away(format!("{what}: the server behind it is away")),
-            400 | 401 | 403 if t.ca_file.is_some() || at.starts_with("grpcs://") => remote(format!(
+            400 | 401 | 403 if at.starts_with("grpcs://") => remote(format!(
                 "{what}: it refused this client; if it asks for a client certificate, set model.client_cert and model.client_key"
             )),
             _ => remote(format!("{what}; check model.endpoint")),
