@@ -15,6 +15,8 @@ use crate::sidecar::{InputSpec, Layout};
 pub struct Preprocessor {
     size: Size,
     layout: Layout,
+    /// One item's shape in that layout.
+    item: [usize; 3],
     /// Output plane for each of the frame's B, G, R channels.
     plane_of_bgr: [usize; 3],
     scale: [f32; 3],
@@ -31,6 +33,7 @@ impl Preprocessor {
         Preprocessor {
             size: Size::new(spec.width as i32, spec.height as i32),
             layout: spec.layout,
+            item: spec.item_dims(),
             plane_of_bgr,
             scale,
             offset,
@@ -64,11 +67,7 @@ impl Preprocessor {
 
     /// Shape of one item in the model's layout: [3, height, width] or [height, width, 3].
     pub fn item_dims(&self) -> [usize; 3] {
-        let (h, w) = self.input_hw();
-        match self.layout {
-            Layout::Nchw => [3, h, w],
-            Layout::Nhwc => [h, w, 3],
-        }
+        self.item
     }
 
     /// Floats per item: 3 × height × width.
