@@ -581,6 +581,16 @@ pub struct SourceConfig {
     pub events_every: u32,
     /// The hot region's box covers the normalized CAM at or above this.
     pub hot_threshold: f32,
+    /// Learn the source's attention baseline over its first N explained frames, and watch for
+    /// drift from it; 0: no drift watch.
+    pub baseline_frames: u32,
+    /// Keep the baseline in this file: loaded when it exists, written once learned.
+    pub baseline_file: Option<PathBuf>,
+    /// Drift alarm when the Jensen–Shannon divergence (0..1) of the smoothed attention from
+    /// the baseline stays above this...
+    pub drift_threshold: f32,
+    /// ...for this many consecutive frames; it ends after as many under 3/4 of it.
+    pub drift_frames: u32,
 }
 
 impl Default for SourceConfig {
@@ -600,6 +610,10 @@ impl Default for SourceConfig {
             events: None,
             events_every: 1,
             hot_threshold: 0.5,
+            baseline_frames: 0,
+            baseline_file: None,
+            drift_threshold: 0.3,
+            drift_frames: 30,
         }
     }
 }
@@ -742,6 +756,15 @@ impl Config {
             }
             if !(0.0..=1.0).contains(&s.roi_alert_ratio) || !(0.0..=1.0).contains(&s.hot_threshold) {
                 anyhow::bail!("source.roi_alert_ratio and source.hot_threshold must be in 0..1");
+            }
+            if !(s.drift_threshold > 0.0 && s.drift_threshold < 1.0) {
+                anyhow::bail!(
+                    "source.drift_threshold = {} is out of range: a Jensen-Shannon divergence, between 0 and 1 (exclusive)",
+                    s.drift_threshold
+                );
+            }
+            if s.baseline_file.is_some() && s.baseline_frames == 0 {
+                anyhow::bail!("source.baseline_file is set but source.baseline_frames is 0: set how many frames to learn the baseline from (it is learned once, when the file does not exist yet)");
             }
         }
         Ok(())

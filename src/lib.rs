@@ -40,6 +40,7 @@
 // The engine: everything the build without OpenCV has.
 pub mod alloc;
 pub mod app;
+pub(crate) mod attention;
 pub mod builtin;
 pub mod cam;
 pub mod cli;

@@ -69,6 +69,55 @@ pub(crate) fn render(stats: &Stats, names: &[String]) -> String {
         "Region-of-interest alerts fired.",
         &|s| n(&s.alerts),
     );
+    per_source(
+        &mut o,
+        "gradcamd_roi_alert_active",
+        "gauge",
+        "1 while a region-of-interest alert is on.",
+        &|s| n(&s.alerting),
+    );
+    per_source(
+        &mut o,
+        "gradcamd_attention_entropy",
+        "gauge",
+        "Normalized entropy of the CAM's mass (0: one cell, 1: even), last frame; NaN when not measured.",
+        &|s| s.entropy.get().to_string(),
+    );
+    per_source(
+        &mut o,
+        "gradcamd_attention_concentration",
+        "gauge",
+        "Share of the CAM's mass in its hottest tenth of cells, last frame.",
+        &|s| s.concentration.get().to_string(),
+    );
+    per_source(
+        &mut o,
+        "gradcamd_attention_stability",
+        "gauge",
+        "Correlation of the last CAM with the one before it of the same source.",
+        &|s| s.stability.get().to_string(),
+    );
+    per_source(
+        &mut o,
+        "gradcamd_attention_drift",
+        "gauge",
+        "Jensen-Shannon divergence of the smoothed attention from the source's baseline; NaN before it is learned.",
+        &|s| s.drift.get().to_string(),
+    );
+    per_source(
+        &mut o,
+        "gradcamd_drift_alerts_total",
+        "counter",
+        "Attention drift alarms fired.",
+        &|s| n(&s.drift_alerts),
+    );
+    per_source(
+        &mut o,
+        "gradcamd_drift_alert_active",
+        "gauge",
+        "1 while an attention drift alarm is on.",
+        &|s| n(&s.drift_alerting),
+    );
     let (buckets, count, sum) = stats.latency.snapshot();
     let _ = writeln!(o, "# HELP gradcamd_latency_seconds Capture-to-sink latency of each written frame.\n# TYPE gradcamd_latency_seconds histogram");
     for (b, le) in buckets.iter().zip(LATENCY_BUCKETS) {
@@ -97,6 +146,8 @@ mod tests {
         let s = Stats::new(2);
         s.sources[1].processed.store(7, Ordering::Relaxed);
         s.sources[0].set_outside_roi(0.25);
+        s.sources[1].entropy.set(0.5);
+        s.sources[1].drift_alerts.store(2, Ordering::Relaxed);
         s.latency.observe(std::time::Duration::from_millis(30));
         let t = render(&s, &["cam \"a\"".into(), "cam2".into()]);
         for want in [
@@ -105,6 +156,11 @@ mod tests {
             "gradcamd_source_reconnects_total{source=\"cam2\"} 0",
             "gradcamd_source_up{source=\"cam2\"} 0",
             "gradcamd_attention_outside_roi_ratio{source=\"cam \\\"a\\\"\"} 0.25",
+            "gradcamd_attention_entropy{source=\"cam2\"} 0.5",
+            "gradcamd_attention_entropy{source=\"cam \\\"a\\\"\"} NaN",
+            "gradcamd_attention_drift{source=\"cam2\"} NaN",
+            "gradcamd_drift_alerts_total{source=\"cam2\"} 2",
+            "gradcamd_drift_alert_active{source=\"cam2\"} 0",
             "gradcamd_latency_seconds_bucket{le=\"0.05\"} 1",
             "gradcamd_latency_seconds_count 1",
             "gradcamd_inference_batch_size 0",

@@ -1,6 +1,7 @@
 //! Per-source monitoring, applied in frame order by the inference stage: temporal smoothing of
-//! the CAM, the share of attention outside a region of interest with its alert, and the
-//! JSON-lines event log (written by [`crate::events`]).
+//! the CAM, the share of attention outside a region of interest with its alert, the attention
+//! signals and drift alarm of [`crate::attention`], and the JSON-lines event log (written by
+//! [`crate::events`]).
 //!
 //! Everything here works on the CAM normalized to [0, 1] at feature resolution, sampled
 //! bilinearly on a finer grid for the ROI share and the hot-region box, in frame-relative
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 use ndarray::Array2;
 use serde::Serialize;
 
+use crate::attention::{self, Drift, DriftConfig, DriftStep};
 use crate::cam;
 use crate::config::SourceConfig;
 use crate::events::EventLog;
@@ -33,6 +35,7 @@ pub(crate) struct MonitorConfig {
     pub events_every: u32,
     /// The hot region is where the normalized CAM is at least this.
     pub hot_threshold: f32,
+    pub drift: DriftConfig,
 }
 
 impl From<&SourceConfig> for MonitorConfig {
@@ -45,6 +48,12 @@ impl From<&SourceConfig> for MonitorConfig {
             events: s.events.clone(),
             events_every: s.events_every,
             hot_threshold: s.hot_threshold,
+            drift: DriftConfig {
+                baseline_frames: s.baseline_frames,
+                baseline_file: s.baseline_file.clone(),
+                threshold: s.drift_threshold,
+                frames: s.drift_frames,
+            },
         }
     }
 }
@@ -70,6 +79,30 @@ pub(crate) struct Event<'a> {
     pub outside_roi: Option<f32>,
     /// True on the frame that starts an alert.
     pub alert: bool,
+    /// An ROI alert is on after this frame (absent without a ROI).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alerting: Option<bool>,
+    #[serde(flatten)]
+    pub signals: Signals,
+    /// Divergence from the attention baseline (absent without a drift watch, null while the
+    /// baseline is learned).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Option<f32>>,
+    /// True on the frame that starts a drift alarm (absent without a drift watch)...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift_alert: Option<bool>,
+    /// ...and whether one is on after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift_alerting: Option<bool>,
+}
+
+/// What one frame's map looks like, from [`crate::attention`]; none for a map without mass (and
+/// stability for a source's first frame).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize)]
+pub(crate) struct Signals {
+    pub entropy: Option<f32>,
+    pub concentration: Option<f32>,
+    pub stability: Option<f32>,
 }
 
 pub(crate) struct Monitor {
@@ -79,8 +112,13 @@ pub(crate) struct Monitor {
     /// Normalized map and its upsampled copy, reused from frame to frame.
     cur: Array2<f32>,
     fine: Array2<f32>,
+    /// The previous explained frame's normalized map (before smoothing), for stability.
+    prev: Option<Array2<f32>>,
+    /// Scratch for concentration's selection.
+    scratch: Vec<f32>,
     over: u32,
     alerting: bool,
+    drift: Option<Drift>,
     events: Option<EventLog>,
     explained: u64,
 }
@@ -94,10 +132,15 @@ pub(crate) struct Observation {
     pub alerting: bool,
     /// The hot region's box, on the frames where an alert starts or ends.
     pub hot_bbox: Option<[f32; 4]>,
+    pub signals: Signals,
+    /// The drift watch's step (default without one).
+    pub drift: DriftStep,
     /// The events log was found failed (disk full, I/O error) on this frame: said once, then
     /// the log is closed and the run ends with the output exit code. Its writer runs on its own
     /// thread, so this comes a frame or more after the line that failed.
     pub events_failed: Option<String>,
+    /// The drift baseline, learned on this frame, could not be written to its file.
+    pub baseline_failed: Option<String>,
 }
 
 /// Samples per feature cell for the ROI share and the hot box.
@@ -105,6 +148,28 @@ const UPSAMPLE: usize = 4;
 
 impl Monitor {
     pub(crate) fn new(name: String, cfg: MonitorConfig) -> anyhow::Result<Monitor> {
+        let drift = if cfg.drift.baseline_frames > 0 {
+            let d = Drift::new(cfg.drift.clone())?;
+            match &cfg.drift.baseline_file {
+                Some(p) if d.loaded() => {
+                    tracing::info!(source = %name, file = %p.display(), "attention baseline loaded")
+                }
+                Some(p) => attention::check_writable(p).map_err(|e| {
+                    crate::error::fail(
+                        crate::error::Kind::Output,
+                        format!(
+                            "cannot write attention baseline {}: {}",
+                            p.display(),
+                            crate::paths::describe(&e, p)
+                        ),
+                    )
+                })?,
+                None => {}
+            }
+            Some(d)
+        } else {
+            None
+        };
         let events = match &cfg.events {
             Some(p) => Some(EventLog::open(p, &name)?),
             None => None,
@@ -115,8 +180,11 @@ impl Monitor {
             smoothed: None,
             cur: Array2::zeros((0, 0)),
             fine: Array2::zeros((0, 0)),
+            prev: None,
+            scratch: Vec::new(),
             over: 0,
             alerting: false,
+            drift,
             events,
             explained: 0,
         })
@@ -136,21 +204,16 @@ impl Monitor {
                 alert: false,
                 alerting: self.alerting,
                 hot_bbox: None,
+                signals: Signals::default(),
+                drift: DriftStep {
+                    alerting: self.drift.as_ref().is_some_and(Drift::alerting),
+                    ..Default::default()
+                },
                 events_failed: None,
+                baseline_failed: None,
             };
         };
         self.explained += 1;
-        let s = self.cfg.smoothing;
-        if s <= 0.0 && self.cfg.roi.is_none() && self.events.is_none() {
-            // Nothing to smooth, watch or report: leave the map as it is.
-            return Observation {
-                outside_roi: None,
-                alert: false,
-                alerting: false,
-                hot_bbox: None,
-                events_failed: None,
-            };
-        }
         let cur = &mut self.cur;
         if cur.dim() == m.cam.dim() {
             cur.assign(&m.cam);
@@ -158,6 +221,41 @@ impl Monitor {
             *cur = m.cam.clone();
         }
         cam::normalize(cur.view_mut());
+        // The frame's own map, before smoothing: smoothing would make every frame look stable.
+        let signals = Signals {
+            entropy: attention::entropy(cur),
+            concentration: attention::concentration_in(cur, &mut self.scratch),
+            stability: self.prev.as_ref().and_then(|p| attention::stability(cur, p)),
+        };
+        match &mut self.prev {
+            Some(p) if p.dim() == cur.dim() => p.assign(cur),
+            p => *p = Some(cur.clone()),
+        }
+        let mut baseline_failed = None;
+        let drift = match &mut self.drift {
+            Some(d) => {
+                let step = d.observe(cur);
+                if step.learned {
+                    match d.save(&self.name) {
+                        Ok(Some(p)) => {
+                            tracing::info!(source = %self.name, frames = self.cfg.drift.baseline_frames, file = %p.display(), "attention baseline learned and saved")
+                        }
+                        Ok(None) => {
+                            tracing::info!(source = %self.name, frames = self.cfg.drift.baseline_frames, "attention baseline learned")
+                        }
+                        Err(e) => baseline_failed = Some(e),
+                    }
+                }
+                if step.started {
+                    tracing::warn!(source = %self.name, divergence = step.divergence.unwrap_or(0.0), frames = self.cfg.drift.frames, "attention drifted from its baseline");
+                } else if step.ended {
+                    tracing::info!(source = %self.name, divergence = step.divergence.unwrap_or(0.0), "attention back at its baseline");
+                }
+                Some(step)
+            }
+            None => None,
+        };
+        let s = self.cfg.smoothing;
         if s > 0.0 {
             match self.smoothed.as_mut().filter(|p| p.dim() == cur.dim()) {
                 Some(prev) => {
@@ -170,11 +268,27 @@ impl Monitor {
             }
             m.cam.assign(cur);
         }
+        let was_alerting = self.alerting;
+        let every = self.cfg.events_every.max(1) as u64;
+        let drift_changed = drift.is_some_and(|d| d.started || d.ended);
+        let event_due = drift_changed || self.explained % every == 1 || every == 1;
+        if self.cfg.roi.is_none() && !(self.events.is_some() && event_due) {
+            // Nothing on the fine grid is asked for: skip the upsampling.
+            return Observation {
+                outside_roi: None,
+                alert: false,
+                alerting: false,
+                hot_bbox: None,
+                signals,
+                drift: drift.unwrap_or_default(),
+                events_failed: None,
+                baseline_failed,
+            };
+        }
         upsample_into(cur, UPSAMPLE, &mut self.fine);
         let fine = &self.fine;
         let outside = self.cfg.roi.as_ref().map(|poly| outside_share(fine, poly));
         let mut alert = false;
-        let was_alerting = self.alerting;
         if let Some(o) = outside {
             if o > self.cfg.roi_alert_ratio {
                 self.over += 1;
@@ -188,10 +302,10 @@ impl Monitor {
                 self.alerting = false;
             }
         }
-        let every = self.cfg.events_every.max(1) as u64;
+        let roi_changed = self.alerting != was_alerting;
         let mut events_failed = None;
         if let Some(log) = &self.events {
-            if alert || self.explained % every == 1 || every == 1 {
+            if roi_changed || event_due {
                 let label = labels.get(m.class).map_or("", |l| l.as_str());
                 let ev = Event {
                     ts: std::time::SystemTime::now()
@@ -209,6 +323,11 @@ impl Monitor {
                     hot_bbox: hot_bbox(fine, self.cfg.hot_threshold),
                     outside_roi: outside,
                     alert,
+                    alerting: outside.map(|_| self.alerting),
+                    signals,
+                    drift: drift.map(|d| d.divergence),
+                    drift_alert: drift.map(|d| d.started),
+                    drift_alerting: drift.map(|d| d.alerting),
                 };
                 if let Ok(line) = serde_json::to_string(&ev) {
                     log.send(seq, line);
@@ -223,10 +342,13 @@ impl Monitor {
             outside_roi: outside,
             alert,
             alerting: self.alerting,
-            hot_bbox: (self.alerting != was_alerting)
+            hot_bbox: roi_changed
                 .then(|| hot_bbox(fine, self.cfg.hot_threshold))
                 .flatten(),
+            signals,
+            drift: drift.unwrap_or_default(),
             events_failed,
+            baseline_failed,
         }
     }
 
@@ -465,6 +587,35 @@ mod tests {
             "{:?}",
             maps[0].cam
         );
+    }
+
+    #[test]
+    fn signals_are_of_each_frames_own_map_not_the_smoothed_one() {
+        let cfg = MonitorConfig {
+            smoothing: 0.75,
+            ..Default::default()
+        };
+        let mut mon = Monitor::new("t".into(), cfg).unwrap();
+        let a = array![[0.0f32, 1.0], [0.0, 1.0]];
+        let b = array![[1.0f32, 0.0], [1.0, 0.0]];
+        let mut maps = vec![map(a.clone())];
+        let first = mon.observe(0, 0.0, &mut maps, &[]).signals;
+        // Two cells of four hold the mass: entropy ln 2 / ln 4; the top tenth (one cell) half.
+        assert_eq!(first.stability, None);
+        assert!((first.entropy.unwrap() - 0.5).abs() < 1e-6, "{first:?}");
+        assert!((first.concentration.unwrap() - 0.5).abs() < 1e-6, "{first:?}");
+        // The mirror image: its own map correlates -1 with the previous one, though the
+        // smoothed map handed on is still mostly the first.
+        let mut maps = vec![map(b)];
+        let second = mon.observe(1, 0.0, &mut maps, &[]).signals;
+        assert!((second.stability.unwrap() + 1.0).abs() < 1e-6, "{second:?}");
+        assert!(maps[0].cam[[0, 1]] > 0.7, "{:?}", maps[0].cam);
+        assert!((second.entropy.unwrap() - 0.5).abs() < 1e-6, "{second:?}");
+        // A flat map has no distribution: no signals, and the next frame has no stability.
+        let mut maps = vec![map(Array2::from_elem((2, 2), 3.0))];
+        assert_eq!(mon.observe(2, 0.0, &mut maps, &[]).signals, Signals::default());
+        let mut maps = vec![map(a)];
+        assert_eq!(mon.observe(3, 0.0, &mut maps, &[]).signals.stability, None);
     }
 
     #[test]

@@ -65,6 +65,11 @@ pub(crate) struct Note {
     pub outside_roi: Option<f32>,
     pub alerting: bool,
     pub hot_bbox: Option<[f32; 4]>,
+    /// Entropy, concentration and stability of the map.
+    pub signals: [Option<f32>; 3],
+    /// Divergence from the attention baseline, and whether a drift alarm is on.
+    pub drift: Option<f32>,
+    pub drift_alerting: bool,
     pub fps: f32,
 }
 
@@ -165,6 +170,8 @@ pub(crate) struct MqttPlan {
     cfg: MqttConfig,
     at: String,
     names: Vec<String>,
+    /// Which sources watch for attention drift (they get its discovery entities).
+    drift: Vec<bool>,
     labels: Arc<Vec<String>>,
     rx: Receiver<Note>,
     pub counters: Arc<MqttStats>,
@@ -287,9 +294,22 @@ struct State<'a> {
     score: Option<f32>,
     outside_roi: Option<f32>,
     alert: bool,
+    entropy: Option<f32>,
+    concentration: Option<f32>,
+    stability: Option<f32>,
+    drift: Option<f32>,
+    drift_alert: bool,
     up: bool,
     fps: f32,
     time: f64,
+}
+
+/// What raised an alert: attention outside the region of interest, or drift from the baseline.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum Reason {
+    Roi,
+    Drift,
 }
 
 /// An alert in Frigate's event shape, with gradcamd's fields.
@@ -297,10 +317,13 @@ struct State<'a> {
 struct Alert {
     id: String,
     camera: String,
+    reason: Reason,
     label: String,
     score: f32,
     /// Share of attention outside the region of interest.
     outside_roi: Option<f32>,
+    /// Divergence from the attention baseline.
+    drift: Option<f32>,
     /// The hot region, [x0, y0, x1, y1] in 0..1 of the frame.
     hot_box: Option<[f32; 4]>,
     start_time: f64,
@@ -328,9 +351,13 @@ struct Source {
     next: Option<(Option<usize>, u32)>,
     prob: f32,
     outside_roi: Option<f32>,
+    signals: [Option<f32>; 3],
+    drift: Option<f32>,
+    drift_watch: bool,
     fps: f32,
     up: bool,
     alert: Option<Alert>,
+    drift_alert: Option<Alert>,
     /// A state is owed (a change since the last one); sent when connected.
     dirty: bool,
     label_dirty: bool,
@@ -399,7 +426,8 @@ impl Publisher {
     }
 
     /// Home Assistant discovery: a sensor each for label, score and outside-ROI share, and a
-    /// binary sensor for the alert, all on the source's retained state topic.
+    /// binary sensor for the alert, all on the source's retained state topic; with a drift
+    /// watch, a sensor for the divergence and a binary sensor for its alarm.
     fn discovery(&self, i: usize) -> Vec<(String, String)> {
         let s = &self.sources[i];
         let node = ha_id(&self.cfg.topic_prefix);
@@ -459,6 +487,20 @@ impl Publisher {
                 serde_json::json!({"state_topic": state_topic, "value_template": "{{ 'ON' if value_json.alert else 'OFF' }}", "device_class": "problem"}),
             ),
         ];
+        if s.drift_watch {
+            v.push(entity(
+                "sensor",
+                "drift",
+                "Attention drift",
+                serde_json::json!({"state_topic": state_topic, "value_template": "{{ value_json.drift }}", "state_class": "measurement", "icon": "mdi:target-variant"}),
+            ));
+            v.push(entity(
+                "binary_sensor",
+                "drift_alert",
+                "Attention drift alert",
+                serde_json::json!({"state_topic": state_topic, "value_template": "{{ 'ON' if value_json.drift_alert else 'OFF' }}", "device_class": "problem"}),
+            ));
+        }
         if self.cfg.heatmap_every_secs > 0.0 {
             let image_topic = self.topic(&format!("{}/heatmap", s.level));
             v.push(entity(
@@ -565,44 +607,68 @@ impl Publisher {
             }
         }
         s.outside_roi = n.outside_roi;
+        s.signals = n.signals;
+        if n.drift.is_some() {
+            s.drift = n.drift;
+        }
         s.fps = n.fps;
         let t = now_secs();
-        match (&mut s.alert, n.alerting) {
-            (None, true) => {
-                let a = Alert {
-                    id: format!("{t:.6}-{}", s.level),
-                    camera: s.name.clone(),
-                    // Looked up here only: this runs for every frame.
-                    label: n
-                        .class
-                        .and_then(|c| self.labels.get(c))
-                        .cloned()
-                        .unwrap_or_default(),
-                    score: n.prob,
-                    outside_roi: n.outside_roi,
-                    hot_box: n.hot_bbox,
-                    start_time: t,
-                    end_time: None,
-                    frame_time_ms: n.pts_ms,
-                    frame: n.seq,
-                };
-                s.alert = Some(a.clone());
-                s.dirty = true;
-                self.event("new", &a, &a);
+        let mut said: [Option<(&str, Alert, Alert)>; 2] = [None, None];
+        for (k, (reason, on)) in [(Reason::Roi, n.alerting), (Reason::Drift, n.drift_alerting)]
+            .into_iter()
+            .enumerate()
+        {
+            let slot = match reason {
+                Reason::Roi => &mut s.alert,
+                Reason::Drift => &mut s.drift_alert,
+            };
+            match (slot.as_ref(), on) {
+                (None, true) => {
+                    let a = Alert {
+                        id: match reason {
+                            Reason::Roi => format!("{t:.6}-{}", s.level),
+                            Reason::Drift => format!("{t:.6}-{}-drift", s.level),
+                        },
+                        camera: s.name.clone(),
+                        reason,
+                        // Looked up here only: this runs for every frame.
+                        label: n
+                            .class
+                            .and_then(|c| self.labels.get(c))
+                            .cloned()
+                            .unwrap_or_default(),
+                        score: n.prob,
+                        outside_roi: n.outside_roi,
+                        drift: n.drift,
+                        hot_box: n.hot_bbox,
+                        start_time: t,
+                        end_time: None,
+                        frame_time_ms: n.pts_ms,
+                        frame: n.seq,
+                    };
+                    *slot = Some(a.clone());
+                    said[k] = Some(("new", a.clone(), a));
+                }
+                (Some(before), false) => {
+                    let before = before.clone();
+                    let mut after = before.clone();
+                    after.end_time = Some(t);
+                    after.outside_roi = n.outside_roi;
+                    after.drift = n.drift.or(before.drift);
+                    after.hot_box = n.hot_bbox.or(before.hot_box);
+                    after.frame_time_ms = n.pts_ms;
+                    after.frame = n.seq;
+                    *slot = None;
+                    said[k] = Some(("end", before, after));
+                }
+                _ => {}
             }
-            (Some(before), false) => {
-                let before = before.clone();
-                let mut after = before.clone();
-                after.end_time = Some(t);
-                after.outside_roi = n.outside_roi;
-                after.hot_box = n.hot_bbox.or(before.hot_box);
-                after.frame_time_ms = n.pts_ms;
-                after.frame = n.seq;
-                s.alert = None;
+        }
+        for (kind, before, after) in said.into_iter().flatten() {
+            if let Some(s) = self.sources.get_mut(n.source) {
                 s.dirty = true;
-                self.event("end", &before, &after);
             }
-            _ => {}
+            self.event(kind, &before, &after);
         }
     }
 
@@ -648,6 +714,11 @@ impl Publisher {
                 score: s.class.map(|_| s.prob).filter(|p| p.is_finite()),
                 outside_roi: s.outside_roi.filter(|v| v.is_finite()),
                 alert: s.alert.is_some(),
+                entropy: s.signals[0],
+                concentration: s.signals[1],
+                stability: s.signals[2],
+                drift: s.drift,
+                drift_alert: s.drift_alert.is_some(),
                 up,
                 fps: if s.fps.is_finite() { s.fps } else { 0.0 },
                 time: t,
@@ -713,7 +784,8 @@ impl Publisher {
         // Alerts still on end with the run; the last states, then `stopped` in place of the will.
         let t = now_secs();
         for i in 0..self.sources.len() {
-            if let Some(before) = self.sources[i].alert.take() {
+            let s = &mut self.sources[i];
+            for before in [s.alert.take(), s.drift_alert.take()].into_iter().flatten() {
                 let mut after = before.clone();
                 after.end_time = Some(t);
                 self.event("end", &before, &after);
@@ -855,6 +927,7 @@ fn network(mut conn: Connection, link: Link) {
 pub(crate) fn plan(
     cfg: &MqttConfig,
     names: &[String],
+    drift: &[bool],
     labels: Arc<Vec<String>>,
     control: Control,
 ) -> anyhow::Result<Option<Parts>> {
@@ -908,6 +981,7 @@ pub(crate) fn plan(
         cfg: cfg.clone(),
         at: format!("{}:{}", broker.host, broker.port),
         names: names.to_vec(),
+        drift: drift.to_vec(),
         labels,
         rx,
         counters: counters.clone(),
@@ -930,6 +1004,7 @@ impl MqttPlan {
             cfg,
             at,
             names,
+            drift,
             labels,
             rx,
             counters,
@@ -963,8 +1038,10 @@ impl MqttPlan {
             cfg,
             sources: names
                 .iter()
-                .map(|n| Source {
+                .enumerate()
+                .map(|(i, n)| Source {
                     name: n.clone(),
+                    drift_watch: drift.get(i).copied().unwrap_or(false),
                     level: topic_level(n),
                     class: None,
                     next: None,
@@ -972,7 +1049,10 @@ impl MqttPlan {
                     outside_roi: None,
                     fps: 0.0,
                     up: false,
+                    signals: [None; 3],
+                    drift: None,
                     alert: None,
+                    drift_alert: None,
                     dirty: true,
                     label_dirty: false,
                     sent_at: None,

@@ -288,7 +288,7 @@ fn kind_of(t: &std::fs::FileType) -> &'static str {
 }
 
 /// An I/O error on `path`, in words that say what to do.
-fn describe(e: &io::Error, path: &Path) -> String {
+pub(crate) fn describe(e: &io::Error, path: &Path) -> String {
     match e.raw_os_error() {
         Some(libc::ENOENT) => format!("directory {} does not exist", parent(path).display()),
         Some(libc::EACCES) | Some(libc::EPERM) => {

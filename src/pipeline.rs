@@ -247,6 +247,10 @@ impl Plan {
         let parts = crate::mqtt::plan(
             &cfg.mqtt,
             &io.sources.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+            &cfg.source
+                .iter()
+                .map(|s| s.baseline_frames > 0)
+                .collect::<Vec<_>>(),
             labels.clone(),
             control,
         )?;
@@ -524,6 +528,11 @@ fn check_paths(cfg: &Config, names: &[String]) -> anyhow::Result<()> {
             (file.as_deref(), "source", Use::Input),
             (s.output.as_deref(), "the output of source", Use::Output),
             (s.events.as_deref(), "the events log of source", Use::Log),
+            (
+                s.baseline_file.as_deref(),
+                "the attention baseline of source",
+                Use::Output,
+            ),
         ];
         for (p, what, used) in uses {
             if let Some(p) = p {

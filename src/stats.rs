@@ -2,7 +2,7 @@
 //! to, and readers (progress bar, `/metrics`, `bench`, the final summary) snapshot.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,25 @@ impl Timer {
     }
 }
 
+/// An f32 gauge that reads NaN until it is first set: "not measured" is not 0 (`/status.json`
+/// shows null, Prometheus NaN).
+pub struct GaugeF32(AtomicU32);
+
+impl Default for GaugeF32 {
+    fn default() -> Self {
+        GaugeF32(AtomicU32::new(f32::NAN.to_bits()))
+    }
+}
+
+impl GaugeF32 {
+    pub(crate) fn set(&self, v: f32) {
+        self.0.store(v.to_bits(), Ordering::Relaxed);
+    }
+    pub fn get(&self) -> f32 {
+        f32::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
 /// Per-source counters, exported with a `source` label.
 #[derive(Default)]
 pub struct SourceStats {
@@ -37,6 +56,17 @@ pub struct SourceStats {
     pub outside_roi: AtomicU64,
     /// ROI alerts fired.
     pub alerts: AtomicU64,
+    /// 1 while an ROI alert is on.
+    pub alerting: AtomicU64,
+    /// The last explained frame's attention signals (see `crate::attention`).
+    pub entropy: GaugeF32,
+    pub concentration: GaugeF32,
+    pub stability: GaugeF32,
+    /// Divergence of the smoothed attention from the source's baseline.
+    pub drift: GaugeF32,
+    /// Drift alarms fired, and 1 while one is on.
+    pub drift_alerts: AtomicU64,
+    pub drift_alerting: AtomicU64,
 
     /// The frame rate the source reports, f64 bits; 0 until it is known (a live camera that
     /// connects after start-up). A file output plays at it.

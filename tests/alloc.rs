@@ -24,17 +24,25 @@ fn assert_no_allocation_per_frame(stage: &str, c: &AllocCount) {
     );
 }
 
-fn run_carphone(name: &str, hud: bool, target: &str) -> Arc<gradcamd::stats::Stats> {
+/// `watch`: the monitor's every per-frame job but the events log (smoothing, an ROI, the
+/// attention signals, a drift watch past its baseline).
+fn run_carphone(name: &str, hud: bool, target: &str, watch: bool) -> Arc<gradcamd::stats::Stats> {
     gradcamd::alloc::Counting::mark_installed();
     let mut cfg = Config::default();
     cfg.explain.hud = hud;
     cfg.explain.target = target.into();
     cfg.pipeline.batch_size = Some(8);
     cfg.pipeline.render_workers = 2;
-    cfg.source = vec![SourceConfig {
+    let mut src = SourceConfig {
         output: Some(scratch(name).join("out.mp4")),
         ..SourceConfig::new(&media("carphone_pristine.mp4").display().to_string())
-    }];
+    };
+    if watch {
+        src.smoothing = 0.5;
+        src.roi = Some(vec![[0.0, 0.0], [0.5, 0.0], [0.5, 1.0]]);
+        src.baseline_frames = 8;
+    }
+    cfg.source = vec![src];
     let plan = Plan::build(&cfg).expect("plan");
     let s = plan.run(Arc::new(AtomicBool::new(false)), false).expect("run");
     assert_eq!(s.outputs.iter().map(|w| w.frames).sum::<u64>(), 120);
@@ -43,7 +51,7 @@ fn run_carphone(name: &str, hud: bool, target: &str) -> Arc<gradcamd::stats::Sta
 
 #[test]
 fn file_pipeline_allocates_nothing_per_frame_once_warm() {
-    let stats = run_carphone("alloc_nohud", false, "top1");
+    let stats = run_carphone("alloc_nohud", false, "top1", false);
     for (stage, c) in [
         ("capture", &stats.alloc_capture),
         ("infer", &stats.alloc_infer),
@@ -55,8 +63,8 @@ fn file_pipeline_allocates_nothing_per_frame_once_warm() {
 }
 
 #[test]
-fn the_hud_allocates_nothing_per_frame_either() {
-    let stats = run_carphone("alloc_hud", true, "top1");
+fn the_hud_and_the_monitor_allocate_nothing_per_frame_either() {
+    let stats = run_carphone("alloc_hud", true, "top1", true);
     // The HUD's text is copied from glyphs made once per frame height (render::HudFont): the
     // opencv crate's putText made a C string of each of its 4 text arguments per frame.
     assert_no_allocation_per_frame("render", &stats.alloc_render);
@@ -67,6 +75,6 @@ fn the_hud_allocates_nothing_per_frame_either() {
 fn a_topk_grid_renders_without_allocating_too() {
     // Inference of `topk` is an ordinary ORT run (replicated inputs), not counted here; the
     // grid of K tiles with their HUDs is drawn into buffers that circulate.
-    let stats = run_carphone("alloc_topk", true, "topk:4");
+    let stats = run_carphone("alloc_topk", true, "topk:4", false);
     assert_no_allocation_per_frame("render", &stats.alloc_render);
 }

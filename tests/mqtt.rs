@@ -307,6 +307,14 @@ fn state_is_well_formed(v: &Value, labels: &[String]) {
     }
     assert!(v["alert"].is_boolean() && v["up"].is_boolean(), "{v}");
     assert!(v["fps"].as_f64().is_some_and(|f| f >= 0.0), "{v}");
+    // The attention signals: measured once a frame is explained, in range.
+    for (k, lo) in [("entropy", 0.0), ("concentration", 0.1), ("stability", -1.0)] {
+        assert!(
+            v[k].is_null() || v[k].as_f64().is_some_and(|x| (lo..=1.0).contains(&x)),
+            "{k}: {v}"
+        );
+    }
+    assert!(v["drift_alert"].is_boolean(), "{v}");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -485,6 +493,13 @@ fn topic_suite(dir: &Path, broker: &Broker) {
         );
     }
     assert_eq!(configs[0].json()["device_class"], "problem");
+    // Without a drift watch: no divergence in the state; the signals are measured.
+    let last = states.last().unwrap().json();
+    assert!(last["drift"].is_null() && last["drift_alert"] == false, "{last}");
+    assert!(
+        last["entropy"].is_f64() && last["concentration"].is_f64(),
+        "{last}"
+    );
 
     // A subscriber that comes later gets the retained ones: availability, last state, discovery.
     let late = Sub::start(broker);
@@ -1122,4 +1137,97 @@ fn heatmaps_are_jpegs_of_the_drawn_frame_for_a_home_assistant_image() {
         .wait(|m| m.topic == topic, Duration::from_secs(5))
         .expect("retained heatmap");
     assert!(last.retained && jpeg_size(&last.bytes).is_some());
+}
+
+#[test]
+fn a_drift_alarm_is_a_frigate_event_with_its_own_ha_entities() {
+    let dir = scratch("mqtt_drift");
+    let broker = Broker::start(&dir);
+    let sub = Sub::start(&broker);
+    // The cat moves away at frame 60 and comes back at 120 (see tests/attention.rs).
+    let clip = crate::attention::cat_clip(&dir, "away_and_back", &[(4, 0), (4, 224), (6, 0)]);
+    let events = dir.join("events.jsonl");
+    let cfg = write_config(
+        &dir,
+        &format!("url = \"{}\"", broker.url()),
+        &format!(
+            "[[source]]\nname = \"cam 1\"\nuri = \"{}\"\nmode = \"file\"\nevents = \"{}\"\nbaseline_frames = 30\ndrift_threshold = 0.3\ndrift_frames = 10\n",
+            s(&clip),
+            s(&events)
+        ),
+    );
+    let o = crate::util::run(&["run", "--quiet", "--config", &s(&cfg)]);
+    assert!(o.status.success(), "{}", crate::util::stderr(&o));
+    let stopped = sub.wait(
+        |m| m.topic == format!("{PREFIX}/available") && m.payload == "stopped",
+        Duration::from_secs(10),
+    );
+    assert!(stopped.is_some(), "no `stopped`: {:?}", sub.all());
+    let ev: Vec<Value> = sub
+        .on(&format!("{PREFIX}/events"))
+        .iter()
+        .map(Msg::json)
+        .collect();
+    let kinds: Vec<(&str, &str)> = ev
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or(""),
+                e["after"]["reason"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(kinds, [("new", "drift"), ("end", "drift")], "{ev:?}");
+    let (new, end) = (&ev[0]["after"], &ev[1]["after"]);
+    assert_eq!(
+        (new["camera"].as_str(), new["label"].as_str()),
+        (Some("cam 1"), Some("Egyptian cat"))
+    );
+    assert!(new["drift"].as_f64().is_some_and(|d| d > 0.3), "{new}");
+    assert!(end["drift"].as_f64().is_some_and(|d| d < 0.225), "{end}");
+    assert_eq!(ev[1]["before"]["id"], new["id"]);
+    // The alarm's frames are the ones the events log gives.
+    let log = crate::util::events(&events);
+    let at = |key: &str| {
+        log.iter()
+            .find(|e| e[key] == true)
+            .and_then(|e| e["seq"].as_u64())
+    };
+    assert_eq!(new["frame"].as_u64(), at("drift_alert"));
+    let last_on = log
+        .iter()
+        .filter(|e| e["drift_alerting"] == true)
+        .filter_map(|e| e["seq"].as_u64())
+        .max();
+    assert_eq!(end["frame"].as_u64(), last_on.map(|f| f + 1));
+    // A state with the alarm on, and the divergence in every state after the baseline.
+    let states: Vec<Value> = sub
+        .on(&format!("{PREFIX}/cam_1/state"))
+        .iter()
+        .map(Msg::json)
+        .collect();
+    assert!(states.iter().any(|v| v["drift_alert"] == true), "{states:?}");
+    assert!(states.last().is_some_and(|v| v["drift"].is_f64()), "{states:?}");
+    // Discovery: the drift sensor and its alarm, on the state topic.
+    for (topic, template) in [
+        (
+            "homeassistant/sensor/gradcamd-test/cam_1_drift/config",
+            "value_json.drift",
+        ),
+        (
+            "homeassistant/binary_sensor/gradcamd-test/cam_1_drift_alert/config",
+            "value_json.drift_alert",
+        ),
+    ] {
+        let c = sub.on(topic);
+        let v = c
+            .first()
+            .map(Msg::json)
+            .unwrap_or_else(|| panic!("no {topic}: {:?}", sub.all()));
+        assert_eq!(v["state_topic"], format!("{PREFIX}/cam_1/state"));
+        assert!(
+            v["value_template"].as_str().is_some_and(|t| t.contains(template)),
+            "{v}"
+        );
+    }
 }

@@ -7,6 +7,8 @@ static ALLOC: gradcamd::alloc::Counting = gradcamd::alloc::Counting;
 
 #[cfg(feature = "video")]
 mod alloc;
+#[cfg(feature = "video")]
+mod attention;
 mod augment;
 mod util;
 

@@ -122,6 +122,66 @@ pub(crate) struct Report {
     /// `--remote`: the served models, beside `engine` (the local session).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub remote: Vec<RemotePoint>,
+    /// The attention signals' cost per frame, at common CAM sizes.
+    pub signals: Vec<SignalsPoint>,
+}
+
+/// Microseconds per frame of each attention signal on an h x w map (the monitor's work on the
+/// inference thread; no inference of its own).
+#[derive(Serialize)]
+pub(crate) struct SignalsPoint {
+    pub cam: [usize; 2],
+    pub entropy_us: f64,
+    pub concentration_us: f64,
+    pub stability_us: f64,
+    pub drift_us: f64,
+}
+
+/// Times each signal over `iters` maps of `h` x `w` that change from frame to frame (a drift
+/// watch past its baseline, as on a running source).
+fn signals_point(h: usize, w: usize, iters: usize) -> SignalsPoint {
+    use crate::attention;
+    use ndarray::Array2;
+    let maps: Vec<Array2<f32>> = (0..16)
+        .map(|k| {
+            Array2::from_shape_fn((h, w), |(i, j)| {
+                (((i * 7 + j * 13 + k * 5) % 17) as f32 / 16.0).powi(2)
+            })
+        })
+        .collect();
+    let iters = iters.max(1);
+    let time = |f: &mut dyn FnMut(usize)| {
+        let t = Instant::now();
+        for n in 0..iters {
+            f(n);
+        }
+        t.elapsed().as_secs_f64() * 1e6 / iters as f64
+    };
+    let mut sink = 0f32;
+    let entropy_us = time(&mut |n| sink += attention::entropy(&maps[n % 16]).unwrap_or(0.0));
+    let concentration_us = time(&mut |n| sink += attention::concentration(&maps[n % 16]).unwrap_or(0.0));
+    let stability_us =
+        time(&mut |n| sink += attention::stability(&maps[n % 16], &maps[(n + 1) % 16]).unwrap_or(0.0));
+    let mut drift = attention::Drift::new(attention::DriftConfig {
+        baseline_frames: 1,
+        threshold: 0.3,
+        frames: 30,
+        baseline_file: None,
+    })
+    .ok();
+    let drift_us = time(&mut |n| {
+        if let Some(d) = drift.as_mut() {
+            sink += d.observe(&maps[n % 16]).divergence.unwrap_or(0.0);
+        }
+    });
+    std::hint::black_box(sink);
+    SignalsPoint {
+        cam: [h, w],
+        entropy_us,
+        concentration_us,
+        stability_us,
+        drift_us,
+    }
 }
 
 /// Runs `runs` batches of `b` on a profiled forward+gradients session and sums ORT's node events.
@@ -543,6 +603,26 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // What the signals cost a frame, and what that is in fps at the pipeline's rate (or the
+    // engine's, without --video).
+    let rate = pipeline.as_ref().map_or(points[0].gradients_fps, |p| p.fps);
+    let signals: Vec<SignalsPoint> = [(7, 7), (14, 14), (28, 28)]
+        .into_iter()
+        .map(|(h, w)| signals_point(h, w, 20_000))
+        .collect();
+    for p in &signals {
+        let cost = |us: f64| rate - 1.0 / (1.0 / rate + us * 1e-6);
+        crate::say!(
+            "attention signals on a {}x{} CAM, per frame: entropy {:.2} µs, concentration {:.2} µs, stability {:.2} µs, drift {:.2} µs; at {rate:.1} fps they cost {:.3} fps in all",
+            p.cam[0],
+            p.cam[1],
+            p.entropy_us,
+            p.concentration_us,
+            p.stability_us,
+            p.drift_us,
+            cost(p.entropy_us + p.concentration_us + p.stability_us + p.drift_us)
+        );
+    }
     let first = &points[0];
     let report = Report {
         model: model.path.display().to_string(),
@@ -558,6 +638,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         sources: multi,
         profile,
         remote,
+        signals,
     };
     if let Some(p) = &report.pipeline {
         crate::say!(

@@ -111,6 +111,9 @@ impl Release {
                 outside_roi: None,
                 alerting: false,
                 hot_bbox: None,
+                signals: [None; 3],
+                drift: None,
+                drift_alerting: false,
                 fps: 0.0,
             };
             if maps.is_empty() {
@@ -120,14 +123,28 @@ impl Release {
                     source: frame.source,
                     outside_roi: None,
                     alert: false,
+                    alerting: false,
+                    signals: [None; 3],
+                    drift: None,
+                    drift_alert: false,
+                    drift_alerting: false,
                 };
                 if let Some(m) = self.monitors.get_mut(frame.source) {
                     let o = m.observe(frame.seq, frame.pts_ms, &mut maps, &self.labels);
+                    let s = o.signals;
                     explained.outside_roi = o.outside_roi;
                     explained.alert = o.alert;
+                    explained.alerting = o.alerting;
+                    explained.signals = [s.entropy, s.concentration, s.stability];
+                    explained.drift = o.drift.divergence;
+                    explained.drift_alert = o.drift.started;
+                    explained.drift_alerting = o.drift.alerting;
                     note.alerting = o.alerting;
                     note.hot_bbox = o.hot_bbox;
-                    if let Some(e) = o.events_failed {
+                    note.signals = explained.signals;
+                    note.drift = o.drift.divergence;
+                    note.drift_alerting = o.drift.alerting;
+                    for e in [o.events_failed, o.baseline_failed].into_iter().flatten() {
                         stats.output_failed(e);
                     }
                 }

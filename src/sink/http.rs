@@ -522,6 +522,15 @@ struct SourceStatus<'a> {
     dropped: u64,
     reconnects: u64,
     outside_roi: f64,
+    /// An ROI alert is on.
+    alert: bool,
+    /// The last explained frame's attention signals; null where not measured.
+    entropy: f64,
+    concentration: f64,
+    stability: f64,
+    /// Divergence from the attention baseline; null before it is learned (or without one).
+    drift: f64,
+    drift_alert: bool,
 }
 
 /// `v` to `decimals` places: the page shows no more, and an f32 widened to f64 would print
@@ -547,6 +556,9 @@ fn status(hub: &Hub, stats: &Stats) -> String {
             let get = |f: fn(&crate::stats::SourceStats) -> &std::sync::atomic::AtomicU64| {
                 st.map_or(0, |s| f(s).load(Ordering::Relaxed))
             };
+            let gauge = |f: fn(&crate::stats::SourceStats) -> &crate::stats::GaugeF32| {
+                rounded(st.map_or(f64::NAN, |s| f(s).get() as f64), 4)
+            };
             SourceStatus {
                 source: name,
                 up: get(|s| &s.up) == 1,
@@ -557,6 +569,12 @@ fn status(hub: &Hub, stats: &Stats) -> String {
                 dropped: get(|s| &s.dropped),
                 reconnects: get(|s| &s.reconnects),
                 outside_roi: rounded(st.map_or(0.0, |s| s.outside_roi()) as f64, 4),
+                alert: get(|s| &s.alerting) == 1,
+                entropy: gauge(|s| &s.entropy),
+                concentration: gauge(|s| &s.concentration),
+                stability: gauge(|s| &s.stability),
+                drift: gauge(|s| &s.drift),
+                drift_alert: get(|s| &s.drift_alerting) == 1,
             }
         })
         .collect();
@@ -631,14 +649,22 @@ mod tests {
         stats.sources[1].dropped.store(3, Ordering::Relaxed);
         stats.sources[1].reconnects.store(2, Ordering::Relaxed);
         stats.sources[1].set_outside_roi(0.333_333);
+        stats.sources[1].alerting.store(1, Ordering::Relaxed);
+        stats.sources[1].entropy.set(0.812_345);
+        stats.sources[1].concentration.set(0.25);
+        stats.sources[1].stability.set(-0.5);
+        stats.sources[1].drift.set(0.123_46);
+        stats.sources[1].drift_alerting.store(1, Ordering::Relaxed);
         let body = status(&hub, &stats);
         assert!(body.ends_with('\n'), "{body:?}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
         let want = serde_json::json!([
             {"source": "cam \"a\"", "up": true, "label": "tabby, cat", "score": 0.1235, "fps": 0.0,
-             "processed": 7, "dropped": 0, "reconnects": 0, "outside_roi": 0.0},
+             "processed": 7, "dropped": 0, "reconnects": 0, "outside_roi": 0.0, "alert": false,
+             "entropy": null, "concentration": null, "stability": null, "drift": null, "drift_alert": false},
             {"source": "b", "up": false, "label": "x", "score": null, "fps": 0.0,
-             "processed": 0, "dropped": 3, "reconnects": 2, "outside_roi": 0.3333},
+             "processed": 0, "dropped": 3, "reconnects": 2, "outside_roi": 0.3333, "alert": true,
+             "entropy": 0.8123, "concentration": 0.25, "stability": -0.5, "drift": 0.1235, "drift_alert": true},
         ]);
         assert_eq!(v, want, "{body}");
     }

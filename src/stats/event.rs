@@ -103,8 +103,18 @@ pub(crate) struct FrameExplained {
     pub source: usize,
     /// Share of the CAM outside the region of interest, where one is set.
     pub outside_roi: Option<f32>,
-    /// The monitor fired a region-of-interest alert on this frame.
+    /// The monitor fired a region-of-interest alert on this frame...
     pub alert: bool,
+    /// ...and one is on after it.
+    pub alerting: bool,
+    /// The map's entropy, concentration and stability; none where not measured.
+    pub signals: [Option<f32>; 3],
+    /// Divergence from the attention baseline, once it is learned.
+    pub drift: Option<f32>,
+    /// A drift alarm started on this frame...
+    pub drift_alert: bool,
+    /// ...and one is on after it.
+    pub drift_alerting: bool,
 }
 
 impl Event for FrameExplained {
@@ -118,6 +128,19 @@ impl Event for FrameExplained {
             if self.alert {
                 s.alerts.fetch_add(1, Relaxed);
             }
+            s.alerting.store(self.alerting.into(), Relaxed);
+            // A frame without a measure leaves NaN: the last measure would claim to be current.
+            let [e, c, st] = self.signals;
+            for (g, v) in [(&s.entropy, e), (&s.concentration, c), (&s.stability, st)] {
+                g.set(v.unwrap_or(f32::NAN));
+            }
+            if let Some(d) = self.drift {
+                s.drift.set(d);
+            }
+            if self.drift_alert {
+                s.drift_alerts.fetch_add(1, Relaxed);
+            }
+            s.drift_alerting.store(self.drift_alerting.into(), Relaxed);
         }
     }
 }
@@ -183,25 +206,58 @@ mod tests {
         BatchRun { frames: 0 }.emit(&s);
         assert_eq!((get(&s.batches), get(&s.last_batch)), (1, 3));
 
+        let one = &s.sources[1];
+        assert!(one.entropy.get().is_nan() && one.drift.get().is_nan());
         FrameExplained {
             source: 1,
             outside_roi: Some(0.25),
             alert: true,
+            alerting: true,
+            signals: [Some(0.5), Some(0.25), Some(0.75)],
+            drift: Some(0.4),
+            drift_alert: true,
+            drift_alerting: true,
         }
         .emit(&s);
+        assert_eq!(
+            (
+                one.entropy.get(),
+                one.concentration.get(),
+                one.stability.get(),
+                one.drift.get()
+            ),
+            (0.5, 0.25, 0.75, 0.4)
+        );
+        assert_eq!((get(&one.alerting), get(&one.drift_alerting)), (1, 1));
         FrameExplained {
             source: 1,
             outside_roi: None,
             alert: false,
+            alerting: false,
+            signals: [Some(0.125), None, None],
+            drift: None,
+            drift_alert: false,
+            drift_alerting: false,
         }
         .emit(&s);
         FrameNotExplained.emit(&s);
         assert_eq!((get(&s.explained), get(&s.failed)), (2, 1));
-        let one = &s.sources[1];
         assert_eq!(
             (get(&one.processed), get(&one.alerts), one.outside_roi()),
             (2, 1, 0.25)
         );
+        assert_eq!(
+            (
+                get(&one.drift_alerts),
+                get(&one.alerting),
+                get(&one.drift_alerting)
+            ),
+            (1, 0, 0)
+        );
+        // Not measured on the last frame: NaN, not the old value; drift keeps its last one.
+        assert_eq!(one.entropy.get(), 0.125);
+        assert!(one.concentration.get().is_nan() && one.stability.get().is_nan());
+        assert_eq!(one.drift.get(), 0.4);
         assert_eq!(get(&s.sources[0].processed), 0);
 
         FrameDrawn.emit(&s);
