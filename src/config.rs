@@ -575,6 +575,8 @@ pub struct SourceConfig {
     pub roi_alert_ratio: f32,
     /// ...for this many consecutive frames.
     pub roi_alert_frames: u32,
+    /// Outline the ROI on the drawn frames (video, page, heatmaps).
+    pub draw_roi: bool,
     /// JSON-lines event log (appended): class, score, CAM peak, centroid, hot box, ROI share.
     pub events: Option<PathBuf>,
     /// One event line every N explained frames (alerts are always written).
@@ -607,6 +609,7 @@ impl Default for SourceConfig {
             roi: None,
             roi_alert_ratio: 0.5,
             roi_alert_frames: 15,
+            draw_roi: true,
             events: None,
             events_every: 1,
             hot_threshold: 0.5,

@@ -290,6 +290,11 @@ impl Plan {
                     .iter()
                     .map(|s| s.file.is_some() || s.display.is_some())
                     .collect(),
+                roi: cfg
+                    .source
+                    .iter()
+                    .map(|s| s.roi.clone().filter(|_| s.draw_roi))
+                    .collect(),
                 demand,
             },
             render_workers: workers,

@@ -34,6 +34,9 @@ pub(crate) struct RenderConfig {
     pub labels: Arc<Vec<Arc<str>>>,
     /// Per source: whether an output shows every frame (a file, a window). Empty: all do.
     pub always_shown: Vec<bool>,
+    /// Per source: the region of interest to outline, in frame-relative coordinates (none
+    /// without one, or with `draw_roi = false`).
+    pub roi: Vec<Option<Vec<[f32; 2]>>>,
     /// Outputs that show the other sources' frames now and then (the HTTP streams, MQTT
     /// heatmaps): a frame is drawn only when one of them wants it, and not at all without them
     /// (events only).
@@ -54,6 +57,10 @@ impl RenderConfig {
     fn draws(&self, f: &crate::frame::Frame) -> bool {
         self.always_shown.get(f.source).copied().unwrap_or(true)
             || (!self.demand.is_empty() && (f.lost || self.demand.iter().any(|d| d.wants_frame(f.source))))
+    }
+
+    fn roi(&self, source: usize) -> Option<&[[f32; 2]]> {
+        self.roi.get(source).and_then(|r| r.as_deref())
     }
 
     fn label(&self, class: usize) -> Arc<str> {
@@ -396,6 +403,29 @@ fn render(e: &mut Explained, cfg: &RenderConfig, s: &mut Scratch) -> opencv::Res
     r
 }
 
+/// The outline of the ROI: yellow-green, which the JET heatmap never is at full brightness.
+pub(crate) const ROI_COLOR: [f64; 3] = [0.0, 255.0, 255.0];
+
+/// Outlines `poly` (frame-relative) on `img`, one edge at a time: no point list to allocate.
+/// About 1/180 of the frame's height thick (4 px at 720 rows), and at least 2 px, so that
+/// the colour survives the encoder's 4:2:0 chroma (a 1 px yellow line came out white).
+fn draw_roi(img: &mut Mat, poly: &[[f32; 2]]) -> opencv::Result<()> {
+    let (w, h) = (img.cols(), img.rows());
+    let at = |[x, y]: [f32; 2]| {
+        Point::new(
+            ((x * w as f32).round() as i32).clamp(0, w - 1),
+            ((y * h as f32).round() as i32).clamp(0, h - 1),
+        )
+    };
+    let thick = (h / 180).max(2);
+    let color = Scalar::new(ROI_COLOR[0], ROI_COLOR[1], ROI_COLOR[2], 0.0);
+    for (k, &p) in poly.iter().enumerate() {
+        let q = poly[(k + 1) % poly.len()];
+        imgproc::line(img, at(p), at(q), color, thick, imgproc::LINE_8, 0)?;
+    }
+    Ok(())
+}
+
 fn render_with(
     e: &mut Explained,
     cfg: &RenderConfig,
@@ -404,8 +434,12 @@ fn render_with(
     fps: &mut String,
 ) -> opencv::Result<()> {
     let img = &mut e.frame.image;
+    let roi = cfg.roi(e.frame.source);
     match e.maps.as_slice() {
         [] => {
+            if let (Some(poly), false) = (roi, e.frame.lost) {
+                draw_roi(img, poly)?;
+            }
             // A lost stream is always labelled: a frozen-looking frame must not pass for live.
             if e.frame.lost {
                 font_for(&mut s.fonts, img)?.draw_hud(img, "stream lost - reconnecting", None)?;
@@ -418,6 +452,9 @@ fn render_with(
         }
         [m] => {
             overlay_in_place(&m.cam, img, cfg.alpha, s)?;
+            if let Some(poly) = roi {
+                draw_roi(img, poly)?;
+            }
             if cfg.hud {
                 hud_text(text, None, &cfg.label(m.class), m.prob);
                 let right = Some(fps_text(fps, e.fps));
@@ -440,6 +477,9 @@ fn render_with(
             for (k, m) in maps.iter().enumerate() {
                 heatmap(&m.cam, tile, s)?;
                 video_blend(&s.shrunk, &s.heat, cfg.alpha, &mut s.tile)?;
+                if let Some(poly) = roi {
+                    draw_roi(&mut s.tile, poly)?;
+                }
                 if cfg.hud {
                     hud_text(text, Some(k + 1), &cfg.label(m.class), m.prob);
                     let right = (k == 0).then(|| fps_text(fps, e.fps));
@@ -618,6 +658,7 @@ mod tests {
             hud,
             labels: Arc::new(Vec::new()),
             always_shown: Vec::new(),
+            roi: Vec::new(),
             demand: Vec::new(),
         }
     }
@@ -819,12 +860,56 @@ mod tests {
     }
 
     #[test]
+    fn the_roi_is_outlined_on_its_sources_frames_over_the_heatmap_and_nowhere_else() {
+        // A rectangle from (0.25, 0.5) to (0.75, 1.0) on a 320x180 frame: x 80..240, y 90..179;
+        // two pixels thick at 180 rows.
+        let poly = vec![[0.25, 0.5], [0.75, 0.5], [0.75, 1.0], [0.25, 1.0]];
+        let mut cfg = config(false);
+        cfg.roi = vec![None, Some(poly)];
+        let frame = noise(320, 180, 5);
+        let px = |m: &Mat, x: i32, y: i32| m.at_2d::<opencv::core::Vec3b>(y, x).unwrap().0;
+        let roi = [0u8, 255, 255];
+        for maps in [maps(1, 0), Vec::new()] {
+            let mut e = explained(0, frame.try_clone().unwrap(), maps.clone(), false);
+            e.frame.source = 1;
+            render(&mut e, &cfg, &mut Scratch::default()).unwrap();
+            let img = &e.frame.image;
+            // On each edge, away from the corners.
+            for (x, y) in [(160, 90), (80, 130), (240, 130), (160, 179)] {
+                assert_eq!(px(img, x, y), roi, "({x}, {y}) with {} map(s)", maps.len());
+            }
+            // Elsewhere the frame is what it would be without an ROI.
+            let mut plain = explained(0, frame.try_clone().unwrap(), maps.clone(), false);
+            plain.frame.source = 0;
+            render(&mut plain, &cfg, &mut Scratch::default()).unwrap();
+            let mut differ = 0;
+            for y in 0..180 {
+                for x in 0..320 {
+                    if px(img, x, y) != px(&plain.frame.image, x, y) {
+                        differ += 1;
+                        assert_eq!(px(img, x, y), roi, "({x}, {y})");
+                    }
+                }
+            }
+            // The outline: 2 x 161 + 2 x 88 pixels long, OpenCV's thickness 2 about three wide
+            // (1329 measured), the bottom edge on the last row cut by the frame.
+            assert!((1200..=1400).contains(&differ), "{differ} pixels changed");
+        }
+        // A lost stream's placeholder is not outlined (its frame is not the camera's).
+        let mut e = explained(0, frame.try_clone().unwrap(), Vec::new(), true);
+        e.frame.source = 1;
+        render(&mut e, &cfg, &mut Scratch::default()).unwrap();
+        assert_ne!(px(&e.frame.image, 80, 130), roi);
+    }
+
+    #[test]
     fn each_frame_goes_on_labelled_with_its_class_or_why_it_has_none() {
         let cfg = Arc::new(RenderConfig {
             alpha: 0.4,
             hud: false,
             labels: Arc::new(vec![Arc::from("bow tie"), Arc::from("carp")]),
             always_shown: Vec::new(),
+            roi: Vec::new(),
             demand: Vec::new(),
         });
         let (tx, rx) = crossbeam_channel::unbounded();

@@ -216,3 +216,54 @@ fn a_bad_baseline_file_or_drift_setting_is_one_line_before_any_frame() {
         &["source.baseline_frames is 0"],
     );
 }
+
+#[test]
+fn the_roi_is_outlined_in_the_recorded_video_unless_draw_roi_is_off() {
+    // carphone is 176x144; the ROI's left edge at x = 0.25 (pixel 44), from y = 0.25 to 0.75.
+    let dir = scratch("roi_outline");
+    let clip = s(&media("carphone_pristine.mp4"));
+    let record = |name: &str, extra: &str| {
+        let out = dir.join(format!("{name}.mp4"));
+        run_config(
+            &dir,
+            name,
+            &format!(
+                "[explain]\nhud = false\n\n[[source]]\nuri = \"{clip}\"\noutput = \"{}\"\nroi = [[0.25, 0.25], [0.75, 0.25], [0.75, 0.75], [0.25, 0.75]]\n{extra}",
+                s(&out)
+            ),
+        );
+        crate::util::raw_frames(&out, None, "rgb24", 176 * 144 * 3)
+    };
+    let (on, off) = (record("on", ""), record("off", "draw_roi = false"));
+    assert_eq!((on.len(), off.len()), (120, 120));
+    let px = |f: &[u8], x: usize, y: usize| -> [i32; 3] {
+        let i = (y * 176 + x) * 3;
+        [f[i] as i32, f[i + 1] as i32, f[i + 2] as i32]
+    };
+    // The outline is yellow (RGB 255, 255, 0), through H.264's 4:2:0: on the left edge of every
+    // frame, red and green high and blue low, where the frame without it is not yellow.
+    let yellow = |p: [i32; 3]| p[0] > 180 && p[1] > 180 && p[2] < 100;
+    for (k, (a, b)) in on.iter().zip(&off).enumerate() {
+        let on_edge = (48..96).filter(|&y| yellow(px(a, 44, y))).count();
+        let off_edge = (48..96).filter(|&y| yellow(px(b, 44, y))).count();
+        assert!(
+            on_edge >= 40 && off_edge <= 4,
+            "frame {k}: {on_edge} vs {off_edge} of 48 yellow"
+        );
+        // Well inside the ROI, the two videos are the same picture, up to the encoder's noise:
+        // the mean difference over a 16x16 block.
+        let d: i32 = (64..80)
+            .flat_map(|y| (80..96).map(move |x| (x, y)))
+            .map(|(x, y)| {
+                (0..3)
+                    .map(|c| (px(a, x, y)[c] - px(b, x, y)[c]).abs())
+                    .sum::<i32>()
+            })
+            .sum();
+        assert!(
+            d < 16 * 16 * 3 * 4,
+            "frame {k}: mean difference {}",
+            d as f64 / 768.0
+        );
+    }
+}
