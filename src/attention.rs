@@ -77,6 +77,47 @@ pub(crate) fn stability(cur: &Array2<f32>, prev: &Array2<f32>) -> Option<f32> {
     r.is_finite().then_some(r as f32)
 }
 
+/// Share of the input's pixels the deletion probe removes: the hottest tenth of the CAM.
+pub(crate) const DELETE_SHARE: f64 = 0.1;
+
+/// The two faithfulness probes of one model input `item` (3 channels, planar or interleaved),
+/// from its CAM at input resolution `cam` (normalized to 0..1, as pytorch-grad-cam hands it
+/// to its metrics):
+/// - `cam_mult`: the item multiplied by the CAM, pytorch-grad-cam's
+///   `CamMultImageConfidenceChange` perturbation (`input_tensor * cam`);
+/// - `deletion`: the item with its hottest [`DELETE_SHARE`] of pixels (CAM at or above the
+///   k-th largest value) set to 0, the dataset mean after normalization: `input_tensor *
+///   (1 - mask)`, the same metric with the inverted mask as its CAM.
+///
+/// `order` is scratch for the selection (no allocation once it has held a CAM).
+pub(crate) fn probes_into(
+    item: &[f32],
+    cam: &[f32],
+    interleaved: bool,
+    cam_mult: &mut [f32],
+    deletion: &mut [f32],
+    order: &mut Vec<f32>,
+) {
+    let n = cam.len();
+    if n == 0 || item.len() != 3 * n || cam_mult.len() != item.len() || deletion.len() != item.len() {
+        return;
+    }
+    order.clear();
+    order.extend_from_slice(cam);
+    let k = ((n as f64 * DELETE_SHARE).ceil() as usize).clamp(1, n);
+    order.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    let cut = order[k - 1];
+    for (i, (&x, (m, d))) in item
+        .iter()
+        .zip(cam_mult.iter_mut().zip(deletion.iter_mut()))
+        .enumerate()
+    {
+        let c = if interleaved { cam[i / 3] } else { cam[i % n] };
+        *m = x * c;
+        *d = if c >= cut { 0.0 } else { x };
+    }
+}
+
 /// Side of the coarse grid drift is measured on.
 pub(crate) const GRID: usize = 8;
 /// EMA weight of the previous smoothed map, for drift: a time constant of about ten frames, so
@@ -410,6 +451,41 @@ mod tests {
         let g = pooled(&m).unwrap();
         assert_eq!(g[4 * GRID + 4], 1.0);
         assert_eq!(pooled(&Array2::zeros((7, 7))), None);
+    }
+
+    #[test]
+    fn probes_multiply_by_the_cam_and_delete_the_hottest_tenth_in_either_layout() {
+        // A 4 x 5 CAM (20 pixels: the top tenth is 2) with distinct values, and an item whose
+        // value names its channel and pixel.
+        let cam: Vec<f32> = (0..20).map(|i| ((i * 7) % 20) as f32 / 19.0).collect();
+        let planar: Vec<f32> = (0..60).map(|i| 1.0 + i as f32).collect();
+        let (mut m, mut d, mut order) = (vec![0.0; 60], vec![0.0; 60], Vec::new());
+        probes_into(&planar, &cam, false, &mut m, &mut d, &mut order);
+        // The two hottest pixels: values 19/19 and 18/19, at 7i % 20 = 19 and 18: i = 17, 14.
+        for c in 0..3 {
+            for (p, &v) in cam.iter().enumerate() {
+                let i = c * 20 + p;
+                assert_eq!(m[i], planar[i] * v);
+                assert_eq!(
+                    d[i],
+                    if p == 17 || p == 14 { 0.0 } else { planar[i] },
+                    "pixel {p}"
+                );
+            }
+        }
+        // Interleaved: pixel p's channels at 3p..3p+3.
+        let (mut m2, mut d2) = (vec![0.0; 60], vec![0.0; 60]);
+        probes_into(&planar, &cam, true, &mut m2, &mut d2, &mut order);
+        for (p, &v) in cam.iter().enumerate() {
+            for c in 0..3 {
+                let i = 3 * p + c;
+                assert_eq!(m2[i], planar[i] * v);
+                assert_eq!(d2[i], if p == 17 || p == 14 { 0.0 } else { planar[i] });
+            }
+        }
+        // Ties at the cut are deleted together: a flat CAM deletes everything.
+        probes_into(&planar, &[0.5; 20], false, &mut m, &mut d, &mut order);
+        assert!(d.iter().all(|&v| v == 0.0));
     }
 
     fn blob(at: (usize, usize)) -> Array2<f32> {

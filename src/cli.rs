@@ -146,6 +146,10 @@ pub struct ExplainArgs {
     /// The served model's name (with --remote); default: the model file's stem.
     #[arg(long, value_name = "NAME", requires = "remote")]
     pub remote_model: Option<String>,
+    /// Also measure each map's faithfulness: the target's confidence on the image times its
+    /// CAM and with the CAM's hottest tenth deleted (two more model runs per image).
+    #[arg(long)]
+    pub faithfulness: bool,
 }
 
 #[derive(Debug, Args)]

@@ -593,6 +593,8 @@ pub struct SourceConfig {
     pub drift_threshold: f32,
     /// ...for this many consecutive frames; it ends after as many under 3/4 of it.
     pub drift_frames: u32,
+    /// Measure the map's faithfulness on every N-th frame (two extra model inputs each); 0: off.
+    pub faithfulness_every: u32,
 }
 
 impl Default for SourceConfig {
@@ -617,6 +619,7 @@ impl Default for SourceConfig {
             baseline_file: None,
             drift_threshold: 0.3,
             drift_frames: 30,
+            faithfulness_every: 0,
         }
     }
 }

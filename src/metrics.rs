@@ -113,6 +113,27 @@ pub(crate) fn render(stats: &Stats, names: &[String]) -> String {
     );
     per_source(
         &mut o,
+        "gradcamd_faithfulness_cam_mult_change",
+        "gauge",
+        "Last sampled frame: the explained class's confidence on the frame times its CAM, minus on the frame.",
+        &|s| s.faith_cam_mult.get().to_string(),
+    );
+    per_source(
+        &mut o,
+        "gradcamd_faithfulness_deletion_change",
+        "gauge",
+        "Last sampled frame: the explained class's confidence with the CAM's hottest tenth deleted, minus on the frame.",
+        &|s| s.faith_deletion.get().to_string(),
+    );
+    per_source(
+        &mut o,
+        "gradcamd_faithfulness_samples_total",
+        "counter",
+        "Frames whose faithfulness was measured.",
+        &|s| n(&s.faith_samples),
+    );
+    per_source(
+        &mut o,
         "gradcamd_drift_alert_active",
         "gauge",
         "1 while an attention drift alarm is on.",

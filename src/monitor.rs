@@ -17,6 +17,7 @@ use crate::cam;
 use crate::config::SourceConfig;
 use crate::events::EventLog;
 use crate::frame::ClassMap;
+use crate::infer::faith::{Faith, Kind};
 
 /// Settings of one source, from `[[source]]`.
 #[derive(Debug, Clone, Default)]
@@ -119,8 +120,36 @@ pub(crate) struct Monitor {
     over: u32,
     alerting: bool,
     drift: Option<Drift>,
+    /// Probe outcomes whose other half has not come yet: the two probes of a frame may ride
+    /// in batches of different sessions, released in either order.
+    faith_halves: Vec<Faith>,
     events: Option<EventLog>,
     explained: u64,
+}
+
+/// One frame's faithfulness: the explained class's confidence on the frame, and its change on
+/// each probe (see [`crate::attention::probes_into`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub(crate) struct FaithRecord {
+    pub class: usize,
+    pub confidence: f32,
+    /// Confidence on the frame times its CAM, minus on the frame (pytorch-grad-cam's
+    /// `CamMultImageConfidenceChange`): near 0 or above for a map that kept what mattered.
+    pub cam_mult: f32,
+    /// Confidence with the hottest tenth deleted, minus on the frame: well below 0 for a map
+    /// that found what mattered.
+    pub deletion: f32,
+}
+
+#[derive(Serialize)]
+struct FaithEvent<'a> {
+    ts: f64,
+    source: &'a str,
+    /// The frame measured (its own line came before this one).
+    seq: u64,
+    pts_ms: f64,
+    label: &'a str,
+    faithfulness: FaithRecord,
 }
 
 /// What one frame's observation found.
@@ -142,6 +171,9 @@ pub(crate) struct Observation {
     /// The drift baseline, learned on this frame, could not be written to its file.
     pub baseline_failed: Option<String>,
 }
+
+/// Probe outcomes kept waiting for their other half.
+const MAX_FAITH_HALVES: usize = 16;
 
 /// Samples per feature cell for the ROI share and the hot box.
 const UPSAMPLE: usize = 4;
@@ -185,6 +217,7 @@ impl Monitor {
             over: 0,
             alerting: false,
             drift,
+            faith_halves: Vec::new(),
             events,
             explained: 0,
         })
@@ -350,6 +383,51 @@ impl Monitor {
             events_failed,
             baseline_failed,
         }
+    }
+
+    /// Takes one probe's outcome; once both of a frame's are in, returns its record and writes
+    /// it to the events log (a line of its own, after the frame's).
+    pub(crate) fn faithfulness(&mut self, f: &Faith, labels: &[String]) -> Option<FaithRecord> {
+        let Some(k) = self
+            .faith_halves
+            .iter()
+            .position(|h| h.seq == f.seq && h.kind != f.kind)
+        else {
+            // A half whose other was lost with a failed batch is dropped once enough newer
+            // ones wait.
+            if self.faith_halves.len() >= MAX_FAITH_HALVES {
+                self.faith_halves.remove(0);
+            }
+            self.faith_halves.push(*f);
+            return None;
+        };
+        let other = self.faith_halves.remove(k);
+        let (m, d) = match f.kind {
+            Kind::CamMult => (f.prob, other.prob),
+            Kind::Deletion => (other.prob, f.prob),
+        };
+        let r = FaithRecord {
+            class: f.class,
+            confidence: f.base,
+            cam_mult: m - f.base,
+            deletion: d - f.base,
+        };
+        if let Some(log) = &self.events {
+            let ev = FaithEvent {
+                ts: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+                source: &self.name,
+                seq: f.seq,
+                pts_ms: f.pts_ms,
+                label: labels.get(f.class).map_or("", |l| l.as_str()),
+                faithfulness: r,
+            };
+            if let Ok(line) = serde_json::to_string(&ev) {
+                log.send(f.seq, line);
+            }
+        }
+        Some(r)
     }
 
     /// Writes the events still queued and closes the log: its failure, if one is not yet
@@ -616,6 +694,39 @@ mod tests {
         assert_eq!(mon.observe(2, 0.0, &mut maps, &[]).signals, Signals::default());
         let mut maps = vec![map(a)];
         assert_eq!(mon.observe(3, 0.0, &mut maps, &[]).signals.stability, None);
+    }
+
+    #[test]
+    fn a_frames_two_probe_outcomes_pair_up_in_any_order_and_interleaved() {
+        let mut mon = Monitor::new("t".into(), MonitorConfig::default()).unwrap();
+        let f = |seq: u64, kind: Kind, prob: f32| Faith {
+            source: 0,
+            seq,
+            pts_ms: 0.0,
+            class: 3,
+            base: 0.5,
+            kind,
+            prob,
+        };
+        // Frame 5's deletion first, then frame 10's cam-mult, then frame 5's cam-mult: a
+        // record for frame 5 with each change from its own probe.
+        assert_eq!(mon.faithfulness(&f(5, Kind::Deletion, 0.125), &[]), None);
+        assert_eq!(mon.faithfulness(&f(10, Kind::CamMult, 0.25), &[]), None);
+        let r = mon.faithfulness(&f(5, Kind::CamMult, 0.75), &[]).unwrap();
+        assert_eq!(
+            (r.class, r.confidence, r.cam_mult, r.deletion),
+            (3, 0.5, 0.25, -0.375)
+        );
+        let r = mon.faithfulness(&f(10, Kind::Deletion, 0.5), &[]).unwrap();
+        assert_eq!((r.cam_mult, r.deletion), (-0.25, 0.0));
+        // Two halves of the same kind never pair.
+        assert_eq!(mon.faithfulness(&f(20, Kind::CamMult, 0.5), &[]), None);
+        assert_eq!(mon.faithfulness(&f(20, Kind::CamMult, 0.5), &[]), None);
+        // Halves that never find their other are dropped past the bound.
+        for seq in 100..100 + MAX_FAITH_HALVES as u64 * 2 {
+            mon.faithfulness(&f(seq, Kind::CamMult, 0.5), &[]);
+        }
+        assert_eq!(mon.faith_halves.len(), MAX_FAITH_HALVES);
     }
 
     #[test]

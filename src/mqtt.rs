@@ -299,6 +299,9 @@ struct State<'a> {
     stability: Option<f32>,
     drift: Option<f32>,
     drift_alert: bool,
+    /// The last sampled frame's faithfulness (confidence changes; see `faithfulness_every`).
+    faith_cam_mult: Option<f32>,
+    faith_deletion: Option<f32>,
     up: bool,
     fps: f32,
     time: f64,
@@ -697,10 +700,8 @@ impl Publisher {
         let now = Instant::now();
         let t = now_secs();
         for i in 0..self.sources.len() {
-            let up = self
-                .stats
-                .source(i)
-                .is_some_and(|s| s.up.load(Ordering::Relaxed) == 1);
+            let st = self.stats.source(i);
+            let up = st.is_some_and(|s| s.up.load(Ordering::Relaxed) == 1);
             let s = &self.sources[i];
             let due = s.dirty || up != s.up || s.sent_at.is_none_or(|at| now.duration_since(at) >= every);
             if !due {
@@ -719,6 +720,8 @@ impl Publisher {
                 stability: s.signals[2],
                 drift: s.drift,
                 drift_alert: s.drift_alert.is_some(),
+                faith_cam_mult: st.map(|x| x.faith_cam_mult.get()).filter(|v| v.is_finite()),
+                faith_deletion: st.map(|x| x.faith_deletion.get()).filter(|v| v.is_finite()),
                 up,
                 fps: if s.fps.is_finite() { s.fps } else { 0.0 },
                 time: t,

@@ -186,6 +186,17 @@ impl Plan {
             return Ok(None);
         };
         let pre = Preprocessor::for_engine(&model.sidecar.input, engines.first())?;
+        if engines.first().is_some_and(|e| e.frames_input().is_some()) {
+            if let Some(s) = cfg.source.iter().find(|s| s.faithfulness_every > 0) {
+                return Err(fail(
+                    Kind::Config,
+                    format!(
+                        "source '{}' sets faithfulness_every, but the served model takes u8 frames (export-triton --u8-input): its perturbed inputs are floats; serve an export without --u8-input for it",
+                        s.name.as_deref().unwrap_or(&s.uri)
+                    ),
+                ));
+            }
+        }
         let mut explainers = Vec::new();
         for engine in engines {
             let mut explainer = Explainer::new(
@@ -279,6 +290,8 @@ impl Plan {
                 lossless: io.sources.iter().map(|s| s.mode == SourceMode::File).collect(),
                 unavailable_wait: Duration::from_secs_f64(cfg.model.retry_secs.unwrap_or(60.0)),
                 stop: Arc::default(),
+                faithfulness_every: cfg.source.iter().map(|s| s.faithfulness_every).collect(),
+                interleaved: model.sidecar.input.layout == crate::sidecar::Layout::Nhwc,
             },
             method: cfg.explain.method,
             render: RenderConfig {

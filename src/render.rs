@@ -96,7 +96,7 @@ pub fn upsample_normalized(cam: &Array2<f32>, size: Size, out: &mut Mat) -> open
     upsample_normalized_with(cam, size, out, &mut Vec::new())
 }
 
-fn upsample_normalized_with(
+pub(crate) fn upsample_normalized_with(
     cam: &Array2<f32>,
     size: Size,
     out: &mut Mat,

@@ -67,6 +67,11 @@ pub struct SourceStats {
     /// Drift alarms fired, and 1 while one is on.
     pub drift_alerts: AtomicU64,
     pub drift_alerting: AtomicU64,
+    /// The last sampled frame's faithfulness: confidence change on the CAM-multiplied input
+    /// and with the hottest tenth deleted; and how many frames were sampled.
+    pub faith_cam_mult: GaugeF32,
+    pub faith_deletion: GaugeF32,
+    pub faith_samples: AtomicU64,
 
     /// The frame rate the source reports, f64 bits; 0 until it is known (a live camera that
     /// connects after start-up). A file output plays at it.

@@ -267,3 +267,126 @@ fn the_roi_is_outlined_in_the_recorded_video_unless_draw_roi_is_off() {
         );
     }
 }
+
+/// pytorch-grad-cam's metrics on the stills (tools/make_faithfulness_fixtures.py).
+fn faith_fixture() -> Vec<Value> {
+    let doc = crate::util::read_json(&crate::util::fixture("faithfulness_default.json"));
+    doc["cases"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn faithfulness_on_the_stills_matches_pytorch_grad_cams_metrics() {
+    let cases = faith_fixture();
+    assert_eq!(cases.len(), 4);
+    let images: Vec<String> = cases
+        .iter()
+        .map(|c| s(&crate::util::root().join(c["image"].as_str().unwrap())))
+        .collect();
+    let mut args = vec!["explain", "--faithfulness", "--json", "-"];
+    args.extend(images.iter().map(String::as_str));
+    let o = run(&args);
+    assert!(o.status.success(), "{}", crate::util::stderr(&o));
+    let got: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let mut worst = 0f64;
+    for (c, g) in cases.iter().zip(&got) {
+        assert_eq!(g["target"]["index"], c["class"], "{}", c["image"]);
+        let f = &g["faithfulness"];
+        let get = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        for (ours, theirs) in [
+            ("confidence", "confidence"),
+            ("cam_mult", "cam_mult"),
+            ("deletion", "deletion"),
+        ] {
+            let d = (get(f, ours) - get(c, theirs)).abs();
+            worst = worst.max(d);
+            assert!(
+                d < 1e-4,
+                "{} {ours}: {} vs pytorch-grad-cam {}",
+                c["image"],
+                f[ours],
+                c[theirs]
+            );
+        }
+        // DropInConfidence and IncreaseInConfidence are the CamMult change, clipped and
+        // thresholded.
+        let change = get(f, "cam_mult");
+        assert!((change.min(0.0).abs() - get(c, "drop_in_confidence")).abs() < 1e-4);
+        assert_eq!(
+            f64::from(u8::from(change > 0.0)),
+            get(c, "increase_in_confidence")
+        );
+    }
+    eprintln!("faithfulness vs pytorch-grad-cam: max abs difference {worst:.2e}");
+}
+
+/// `frames` copies of a still as a lossless video (PNG frames in Matroska): every frame
+/// decodes to the still's exact pixels.
+fn still_clip(dir: &Path, still: &Path, frames: u32) -> PathBuf {
+    let out = dir.join("still.mkv");
+    ffmpeg(&[
+        "-loop",
+        "1",
+        "-i",
+        &s(still),
+        "-frames:v",
+        &frames.to_string(),
+        "-r",
+        "15",
+        "-c:v",
+        "png",
+        &s(&out),
+    ]);
+    out
+}
+
+fn faith_lines(ev: &[Value]) -> Vec<&Value> {
+    ev.iter().filter(|e| e.get("faithfulness").is_some()).collect()
+}
+
+#[test]
+fn sampled_faithfulness_in_the_pipeline_is_the_stills_in_any_batch_shape() {
+    // Chelsea as a 40-frame video, every 5th frame measured: 8 samples, each the still's
+    // figures, whether the probes ride in the frames' batches (batch 8), run in a batch of
+    // their own (batch 1), or share batches across two sessions.
+    let dir = scratch("faith_pipeline");
+    let case = faith_fixture()
+        .into_iter()
+        .find(|c| c["image"].as_str().is_some_and(|p| p.ends_with("chelsea.png")))
+        .unwrap();
+    let clip = still_clip(&dir, &media("chelsea.png"), 40);
+    for (batch, workers) in [(8, 1), (1, 1), (4, 2)] {
+        let name = format!("b{batch}w{workers}");
+        let ev = dir.join(format!("{name}.jsonl"));
+        let log = run_config(
+            &dir,
+            &name,
+            &format!(
+                "[pipeline]\nbatch_size = {batch}\ninference_workers = {workers}\n\n[[source]]\nname = \"cat\"\nuri = \"{}\"\nevents = \"{}\"\nfaithfulness_every = 5\n",
+                s(&clip),
+                s(&ev)
+            ),
+        );
+        let ev = events(&ev);
+        let frames = ev.iter().filter(|e| e.get("class").is_some()).count();
+        assert_eq!(frames, 40, "{name}: {log}");
+        let faith = faith_lines(&ev);
+        let mut seqs: Vec<u64> = faith.iter().filter_map(|e| e["seq"].as_u64()).collect();
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (0..40).step_by(5).collect::<Vec<u64>>(),
+            "{name}: every 5th frame, each once"
+        );
+        for e in faith {
+            let f = &e["faithfulness"];
+            assert_eq!(
+                (f["class"].as_u64(), e["label"].as_str()),
+                (case["class"].as_u64(), Some("Egyptian cat"))
+            );
+            for k in ["confidence", "cam_mult", "deletion"] {
+                let d = (f[k].as_f64().unwrap() - case[k].as_f64().unwrap()).abs();
+                assert!(d < 1e-4, "{name} frame {}: {k} {} vs {}", e["seq"], f[k], case[k]);
+            }
+        }
+    }
+}

@@ -10,6 +10,7 @@ fi
 scripts/setup.sh media
 "$PY" tools/export_default_model.py
 "$PY" tools/make_fixtures.py
+"$PY" tools/make_faithfulness_fixtures.py
 "$PY" tools/make_tiny_models.py
 "$PY" tools/make_method_fixtures.py
 "$PY" tools/make_vgg_replica.py

@@ -46,7 +46,14 @@ pub(crate) struct PipelinePoint {
     pub stage_seconds: std::collections::BTreeMap<String, f64>,
     /// Heap allocations per frame once warm, per stage thread kind.
     pub allocs_per_frame: std::collections::BTreeMap<String, f64>,
+    /// The same pipeline measuring faithfulness on every `faithfulness_every`-th frame
+    /// (median of as many runs, each right after a run without).
+    pub faithfulness_every: u32,
+    pub faithfulness_fps: f64,
 }
+
+/// Frames sampled for faithfulness in the pipeline bench: the rate the issue sets the cost at.
+const BENCH_FAITHFULNESS_EVERY: u32 = 10;
 
 #[derive(Serialize, serde::Deserialize)]
 pub(crate) struct SourcesPoint {
@@ -658,6 +665,12 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             .map(|(k, v)| format!("{k}={v:.2}s"))
             .collect();
         crate::say!("  cpu time per stage: {}", st.join(" "));
+        crate::say!(
+            "  with faithfulness on every {}th frame (two more model inputs each): {:.1} fps, {:.1}% of the pipeline's fps",
+            p.faithfulness_every,
+            p.faithfulness_fps,
+            100.0 * p.faithfulness_fps / p.fps
+        );
         let al: Vec<String> = p
             .allocs_per_frame
             .iter()
@@ -798,8 +811,16 @@ fn pipeline_point(
     }];
     let mut runs = Vec::new();
     let mut floors = Vec::new();
+    let mut faith_fps = Vec::new();
+    let mut faith_cfg = cfg.clone();
+    faith_cfg.source[0].faithfulness_every = BENCH_FAITHFULNESS_EVERY;
     for _ in 0..args.repeats.max(1) {
         floors.push(measure(floor, floor_batch, item, args.iters, 1)?.fps);
+        let s = crate::pipeline::Plan::build(&faith_cfg)?.run(
+            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            false,
+        )?;
+        faith_fps.push(s.outputs.iter().map(|w| w.frames).sum::<u64>() as f64 / s.elapsed.as_secs_f64());
         let plan = crate::pipeline::Plan::build(&cfg)?;
         let s = plan.run(
             std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
@@ -829,6 +850,8 @@ fn pipeline_point(
             floor_ratio: 0.0,
             stage_seconds: stages,
             allocs_per_frame: allocs,
+            faithfulness_every: BENCH_FAITHFULNESS_EVERY,
+            faithfulness_fps: 0.0,
         });
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -837,6 +860,7 @@ fn pipeline_point(
     let mut p = runs.swap_remove(mid);
     p.floor_fps = median(floors);
     p.floor_ratio = p.fps / p.floor_fps;
+    p.faithfulness_fps = median(faith_fps);
     Ok(p)
 }
 

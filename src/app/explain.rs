@@ -56,6 +56,64 @@ pub(crate) struct Explanation {
     /// With `--target topk:K`: one entry per class, best first (the first is `target`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub maps: Option<Vec<MapJson>>,
+    /// With `--faithfulness`: the target's confidence, and its change on each probe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faithfulness: Option<Faithfulness>,
+}
+
+#[derive(Serialize, Clone, Copy)]
+pub(crate) struct Faithfulness {
+    pub confidence: f32,
+    /// On the image times its CAM (pytorch-grad-cam's `CamMultImageConfidenceChange`).
+    pub cam_mult: f32,
+    /// With the CAM's hottest tenth of pixels set to the mean.
+    pub deletion: f32,
+}
+
+/// The faithfulness of each image's first map: its two probes (see `infer::faith`) run with the
+/// map's class as target, in batches of the explainer's size.
+fn faithfulness(
+    explainer: &mut Explainer,
+    pre: &mut Preprocessor,
+    images: &[(String, Mat)],
+    results: &[ItemOut],
+    interleaved: bool,
+) -> anyhow::Result<Vec<Faithfulness>> {
+    let item = pre.item_len();
+    let mut input = vec![0f32; item];
+    let mut probes = vec![0f32; 2 * images.len() * item];
+    let mut specs = Vec::with_capacity(2 * images.len());
+    let mut perturber = crate::infer::faith::Perturber::new(pre.item_dims(), interleaved);
+    for (i, ((name, img), r)) in images.iter().zip(results).enumerate() {
+        pre.fill(img, &mut input)
+            .map_err(|e| fail(Kind::Input, format!("cannot preprocess {name}: {e:#}")))?;
+        let m = &r.maps[0];
+        let (mult, del) = probes[2 * i * item..(2 * i + 2) * item].split_at_mut(item);
+        if !perturber.probes(&input, &m.cam, mult, del) {
+            return Err(fail(Kind::Runtime, format!("cannot upsample the CAM of {name}")));
+        }
+        specs.extend([TargetSpec::Class(m.class); 2]);
+    }
+    let mut probs = Vec::with_capacity(specs.len());
+    for (k, chunk) in specs.chunks(explainer.batch_size).enumerate() {
+        let at = k * explainer.batch_size * item;
+        let outs = explainer
+            .explain(&probes[at..at + chunk.len() * item], chunk, false)
+            .kind(Kind::Runtime)?;
+        probs.extend(outs.iter().map(|o| o.maps[0].prob));
+    }
+    Ok(results
+        .iter()
+        .zip(probs.chunks(2))
+        .map(|(r, p)| {
+            let base = r.maps[0].prob;
+            Faithfulness {
+                confidence: base,
+                cam_mult: p[0] - base,
+                deletion: p[1] - base,
+            }
+        })
+        .collect())
 }
 
 fn rows(m: &ClassMap) -> Vec<Vec<f32>> {
@@ -83,6 +141,7 @@ fn to_json(model: &Model, name: &str, r: &ItemOut, method: &str, topk: bool) -> 
         method: method.to_string(),
         target_score: first.score,
         cam_raw: rows(first),
+        faithfulness: None,
         maps: topk.then(|| {
             r.maps
                 .iter()
@@ -289,11 +348,33 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
             }
         }
     }
+    let faith = if args.faithfulness {
+        if explainer.engine.frames_input().is_some() {
+            return Err(fail(
+                Kind::Config,
+                "--faithfulness needs a model that takes float input; the served model takes u8 frames (export-triton --u8-input)",
+            ));
+        }
+        let interleaved = model.sidecar.input.layout == crate::sidecar::Layout::Nhwc;
+        Some(faithfulness(
+            &mut explainer,
+            &mut pre,
+            &images,
+            &results,
+            interleaved,
+        )?)
+    } else {
+        None
+    };
     let topk = matches!(spec, TargetSpec::TopK(_));
     let exps: Vec<Explanation> = images
         .iter()
         .zip(&results)
-        .map(|((name, _), r)| to_json(&model, name, r, args.method.name(), topk))
+        .enumerate()
+        .map(|(i, ((name, _), r))| Explanation {
+            faithfulness: faith.as_ref().and_then(|f| f.get(i).copied()),
+            ..to_json(&model, name, r, args.method.name(), topk)
+        })
         .collect();
     let text = serde_json::to_string_pretty(&exps)?;
     match json_file.as_mut() {

@@ -87,6 +87,7 @@ impl Free {
         batch.specs.clear();
         batch.usable.clear();
         batch.unavailable = false;
+        batch.faith.clear();
         batch
     }
 }
@@ -103,6 +104,7 @@ pub(super) fn run(
     tx: Sender<Explained>,
     stats: &Stats,
     (lossless, stop): (&[bool], &AtomicBool),
+    probes: Option<&super::faith::Probes>,
 ) {
     let sessions = full.len();
     let mut received = 0u64;
@@ -157,6 +159,10 @@ pub(super) fn run(
                     if current.is_some() {
                         let left = expected.and_then(|e| e.checked_sub(received));
                         target = batch_target(b, sessions, left);
+                        // Rows for the faithfulness probes waiting (see `faith`).
+                        if let Some(p) = probes {
+                            target = target.saturating_sub(p.reserve(b)).max(1);
+                        }
                         deadline = Some(Instant::now() + timeout);
                     }
                     skip = current.is_none();

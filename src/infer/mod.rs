@@ -21,6 +21,7 @@
 //! placeholders of live sources go straight through.
 
 mod batcher;
+pub(crate) mod faith;
 mod release;
 mod session;
 
@@ -65,6 +66,10 @@ pub(crate) struct InferConfig {
     /// The run's stop flag: set by a worker that gave up waiting, so the run ends (and its
     /// outputs are finalized); read while waiting, so Ctrl-C is not held up.
     pub stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Per source index: measure faithfulness every N-th frame (0: never).
+    pub faithfulness_every: Vec<u32>,
+    /// The model input is NHWC.
+    pub interleaved: bool,
 }
 
 /// One batch on its way: an input slot of session `worker` and the frames preprocessed into it.
@@ -83,6 +88,10 @@ struct Carrier {
     maps: Vec<Vec<ClassMap>>,
     /// The inference server was away for this batch.
     unavailable: bool,
+    /// Faithfulness probes in the rows after the frames, until the batch has run.
+    riding: Vec<faith::Probe>,
+    /// Outcomes of probes run with this batch, for the release.
+    faith: Vec<faith::Faith>,
 }
 
 /// Runs until every source has closed (or the next stage has), and gives the explainers back:
@@ -116,6 +125,8 @@ pub(crate) fn run(
             usable: Vec::with_capacity(b),
             maps: (0..b).map(|_| Vec::new()).collect(),
             unavailable: false,
+            riding: Vec::with_capacity(b),
+            faith: Vec::with_capacity(2 * b),
         });
     }
     let (slot_tx, slot_rx) = bounded::<(usize, InputSlot)>(SLOTS * sessions);
@@ -155,8 +166,11 @@ pub(crate) fn run(
         lossless,
         unavailable_wait,
         stop,
+        faithfulness_every,
+        interleaved,
         ..
     } = cfg;
+    let probes = faith::Probes::new(faithfulness_every, pre.item_dims(), interleaved);
     let server = session::Server {
         lossless,
         wait: unavailable_wait,
@@ -181,6 +195,7 @@ pub(crate) fn run(
                 let (stats, tx) = (stats.clone(), batcher_tx);
                 let (rxs, targets) = (&rxs, &targets);
                 let (lossless, stop) = (server.lossless.as_slice(), &*server.stop);
+                let probes = probes.as_ref();
                 let free = batcher::Free {
                     carriers: free_rx,
                     slots: slot_rx,
@@ -198,6 +213,7 @@ pub(crate) fn run(
                         tx,
                         &stats,
                         (lossless, stop),
+                        probes,
                     )
                 }
             });
@@ -214,6 +230,7 @@ pub(crate) fn run(
                 release: &release,
                 started,
                 server: &server,
+                probes: probes.as_ref(),
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("infer-{w}"))

@@ -12,7 +12,7 @@ use super::Carrier;
 use crate::frame::Explained;
 use crate::monitor::Monitor;
 use crate::mqtt::{Note, Outbox};
-use crate::stats::event::{FrameExplained, FrameNotExplained};
+use crate::stats::event::{FrameExplained, FrameMeasured, FrameNotExplained};
 use crate::stats::{Event, RecentRate, Stats};
 
 pub(super) struct Release {
@@ -100,6 +100,20 @@ impl Release {
     /// Updates the monitors with a batch's frames and sends them on, in order.
     fn send_batch(&mut self, batch: &mut Carrier) -> bool {
         let stats = &*self.stats;
+        // Probes that rode in this batch measured frames released before it.
+        for f in batch.faith.drain(..) {
+            let Some(m) = self.monitors.get_mut(f.source) else {
+                continue;
+            };
+            if let Some(r) = m.faithfulness(&f, &self.labels) {
+                FrameMeasured {
+                    source: f.source,
+                    cam_mult: r.cam_mult,
+                    deletion: r.deletion,
+                }
+                .emit(stats);
+            }
+        }
         for (i, frame) in batch.frames.drain(..).enumerate() {
             let mut maps = batch.maps.get_mut(i).map(std::mem::take).unwrap_or_default();
             let mut note = Note {

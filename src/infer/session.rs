@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+use super::faith::{Probe, Probes};
 use super::release::Release;
 use super::Carrier;
 use crate::engine::{EngineError, InputSlot};
@@ -73,6 +74,8 @@ pub(super) struct Worker<'a> {
     /// When inference started: the origin of the trace log's batch times.
     pub(super) started: Instant,
     pub(super) server: &'a Server,
+    /// Faithfulness probes (see [`super::faith`]), when a source samples them.
+    pub(super) probes: Option<&'a Probes>,
 }
 
 impl Worker<'_> {
@@ -80,6 +83,19 @@ impl Worker<'_> {
     /// has shut down.
     pub(super) fn explain(&mut self, mut batch: Carrier) -> bool {
         let n = batch.frames.len();
+        let cap = self.explainer.batch_size;
+        if let (Some(p), Some(slot)) = (self.probes, batch.slot.as_mut()) {
+            if n > 0 {
+                p.take_into(
+                    slot.data_mut(),
+                    n,
+                    cap.saturating_sub(n),
+                    &mut batch.specs,
+                    &mut batch.riding,
+                );
+            }
+        }
+        let items = batch.specs.len();
         let t = crate::cpu::Span::start();
         let wall = Instant::now();
         let mut results = match &batch.slot {
@@ -107,9 +123,20 @@ impl Worker<'_> {
             run_ms = wall.elapsed().as_secs_f64() * 1e3,
             "batch ran"
         );
-        if let Some(slot) = batch.slot.take() {
-            // Never full: it holds every slot. Fails only once the batcher is gone.
-            let _ = self.slots.try_send((batch.worker, slot));
+        if let Some(p) = self.probes {
+            match &results {
+                Ok(outs) => {
+                    let probs = outs
+                        .iter()
+                        .skip(n)
+                        .map(|o| o.maps.first().map_or(f32::NAN, |m| m.prob));
+                    p.finish(&mut batch.riding, probs, &mut batch.faith);
+                    if let Some(slot) = &batch.slot {
+                        add_probes(p, &batch, slot, outs);
+                    }
+                }
+                Err(_) => p.recycle(&mut batch.riding),
+            }
         }
         BatchRun { frames: n }.emit(self.stats);
         if results.is_ok() {
@@ -164,10 +191,79 @@ impl Worker<'_> {
         let cam_time = self.explainer.cam_time;
         self.stats.inference.add(spent.saturating_sub(cam_time));
         self.stats.cam.add(cam_time);
+        if let Some(p) = self.probes {
+            // A batch with rows to spare (a light load, the end of a file), or a batch's worth
+            // waiting: the probes run now, in this slot, rather than wait for room.
+            if p.pending() > 0 && (items < cap || p.pending() >= cap) {
+                if let Some(slot) = batch.slot.as_mut() {
+                    let t = crate::cpu::Span::start();
+                    self.run_probes(p, slot, &mut batch.faith);
+                    self.stats.inference.add(t.elapsed());
+                }
+            }
+        }
+        if let Some(slot) = batch.slot.take() {
+            // Never full: it holds every slot. Fails only once the batcher is gone.
+            let _ = self.slots.try_send((batch.worker, slot));
+        }
 
         match self.release.lock() {
             Ok(mut r) => r.accept(batch),
             Err(_) => false,
+        }
+    }
+}
+
+impl Worker<'_> {
+    /// Runs the probes queued, a batch at a time, in `slot`: their outcomes go to `faith`.
+    fn run_probes(
+        &mut self,
+        p: &Probes,
+        slot: &mut crate::engine::InputSlot,
+        faith: &mut Vec<super::faith::Faith>,
+    ) {
+        let cap = self.explainer.batch_size;
+        let mut specs = Vec::with_capacity(cap);
+        let mut riding: Vec<Probe> = Vec::with_capacity(cap);
+        // Twice at most: what a sampled batch adds, and what waited for it.
+        for _ in 0..2 {
+            specs.clear();
+            p.take_into(slot.data_mut(), 0, cap, &mut specs, &mut riding);
+            if specs.is_empty() {
+                break;
+            }
+            match self.explainer.explain_slot(slot, &specs, false) {
+                Ok(outs) => {
+                    let probs = outs.iter().map(|o| o.maps.first().map_or(f32::NAN, |m| m.prob));
+                    p.finish(&mut riding, probs, faith);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "faithfulness probes failed");
+                    p.recycle(&mut riding);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Queues the probes of the batch's frames that are due, from their inputs (still in the slot)
+/// and their first maps.
+fn add_probes(p: &Probes, batch: &Carrier, slot: &crate::engine::InputSlot, outs: &[ItemOut]) {
+    let data = slot.data();
+    let len = p.item_len();
+    for (i, f) in batch.frames.iter().enumerate() {
+        if !p.due(f) || !batch.usable.get(i).copied().unwrap_or(false) {
+            continue;
+        }
+        let Some(m) = outs.get(i).and_then(|o| o.maps.first()) else {
+            continue;
+        };
+        if !(m.prob.is_finite() && m.cam.iter().all(|v| v.is_finite())) {
+            continue;
+        }
+        if let Some(item) = data.get(i * len..(i + 1) * len) {
+            p.add(f, item, m);
         }
     }
 }

@@ -531,6 +531,9 @@ struct SourceStatus<'a> {
     /// Divergence from the attention baseline; null before it is learned (or without one).
     drift: f64,
     drift_alert: bool,
+    /// The last sampled frame's faithfulness (confidence changes); null before one.
+    faith_cam_mult: f64,
+    faith_deletion: f64,
 }
 
 /// `v` to `decimals` places: the page shows no more, and an f32 widened to f64 would print
@@ -575,6 +578,8 @@ fn status(hub: &Hub, stats: &Stats) -> String {
                 stability: gauge(|s| &s.stability),
                 drift: gauge(|s| &s.drift),
                 drift_alert: get(|s| &s.drift_alerting) == 1,
+                faith_cam_mult: gauge(|s| &s.faith_cam_mult),
+                faith_deletion: gauge(|s| &s.faith_deletion),
             }
         })
         .collect();
@@ -655,16 +660,20 @@ mod tests {
         stats.sources[1].stability.set(-0.5);
         stats.sources[1].drift.set(0.123_46);
         stats.sources[1].drift_alerting.store(1, Ordering::Relaxed);
+        stats.sources[1].faith_cam_mult.set(0.012_34);
+        stats.sources[1].faith_deletion.set(-0.6);
         let body = status(&hub, &stats);
         assert!(body.ends_with('\n'), "{body:?}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
         let want = serde_json::json!([
             {"source": "cam \"a\"", "up": true, "label": "tabby, cat", "score": 0.1235, "fps": 0.0,
              "processed": 7, "dropped": 0, "reconnects": 0, "outside_roi": 0.0, "alert": false,
-             "entropy": null, "concentration": null, "stability": null, "drift": null, "drift_alert": false},
+             "entropy": null, "concentration": null, "stability": null, "drift": null, "drift_alert": false,
+             "faith_cam_mult": null, "faith_deletion": null},
             {"source": "b", "up": false, "label": "x", "score": null, "fps": 0.0,
              "processed": 0, "dropped": 3, "reconnects": 2, "outside_roi": 0.3333, "alert": true,
-             "entropy": 0.8123, "concentration": 0.25, "stability": -0.5, "drift": 0.1235, "drift_alert": true},
+             "entropy": 0.8123, "concentration": 0.25, "stability": -0.5, "drift": 0.1235, "drift_alert": true,
+             "faith_cam_mult": 0.0123, "faith_deletion": -0.6},
         ]);
         assert_eq!(v, want, "{body}");
     }

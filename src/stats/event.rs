@@ -145,6 +145,23 @@ impl Event for FrameExplained {
     }
 }
 
+/// A sampled frame's faithfulness came back (see `infer::faith`).
+pub(crate) struct FrameMeasured {
+    pub source: usize,
+    pub cam_mult: f32,
+    pub deletion: f32,
+}
+
+impl Event for FrameMeasured {
+    fn emit(self, stats: &Stats) {
+        if let Some(s) = stats.source(self.source) {
+            s.faith_cam_mult.set(self.cam_mult);
+            s.faith_deletion.set(self.deletion);
+            s.faith_samples.fetch_add(1, Relaxed);
+        }
+    }
+}
+
 /// A frame that could not be explained; it is written without an overlay.
 pub(crate) struct FrameNotExplained;
 
