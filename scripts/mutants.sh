@@ -5,7 +5,7 @@
 # incremental: a mutant rebuilds in ~10 s instead of ~80).
 #
 #   scripts/mutants.sh [GROUP ...] [-- EXTRA cargo-mutants ARGS]     (make mutants: every group)
-#   groups: cam onnx render monitor target mqtt
+#   groups: cam onnx render monitor attention target mqtt
 #
 # It edits the tree in place (the media in .deps stay reachable): run it in a worktree, not in
 # the tree you edit (git worktree add ../mut HEAD && ln -s "$PWD/.deps" ../mut/.deps).
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 groups=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do groups+=("$1"); shift; done
 [ "${1:-}" = "--" ] && shift
-[ ${#groups[@]} -gt 0 ] || groups=(cam onnx render monitor target mqtt)
+[ ${#groups[@]} -gt 0 ] || groups=(cam onnx render monitor attention target mqtt)
 
 run() { # group, cargo-mutants selection args..., --, test filters...
   local g=$1; shift
@@ -51,13 +51,16 @@ for g in "${groups[@]}"; do
     monitor) # smoothing, ROI share and alert, peak, centroid, hot box
       FILTERS=(monitor:: files::roi mqtt::)
       run monitor -f src/monitor.rs -- ;;
+    attention) # entropy, concentration, stability, drift, the faithfulness probes
+      FILTERS=(attention:: monitor::)
+      run attention -f src/attention.rs -- ;;
     mqtt) # the MQTT output against real brokers (mosquitto, nats-server): topics, events, commands
       FILTERS=(mqtt:: config::tests::broker)
       run mqtt -f src/mqtt.rs -- ;;
     target) # which class each source explains: parsing and resolving `target`
       FILTERS=(explainer:: files::each_source commands::explain commands::topk)
       run target -f src/explainer.rs -F 'resolve_target|TargetSpec' -- ;;
-    *) echo "mutants: unknown group $g (cam onnx render monitor target mqtt)" >&2; exit 2 ;;
+    *) echo "mutants: unknown group $g (cam onnx render monitor attention target mqtt)" >&2; exit 2 ;;
   esac
 done
 
