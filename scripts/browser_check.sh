@@ -20,7 +20,8 @@
 # Environment: INTERVAL (s between shots, default 2), BROWSER_CHECK_TIMEOUT (s, default 16, for
 # the DevTools part), CHROMIUM (default /usr/bin/chromium), BROWSER_CHECK_EVAL (a JavaScript
 # expression run once the images show frames; the check fails unless it returns true, printing
-# what it returned instead).
+# what it returned instead), BROWSER_CHECK_AFTER (the same, run after the second screenshot:
+# what changed on the page in between).
 # Self-test against the mock page (no gradcamd needed):
 #   /usr/bin/python3 scripts/mock_mjpeg_server.py --port 8095 &
 #   scripts/browser_check.sh http://127.0.0.1:8095/ out/browser-selftest
@@ -76,6 +77,7 @@ import base64, json, os, re, socket, struct, subprocess, sys, time, urllib.reque
 
 url, outdir, selector, profile, interval = sys.argv[1:6]
 extra_check = os.environ.get("BROWSER_CHECK_EVAL", "")
+after_check = os.environ.get("BROWSER_CHECK_AFTER", "")
 interval = float(interval)
 T0 = time.monotonic()
 
@@ -281,6 +283,10 @@ try:
     time.sleep(interval)
     imgs2 = evaluate(probe)
     shot(shot2)
+    if after_check:
+        verdict = evaluate(after_check)
+        if verdict is not True:
+            result(False, f"BROWSER_CHECK_AFTER did not return true: {json.dumps(verdict)[:300]}")
 except (OSError, TimeoutError, RuntimeError) as e:
     result(False, f"DevTools: {e}")
 

@@ -241,3 +241,61 @@ fn the_page_plays_both_streams_in_headless_chromium() {
         "{out}"
     );
 }
+
+/// Before the screenshots: the first source's score sparkline has a point, and the alert line
+/// says the ROI alert is on (the ROI is a corner the model never looks at).
+const SPARKLINE_BEFORE: &str = r#"(() => {
+  const p = document.querySelector('#g0 polyline.score');
+  const a = document.getElementById('a0');
+  window.__spark = p ? p.getAttribute('points') : '';
+  const n = window.__spark.split(' ').filter(Boolean).length;
+  return n >= 1 && a && a.textContent.includes('ROI alert') ? true : {points: window.__spark, alert: a && a.textContent};
+})()"#;
+
+/// After them (2 s later): more points, and the line has changed.
+const SPARKLINE_AFTER: &str = r#"(() => {
+  const p = document.querySelector('#g0 polyline.score').getAttribute('points');
+  const n = (v) => v.split(' ').filter(Boolean).length;
+  return n(p) > n(window.__spark) && p !== window.__spark ? true : {before: window.__spark, after: p};
+})()"#;
+
+#[test]
+fn the_page_draws_each_sources_sparklines_and_alert_state_in_chromium() {
+    let dir = scratch("sparklines");
+    let cfg = dir.join("live.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[source]]\nname = \"car\"\nuri = \"{}\"\nmode = \"live\"\nroi = [[0.0, 0.0], [0.3, 0.0], [0.3, 0.3], [0.0, 0.3]]\nroi_alert_frames = 3\n",
+            s(&media("carphone_pristine.mp4"))
+        ),
+    )
+    .unwrap();
+    let (mut daemon, addr, _log) =
+        start_with_http(&["run", "--quiet", "--config", &s(&cfg), "--http", "127.0.0.1:0"]);
+    let st = wait_status(&format!("http://{addr}"), 30, |s| s["alert"] == true);
+    assert!(st["outside_roi"].as_f64().is_some_and(|o| o > 0.5), "{st}");
+    let o = Command::new("bash")
+        .env("BROWSER_CHECK_EVAL", SPARKLINE_BEFORE)
+        .env("BROWSER_CHECK_AFTER", SPARKLINE_AFTER)
+        .env("INTERVAL", "2.5")
+        .args([
+            "scripts/browser_check.sh",
+            &format!("http://{addr}/"),
+            &s(&dir.join("shots")),
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    Command::new("kill")
+        .args(["-INT", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    daemon.wait().unwrap();
+    assert!(
+        o.status.success() && out.contains("browser_check: ok"),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

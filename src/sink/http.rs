@@ -600,17 +600,21 @@ fn page(hub: &Hub) -> String {
             let esc = html_escape(n);
             let url = percent_encode(n);
             format!(
-                "<figure><img id=\"s{i}\" data-src=\"/stream/{url}\" alt=\"{esc}\"><figcaption><b>{esc}</b> <span id=\"t{i}\">…</span></figcaption></figure>"
+                "<figure><img id=\"s{i}\" data-src=\"/stream/{url}\" alt=\"{esc}\"><figcaption><b>{esc}</b> <span id=\"t{i}\">…</span><br><span id=\"a{i}\" class=\"alert\"></span></figcaption><svg id=\"g{i}\" class=\"spark\" viewBox=\"0 0 300 40\" preserveAspectRatio=\"none\"><title>score (white) and attention outside the ROI (orange), last 5 minutes</title><polyline class=\"score\" points=\"\"/><polyline class=\"roi\" points=\"\"/></svg></figure>"
             )
         })
         .collect();
     format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>gradcamd</title>
-<style>body{{font:14px sans-serif;background:#111;color:#eee;margin:1em}}figure{{display:inline-block;vertical-align:top;margin:.5em;min-width:10em}}figcaption{{width:0;min-width:100%;overflow-wrap:anywhere;line-height:1.3em;height:2.6em;overflow:hidden}}img{{max-width:640px;background:#222;display:block}}.down{{color:#f66}}</style>
+<style>body{{font:14px sans-serif;background:#111;color:#eee;margin:1em}}figure{{display:inline-block;vertical-align:top;margin:.5em;min-width:10em}}figcaption{{width:0;min-width:100%;overflow-wrap:anywhere;line-height:1.3em;height:3.9em;overflow:hidden}}img{{max-width:640px;background:#222;display:block}}.down,.alert{{color:#f66}}.alert{{font-weight:bold}}svg.spark{{display:block;width:0;min-width:100%;height:40px;background:#1a1a1a;margin-top:.2em}}svg.spark polyline{{fill:none;stroke-width:1.5;vector-effect:non-scaling-stroke}}.score{{stroke:#eee}}.roi{{stroke:#f93}}</style>
 </head><body><h1>gradcamd</h1>{cards}
 <p><a href="/metrics">metrics</a> · <a href="/status.json">status</a></p>
 <script>
 // Streams start after the page is loaded, so the load event does not wait for endless streams.
+// Each source's score and outside-ROI share, one point a second for the last 5 minutes, as
+// sparklines; and its alerts.
+const KEEP = 300, hist = [];
+const line = (vals) => vals.map((v, k) => `${{k}},${{(40 - 40 * Math.min(1, Math.max(0, v ?? 0))).toFixed(1)}}`).join(' ');
 document.addEventListener('DOMContentLoaded', () => {{
   for (const img of document.querySelectorAll('img[data-src]')) img.src = img.dataset.src;
   const tick = async () => {{
@@ -622,6 +626,17 @@ document.addEventListener('DOMContentLoaded', () => {{
         t.textContent = x.up ? `${{x.label}} ${{x.score === null ? '–' : x.score.toFixed(2)}} · ${{(x.fps ?? 0).toFixed(1)}} fps` : 'stream lost';
         t.className = x.up ? '' : 'down';
         t.title = t.textContent;
+        const a = document.getElementById('a' + i);
+        if (a) a.textContent = [x.alert ? 'ROI alert' : '', x.drift_alert ? 'attention drift' : ''].filter(Boolean).join(' · ');
+        const h = hist[i] ??= {{score: [], roi: []}};
+        h.score.push(x.up ? x.score : null);
+        h.roi.push(x.outside_roi);
+        if (h.score.length > KEEP) {{ h.score.shift(); h.roi.shift(); }}
+        const g = document.getElementById('g' + i);
+        if (g) {{
+          g.querySelector('.score').setAttribute('points', line(h.score));
+          g.querySelector('.roi').setAttribute('points', line(h.roi));
+        }}
       }});
     }} catch (e) {{}}
   }};
