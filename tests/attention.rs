@@ -345,15 +345,17 @@ fn faith_lines(ev: &[Value]) -> Vec<&Value> {
 
 #[test]
 fn sampled_faithfulness_in_the_pipeline_is_the_stills_in_any_batch_shape() {
-    // Chelsea as a 40-frame video, every 5th frame measured: 8 samples, each the still's
-    // figures, whether the probes ride in the frames' batches (batch 8), run in a batch of
-    // their own (batch 1), or share batches across two sessions.
+    // Chelsea as a 48-frame video, every 5th frame measured: 10 samples, each the still's
+    // figures, whether the probes ride in the frames' batches (batch 8, which the long timeout
+    // fills: there the last batch is full and the probes of its sampled frame run after it,
+    // checked by hand with RUST_LOG=gradcamd=debug), run in a batch of their own (batch 1), or
+    // share batches across two sessions.
     let dir = scratch("faith_pipeline");
     let case = faith_fixture()
         .into_iter()
         .find(|c| c["image"].as_str().is_some_and(|p| p.ends_with("chelsea.png")))
         .unwrap();
-    let clip = still_clip(&dir, &media("chelsea.png"), 40);
+    let clip = still_clip(&dir, &media("chelsea.png"), 48);
     for (batch, workers) in [(8, 1), (1, 1), (4, 2)] {
         let name = format!("b{batch}w{workers}");
         let ev = dir.join(format!("{name}.jsonl"));
@@ -361,20 +363,20 @@ fn sampled_faithfulness_in_the_pipeline_is_the_stills_in_any_batch_shape() {
             &dir,
             &name,
             &format!(
-                "[pipeline]\nbatch_size = {batch}\ninference_workers = {workers}\n\n[[source]]\nname = \"cat\"\nuri = \"{}\"\nevents = \"{}\"\nfaithfulness_every = 5\n",
+                "[pipeline]\nbatch_size = {batch}\ninference_workers = {workers}\nbatch_timeout_ms = 5000\n\n[[source]]\nname = \"cat\"\nuri = \"{}\"\nevents = \"{}\"\nfaithfulness_every = 5\n",
                 s(&clip),
                 s(&ev)
             ),
         );
         let ev = events(&ev);
         let frames = ev.iter().filter(|e| e.get("class").is_some()).count();
-        assert_eq!(frames, 40, "{name}: {log}");
+        assert_eq!(frames, 48, "{name}: {log}");
         let faith = faith_lines(&ev);
         let mut seqs: Vec<u64> = faith.iter().filter_map(|e| e["seq"].as_u64()).collect();
         seqs.sort_unstable();
         assert_eq!(
             seqs,
-            (0..40).step_by(5).collect::<Vec<u64>>(),
+            (0..48).step_by(5).collect::<Vec<u64>>(),
             "{name}: every 5th frame, each once"
         );
         for e in faith {

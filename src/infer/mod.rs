@@ -245,6 +245,7 @@ pub(crate) fn run(
                             break;
                         }
                     }
+                    st.flush_probes();
                     meter.finish();
                 });
             if let Err(e) = spawned {

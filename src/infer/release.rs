@@ -32,6 +32,8 @@ pub(super) struct Release {
     labels: Arc<Vec<String>>,
     stats: Arc<Stats>,
     mqtt: Option<Outbox>,
+    /// Outcomes of the probes run after the last batch, reported when the logs close.
+    late: Vec<super::faith::Faith>,
 }
 
 impl Release {
@@ -55,6 +57,28 @@ impl Release {
             labels,
             stats,
             mqtt,
+            late: Vec::new(),
+        }
+    }
+
+    /// Outcomes of probes that no batch was left to carry (see `Worker::flush_probes`).
+    pub(super) fn late_faith(&mut self, faith: Vec<super::faith::Faith>) {
+        self.late.extend(faith);
+    }
+
+    /// One probe's outcome to its source's monitor, and the counters once both of a frame's
+    /// are in.
+    fn faith(&mut self, f: &super::faith::Faith) {
+        let Some(m) = self.monitors.get_mut(f.source) else {
+            return;
+        };
+        if let Some(r) = m.faithfulness(f, &self.labels) {
+            FrameMeasured {
+                source: f.source,
+                cam_mult: r.cam_mult,
+                deletion: r.deletion,
+            }
+            .emit(&self.stats);
         }
     }
 
@@ -90,6 +114,10 @@ impl Release {
     /// Writes what the events logs still hold and closes them; each failure not yet reported
     /// is counted, so the run ends with the output exit code.
     pub(super) fn close_logs(&mut self) {
+        // Every frame has been released by now: their lines come before these.
+        for f in std::mem::take(&mut self.late) {
+            self.faith(&f);
+        }
         for m in &mut self.monitors {
             if let Some(msg) = m.close_log() {
                 self.stats.output_failed(msg);
@@ -99,21 +127,11 @@ impl Release {
 
     /// Updates the monitors with a batch's frames and sends them on, in order.
     fn send_batch(&mut self, batch: &mut Carrier) -> bool {
-        let stats = &*self.stats;
         // Probes that rode in this batch measured frames released before it.
         for f in batch.faith.drain(..) {
-            let Some(m) = self.monitors.get_mut(f.source) else {
-                continue;
-            };
-            if let Some(r) = m.faithfulness(&f, &self.labels) {
-                FrameMeasured {
-                    source: f.source,
-                    cam_mult: r.cam_mult,
-                    deletion: r.deletion,
-                }
-                .emit(stats);
-            }
+            self.faith(&f);
         }
+        let stats = &*self.stats;
         for (i, frame) in batch.frames.drain(..).enumerate() {
             let mut maps = batch.maps.get_mut(i).map(std::mem::take).unwrap_or_default();
             let mut note = Note {

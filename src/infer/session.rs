@@ -215,6 +215,61 @@ impl Worker<'_> {
 }
 
 impl Worker<'_> {
+    /// After the last batch: the probes still queued (those of the last frames, when the last
+    /// batch was full) run through an ordinary run, and their outcomes go to the release.
+    pub(super) fn flush_probes(&mut self) {
+        let Some(p) = self.probes else { return };
+        let cap = self.explainer.batch_size.max(1);
+        let len = p.item_len();
+        let dims = self.explainer.item_dims;
+        let mut buf = vec![0f32; cap * len];
+        let (mut specs, mut riding, mut faith) = (Vec::new(), Vec::new(), Vec::new());
+        while p.pending() > 0 {
+            specs.clear();
+            p.take_into(&mut buf, 0, cap, &mut specs, &mut riding);
+            let n = riding.len();
+            if n == 0 {
+                break;
+            }
+            let targets: Vec<i64> = riding.iter().map(|r| r.class as i64).collect();
+            let Ok(view) = ndarray::ArrayView4::from_shape((n, dims[0], dims[1], dims[2]), &buf[..n * len])
+            else {
+                p.recycle(&mut riding);
+                break;
+            };
+            let probs = self.explainer.engine.run_with(view, &targets, |b| {
+                targets
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &c)| {
+                        let row = b.logits.index_axis(ndarray::Axis(0), j);
+                        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
+                        row.get(c as usize)
+                            .map_or(f32::NAN, |&v| (((v - max) as f64).exp() / sum) as f32)
+                    })
+                    .collect::<Vec<f32>>()
+            });
+            match probs {
+                Ok(probs) => p.finish(&mut riding, probs.into_iter(), &mut faith),
+                Err(e) => {
+                    tracing::debug!(error = %e, "faithfulness probes failed");
+                    p.recycle(&mut riding);
+                    break;
+                }
+            }
+        }
+        if !faith.is_empty() {
+            tracing::debug!(
+                probes = faith.len(),
+                "faithfulness probes run after the last batch"
+            );
+            if let Ok(mut r) = self.release.lock() {
+                r.late_faith(faith);
+            }
+        }
+    }
+
     /// Runs the probes queued, a batch at a time, in `slot`: their outcomes go to `faith`.
     fn run_probes(
         &mut self,
