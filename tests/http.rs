@@ -6,7 +6,7 @@ use std::process::Command;
 
 use opencv::prelude::*;
 
-use crate::util::{media, root, s, scratch, start_with_http, wait_status};
+use crate::util::{media, root, s, scratch, start_with_http, wait_status, Kid};
 
 /// A config with two sample clips played as live sources (real time, looping).
 fn two_live_sources(dir: &Path, sources: [(&str, &str); 2]) -> PathBuf {
@@ -211,12 +211,24 @@ fn the_page_plays_both_streams_in_headless_chromium() {
     wait_status(&format!("http://{addr}"), 30, |s| {
         s["processed"].as_u64().unwrap_or(0) > 5
     });
-    // scripts/browser_check.sh: Chromium over the DevTools protocol; page loads, and two
-    // screenshots 2 s apart differ inside every stream image. Before the shots, the page's
-    // captions get a long text and then "stream lost": no stream image may move. (A label
-    // longer than a small stream once widened its card and moved the next stream.)
+    // Before the shots, the page's captions get a long text and then "stream lost": no stream
+    // image may move. (A label longer than a small stream once widened its card and moved the
+    // next stream.)
+    let out = browser_check(
+        &mut daemon,
+        &addr,
+        &dir,
+        &[("BROWSER_CHECK_EVAL", CAPTIONS_DO_NOT_MOVE_STREAMS)],
+    );
+    assert!(out.contains("2 image(s)"), "{out}");
+}
+
+/// scripts/browser_check.sh on the daemon's page (Chromium over the DevTools protocol: the page
+/// loads, and two screenshots INTERVAL s apart differ inside every stream image), with `env`;
+/// then the daemon is stopped. Fails the test unless the check passed; returns what it said.
+fn browser_check(daemon: &mut Kid, addr: &str, dir: &Path, env: &[(&str, &str)]) -> String {
     let o = Command::new("bash")
-        .env("BROWSER_CHECK_EVAL", CAPTIONS_DO_NOT_MOVE_STREAMS)
+        .envs(env.iter().copied())
         .args([
             "scripts/browser_check.sh",
             &format!("http://{addr}/"),
@@ -232,14 +244,11 @@ fn the_page_plays_both_streams_in_headless_chromium() {
         .unwrap();
     daemon.wait().unwrap();
     assert!(
-        o.status.success(),
+        o.status.success() && out.contains("browser_check: ok"),
         "{out}\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(
-        out.contains("browser_check: ok") && out.contains("2 image(s)"),
-        "{out}"
-    );
+    out
 }
 
 /// Before the screenshots: the first source's score sparkline has a point, and the alert line
@@ -275,27 +284,14 @@ fn the_page_draws_each_sources_sparklines_and_alert_state_in_chromium() {
         start_with_http(&["run", "--quiet", "--config", &s(&cfg), "--http", "127.0.0.1:0"]);
     let st = wait_status(&format!("http://{addr}"), 30, |s| s["alert"] == true);
     assert!(st["outside_roi"].as_f64().is_some_and(|o| o > 0.5), "{st}");
-    let o = Command::new("bash")
-        .env("BROWSER_CHECK_EVAL", SPARKLINE_BEFORE)
-        .env("BROWSER_CHECK_AFTER", SPARKLINE_AFTER)
-        .env("INTERVAL", "2.5")
-        .args([
-            "scripts/browser_check.sh",
-            &format!("http://{addr}/"),
-            &s(&dir.join("shots")),
-        ])
-        .current_dir(root())
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    Command::new("kill")
-        .args(["-INT", &daemon.id().to_string()])
-        .status()
-        .unwrap();
-    daemon.wait().unwrap();
-    assert!(
-        o.status.success() && out.contains("browser_check: ok"),
-        "{out}\n{}",
-        String::from_utf8_lossy(&o.stderr)
+    browser_check(
+        &mut daemon,
+        &addr,
+        &dir,
+        &[
+            ("BROWSER_CHECK_EVAL", SPARKLINE_BEFORE),
+            ("BROWSER_CHECK_AFTER", SPARKLINE_AFTER),
+            ("INTERVAL", "2.5"),
+        ],
     );
 }

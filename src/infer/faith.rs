@@ -26,25 +26,20 @@ pub(crate) enum Kind {
     Deletion,
 }
 
-/// One perturbed input waiting for, or riding in, a batch.
+/// One perturbed input waiting for, or riding in, a batch: its outcome to be, and its data.
 pub(crate) struct Probe {
-    pub source: usize,
-    pub seq: u64,
-    pub pts_ms: f64,
-    pub class: usize,
-    /// The explained class's confidence (softmax) on the frame itself.
-    pub base: f32,
-    pub kind: Kind,
+    pub of: Faith,
     pub data: Vec<f32>,
 }
 
-/// A probe's outcome: the class's confidence on the perturbed input.
+/// A probe's outcome: the class's confidence on the perturbed input (NaN until it has run).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Faith {
     pub source: usize,
     pub seq: u64,
     pub pts_ms: f64,
     pub class: usize,
+    /// The explained class's confidence (softmax) on the frame itself.
     pub base: f32,
     pub kind: Kind,
     pub prob: f32,
@@ -165,12 +160,15 @@ impl Probes {
         let Ok(mut q) = self.queue.lock() else { return };
         for (kind, data) in [Kind::CamMult, Kind::Deletion].into_iter().zip(bufs) {
             q.push_back(Probe {
-                source: f.source,
-                seq: f.seq,
-                pts_ms: f.pts_ms,
-                class: map.class,
-                base: map.prob,
-                kind,
+                of: Faith {
+                    source: f.source,
+                    seq: f.seq,
+                    pts_ms: f.pts_ms,
+                    class: map.class,
+                    base: map.prob,
+                    kind,
+                    prob: f32::NAN,
+                },
                 data,
             });
         }
@@ -205,7 +203,7 @@ impl Probes {
             };
             let Some(p) = q.pop_front() else { break };
             dst.copy_from_slice(&p.data);
-            specs.push(TargetSpec::Class(p.class));
+            specs.push(TargetSpec::Class(p.of.class));
             riding.push(p);
         }
         self.pending.store(q.len(), Ordering::Relaxed);
@@ -220,15 +218,7 @@ impl Probes {
         out: &mut Vec<Faith>,
     ) {
         for (p, prob) in riding.iter().zip(probs) {
-            out.push(Faith {
-                source: p.source,
-                seq: p.seq,
-                pts_ms: p.pts_ms,
-                class: p.class,
-                base: p.base,
-                kind: p.kind,
-                prob,
-            });
+            out.push(Faith { prob, ..p.of });
         }
         self.recycle(riding);
     }

@@ -231,7 +231,7 @@ impl Worker<'_> {
             if n == 0 {
                 break;
             }
-            let targets: Vec<i64> = riding.iter().map(|r| r.class as i64).collect();
+            let targets: Vec<i64> = riding.iter().map(|r| r.of.class as i64).collect();
             let Ok(view) = ndarray::ArrayView4::from_shape((n, dims[0], dims[1], dims[2]), &buf[..n * len])
             else {
                 p.recycle(&mut riding);
