@@ -895,6 +895,29 @@ mod tests {
             // (1329 measured), the bottom edge on the last row cut by the frame.
             assert!((1200..=1400).contains(&differ), "{differ} pixels changed");
         }
+        // An edge on the frame's border is drawn inside it, whole: on a 720-row frame, 4 px
+        // thick (720 / 180), the right edge at x = 1.0 covers the last columns.
+        let mut big = config(false);
+        big.roi = vec![Some(vec![[0.5, 0.25], [1.0, 0.25], [1.0, 0.75], [0.5, 0.75]])];
+        let mut e = explained(
+            0,
+            Mat::new_rows_cols_with_default(720, 1280, opencv::core::CV_8UC3, Scalar::all(0.0)).unwrap(),
+            Vec::new(),
+            false,
+        );
+        render(&mut e, &big, &mut Scratch::default()).unwrap();
+        let run: Vec<i32> = (1270..1280)
+            .filter(|&x| px(&e.frame.image, x, 360) == roi)
+            .collect();
+        assert!(
+            run.len() >= 3 && run.contains(&1279) && run.contains(&1277),
+            "{run:?}"
+        );
+        // The top edge at y = 180 (0.25 x 720): 4 rows thick, give or take OpenCV's rounding.
+        let rows: Vec<i32> = (170..190)
+            .filter(|&y| px(&e.frame.image, 900, y) == roi)
+            .collect();
+        assert!((4..=5).contains(&rows.len()), "{rows:?}");
         // A lost stream's placeholder is not outlined (its frame is not the camera's).
         let mut e = explained(0, frame.try_clone().unwrap(), Vec::new(), true);
         e.frame.source = 1;
