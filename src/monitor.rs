@@ -730,6 +730,49 @@ mod tests {
     }
 
     #[test]
+    fn a_drift_alarm_starting_or_ending_writes_an_event_line_whatever_events_every() {
+        let path = std::env::temp_dir().join(format!("gradcamd-drift-ev-{}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let cfg = MonitorConfig {
+            events: Some(path.clone()),
+            events_every: 1000,
+            drift: DriftConfig {
+                baseline_frames: 1,
+                baseline_file: None,
+                threshold: 0.3,
+                frames: 1,
+            },
+            ..Default::default()
+        };
+        let mut mon = Monitor::new("cam1".into(), cfg).unwrap();
+        let home = array![[1.0f32, 0.0], [0.0, 0.0]];
+        let away = array![[0.0f32, 0.0], [0.0, 1.0]];
+        // Frame 0 learns (and is the every-1000th line); the map jumps away on 1..=39 and back
+        // on 40..: the smoothed map crosses 0.3 on the way out, and 0.225 on the way back.
+        for seq in 0..80u64 {
+            let m = if (1..40).contains(&seq) { &away } else { &home };
+            mon.observe(seq, 0.0, &mut vec![map(m.clone())], &[]);
+        }
+        drop(mon);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let ev: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(ev.len(), 3, "{text}");
+        assert_eq!(
+            (ev[1]["drift_alert"].as_bool(), ev[1]["drift_alerting"].as_bool()),
+            (Some(true), Some(true))
+        );
+        assert_eq!(
+            (ev[2]["drift_alert"].as_bool(), ev[2]["drift_alerting"].as_bool()),
+            (Some(false), Some(false))
+        );
+        assert!(
+            ev[1]["seq"].as_u64() < Some(40) && ev[2]["seq"].as_u64() > Some(40),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn without_smoothing_the_map_is_handed_on_as_computed() {
         let cfg = MonitorConfig {
             roi: Some(LEFT_HALF.to_vec()),
