@@ -751,7 +751,7 @@ mod tests {
         // on 40..: the smoothed map crosses 0.3 on the way out, and 0.225 on the way back.
         for seq in 0..80u64 {
             let m = if (1..40).contains(&seq) { &away } else { &home };
-            mon.observe(seq, 0.0, &mut vec![map(m.clone())], &[]);
+            mon.observe(seq, 0.0, &mut [map(m.clone())], &[]);
         }
         drop(mon);
         let text = std::fs::read_to_string(&path).unwrap();
