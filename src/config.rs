@@ -312,6 +312,9 @@ pub struct OutputConfig {
     /// fragment. Off: a classic MP4 with its index at the end, which such a stop leaves
     /// unplayable. Other containers are not affected.
     pub fragmented: bool,
+    /// Write WebVTT captions beside each video file (`out.vtt` beside `out.mp4`, one per
+    /// segment): the label, score and alerts, which common players show under the video.
+    pub subtitles: bool,
 }
 
 impl Default for OutputConfig {
@@ -320,6 +323,7 @@ impl Default for OutputConfig {
             fourcc: Fourcc::default(),
             overwrite: false,
             fragmented: true,
+            subtitles: true,
         }
     }
 }

@@ -79,6 +79,15 @@ pub(crate) struct Frame {
     pub lost: bool,
 }
 
+/// The alerts that are on after a frame (the monitor's verdict), for the outputs that show them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Alerts {
+    /// Too much attention outside the ROI.
+    pub roi: bool,
+    /// Attention drifted from the baseline.
+    pub drift: bool,
+}
+
 #[cfg(feature = "video")]
 /// A frame with its classification and explanation.
 pub(crate) struct Explained {
@@ -91,6 +100,7 @@ pub(crate) struct Explained {
     pub fps: f32,
     /// Not explained because the inference server was away: said on the frame, always.
     pub unavailable: bool,
+    pub alerts: Alerts,
 }
 
 #[cfg(feature = "video")]
@@ -103,6 +113,7 @@ impl Explained {
             maps: Vec::new(),
             fps: 0.0,
             unavailable,
+            alerts: Alerts::default(),
         }
     }
 }
@@ -124,6 +135,7 @@ pub(crate) struct Annotated {
     pub lost: bool,
     /// Whether render drew the explanation on it: not when no output was going to show it.
     pub drawn: bool,
+    pub alerts: Alerts,
 }
 
 /// A frame for a source's window: the display thread shows the newest and skips the rest.

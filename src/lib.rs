@@ -20,7 +20,8 @@
 //! - [`stats`] counts (stages emit named events, [`stats::event`]; each stage loop has one
 //!   [`stats::StageMeter`]), [`cpu`] and [`alloc`] measure what each stage costs, [`metrics`]
 //!   prints them for Prometheus.
-//! - [`app`]: the subcommands (`run`, `explain`, `inspect`, `augment`, `export-triton`, `bench`, `compare`).
+//! - [`app`]: the subcommands (`run`, `explain`, `inspect`, `augment`, `export-triton`, `bench`, `compare`,
+//!   `report`).
 //!
 //! Video pipeline (feature `video`), one file per stage, joined by bounded channels carrying
 //! the types in [`frame`]:
@@ -44,6 +45,7 @@ pub(crate) mod attention;
 pub mod builtin;
 pub mod cam;
 pub mod cli;
+pub(crate) mod clock;
 pub mod config;
 pub(crate) mod cpu;
 pub mod engine;

@@ -202,6 +202,11 @@ impl Claim {
         }
     }
 
+    /// The claimed file, open for writing.
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Bytes this process may still write on the output's file system.
     pub(crate) fn space_left(&self) -> Option<u64> {
         space_left(&self.file)

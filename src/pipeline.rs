@@ -160,10 +160,11 @@ impl Plan {
         let files = cfg
             .source
             .iter()
-            .map(|s| {
+            .zip(&names)
+            .map(|(s, name)| {
                 s.output
                     .as_deref()
-                    .map(|out| FileSink::open(out, &cfg.output, s.segment_secs))
+                    .map(|out| FileSink::open(out, &cfg.output, s.segment_secs, name))
                     .transpose()
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -541,8 +542,20 @@ fn check_paths(cfg: &Config, names: &[String]) -> anyhow::Result<()> {
             _ => None,
         })
         .collect();
-    for ((s, name), file) in cfg.source.iter().zip(names).zip(&files) {
+    // A segmented output's captions are named as its segments are, when they start.
+    let captions: Vec<Option<PathBuf>> = cfg
+        .source
+        .iter()
+        .map(|s| {
+            s.output
+                .as_deref()
+                .filter(|_| cfg.output.subtitles && s.segment_secs.is_none())
+                .map(crate::sink::vtt::path_for)
+        })
+        .collect();
+    for (((s, name), file), captions) in cfg.source.iter().zip(names).zip(&files).zip(&captions) {
         let uses = [
+            (captions.as_deref(), "the captions of source", Use::Output),
             (file.as_deref(), "source", Use::Input),
             (s.output.as_deref(), "the output of source", Use::Output),
             (s.events.as_deref(), "the events log of source", Use::Log),

@@ -527,7 +527,9 @@ pub(crate) fn run(
             }
             (label, prob, drawn)
         });
-        let Explained { frame, maps, .. } = e;
+        let Explained {
+            frame, maps, alerts, ..
+        } = e;
         maps_pool.give(maps);
         let Some(tx) = sinks.get(frame.source) else {
             continue;
@@ -543,6 +545,7 @@ pub(crate) fn run(
                 prob,
                 lost: frame.lost,
                 drawn,
+                alerts,
             })
             .is_err()
         {
@@ -686,6 +689,7 @@ mod tests {
             maps,
             fps: 30.0,
             unavailable: false,
+            alerts: Default::default(),
         }
     }
 

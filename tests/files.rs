@@ -339,9 +339,24 @@ fn segmented_recordings_each_play_and_together_hold_every_frame() {
             name.starts_with("rec-") && name.contains('T') && name.contains('Z'),
             "{name}"
         );
-        let (n, _, w, h) = probe(f);
+        let (n, fps, w, h) = probe(f);
         assert_eq!((w, h), (176, 144), "{name} plays");
         total += n;
+        // Each segment has its captions, from 0 to the end of its own last frame.
+        let vtt = std::fs::read_to_string(f.with_extension("vtt"))
+            .unwrap_or_else(|e| panic!("{name}'s captions: {e}"));
+        let ends: Vec<&str> = vtt
+            .lines()
+            .filter_map(|l| l.split_once(" --> "))
+            .map(|(_, b)| b)
+            .collect();
+        assert!(vtt.contains("\n00:00:00.000 --> "), "{vtt}");
+        let end = ends.last().unwrap();
+        let secs: f64 = end.rsplit(':').next().unwrap().parse().unwrap();
+        assert!(
+            (secs - n as f64 / fps).abs() < 2e-3,
+            "{name}: cues end at {end}, {n} frames at {fps}"
+        );
     }
     assert_eq!(total, 120);
 }

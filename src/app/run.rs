@@ -119,6 +119,10 @@ pub fn run(args: &RunArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         } else {
             crate::say!("wrote {} ({} frames)", w.path.display(), w.frames);
         }
+        if w.frames > 0 && !w.subtitles.is_empty() {
+            let names: Vec<String> = w.subtitles.iter().map(|f| f.display().to_string()).collect();
+            crate::say!("captions (WebVTT): {}", names.join(", "));
+        }
     }
     if let Some(why) = s.fatal() {
         return Err(fail(Kind::Runtime, why));

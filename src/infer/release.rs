@@ -9,7 +9,7 @@ use std::time::Instant;
 use crossbeam_channel::Sender;
 
 use super::Carrier;
-use crate::frame::Explained;
+use crate::frame::{Alerts, Explained};
 use crate::monitor::Monitor;
 use crate::mqtt::{Note, Outbox};
 use crate::stats::event::{FrameExplained, FrameMeasured, FrameNotExplained};
@@ -192,6 +192,10 @@ impl Release {
                 maps,
                 fps: 0.0,
                 unavailable: batch.unavailable,
+                alerts: Alerts {
+                    roi: note.alerting,
+                    drift: note.drift_alerting,
+                },
             };
             if let Some(r) = self.rates.get_mut(e.frame.source) {
                 let now = Instant::now();

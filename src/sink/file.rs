@@ -26,6 +26,7 @@ use opencv::core::{Mat, Size};
 use opencv::prelude::*;
 use opencv::videoio::VideoWriter;
 
+use super::vtt::{self, Caption, Captions};
 use crate::error::{fail, Kind};
 use crate::paths::{Claim, ClaimError};
 
@@ -48,10 +49,18 @@ pub(crate) struct FileSink {
     /// Frames in the files, for the final message.
     frames: u64,
     /// The first frames, held until the rate is fixed from their times ([`RATE_FRAMES`]).
-    early: Vec<(Mat, f64)>,
+    early: Vec<(Mat, f64, Caption)>,
     rate_fixed: bool,
     /// The last frame written, kept to be repeated across a gap in the source's time.
-    last: Option<Mat>,
+    last: Option<(Mat, Caption)>,
+    /// The source's name, for the captions' header.
+    source: String,
+    /// Write captions beside each file ([`vtt`]).
+    subtitles: bool,
+    /// The captions path claimed with the video's (one file), waiting for its first frame.
+    vtt_claim: Option<Claim>,
+    /// The captions of the file being written.
+    captions: Option<Captions>,
     /// The file's time line: the source time of its origin, and frames (repeats included)
     /// counted on it since.
     clock: Option<(f64, u64)>,
@@ -61,6 +70,8 @@ pub(crate) struct FileSink {
     synced: std::time::Instant,
     /// Files closed so far (segments), for the final message.
     pub closed: Vec<PathBuf>,
+    /// Their captions.
+    subtitles_written: Vec<PathBuf>,
     /// What went wrong with this output (disk full, path replaced); reported at the end.
     errors: Vec<String>,
     /// After a failure: no frame goes to this output (one file), or none until space is back
@@ -92,6 +103,8 @@ pub struct Written {
     pub repeated: u64,
     /// Every file closed (one unless segmented).
     pub files: Vec<PathBuf>,
+    /// The captions beside them.
+    pub subtitles: Vec<PathBuf>,
     /// Failures, each one line: the output is incomplete.
     pub errors: Vec<String>,
 }
@@ -99,23 +112,8 @@ pub struct Written {
 /// `out/cam1.mp4` → `out/cam1-20261126T050200Z.mp4` (UTC), for segments.
 pub(crate) fn segment_path(base: &Path, t: std::time::SystemTime) -> PathBuf {
     let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + (m <= 2) as i64;
-    let stamp = format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    );
+    let [y, m, d, hh, mm, ss] = crate::clock::utc(secs);
+    let stamp = format!("{y:04}{m:02}{d:02}T{hh:02}{mm:02}{ss:02}Z");
     let stem = base
         .file_stem()
         .map_or_else(|| "out".into(), |s| s.to_string_lossy().into_owned());
@@ -137,6 +135,7 @@ impl FileSink {
         path: &Path,
         out: &crate::config::OutputConfig,
         segment_secs: Option<f64>,
+        source: &str,
     ) -> anyhow::Result<FileSink> {
         let fourcc = &out.fourcc;
         let fps = 25.0;
@@ -187,6 +186,25 @@ impl FileSink {
                 None
             }
         };
+        let vtt_claim = match (&claim, out.subtitles) {
+            (Some(_), true) => match vtt::claim(path, out.overwrite) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    if let Some(c) = claim {
+                        c.abandon();
+                    }
+                    return Err(fail(
+                        Kind::Output,
+                        format!(
+                            "cannot write the captions {} of output {}: {e} (or set [output] subtitles = false)",
+                            vtt::path_for(path).display(),
+                            path.display()
+                        ),
+                    ));
+                }
+            },
+            _ => None,
+        };
         Ok(FileSink {
             path: path.to_path_buf(),
             fourcc: code,
@@ -201,10 +219,15 @@ impl FileSink {
             early: Vec::new(),
             rate_fixed: false,
             last: None,
+            source: source.to_string(),
+            subtitles: out.subtitles,
+            vtt_claim,
+            captions: None,
             clock: None,
             repeated: 0,
             synced: std::time::Instant::now(),
             closed: Vec::new(),
+            subtitles_written: Vec::new(),
             errors: Vec::new(),
             stalled: false,
         })
@@ -225,19 +248,19 @@ impl FileSink {
     /// the source reports (its average), and where the source's time jumps ahead (a camera
     /// that stalled, a recording with gaps) the last frame is repeated to fill the gap. No
     /// frame is ever dropped. `give` gets back frames the sink no longer holds.
-    pub(crate) fn push(&mut self, m: Mat, pts_ms: f64, give: &mut impl FnMut(Mat)) {
+    pub(crate) fn push(&mut self, m: Mat, pts_ms: f64, cap: Caption, give: &mut impl FnMut(Mat)) {
         if !self.rate_fixed {
-            self.early.push((m, pts_ms));
+            self.early.push((m, pts_ms, cap));
             if self.early.len() < RATE_FRAMES {
                 return;
             }
             self.fix_rate();
-            for (m, pts) in std::mem::take(&mut self.early) {
-                self.put(m, pts, give);
+            for (m, pts, cap) in std::mem::take(&mut self.early) {
+                self.put(m, pts, cap, give);
             }
             return;
         }
-        self.put(m, pts_ms, give);
+        self.put(m, pts_ms, cap, give);
     }
 
     /// The rate: the source's, or, when the first frames come clearly faster (a variable rate,
@@ -267,23 +290,23 @@ impl FileSink {
         }
     }
 
-    fn put(&mut self, m: Mat, pts_ms: f64, give: &mut impl FnMut(Mat)) {
+    fn put(&mut self, m: Mat, pts_ms: f64, cap: Caption, give: &mut impl FnMut(Mat)) {
         let repeats = self.repeats_due(pts_ms);
-        if let Some(last) = self.last.take() {
+        if let Some((last, last_cap)) = self.last.take() {
             for _ in 0..repeats {
-                if self.write_one(&last) {
+                if self.write_one(&last, &last_cap) {
                     self.repeated += 1;
                 }
             }
-            self.last = Some(last);
+            self.last = Some((last, last_cap));
         }
-        if self.write_one(&m) {
+        if self.write_one(&m, &cap) {
             self.frames += 1;
         }
         if let Some((_, n)) = self.clock.as_mut() {
             *n += repeats + 1;
         }
-        if let Some(old) = self.last.replace(m) {
+        if let Some((old, _)) = self.last.replace((m, cap)) {
             give(old);
         }
     }
@@ -312,8 +335,8 @@ impl FileSink {
     /// Writes one frame (opening the writer on the first, and at each segment start); false
     /// when it could not go to the file (it failed, see [`RESERVE`]): that is no error here,
     /// the failure is reported once and at the end.
-    fn write_one(&mut self, m: &Mat) -> bool {
-        match self.write_frame(m) {
+    fn write_one(&mut self, m: &Mat, cap: &Caption) -> bool {
+        match self.write_frame(m, cap) {
             Ok(written) => written,
             Err(e) => {
                 tracing::warn!(path = %self.path.display(), error = %e, "cannot write frame");
@@ -322,7 +345,7 @@ impl FileSink {
         }
     }
 
-    fn write_frame(&mut self, m: &Mat) -> opencv::Result<bool> {
+    fn write_frame(&mut self, m: &Mat, cap: &Caption) -> opencv::Result<bool> {
         if self.segment_frames.is_some_and(|n| self.in_segment >= n) {
             self.close_current();
         }
@@ -350,6 +373,11 @@ impl FileSink {
             let mut r = Mat::default();
             opencv::imgproc::resize(m, &mut r, *size, 0.0, 0.0, opencv::imgproc::INTER_LINEAR)?;
             w.write(&r)?;
+        }
+        if let Some(c) = self.captions.as_mut() {
+            if let Err(e) = c.frame(self.in_segment, cap) {
+                self.captions_failed(e);
+            }
         }
         self.in_segment += 1;
         if let Some(left) = self.claim.as_ref().and_then(|c| c.space_left()) {
@@ -426,7 +454,52 @@ impl FileSink {
         }
         self.writer = Some((w, size));
         self.in_segment = 0;
+        self.start_captions();
         Ok(true)
+    }
+
+    /// Opens the captions of the file just opened: claimed with it (one file), or now, beside
+    /// the segment. Captions that cannot be written are an output failure, but the video goes on.
+    fn start_captions(&mut self) {
+        if !self.subtitles {
+            return;
+        }
+        let claim = match (self.vtt_claim.take(), &self.claim) {
+            (Some(c), _) => Ok(c),
+            (None, Some(video)) => vtt::claim(&video.path, false),
+            (None, None) => return,
+        };
+        let started = claim.map_err(|e| e.to_string()).and_then(|c| {
+            let path = c.path.clone();
+            Captions::start(c, self.fps, &self.source).map_err(|e| crate::paths::describe(&e, &path))
+        });
+        match started {
+            Ok(c) => self.captions = Some(c),
+            Err(e) => {
+                let video = self.claim.as_ref().map_or(&self.path, |c| &c.path);
+                let msg = format!(
+                    "cannot write the captions {}: {e}",
+                    vtt::path_for(video).display()
+                );
+                tracing::error!(path = %video.display(), "{msg}");
+                self.errors.push(msg);
+            }
+        }
+    }
+
+    /// The captions could not be written (the disk, most likely): what they hold stays, the
+    /// video goes on without them.
+    fn captions_failed(&mut self, e: std::io::Error) {
+        if let Some(c) = self.captions.take() {
+            let msg = format!(
+                "cannot write the captions {}: {}; they end before frame {}",
+                c.path().display(),
+                crate::paths::describe(&e, c.path()),
+                self.in_segment
+            );
+            tracing::error!("{msg}");
+            self.errors.push(msg);
+        }
     }
 
     /// A new segment's file, named after the time; numbered when the name is taken (segments
@@ -478,6 +551,9 @@ impl FileSink {
             if let Some(c) = self.claim.take() {
                 c.abandon();
             }
+            if let Some(c) = self.vtt_claim.take() {
+                c.abandon();
+            }
         }
         tracing::error!(path = %self.path.display(), "output failed: {e}");
         self.errors.push(e);
@@ -501,6 +577,21 @@ impl FileSink {
                     self.in_segment
                 ));
             }
+            if let Some(c) = self.captions.take() {
+                let vtt = c.path().to_path_buf();
+                match c.finish(self.in_segment) {
+                    Ok(p) => self.subtitles_written.push(p),
+                    Err(e) => {
+                        let msg = format!(
+                            "cannot write the captions {}: {}",
+                            vtt.display(),
+                            crate::paths::describe(&e, &vtt)
+                        );
+                        tracing::error!("{msg}");
+                        self.errors.push(msg);
+                    }
+                }
+            }
             if self.segment_frames.is_some() {
                 tracing::info!(path = %path.display(), frames = self.in_segment, "segment closed");
             }
@@ -514,8 +605,8 @@ impl FileSink {
         // Fewer frames than it takes to fix the rate: the source's rate it is.
         if !self.early.is_empty() {
             self.fix_rate();
-            for (m, pts) in std::mem::take(&mut self.early) {
-                self.put(m, pts, &mut drop);
+            for (m, pts, cap) in std::mem::take(&mut self.early) {
+                self.put(m, pts, cap, &mut drop);
             }
         }
         self.close_current();
@@ -524,6 +615,7 @@ impl FileSink {
             frames: self.frames,
             repeated: self.repeated,
             files: std::mem::take(&mut self.closed),
+            subtitles: std::mem::take(&mut self.subtitles_written),
             errors: std::mem::take(&mut self.errors),
         }
     }
@@ -535,6 +627,9 @@ impl Drop for FileSink {
     fn drop(&mut self) {
         if self.writer.is_none() {
             if let Some(c) = self.claim.take() {
+                c.abandon();
+            }
+            if let Some(c) = self.vtt_claim.take() {
                 c.abandon();
             }
         } else {

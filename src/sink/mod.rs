@@ -12,6 +12,7 @@
 pub(crate) mod display;
 pub(crate) mod file;
 pub(crate) mod http;
+pub(crate) mod vtt;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -140,7 +141,13 @@ impl SourceSink {
                 }
                 // The file keeps the frame (to repeat it across a gap in the source's time)
                 // and hands back the one it kept before.
-                f.push(a.image, a.pts_ms, &mut give);
+                let cap = vtt::Caption {
+                    label: a.label,
+                    prob: a.prob,
+                    alerts: a.alerts,
+                    lost: a.lost,
+                };
+                f.push(a.image, a.pts_ms, cap, &mut give);
                 *written += 1;
             }
             None => give(a.image),
@@ -170,6 +177,7 @@ mod tests {
             prob: 0.0,
             lost: false,
             drawn: true,
+            alerts: Default::default(),
         }
     }
 
