@@ -21,7 +21,9 @@
 # the DevTools part), CHROMIUM (default /usr/bin/chromium), BROWSER_CHECK_EVAL (a JavaScript
 # expression run once the images show frames; the check fails unless it returns true, printing
 # what it returned instead), BROWSER_CHECK_AFTER (the same, run after the second screenshot:
-# what changed on the page in between).
+# what changed on the page in between), BROWSER_CHECK_STATIC=1 (a static page, such as a file://
+# report: after the load event and the EVAL check, one screenshot, and the check fails on any
+# request the page made other than itself and data: URLs; nothing is compared).
 # Self-test against the mock page (no gradcamd needed):
 #   /usr/bin/python3 scripts/mock_mjpeg_server.py --port 8095 &
 #   scripts/browser_check.sh http://127.0.0.1:8095/ out/browser-selftest
@@ -77,6 +79,7 @@ import base64, json, os, re, socket, struct, subprocess, sys, time, urllib.reque
 
 url, outdir, selector, profile, interval = sys.argv[1:6]
 extra_check = os.environ.get("BROWSER_CHECK_EVAL", "")
+static = os.environ.get("BROWSER_CHECK_STATIC", "") == "1"
 after_check = os.environ.get("BROWSER_CHECK_AFTER", "")
 interval = float(interval)
 T0 = time.monotonic()
@@ -242,6 +245,8 @@ def shot(path):
 try:
     call("Page.enable")
     call("Runtime.enable")
+    if static:
+        call("Network.enable")
     t_nav = time.monotonic()
     nav = call("Page.navigate", timeout=8, url=url)
     if nav.get("errorText"):
@@ -279,6 +284,18 @@ try:
             result(False, f"BROWSER_CHECK_EVAL did not return true: {json.dumps(verdict)[:300]}")
 
     shot1, shot2 = os.path.join(outdir, "shot1.png"), os.path.join(outdir, "shot2.png")
+    if static:
+        if wait_event("Page.loadEventFired", 6) is None:
+            result(False, f"page did not reach its load event in 6 s ({url})")
+        evaluate("1")  # drains the events that came before
+        shot(shot1)
+        asked = [e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"]
+        outside = [u for u in asked if not u.startswith("data:") and u.split("#")[0] != url.split("#")[0]]
+        if outside:
+            result(False, f"the page made {len(outside)} request(s) beyond itself: {', '.join(outside[:5])}")
+        result(True, f"static page loaded (title {info['title']!r}, DOMContentLoaded {t_dcl:.2f} s);"
+               f" {len(imgs)} image(s) decoded; {len(asked)} request(s), all to itself or data: URLs;"
+               f" screenshot {shot1}; total {time.monotonic() - T0:.1f} s")
     shot(shot1)
     time.sleep(interval)
     imgs2 = evaluate(probe)

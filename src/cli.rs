@@ -39,6 +39,31 @@ pub enum Command {
     Bench(BenchArgs),
     /// Run the same preprocessed frames on two execution providers and compare their CAMs.
     Compare(CompareArgs),
+    /// Write a review report from events logs: one self-contained HTML file with a timeline
+    /// per source (score, outside-ROI share, drift, faithfulness, alerts shaded), a table of
+    /// figures, the alerts with thumbnails from the recording, and the label changes.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Events logs (JSON lines, a source's `events`); several sources may share one.
+    #[arg(required = true, value_name = "EVENTS.jsonl")]
+    pub events: Vec<PathBuf>,
+    /// The explained recording of a source (its `output`), for thumbnails of the alerts and
+    /// links to their times: PATH when the events hold one source, else SOURCE=PATH; repeat
+    /// for more sources.
+    #[arg(long, value_name = "[SOURCE=]VIDEO")]
+    pub video: Vec<String>,
+    /// The report to write (.html).
+    #[arg(short, long, value_name = "REPORT.html")]
+    pub output: PathBuf,
+    /// Replace a report that exists.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Thumbnails per source at most (the first alerts').
+    #[arg(long, default_value_t = 48, value_name = "N")]
+    pub max_thumbnails: usize,
 }
 
 #[derive(Debug, Args)]

@@ -68,6 +68,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ExportTriton(a) => gradcamd::app::export::export_triton(a),
         Command::Bench(a) => gradcamd::app::bench::bench(a),
         Command::Compare(a) => gradcamd::app::compare::compare(a),
+        Command::Report(a) => gradcamd::app::report::report(a),
         #[cfg(feature = "video")]
         Command::Run(a) => gradcamd::app::run::run(a, stop_flag()?),
         #[cfg(feature = "video")]

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use opencv::prelude::*;
 
-use crate::util::{media, root, s, scratch, start_with_http, wait_status, Kid};
+use crate::util::{media, s, scratch, start_with_http, wait_status, Kid};
 
 /// A config with two sample clips played as live sources (real time, looping).
 fn two_live_sources(dir: &Path, sources: [(&str, &str); 2]) -> PathBuf {
@@ -227,27 +227,13 @@ fn the_page_plays_both_streams_in_headless_chromium() {
 /// loads, and two screenshots INTERVAL s apart differ inside every stream image), with `env`;
 /// then the daemon is stopped. Fails the test unless the check passed; returns what it said.
 fn browser_check(daemon: &mut Kid, addr: &str, dir: &Path, env: &[(&str, &str)]) -> String {
-    let o = Command::new("bash")
-        .envs(env.iter().copied())
-        .args([
-            "scripts/browser_check.sh",
-            &format!("http://{addr}/"),
-            &s(&dir.join("shots")),
-        ])
-        .current_dir(root())
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (ok, out) = crate::util::browser(&format!("http://{addr}/"), &dir.join("shots"), "img", env);
     Command::new("kill")
         .args(["-INT", &daemon.id().to_string()])
         .status()
         .unwrap();
     daemon.wait().unwrap();
-    assert!(
-        o.status.success() && out.contains("browser_check: ok"),
-        "{out}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(ok, "{out}");
     out
 }
 

@@ -36,6 +36,8 @@ mod nhwc;
 mod reference;
 #[cfg(feature = "video")]
 mod remote;
+#[cfg(feature = "video")]
+mod report;
 mod rules;
 #[cfg(feature = "video")]
 mod schedule;

@@ -311,6 +311,23 @@ pub fn probe(p: &Path) -> (u64, f64, i32, i32) {
     )
 }
 
+/// Runs `scripts/browser_check.sh URL OUT SELECTOR` (headless Chromium) with `env`; whether it
+/// passed, and what it printed.
+pub fn browser(url: &str, out: &Path, selector: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let o = Command::new("bash")
+        .envs(env.iter().copied())
+        .args(["scripts/browser_check.sh", url, &s(out), selector])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.success() && text.contains("browser_check: ok"), text)
+}
+
 /// Starts `run` in the background with `args`; returns the child and the HTTP address it logged.
 pub fn start_with_http(args: &[&str]) -> (Kid, String, std::sync::mpsc::Receiver<String>) {
     let mut child = Kid(bin()

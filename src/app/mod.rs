@@ -5,5 +5,6 @@ pub mod compare;
 pub mod explain;
 pub mod export;
 pub mod inspect;
+pub mod report;
 #[cfg(feature = "video")]
 pub mod run;
