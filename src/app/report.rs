@@ -194,6 +194,9 @@ struct Track {
     /// 1 for the first run of the source in the logs.
     run: usize,
     pts0: Option<f64>,
+    /// Milliseconds per frame, from the first two frame lines: where the run's first line is
+    /// not its frame 0, its time is that many frames on.
+    frame_ms: Option<f64>,
     first_seq: u64,
     last_seq: u64,
     first_ts: f64,
@@ -252,6 +255,10 @@ impl Track {
             self.pts0 = l.pts_ms.filter(|p| p.is_finite());
             self.first_seq = seq;
             self.first_ts = ts;
+        } else if self.lines == 1 && seq > self.first_seq {
+            let (p0, p1) = (self.pts0.unwrap_or(f64::NAN), l.pts_ms.unwrap_or(f64::NAN));
+            self.frame_ms =
+                Some((p1 - p0) / (seq - self.first_seq) as f64).filter(|d| d.is_finite() && *d > 0.0);
         }
         let t = self.time(l.pts_ms);
         self.lines += 1;
@@ -353,6 +360,26 @@ impl Track {
 
     /// Closes the alerts still on at the end of the run.
     fn finish(&mut self) {
+        if let (Some(ms), true) = (self.frame_ms, self.first_seq > 0) {
+            let off = self.first_seq as f64 * ms / 1e3;
+            let series = [
+                &mut self.score,
+                &mut self.outside,
+                &mut self.drift,
+                &mut self.cam_mult,
+                &mut self.deletion,
+            ];
+            for s in series {
+                s.points.iter_mut().for_each(|p| p[0] += off);
+            }
+            for a in &mut self.alerts {
+                a.t0 += off;
+                a.t1 += off;
+            }
+            self.label_changes.iter_mut().for_each(|c| c.0 += off);
+            self.faith_points.iter_mut().for_each(|f| f.0 += off);
+            self.end += off;
+        }
         for a in self.alerts.iter_mut().filter(|a| a.open) {
             a.t1 = self.end.max(a.t0);
             let k = (a.kind == AlertKind::Drift) as usize;
@@ -441,6 +468,9 @@ fn read_logs(paths: &[PathBuf]) -> anyhow::Result<Logs> {
         }
     }
     logs.tracks.retain(|t| t.lines > 0);
+    // By name (line1, line2, ...), each source's runs in order: not by whose line came first.
+    logs.tracks
+        .sort_by(|a, b| a.name.cmp(&b.name).then(a.run.cmp(&b.run)));
     for t in &mut logs.tracks {
         t.finish();
     }
@@ -1444,6 +1474,17 @@ mod tests {
         let b = &t[1];
         assert_eq!((b.run, b.lines, b.id()), (2, 2, "cam (run 2)".to_string()));
         assert!(b.alerts[0].open && b.alerts[0].t1 == 0.1);
+    }
+
+    #[test]
+    fn a_run_whose_first_line_is_not_frame_0_keeps_the_recordings_time() {
+        // Frames 0..9 were not explained (a camera still connecting): the recording starts
+        // with them, so frame 10 is at 1 s (100 ms a frame), and so is its alert.
+        let text: String = (10..14).map(|s| ev(s, "cat", s >= 12)).collect();
+        let t = &track_of(&text)[0];
+        assert_eq!(t.frame_ms, Some(100.0));
+        assert!((t.score.points[0][0] - 1.0).abs() < 1e-9, "{:?}", t.score.points);
+        assert!((t.alerts[0].t0 - 1.2).abs() < 1e-9 && (t.end - 1.3).abs() < 1e-9);
     }
 
     #[test]
