@@ -132,6 +132,21 @@ mod tiny_rules {
     );
 }
 
+/// The body's window ops (x [N,4,7,7]), against torch autograd through them.
+mod tiny_body_rules {
+    use super::check_tiny;
+    tiny!(
+        conv_relu,
+        conv_strided_grouped,
+        conv_depthwise_same,
+        maxpool_overlap,
+        maxpool_ceil,
+        avgpool_pad_exclude,
+        avgpool_pad_include,
+        body_chain,
+    );
+}
+
 #[test]
 fn a_softmax_or_log_softmax_output_is_explained_by_the_raw_score_under_it() {
     // pytorch-grad-cam explains a classifier's raw score; a model that ends in (Log)Softmax

@@ -148,28 +148,54 @@ fn reduce_mean_without_axes_is_over_everything_and_with_noop_is_the_identity() {
 }
 
 #[test]
-fn average_pool_is_refused_unless_1x1_stride_1_unpadded() {
-    for (kernel, strides, pads) in [
-        (vec![3, 3], vec![1, 1], vec![0; 4]),
-        (vec![1, 1], vec![2, 2], vec![0; 4]),
-        (vec![1, 1], vec![1, 1], vec![1; 4]),
-    ] {
-        let mut m = proto::tiny("avgpool_1x1");
-        let pool = proto::node(&mut m, "AveragePool", 0);
-        pool.attribute = vec![
-            attr_ints("kernel_shape", &kernel),
-            attr_ints("strides", &strides),
-            attr_ints("pads", &pads),
-        ];
-        let e = refusal(&m);
-        assert!(
-            e.contains("only 1x1 AveragePool")
-                && e.contains(&format!(
-                    "kernel_shape {kernel:?} strides {strides:?} pads {pads:?}"
-                )),
-            "{e}"
-        );
+fn window_ops_refuse_by_name_what_they_cannot_differentiate() {
+    // An AveragePool whose last windows hang over the input divides them by what ONNX and torch
+    // count differently.
+    let mut m = proto::tiny("avgpool_pad_include");
+    proto::node(&mut m, "AveragePool", 0)
+        .attribute
+        .push(attr_i("ceil_mode", 1));
+    let e = refusal(&m);
+    assert!(e.contains("AveragePool") && e.contains("ceil_mode = 1"), "{e}");
+    // Column-major argmax indices.
+    let mut m = proto::tiny("maxpool_overlap");
+    proto::node(&mut m, "MaxPool", 0)
+        .attribute
+        .push(attr_i("storage_order", 1));
+    let e = refusal(&m);
+    assert!(e.contains("MaxPool") && e.contains("storage_order = 1"), "{e}");
+    // SAME padding depends on the input's size: a model that does not declare it is refused,
+    // naming the fix.
+    let mut m = proto::tiny("conv_depthwise_same");
+    let x = &mut proto::graph(&mut m).input[0];
+    let dims = &mut x
+        .r#type
+        .as_mut()
+        .unwrap()
+        .tensor_type
+        .as_mut()
+        .unwrap()
+        .shape
+        .as_mut()
+        .unwrap()
+        .dim;
+    for (d, name) in dims[2..].iter_mut().zip(["H", "W"]) {
+        d.value = Some(proto::DimValue::Param(name.into()));
     }
+    let e = refusal(&m);
+    assert!(
+        e.contains("Conv")
+            && e.contains("auto_pad SAME_UPPER needs the input's spatial size")
+            && e.contains("shape inference"),
+        "{e}"
+    );
+    // A kernel the graph does not give.
+    let mut m = proto::tiny("maxpool_overlap");
+    proto::node(&mut m, "MaxPool", 0)
+        .attribute
+        .retain(|a| a.name != "kernel_shape");
+    let e = refusal(&m);
+    assert!(e.contains("kernel shape is unknown"), "{e}");
 }
 
 #[test]

@@ -74,8 +74,8 @@ class Builder:
         self.nodes.append(helper.make_node(op, inputs, [out], name=f"n{self._n}_{op}", **attrs))
         return out
 
-    def model(self, output, opset=17, batch="N"):
-        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, C, H, W])
+    def model(self, output, opset=17, batch="N", hw=(H, W)):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, C, *hw])
         y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, K])
         # rename the last node's output to "logits"
         last = self.nodes[-1]
@@ -220,14 +220,14 @@ def m_se_broadcast_mul(name):
     return b.model(out), tf
 
 
-def bn_params(b, prefix):
-    scale = b.rng.choice([-1.0, 1.0], C) * (0.5 + b.rng.random(C))  # |scale| >= 0.5
-    names = (b.init(f"{prefix}_scale", scale), b.randn(f"{prefix}_B", (C,), 0.5),
-             b.randn(f"{prefix}_mean", (C,), 0.5),
-             b.init(f"{prefix}_var", 0.25 + b.rng.random(C) * 2.0))
+def bn_params(b, prefix, c=C):
+    scale = b.rng.choice([-1.0, 1.0], c) * (0.5 + b.rng.random(c))  # |scale| >= 0.5
+    names = (b.init(f"{prefix}_scale", scale), b.randn(f"{prefix}_B", (c,), 0.5),
+             b.randn(f"{prefix}_mean", (c,), 0.5),
+             b.init(f"{prefix}_var", 0.25 + b.rng.random(c) * 2.0))
 
     def tf(t):
-        sc, bb, mu, var = (b.w[n].view(1, C, 1, 1) for n in names)
+        sc, bb, mu, var = (b.w[n].view(1, c, 1, 1) for n in names)
         return (t - mu) / torch.sqrt(var + float(EPS)) * sc + bb
     return list(names), tf
 
@@ -275,6 +275,167 @@ def m_transpose_layernorm(name):
         t = F.layer_norm(t, (C,), b.w[sc], b.w[bb], float(EPS))
         return g(t.permute(0, 3, 1, 2).flatten(1)), [], {}
     return b.model(out), tf
+
+
+# ---------------------------------------------------------------- body
+# x [N,4,7,7]: the window ops of a CNN's body between the target (x) and the
+# pooled head. The default-target rule picks the input of the final GAP; its
+# value and gradient go in the json as extras.
+
+BODY = (7, 7)
+# Hundreds of activations per item: a margin of 0.05 around each kink would reject nearly every
+# x; 1e-3 is still far beyond what the central differences (h = 1e-6) move.
+BODY_MARGIN = 1e-3
+
+
+def conv(b, h, c_in, c_out, k, prefix, stride=1, pad=(0, 0, 0, 0), dil=1, group=1, auto_pad=None):
+    """An ONNX Conv with bias and its float64 torch twin. pad: (top, left, bottom, right)."""
+    w = b.randn(f"{prefix}_W", (c_out, c_in // group, k, k), 0.5)
+    bias = b.randn(f"{prefix}_b", (c_out,), 0.2)
+    attrs = dict(kernel_shape=[k, k], strides=[stride, stride], dilations=[dil, dil], group=group)
+    if auto_pad:
+        attrs["auto_pad"] = auto_pad
+    else:
+        attrs["pads"] = [pad[0], pad[1], pad[2], pad[3]]
+    out = b.node("Conv", [h, w, bias], **attrs)
+
+    def tf(t):
+        if auto_pad:
+            ek = (k - 1) * dil + 1
+            size = t.shape[-1]
+            o = -(-size // stride)
+            total = max((o - 1) * stride + ek - size, 0)
+            small, big = total // 2, total - total // 2
+            p = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
+            t = F.pad(t, (p[0], p[1], p[0], p[1]))
+        else:
+            t = F.pad(t, (pad[1], pad[3], pad[0], pad[2]))
+        return F.conv2d(t, b.w[w], b.w[bias], stride=stride, dilation=dil, groups=group)
+    return out, tf
+
+
+def gap_gemm(b, h, c):
+    flat = b.node("Flatten", [b.node("GlobalAveragePool", [h])], axis=1)
+    out, g = gemm_head(b, flat, c, K, "fc", scale=2.0)
+    return out, lambda t: g(t.mean((2, 3)))
+
+
+def m_conv_relu(name):
+    """Conv 3x3 pad 1 -> Relu -> GAP -> Gemm."""
+    b = Builder(name)
+    h, f = conv(b, "x", C, 6, 3, "conv", pad=(1, 1, 1, 1))
+    r = b.node("Relu", [h], _out="relu_out")
+    out, g = gap_gemm(b, r, 6)
+
+    def tf(x):
+        z = f(x)
+        a = torch.relu(z)
+        return g(a), [(z, [0.0], False, BODY_MARGIN)], {"relu_out": a}
+    return b.model(out, hw=BODY), tf
+
+
+def m_conv_strided_grouped(name):
+    """Conv 3x3, stride 2, dilation 2, group 2, asymmetric pads -> GAP -> Gemm: the remainder
+    of the stride leaves input rows without gradient."""
+    b = Builder(name)
+    h, f = conv(b, "x", C, 4, 3, "conv", stride=2, pad=(2, 1, 1, 0), dil=2, group=2)
+    out, g = gap_gemm(b, h, 4)
+
+    def tf(x):
+        z = f(x)
+        return g(z), [], {h: z}
+    return b.model(out, hw=BODY), tf
+
+
+def m_conv_depthwise_same(name):
+    """Depthwise Conv 4x4 (group 4), auto_pad SAME_UPPER (pad 1 before, 2 after) -> HardSwish
+    -> GAP -> Gemm."""
+    b = Builder(name)
+    h, f = conv(b, "x", C, 4, 4, "dw", group=4, auto_pad="SAME_UPPER")
+    a = b.node("HardSwish", [h], _out="hs_out")
+    out, g = gap_gemm(b, a, 4)
+
+    def tf(x):
+        z = f(x)
+        y = F.hardswish(z)
+        return g(y), [(z, [-3.0, 3.0], False, BODY_MARGIN)], {"hs_out": y}
+    return b.model(out, hw=BODY), tf
+
+
+def m_maxpool_overlap(name):
+    """ResNet's stem pool: MaxPool 3x3, stride 2, pad 1 (windows overlap) -> GAP -> Gemm."""
+    b = Builder(name)
+    h = b.node("MaxPool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    out, g = gap_gemm(b, h, C)
+
+    def tf(x):
+        y = F.max_pool2d(x, 3, 2, 1)
+        return g(y), [], {h: y}
+    return b.model(out, hw=BODY), tf
+
+
+def m_maxpool_ceil(name):
+    """MaxPool 2x2, stride 2, ceil_mode 1 on 7x7 (the last window hangs over) -> GAP -> Gemm."""
+    b = Builder(name)
+    h = b.node("MaxPool", ["x"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)
+    out, g = gap_gemm(b, h, C)
+
+    def tf(x):
+        y = F.max_pool2d(x, 2, 2, ceil_mode=True)
+        return g(y), [], {h: y}
+    return b.model(out, hw=BODY), tf
+
+
+def m_avgpool_pad_exclude(name):
+    """AveragePool 3x3, stride 2, pad 1, count_include_pad 0 -> GAP -> Gemm."""
+    b = Builder(name)
+    h = b.node("AveragePool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+               count_include_pad=0)
+    out, g = gap_gemm(b, h, C)
+
+    def tf(x):
+        y = F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)
+        return g(y), [], {h: y}
+    return b.model(out, hw=BODY), tf
+
+
+def m_avgpool_pad_include(name):
+    """AveragePool 3x3, stride 2, pad 1, count_include_pad 1 -> GAP -> Gemm."""
+    b = Builder(name)
+    h = b.node("AveragePool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+               count_include_pad=1)
+    out, g = gap_gemm(b, h, C)
+
+    def tf(x):
+        y = F.avg_pool2d(x, 3, 2, 1, count_include_pad=True)
+        return g(y), [], {h: y}
+    return b.model(out, hw=BODY), tf
+
+
+def m_body_chain(name):
+    """A small ResNet-like body from the input: Conv 3x3 s2 pad 1 -> BatchNormalization -> Relu
+    -> MaxPool 3x3 s2 pad 1 -> Conv 1x1 -> Relu (feat) -> AveragePool 2x2 (DenseNet transition)
+    -> GAP -> Gemm."""
+    b = Builder(name)
+    h, f1 = conv(b, "x", C, 6, 3, "c1", stride=2, pad=(1, 1, 1, 1))
+    bn, fbn = bn_params(b, "bn", 6)
+    h = b.node("BatchNormalization", [h, *bn])
+    r1 = b.node("Relu", [h])
+    p = b.node("MaxPool", [r1], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    h2, f2 = conv(b, p, 6, 6, 1, "c2")
+    r2 = b.node("Relu", [h2], _out="feat")
+    a = b.node("AveragePool", [r2], kernel_shape=[2, 2], strides=[2, 2])
+    out, g = gap_gemm(b, a, 6)
+
+    def tf(x):
+        z1 = fbn(f1(x))
+        y = F.max_pool2d(torch.relu(z1), 3, 2, 1)
+        z2 = f2(y)
+        feat = torch.relu(z2)
+        pooled = F.avg_pool2d(feat, 2, 2)
+        kinks = [(z1, [0.0], False, BODY_MARGIN), (z2, [0.0], False, BODY_MARGIN)]
+        return g(pooled), kinks, {a: pooled}
+    return b.model(out, hw=BODY), tf
 
 
 def m_unsupported_op(name):
@@ -339,6 +500,22 @@ MODELS = {
     "fixed_batch": (lambda n: m_gap_flatten_gemm(n, batch=2),
                     "gap_flatten_gemm with a FIXED batch: x [2,4,3,3], logits [2,5] (no dim_param). "
                     "Its reference has 2 items."),
+    "conv_relu": (m_conv_relu, "body, x [N,4,7,7]: Conv(4->6, 3x3, pads 1) -> Relu -> GAP -> Gemm."),
+    "conv_strided_grouped": (m_conv_strided_grouped,
+                             "body: Conv(4->4, 3x3, stride 2, dilation 2, group 2, pads [2,1,1,0]) -> GAP -> "
+                             "Gemm; the stride's remainder leaves input rows without gradient."),
+    "conv_depthwise_same": (m_conv_depthwise_same,
+                            "body: depthwise Conv(4x4, group 4, auto_pad SAME_UPPER) -> HardSwish -> GAP -> Gemm."),
+    "maxpool_overlap": (m_maxpool_overlap,
+                        "body: MaxPool(3x3, stride 2, pads 1), overlapping windows (ResNet's stem) -> GAP -> Gemm."),
+    "maxpool_ceil": (m_maxpool_ceil, "body: MaxPool(2x2, stride 2, ceil_mode 1) on 7x7 -> GAP -> Gemm."),
+    "avgpool_pad_exclude": (m_avgpool_pad_exclude,
+                            "body: AveragePool(3x3, stride 2, pads 1, count_include_pad 0) -> GAP -> Gemm."),
+    "avgpool_pad_include": (m_avgpool_pad_include,
+                            "body: AveragePool(3x3, stride 2, pads 1, count_include_pad 1) -> GAP -> Gemm."),
+    "body_chain": (m_body_chain,
+                   "body: Conv(3x3 s2) -> BatchNormalization -> Relu -> MaxPool(3x3 s2 p1) -> Conv(1x1) -> Relu "
+                   "-> AveragePool(2x2 s2) -> GAP -> Gemm; x is the network's input."),
     "unsupported_op": (m_unsupported_op,
                        "x -> GAP -> Flatten -> Gemm(4->6) -> Erf -> Gemm(6->5). Erf has no backward rule: "
                        "augmentation must fail with an error naming the op. No reference json."),
@@ -352,10 +529,10 @@ MODELS = {
 
 def kinks_ok(kinks):
     """No input within KINK_MARGIN of a kink, and every piece used at least once."""
-    for z, points, need_all_pieces in kinks:
+    for z, points, need_all_pieces, *margin in kinks:
         z = z.detach().numpy().ravel()
         pts = np.asarray(points)
-        if np.abs(z[:, None] - pts[None, :]).min() < KINK_MARGIN:
+        if np.abs(z[:, None] - pts[None, :]).min() < (margin[0] if margin else KINK_MARGIN):
             return False
         if need_all_pieces:
             pieces = np.searchsorted(pts, z)
@@ -364,11 +541,11 @@ def kinks_ok(kinks):
     return True
 
 
-def make_x(name, fn, batch):
+def make_x(name, fn, batch, hw=(H, W)):
     rng = np.random.default_rng(zlib.crc32(("x:" + name).encode()))
     for attempt in range(10000):
         # 3-decimal values, so the JSON is short and parses to the same float32
-        x = np.round(rng.standard_normal((batch, C, H, W)) * 3.0, 3).astype(np.float32)
+        x = np.round(rng.standard_normal((batch, C, *hw)) * 3.0, 3).astype(np.float32)
         xt = torch.from_numpy(x.astype(np.float64))
         logits, kinks, _ = fn(xt)
         top2 = torch.topk(logits, 2, dim=1).values
@@ -425,6 +602,7 @@ def main():
     readme = ["# Tiny ONNX models for the augmentation unit tests", "",
               "Made by `tools/make_tiny_models.py` (dev-time; the tests need no Python). Every model: graph "
               "input `x` [N,4,3,3] float32 with N symbolic (`dim_param` \"N\"; `fixed_batch` has N = 2), "
+              "(the body models, from `conv_relu` on: [N,4,7,7]), "
               "output `logits` [N,5], opset 17 and ir_version 8 unless noted, random weights seeded by "
               "crc32(name). `x` is the Grad-CAM target tensor A.", "",
               "`<name>.json` (all but `unsupported_op`, `no_pool`): `x` [B,4,3,3] (float32 values written "
@@ -457,7 +635,9 @@ def main():
             print(f"{name:26s} opset {opset:2d} {os.path.getsize(path):5d} B  ort out {y.shape}  (no reference)")
             continue
 
-        x, attempts = make_x(name, fn, batch)
+        dims = model.graph.input[0].type.tensor_type.shape.dim
+        hw = (dims[2].dim_value, dims[3].dim_value)
+        x, attempts = make_x(name, fn, batch, hw)
         logits, cls, dx, extras = reference(fn, x)
         num = numeric_grad(fn, x, cls)
         (y,) = sess.run(["logits"], {"x": x})

@@ -51,6 +51,16 @@ impl Builder {
         out
     }
 
+    /// Adds one node with two outputs and returns the second's name (MaxPool's `Indices`).
+    pub(crate) fn op_second(&mut self, op_type: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
+        let (first, second) = (self.fresh(op_type), self.fresh(op_type));
+        self.op_into(op_type, inputs, attrs, &first);
+        if let Some(n) = self.nodes.last_mut() {
+            n.output.push(second.clone());
+        }
+        second
+    }
+
     /// Adds one node whose output has a chosen name (the graph outputs we expose).
     pub(crate) fn op_into(&mut self, op_type: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>, out: &str) {
         let attribute = attrs

@@ -7,7 +7,8 @@
 //! - [`frames`]: a u8 frames input that normalizes in the graph, for inference servers.
 //! - [`proto`]: the protobuf messages read and written, from the ONNX spec's field numbers.
 //!
-//! Inside, one backward rule per supported op (`vjp.rs`) and a node emitter (`builder.rs`).
+//! Inside, one backward rule per supported op (`vjp.rs`; the body's window ops, Conv and the
+//! pools, in `spatial.rs`) and a node emitter (`builder.rs`).
 #![warn(unreachable_pub)]
 
 pub mod augment;
@@ -15,6 +16,7 @@ mod builder;
 pub mod frames;
 pub mod model;
 pub mod proto;
+mod spatial;
 mod vjp;
 
 use std::path::PathBuf;

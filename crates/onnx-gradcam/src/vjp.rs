@@ -18,9 +18,10 @@ use super::OnnxError;
 /// Ops with a backward rule, as listed in errors and in `gradcamd inspect`.
 pub(crate) const SUPPORTED: &[&str] = &[
     "Add",
-    "AveragePool(1x1)",
+    "AveragePool",
     "BatchNormalization",
     "Clip",
+    "Conv",
     "Div",
     "Dropout",
     "Exp",
@@ -35,6 +36,7 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "LeakyRelu",
     "LogSoftmax",
     "MatMul",
+    "MaxPool",
     "Mul",
     "Neg",
     "Pow",
@@ -64,7 +66,7 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn rank(&self, t: &str, node: usize) -> Result<usize, OnnxError> {
+    pub(crate) fn rank(&self, t: &str, node: usize) -> Result<usize, OnnxError> {
         self.m.rank(t).ok_or_else(|| OnnxError::Unsupported {
             op: self.m.node(node).op_type.clone(),
             node: self.m.node(node).name.clone(),
@@ -74,7 +76,7 @@ impl Ctx<'_> {
         })
     }
 
-    fn unsupported(&self, node: usize, why: impl Into<String>) -> OnnxError {
+    pub(crate) fn unsupported(&self, node: usize, why: impl Into<String>) -> OnnxError {
         let n = self.m.node(node);
         OnnxError::Unsupported {
             op: n.op_type.clone(),
@@ -139,7 +141,8 @@ pub(crate) fn backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, S
     // Corrupt or hand-made graphs can lack required inputs; index only after this check.
     let arity = match n.op_type.as_str() {
         "BatchNormalization" => 5,
-        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Gemm" | "MatMul" | "LayerNormalization" | "Gather" => 2,
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Gemm" | "MatMul" | "LayerNormalization" | "Gather"
+        | "Conv" => 2,
         _ => 1,
     };
     if n.input.len() < arity || n.input[..arity].iter().any(String::is_empty) || n.output.is_empty() {
@@ -374,20 +377,9 @@ pub(crate) fn backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, S
             let e = cx.b.op("Expand", &[&gk, &s], vec![]);
             vec![(0, mean_scale(cx, &e, g))]
         }
-        "AveragePool" => {
-            let k = attr_ints(&n, "kernel_shape").unwrap_or_default();
-            let strides = attr_ints(&n, "strides").unwrap_or_default();
-            let pads = attr_ints(&n, "pads").unwrap_or_default();
-            let trivial =
-                k.iter().all(|&v| v == 1) && strides.iter().all(|&v| v == 1) && pads.iter().all(|&v| v == 0);
-            if !trivial {
-                return Err(cx.unsupported(
-                    ni,
-                    format!("only 1x1 AveragePool is supported, this one has kernel_shape {k:?} strides {strides:?} pads {pads:?}"),
-                ));
-            }
-            vec![(0, g.to_string())]
-        }
+        "AveragePool" => super::spatial::average_pool(cx, ni, &n, g)?,
+        "MaxPool" => super::spatial::max_pool(cx, ni, &n, g)?,
+        "Conv" => super::spatial::conv(cx, ni, &n, g)?,
         "Gemm" => {
             let alpha = attr_f(&n, "alpha").unwrap_or(1.0);
             let beta = attr_f(&n, "beta").unwrap_or(1.0) as f64;
