@@ -143,6 +143,8 @@ mod tiny_body_rules {
         maxpool_ceil,
         avgpool_pad_exclude,
         avgpool_pad_include,
+        pad_conv,
+        pad_crop_conv,
         body_chain,
     );
 }

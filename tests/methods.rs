@@ -29,7 +29,7 @@ fn method_of(reference_name: &str) -> Method {
 }
 
 /// A, dA and class of each image, from one batch.
-fn run_batch(model: &Model, images: &[String]) -> Vec<(Array3<f32>, Array3<f32>, i64)> {
+pub(crate) fn run_batch(model: &Model, images: &[String]) -> Vec<(Array3<f32>, Array3<f32>, i64)> {
     let mut engine = Engine::new(&model.graph, &EngineOptions::default()).unwrap();
     let mut pre = Preprocessor::new(&model.sidecar.input);
     let (h, w) = pre.input_hw();

@@ -189,6 +189,23 @@ fn window_ops_refuse_by_name_what_they_cannot_differentiate() {
             && e.contains("shape inference"),
         "{e}"
     );
+    // A window so large that its backward kernel would not fit in memory.
+    let mut m = proto::tiny("maxpool_overlap");
+    let pool = proto::node(&mut m, "MaxPool", 0);
+    pool.attribute.retain(|a| a.name != "kernel_shape");
+    pool.attribute
+        .push(attr_ints("kernel_shape", &[100_000, 100_000]));
+    let e = refusal(&m);
+    assert!(
+        e.contains("kernel_shape [100000, 100000]") && e.contains("larger than 256"),
+        "{e}"
+    );
+    let mut m = proto::tiny("maxpool_overlap");
+    let pool = proto::node(&mut m, "MaxPool", 0);
+    pool.attribute.retain(|a| a.name != "kernel_shape");
+    pool.attribute.push(attr_ints("kernel_shape", &[64, 64]));
+    let e = refusal(&m);
+    assert!(e.contains("more than 1024 elements"), "{e}");
     // A kernel the graph does not give.
     let mut m = proto::tiny("maxpool_overlap");
     proto::node(&mut m, "MaxPool", 0)

@@ -26,6 +26,8 @@ mod hostile;
 #[cfg(feature = "video")]
 mod http;
 #[cfg(feature = "video")]
+mod layers;
+#[cfg(feature = "video")]
 mod live;
 #[cfg(feature = "video")]
 mod methods;

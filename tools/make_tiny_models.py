@@ -412,6 +412,22 @@ def m_avgpool_pad_include(name):
     return b.model(out, hw=BODY), tf
 
 
+def m_pad_conv(name, pads):
+    """Pad (constant 0, pads as an input: [top, left, bottom, right] after N, C) -> Conv 3x3 ->
+    GAP -> Gemm. EfficientNet-Lite0's static padding; negative pads crop."""
+    b = Builder(name)
+    t, l, bt, r = pads
+    p = b.init("pads", [0, 0, t, l, 0, 0, bt, r], np.int64)
+    h = b.node("Pad", ["x", p], mode="constant")
+    c, f = conv(b, h, C, 4, 3, "conv")
+    out, g = gap_gemm(b, c, 4)
+
+    def tf(x):
+        z = f(F.pad(x, (l, r, t, bt)))
+        return g(z), [], {c: z}
+    return b.model(out, hw=BODY), tf
+
+
 def m_body_chain(name):
     """A small ResNet-like body from the input: Conv 3x3 s2 pad 1 -> BatchNormalization -> Relu
     -> MaxPool 3x3 s2 pad 1 -> Conv 1x1 -> Relu (feat) -> AveragePool 2x2 (DenseNet transition)
@@ -513,6 +529,10 @@ MODELS = {
                             "body: AveragePool(3x3, stride 2, pads 1, count_include_pad 0) -> GAP -> Gemm."),
     "avgpool_pad_include": (m_avgpool_pad_include,
                             "body: AveragePool(3x3, stride 2, pads 1, count_include_pad 1) -> GAP -> Gemm."),
+    "pad_conv": (lambda n: m_pad_conv(n, (0, 1, 2, 1)),
+                 "body: Pad(constant, pads [0,0,0,1,0,0,2,1]) -> Conv(3x3) -> GAP -> Gemm (Lite0's static padding)."),
+    "pad_crop_conv": (lambda n: m_pad_conv(n, (1, -1, -2, 2)),
+                      "body: Pad(constant, pads [0,0,1,-1,0,0,-2,2]: negative pads crop) -> Conv(3x3) -> GAP -> Gemm."),
     "body_chain": (m_body_chain,
                    "body: Conv(3x3 s2) -> BatchNormalization -> Relu -> MaxPool(3x3 s2 p1) -> Conv(1x1) -> Relu "
                    "-> AveragePool(2x2 s2) -> GAP -> Gemm; x is the network's input."),

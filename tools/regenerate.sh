@@ -13,5 +13,6 @@ scripts/setup.sh media
 "$PY" tools/make_faithfulness_fixtures.py
 "$PY" tools/make_tiny_models.py
 "$PY" tools/make_method_fixtures.py
+"$PY" tools/make_layer_fixtures.py
 "$PY" tools/make_vgg_replica.py
 (cd models && sha256sum -c efficientnet_lite0.onnx.sha256)

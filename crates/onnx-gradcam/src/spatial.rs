@@ -23,6 +23,11 @@ use super::proto::NodeProto;
 use super::vjp::Ctx;
 use super::OnnxError;
 
+/// The largest kernel side taken.
+const MAX_KERNEL: i64 = 256;
+/// The largest MaxPool window (its backward kernel has area² entries): 32×32.
+const MAX_POOL_AREA: i64 = 1024;
+
 /// A window op's geometry over `sp` spatial axes, with the pads made explicit.
 struct Window {
     kernel: Vec<i64>,
@@ -77,6 +82,14 @@ fn window(cx: &Ctx, ni: usize, n: &NodeProto, kernel: Option<Vec<i64>>) -> Resul
     let dilations = list("dilations", 1, sp)?;
     if strides.contains(&0) || dilations.contains(&0) || kernel.iter().any(|&k| k < 1) {
         return Err(cx.unsupported(ni, "a zero stride, dilation or kernel size"));
+    }
+    // The pools' backward builds kernels of this size: a corrupt or hostile attribute must be
+    // an error, not an allocation of terabytes.
+    if kernel.iter().any(|&k| k > MAX_KERNEL) {
+        return Err(cx.unsupported(
+            ni,
+            format!("kernel_shape {kernel:?} (larger than {MAX_KERNEL} on an axis)"),
+        ));
     }
     let pads = match auto_pad(n).as_str() {
         "NOTSET" => list("pads", 0, 2 * sp)?,
@@ -280,6 +293,15 @@ pub(crate) fn max_pool(
     if attr_i(n, "storage_order") == Some(1) {
         return Err(cx.unsupported(ni, "MaxPool with storage_order = 1"));
     }
+    if win.kernel[0] * win.kernel[1] > MAX_POOL_AREA {
+        return Err(cx.unsupported(
+            ni,
+            format!(
+                "MaxPool kernel_shape {:?} (windows of more than {MAX_POOL_AREA} elements)",
+                win.kernel
+            ),
+        ));
+    }
     let x = &n.input[0];
     // The argmax of every window, recomputed: a flat index into the whole input.
     let mut attrs = vec![
@@ -348,4 +370,62 @@ pub(crate) fn max_pool(
 fn dim(cx: &mut Ctx, shape: &str, axis: i64) -> String {
     let i = cx.b.ints(&[axis]);
     cx.b.op("Gather", &[shape, &i], vec![("axis", Attr::I(0))])
+}
+
+/// Pad (constant mode): the gradient is the padded gradient cut back to the input (and, for
+/// negative pads, which crop, the cropped part given back as zeros). The pads are read at run
+/// time, like the forward op reads them: exporters compute them with a chain of ops (torch's
+/// `F.pad` in EfficientNet's static padding) rather than store a constant.
+pub(crate) fn pad(
+    cx: &mut Ctx,
+    ni: usize,
+    n: &NodeProto,
+    g: &str,
+) -> Result<Vec<(usize, String)>, OnnxError> {
+    if n.input.iter().skip(1).any(|i| cx.diff.contains(i)) {
+        return Err(cx.unsupported(ni, "the pads or the padding value depend on the target tensor"));
+    }
+    let mode = attr(n, "mode")
+        .map(|a| String::from_utf8_lossy(&a.s).into_owned())
+        .unwrap_or_else(|| "constant".into());
+    if mode != "constant" {
+        return Err(cx.unsupported(
+            ni,
+            format!("Pad mode '{mode}' (only constant padding is supported)"),
+        ));
+    }
+    let x = &n.input[0];
+    let pads = n
+        .input
+        .get(1)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| cx.unsupported(ni, "no pads input (opset 11 and later give one)"))?;
+    let axes = n.input.get(3).filter(|s| !s.is_empty());
+    // Per padded axis: the begin and end pads (k each, k = rank or the axes given).
+    let sx = cx.b.op("Shape", &[x], vec![]);
+    let size = match axes {
+        Some(a) => cx.b.op("Gather", &[&sx, a], vec![("axis", Attr::I(0))]),
+        None => sx.clone(),
+    };
+    let two = cx.b.ints(&[2, -1]);
+    let p2 = cx.b.op("Reshape", &[pads, &two], vec![]);
+    let zero_i = cx.b.const_i64(&[0], &[]);
+    let begin = cx.b.op("Gather", &[&p2, &zero_i], vec![("axis", Attr::I(0))]);
+    // Crops undone: zeros where the forward cut (negative pads), at both ends.
+    let neg = cx.b.op("Neg", &[pads], vec![]);
+    let zero = cx.b.ints(&[0]);
+    let undo = cx.b.op("Max", &[&neg, &zero], vec![]);
+    let mut pad_in: Vec<&str> = vec![g, &undo];
+    if let Some(a) = axes {
+        pad_in.extend(["", a.as_str()]);
+    }
+    let t = cx.b.op("Pad", &pad_in, vec![]);
+    // Then the padding cut off: from max(begin, 0), the input's size.
+    let starts = cx.b.op("Max", &[&begin, &zero], vec![]);
+    let ends = cx.b.op("Add", &[&starts, &size], vec![]);
+    let mut slice_in: Vec<&str> = vec![&t, &starts, &ends];
+    if let Some(a) = axes {
+        slice_in.push(a.as_str());
+    }
+    Ok(vec![(0, cx.b.op("Slice", &slice_in, vec![]))])
 }

@@ -39,6 +39,7 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "MaxPool",
     "Mul",
     "Neg",
+    "Pad",
     "Pow",
     "Reciprocal",
     "ReduceMean",
@@ -114,7 +115,7 @@ impl Ctx<'_> {
     }
 
     /// A possibly negative axis attribute, checked against the rank.
-    fn axis(&self, axis: i64, rank: i64, node: usize) -> Result<i64, OnnxError> {
+    pub(crate) fn axis(&self, axis: i64, rank: i64, node: usize) -> Result<i64, OnnxError> {
         let a = if axis < 0 { axis.saturating_add(rank) } else { axis };
         if (0..rank).contains(&a) {
             Ok(a)
@@ -380,6 +381,7 @@ pub(crate) fn backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, S
         "AveragePool" => super::spatial::average_pool(cx, ni, &n, g)?,
         "MaxPool" => super::spatial::max_pool(cx, ni, &n, g)?,
         "Conv" => super::spatial::conv(cx, ni, &n, g)?,
+        "Pad" => super::spatial::pad(cx, ni, &n, g)?,
         "Gemm" => {
             let alpha = attr_f(&n, "alpha").unwrap_or(1.0);
             let beta = attr_f(&n, "beta").unwrap_or(1.0) as f64;
