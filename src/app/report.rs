@@ -220,6 +220,9 @@ struct Track {
     alerts: Vec<Alert>,
     alerts_total: [u64; 2],
     alert_secs: [f64; 2],
+    /// Every alert's interval, (start, end, first seq), per kind (ROI, drift): all of them
+    /// are shaded on the timeline, however many are listed. 24 bytes an alert.
+    intervals: [Vec<(f64, f64, u64)>; 2],
     roi_on: bool,
     drift_on: bool,
     has_roi: bool,
@@ -321,6 +324,7 @@ impl Track {
         let k: usize = k;
         if on {
             self.alerts_total[k] += 1;
+            self.intervals[k].push((t, f64::NAN, seq));
             if self.alerts.len() < MAX_LISTED {
                 self.alerts.push(Alert {
                     kind,
@@ -333,10 +337,15 @@ impl Track {
                     thumb: None,
                 });
             }
-        } else if let Some(a) = self.alerts.iter_mut().rev().find(|a| a.kind == kind && a.open) {
-            a.t1 = t;
-            a.open = false;
-            self.alert_secs[k] += t - a.t0;
+        } else {
+            if let Some(iv) = self.intervals[k].last_mut() {
+                iv.1 = t;
+                self.alert_secs[k] += t - iv.0;
+            }
+            if let Some(a) = self.alerts.iter_mut().rev().find(|a| a.kind == kind && a.open) {
+                a.t1 = t;
+                a.open = false;
+            }
         }
     }
 
@@ -376,14 +385,22 @@ impl Track {
                 a.t0 += off;
                 a.t1 += off;
             }
+            for iv in self.intervals.iter_mut().flatten() {
+                iv.0 += off;
+                iv.1 += off;
+            }
             self.label_changes.iter_mut().for_each(|c| c.0 += off);
             self.faith_points.iter_mut().for_each(|f| f.0 += off);
             self.end += off;
         }
         for a in self.alerts.iter_mut().filter(|a| a.open) {
             a.t1 = self.end.max(a.t0);
-            let k = (a.kind == AlertKind::Drift) as usize;
-            self.alert_secs[k] += a.t1 - a.t0;
+        }
+        for k in 0..2 {
+            if let Some(iv) = self.intervals[k].last_mut().filter(|iv| iv.1.is_nan()) {
+                iv.1 = self.end.max(iv.0);
+                self.alert_secs[k] += iv.1 - iv.0;
+            }
         }
     }
 
@@ -983,21 +1000,37 @@ fn timeline(out: &mut String, t: &Track) {
         }
         out.push_str("</g>");
     }
-    for a in &t.alerts {
-        let (x0, x1) = (ax.x(a.t0), ax.x(a.t1));
-        let _ = write!(
-            out,
-            "<rect class=\"alert {}\" data-t0=\"{:.3}\" data-t1=\"{:.3}\" data-seq=\"{}\" x=\"{x0:.2}\" y=\"{TOP}\" width=\"{:.2}\" height=\"{:.1}\"><title>{} {}–{}</title></rect>",
-            a.kind.class(),
-            a.t0,
-            a.t1,
-            a.seq,
-            (x1 - x0).max(2.0),
-            plot_bottom - TOP,
-            a.kind.words(),
-            clock(a.t0, true),
-            clock(a.t1, true),
-        );
+    for (kind, ivs) in [AlertKind::Roi, AlertKind::Drift].into_iter().zip(&t.intervals) {
+        // Alerts closer than a pixel are one band (a run of weeks may hold thousands).
+        let mut i = 0;
+        while i < ivs.len() {
+            let (t0, mut t1, seq) = ivs[i];
+            let mut j = i + 1;
+            while j < ivs.len() && ax.x(ivs[j].0) <= ax.x(t1).max(ax.x(t0) + 2.0) + 1.0 {
+                t1 = t1.max(ivs[j].1);
+                j += 1;
+            }
+            let (x0, x1) = (ax.x(t0), ax.x(t1));
+            let count = j - i;
+            let title = if count > 1 {
+                format!(
+                    "{count} alerts ({}) {}–{}",
+                    kind.words(),
+                    clock(t0, true),
+                    clock(t1, true)
+                )
+            } else {
+                format!("{} {}–{}", kind.words(), clock(t0, true), clock(t1, true))
+            };
+            let _ = write!(
+                out,
+                "<rect class=\"alert {}\" data-t0=\"{t0:.3}\" data-t1=\"{t1:.3}\" data-seq=\"{seq}\" data-count=\"{count}\" x=\"{x0:.2}\" y=\"{TOP}\" width=\"{:.2}\" height=\"{:.1}\"><title>{title}</title></rect>",
+                kind.class(),
+                (x1 - x0).max(2.0),
+                plot_bottom - TOP,
+            );
+            i = j;
+        }
     }
     for b in &bands {
         match b.key {
@@ -1048,14 +1081,7 @@ fn timeline(out: &mut String, t: &Track) {
         }
     }
     // The time axis: a tick every 1, 2 or 5 x 10^k seconds, about 10 of them.
-    let raw = ax.t1 / 10.0;
-    let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0]
-        .iter()
-        .map(|m| m * mag)
-        .find(|s| *s >= raw)
-        .unwrap_or(10.0 * mag)
-        .max(0.1);
+    let step = tick_step(ax.t1);
     let mut k = 0.0;
     while k * step <= ax.t1 + 1e-9 {
         let tt = k * step;
@@ -1069,6 +1095,29 @@ fn timeline(out: &mut String, t: &Track) {
         k += 1.0;
     }
     out.push_str("</svg>");
+}
+
+/// About ten ticks over `span` seconds: 1, 2 or 5 × 10^k under a minute, then the clock's own
+/// steps (a minute, 5, 15, 30, an hour, 2, 3, 6, 12, a day, …).
+fn tick_step(span: f64) -> f64 {
+    let raw = span / 10.0;
+    if raw <= 30.0 {
+        let mag = 10f64.powf(raw.log10().floor());
+        return [1.0, 2.0, 5.0, 10.0]
+            .iter()
+            .map(|m| m * mag)
+            .find(|s| *s >= raw)
+            .unwrap_or(10.0 * mag)
+            .max(0.1);
+    }
+    const CLOCK: [f64; 12] = [
+        60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 10800.0, 21600.0, 43200.0, 86400.0,
+    ];
+    CLOCK
+        .iter()
+        .copied()
+        .find(|s| *s >= raw)
+        .unwrap_or_else(|| (raw / 86400.0).ceil() * 86400.0)
 }
 
 fn facts(out: &mut String, t: &Track) {
@@ -1488,6 +1537,36 @@ mod tests {
     }
 
     #[test]
+    fn every_alert_is_shaded_however_many_and_those_closer_than_a_pixel_share_a_band() {
+        // 500 one-frame alerts 0.2 s apart, then, after a long quiet stretch, one more.
+        let mut text = String::new();
+        for s in 0..1000u64 {
+            text += &ev(s, "cat", s % 2 == 1);
+        }
+        for s in 1000..3000u64 {
+            text += &ev(s, "cat", s == 2900);
+        }
+        let logs = Logs {
+            tracks: track_of(&text),
+            lines: 3000,
+            bad: 0,
+            first_bad: None,
+        };
+        let t = &logs.tracks[0];
+        assert_eq!((t.alerts_total[0], t.alerts.len()), (501, MAX_LISTED));
+        let html = render(&logs, &["e.jsonl".into()], &HashMap::new(), &HashMap::new());
+        let counts: Vec<u64> = html
+            .split("data-count=\"")
+            .skip(1)
+            .map(|r| r.split('"').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(counts, [500, 1], "{counts:?}");
+        assert!(html.contains("and 301 more, not listed."));
+        // The time shaded: 501 frames of 0.1 s.
+        assert!((t.alert_secs[0] - 50.1).abs() < 1e-6, "{}", t.alert_secs[0]);
+    }
+
+    #[test]
     fn html_escapes_what_the_logs_say() {
         let t = track_of(&ev(0, "<script>alert(1)</script>", false));
         let logs = Logs {
@@ -1511,6 +1590,14 @@ mod tests {
             "../my%20video%231.mp4"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn ticks_fall_on_round_times() {
+        assert_eq!(tick_step(14.0), 2.0);
+        assert_eq!(tick_step(3.9), 0.5);
+        assert_eq!(tick_step(62_509.0), 7200.0);
+        assert_eq!(tick_step(14.0 * 86400.0), 2.0 * 86400.0);
     }
 
     #[test]
