@@ -95,7 +95,7 @@ fn bad_inputs_give_one_clear_line_and_their_own_exit_code() {
         &["not a CNN classifier"],
     );
     let m = tiny_with_sidecar(&dir, "unsupported_op");
-    expect_error(&run_on(&clip, &out, &["--model", &s(&m)]), 4, &["Erf", "node"]);
+    expect_error(&run_on(&clip, &out, &["--model", &s(&m)]), 4, &["Sin", "node"]);
 
     // Video: missing, undecodable.
     expect_error(

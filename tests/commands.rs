@@ -110,7 +110,7 @@ fn inspect_and_augment() {
             ("✓", "GlobalAveragePool"),
             ("✓", "Flatten"),
             ("✓", "Gemm"),
-            ("✗", "Erf"),
+            ("✗", "Sin"),
             ("✓", "Gemm")
         ],
         "{text}"

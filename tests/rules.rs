@@ -206,6 +206,17 @@ fn window_ops_refuse_by_name_what_they_cannot_differentiate() {
     pool.attribute.push(attr_ints("kernel_shape", &[64, 64]));
     let e = refusal(&m);
     assert!(e.contains("more than 1024 elements"), "{e}");
+    // A strided Slice (its gradient would be a scatter).
+    let mut m = proto::tiny("slice_crop");
+    proto::graph(&mut m)
+        .initializer
+        .push(ints_init("steps", &[2], &[2, 1]));
+    proto::node(&mut m, "Slice", 0).input.push("steps".into());
+    let e = refusal(&m);
+    assert!(
+        e.contains("Slice with steps [2, 1]") && e.contains("only steps of 1"),
+        "{e}"
+    );
     // A kernel the graph does not give.
     let mut m = proto::tiny("maxpool_overlap");
     proto::node(&mut m, "MaxPool", 0)

@@ -428,6 +428,61 @@ def m_pad_conv(name, pads):
     return b.model(out, hw=BODY), tf
 
 
+def m_concat_branches(name):
+    """Inception/DenseNet-like: Concat([Conv1x1(x), MaxPool3x3 s1 p1(x), x], axis=1) [N,11,7,7]
+    -> GAP -> Gemm; x reaches the concat three ways."""
+    b = Builder(name)
+    a, f = conv(b, "x", C, 3, 1, "branch")
+    m = b.node("MaxPool", ["x"], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])
+    cat = b.node("Concat", [a, m, "x"], axis=1)
+    out, g = gap_gemm(b, cat, 11)
+
+    def tf(x):
+        y = torch.cat([f(x), F.max_pool2d(x, 3, 1, 1), x], dim=1)
+        return g(y), [], {cat: y}
+    return b.model(out, hw=BODY), tf
+
+
+def m_slice_crop(name, with_axes=True):
+    """Slice H,W with negative and out-of-range bounds (starts [1,-5], ends [100,-1], axes
+    [-2,-1]), then channels 1:3 -> GAP -> Gemm. Without axes: starts/ends over the leading
+    axes [0,1,2,3] (as the dynamo exporter writes them)."""
+    b = Builder(name)
+    if with_axes:
+        st, en, ax = (b.init("starts", [1, -5], np.int64), b.init("ends", [100, -1], np.int64),
+                      b.init("axes", [-2, -1], np.int64))
+        h = b.node("Slice", ["x", st, en, ax])
+        st2, en2, ax2 = (b.init("starts2", [1], np.int64), b.init("ends2", [3], np.int64),
+                         b.init("axes2", [1], np.int64))
+        h = b.node("Slice", [h, st2, en2, ax2])
+    else:
+        st, en = b.init("starts", [0, 1, 1, -5], np.int64), b.init("ends", [1 << 62, 3, 100, -1], np.int64)
+        h = b.node("Slice", ["x", st, en])
+    out, g = gap_gemm(b, h, 2)
+
+    def tf(x):
+        y = x[:, 1:3, 1:, 2:6]
+        return g(y), [], {h: y}
+    return b.model(out, hw=BODY), tf
+
+
+def m_erf_gelu(name):
+    """Conv 3x3 pad 1 -> GELU as exported: 0.5 * z * (1 + Erf(z / sqrt 2)) -> GAP -> Gemm."""
+    b = Builder(name)
+    z, f = conv(b, "x", C, 4, 3, "conv", pad=(1, 1, 1, 1))
+    s2 = b.init("sqrt2", np.float32(np.sqrt(2.0)))
+    one, half = b.init("one", np.float32(1.0)), b.init("half", np.float32(0.5))
+    e = b.node("Erf", [b.node("Div", [z, s2])])
+    y = b.node("Mul", [b.node("Mul", [z, b.node("Add", [e, one])]), half])
+    out, g = gap_gemm(b, y, 4)
+
+    def tf(x):
+        zz = f(x)
+        yy = 0.5 * zz * (1 + torch.erf(zz / float(np.float32(np.sqrt(2.0)))))
+        return g(yy), [], {y: yy}
+    return b.model(out, hw=BODY), tf
+
+
 def m_body_chain(name):
     """A small ResNet-like body from the input: Conv 3x3 s2 pad 1 -> BatchNormalization -> Relu
     -> MaxPool 3x3 s2 pad 1 -> Conv 1x1 -> Relu (feat) -> AveragePool 2x2 (DenseNet transition)
@@ -458,7 +513,7 @@ def m_unsupported_op(name):
     b = Builder(name)
     h = b.node("Flatten", [b.node("GlobalAveragePool", ["x"])], axis=1)
     h1, _ = gemm_head(b, h, C, HID, "fc1")
-    out, _ = gemm_head(b, b.node("Erf", [h1]), HID, K, "fc2")
+    out, _ = gemm_head(b, b.node("Sin", [h1]), HID, K, "fc2")
     return b.model(out), None
 
 
@@ -533,11 +588,18 @@ MODELS = {
                  "body: Pad(constant, pads [0,0,0,1,0,0,2,1]) -> Conv(3x3) -> GAP -> Gemm (Lite0's static padding)."),
     "pad_crop_conv": (lambda n: m_pad_conv(n, (1, -1, -2, 2)),
                       "body: Pad(constant, pads [0,0,1,-1,0,0,-2,2]: negative pads crop) -> Conv(3x3) -> GAP -> Gemm."),
+    "concat_branches": (m_concat_branches,
+                        "body: Concat([Conv1x1(x), MaxPool 3x3 s1 p1(x), x], axis 1) -> GAP -> Gemm."),
+    "slice_crop": (m_slice_crop,
+                   "body: Slice(starts [1,-5], ends [100,-1], axes [-2,-1]) -> Slice(channels 1:3) -> GAP -> Gemm."),
+    "slice_no_axes": (lambda n: m_slice_crop(n, with_axes=False),
+                      "body: the same crop as one Slice without axes (starts/ends over all four axes)."),
+    "erf_gelu": (m_erf_gelu, "body: Conv(3x3) -> GELU written with Erf (as ConvNeXt exports it) -> GAP -> Gemm."),
     "body_chain": (m_body_chain,
                    "body: Conv(3x3 s2) -> BatchNormalization -> Relu -> MaxPool(3x3 s2 p1) -> Conv(1x1) -> Relu "
                    "-> AveragePool(2x2 s2) -> GAP -> Gemm; x is the network's input."),
     "unsupported_op": (m_unsupported_op,
-                       "x -> GAP -> Flatten -> Gemm(4->6) -> Erf -> Gemm(6->5). Erf has no backward rule: "
+                       "x -> GAP -> Flatten -> Gemm(4->6) -> Sin -> Gemm(6->5). Sin has no backward rule: "
                        "augmentation must fail with an error naming the op. No reference json."),
     "no_pool": (m_no_pool,
                 "x -> Flatten -> Gemm(36->5). No pooling op: not a CNN classifier, augmentation must fail "

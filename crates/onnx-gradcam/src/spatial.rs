@@ -429,3 +429,116 @@ pub(crate) fn pad(
     }
     Ok(vec![(0, cx.b.op("Slice", &slice_in, vec![]))])
 }
+
+/// Concat: each input's gradient is its own stretch of the output's along the axis; the
+/// stretches' offsets come from the inputs' shapes at run time.
+pub(crate) fn concat(
+    cx: &mut Ctx,
+    ni: usize,
+    n: &NodeProto,
+    g: &str,
+) -> Result<Vec<(usize, String)>, OnnxError> {
+    let r = cx.rank(&n.output[0], ni)? as i64;
+    let axis = cx.axis(attr_i(n, "axis").unwrap_or(0), r, ni)?;
+    let ax = cx.b.ints(&[axis]);
+    let mut start = cx.b.ints(&[0]);
+    let mut out = Vec::new();
+    for (i, x) in n.input.iter().enumerate() {
+        if x.is_empty() {
+            continue;
+        }
+        let sx = cx.b.op("Shape", &[x], vec![]);
+        let len = cx.b.op("Gather", &[&sx, &ax], vec![("axis", Attr::I(0))]);
+        let end = cx.b.op("Add", &[&start, &len], vec![]);
+        if cx.diff.contains(x) {
+            out.push((i, cx.b.op("Slice", &[g, &start, &end, &ax], vec![])));
+        }
+        start = end;
+    }
+    Ok(out)
+}
+
+/// Slice with steps of 1: the gradient is the output's gradient padded with zeros back to the
+/// input's shape. Starts and ends are resolved at run time as the forward op resolves them
+/// (negative from the end, clamped to the axis).
+pub(crate) fn slice(
+    cx: &mut Ctx,
+    ni: usize,
+    n: &NodeProto,
+    g: &str,
+) -> Result<Vec<(usize, String)>, OnnxError> {
+    if n.input.iter().skip(1).any(|i| cx.diff.contains(i)) {
+        return Err(cx.unsupported(ni, "the starts, ends, axes or steps depend on the target tensor"));
+    }
+    if n.input.len() < 3 {
+        return Err(cx.unsupported(
+            ni,
+            "Slice without starts and ends inputs (opset 10 and later give them)",
+        ));
+    }
+    let opt = |i: usize| n.input.get(i).filter(|s| !s.is_empty()).cloned();
+    if let Some(steps) = opt(4) {
+        match cx.m.constant_i64(&steps) {
+            Some(v) if v.iter().all(|&s| s == 1) => {}
+            Some(v) => {
+                return Err(cx.unsupported(
+                    ni,
+                    format!("Slice with steps {v:?} (only steps of 1 are supported)"),
+                ))
+            }
+            None => return Err(cx.unsupported(ni, "Slice with steps that are not a constant of the model")),
+        }
+    }
+    let x = &n.input[0];
+    let r = cx.rank(x, ni)?;
+    let sx = cx.b.op("Shape", &[x], vec![]);
+    // The sliced axes, normalized to 0..r.
+    let axes = match opt(3) {
+        Some(a) => {
+            let rr = cx.b.const_i64(&[r as i64], &[]);
+            let zero = cx.b.const_i64(&[0], &[]);
+            let neg = cx.b.op("Less", &[&a, &zero], vec![]);
+            let wrapped = cx.b.op("Add", &[&a, &rr], vec![]);
+            cx.b.op("Where", &[&neg, &wrapped, &a], vec![])
+        }
+        None => {
+            // All leading axes, as many as starts has.
+            let ss = cx.b.op("Shape", &[&n.input[1]], vec![]);
+            let zero = cx.b.const_i64(&[0], &[]);
+            let one = cx.b.const_i64(&[1], &[]);
+            let k = cx.b.op("Squeeze", &[&ss], vec![]);
+            cx.b.op("Range", &[&zero, &k, &one], vec![])
+        }
+    };
+    let dims = cx.b.op("Gather", &[&sx, &axes], vec![("axis", Attr::I(0))]);
+    let resolve = |cx: &mut Ctx, t: &str| -> String {
+        let zero = cx.b.const_i64(&[0], &[]);
+        let neg = cx.b.op("Less", &[t, &zero], vec![]);
+        let wrapped = cx.b.op("Add", &[t, &dims], vec![]);
+        let v = cx.b.op("Where", &[&neg, &wrapped, t], vec![]);
+        let v = cx.b.op("Max", &[&v, &zero], vec![]);
+        cx.b.op("Min", &[&v, &dims], vec![])
+    };
+    let begin = resolve(cx, &n.input[1]);
+    let end = resolve(cx, &n.input[2]);
+    let end = cx.b.op("Max", &[&end, &begin], vec![]);
+    let after = cx.b.op("Sub", &[&dims, &end], vec![]);
+    // Full-rank pads: zeros, with the sliced axes' begin and after scattered in.
+    let zeros = {
+        let z = cx.b.const_i64(&[0], &[1]);
+        let rr = cx.b.ints(&[r as i64]);
+        cx.b.op("Expand", &[&z, &rr], vec![])
+    };
+    let pb = cx.b.op(
+        "ScatterElements",
+        &[&zeros, &axes, &begin],
+        vec![("axis", Attr::I(0))],
+    );
+    let pe = cx.b.op(
+        "ScatterElements",
+        &[&zeros, &axes, &after],
+        vec![("axis", Attr::I(0))],
+    );
+    let pads = cx.b.op("Concat", &[&pb, &pe], vec![("axis", Attr::I(0))]);
+    Ok(vec![(0, cx.b.op("Pad", &[g, &pads], vec![]))])
+}

@@ -21,9 +21,11 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "AveragePool",
     "BatchNormalization",
     "Clip",
+    "Concat",
     "Conv",
     "Div",
     "Dropout",
+    "Erf",
     "Exp",
     "Flatten",
     "Gather",
@@ -46,6 +48,7 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "Relu",
     "Reshape",
     "Sigmoid",
+    "Slice",
     "Softmax",
     "Sqrt",
     "Squeeze",
@@ -191,6 +194,17 @@ pub(crate) fn backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, S
             vec![(0, cx.b.op("Neg", &[&gy], vec![]))]
         }
         "Exp" => vec![(0, cx.b.op("Mul", &[g, &y], vec![]))],
+        "Erf" => {
+            // d erf(x) / dx = 2 / sqrt(pi) * exp(-x^2): GELU as ConvNeXt and the dynamo exporter write it.
+            let xx = cx.b.op("Mul", &[&x, &x], vec![]);
+            let nxx = cx.b.op("Neg", &[&xx], vec![]);
+            let e = cx.b.op("Exp", &[&nxx], vec![]);
+            let c = cx.b.scalar(std::f64::consts::FRAC_2_SQRT_PI);
+            let d = cx.b.op("Mul", &[&e, &c], vec![]);
+            vec![(0, cx.b.op("Mul", &[g, &d], vec![]))]
+        }
+        "Concat" => super::spatial::concat(cx, ni, &n, g)?,
+        "Slice" => super::spatial::slice(cx, ni, &n, g)?,
         "Tanh" => {
             let one = cx.b.scalar(1.0);
             let yy = cx.b.op("Mul", &[&y, &y], vec![]);
