@@ -149,6 +149,8 @@ mod tiny_body_rules {
         slice_crop,
         slice_no_axes,
         erf_gelu,
+        split_gate,
+        split_unused,
         body_chain,
     );
 }

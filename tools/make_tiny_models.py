@@ -483,6 +483,42 @@ def m_erf_gelu(name):
     return b.model(out, hw=BODY), tf
 
 
+def split2(b, x, sizes):
+    """An ONNX Split along channels with the sizes as an input (opset 13+); its outputs."""
+    sp = b.init("split", sizes, np.int64)
+    b._n += 1
+    outs = [f"t{b._n}_split_{i}" for i in range(len(sizes))]
+    b.nodes.append(helper.make_node("Split", [x, sp], outs, name=f"n{b._n}_Split", axis=1))
+    return outs
+
+
+def m_split_gate(name):
+    """Split x [N,4] channels into a [N,1] and c [N,3]; Mul(c, Sigmoid(a)) (a gates c, broadcast)
+    -> GAP -> Gemm(3->5): both outputs carry gradient."""
+    b = Builder(name)
+    a, c = split2(b, "x", [1, 3])
+    h = b.node("Mul", [c, b.node("Sigmoid", [a])])
+    out, g = gap_gemm(b, h, 3)
+
+    def tf(x):
+        y = x[:, 1:] * torch.sigmoid(x[:, :1])
+        return g(y), [], {h: y}
+    return b.model(out, hw=BODY), tf
+
+
+def m_split_unused(name):
+    """Split x channels [2,1,1]; the middle part unused: Concat(o0, o2) -> GAP -> Gemm(3->5)."""
+    b = Builder(name)
+    o0, _, o2 = split2(b, "x", [2, 1, 1])
+    h = b.node("Concat", [o0, o2], axis=1)
+    out, g = gap_gemm(b, h, 3)
+
+    def tf(x):
+        y = torch.cat([x[:, :2], x[:, 3:]], dim=1)
+        return g(y), [], {h: y}
+    return b.model(out, hw=BODY), tf
+
+
 def m_body_chain(name):
     """A small ResNet-like body from the input: Conv 3x3 s2 pad 1 -> BatchNormalization -> Relu
     -> MaxPool 3x3 s2 pad 1 -> Conv 1x1 -> Relu (feat) -> AveragePool 2x2 (DenseNet transition)
@@ -595,6 +631,9 @@ MODELS = {
     "slice_no_axes": (lambda n: m_slice_crop(n, with_axes=False),
                       "body: the same crop as one Slice without axes (starts/ends over all four axes)."),
     "erf_gelu": (m_erf_gelu, "body: Conv(3x3) -> GELU written with Erf (as ConvNeXt exports it) -> GAP -> Gemm."),
+    "split_gate": (m_split_gate, "body: Split(x, [1,3] on channels) -> Mul(c, Sigmoid(a)) -> GAP -> Gemm."),
+    "split_unused": (m_split_unused,
+                     "body: Split(x, [2,1,1]) with its middle output unused -> Concat(o0, o2) -> GAP -> Gemm."),
     "body_chain": (m_body_chain,
                    "body: Conv(3x3 s2) -> BatchNormalization -> Relu -> MaxPool(3x3 s2 p1) -> Conv(1x1) -> Relu "
                    "-> AveragePool(2x2 s2) -> GAP -> Gemm; x is the network's input."),

@@ -305,6 +305,26 @@ pub fn augment(m: &OnnxModel, opts: &AugmentOptions) -> Result<Augmented, OnnxEr
     let mut grads: HashMap<String, Vec<String>> = HashMap::from([(score.clone(), vec![seed])]);
     for &ni in head.iter().rev() {
         let n = m.node(ni);
+        if n.op_type == "Split" && n.domain.is_empty() {
+            // Every output may carry a gradient.
+            let gys: Vec<Option<String>> = n
+                .output
+                .iter()
+                .map(|o| grads.remove(o).map(|gs| sum(&mut b, gs)))
+                .collect();
+            if gys.iter().all(Option::is_none) {
+                continue;
+            }
+            let mut cx = Ctx {
+                m,
+                b: &mut b,
+                diff: &diff,
+            };
+            for (i, gx) in crate::spatial::split(&mut cx, ni, n, &gys)? {
+                grads.entry(n.input[i].clone()).or_default().push(gx);
+            }
+            continue;
+        }
         if n.output.iter().skip(1).any(|o| grads.contains_key(o)) {
             return Err(OnnxError::Unsupported {
                 op: n.op_type.clone(),

@@ -253,6 +253,12 @@ impl OnnxModel {
             // ONNX tensors have a handful of axes; a bigger "rank" comes from a corrupt graph.
             if let Some(r) = self.op_rank(n, &ranks).filter(|&r| r <= MAX_RANK) {
                 ranks.insert(n.output[0].clone(), r);
+                // Every part of a Split has the input's rank.
+                if n.op_type == "Split" {
+                    for o in n.output.iter().skip(1).filter(|o| !o.is_empty()) {
+                        ranks.insert(o.clone(), r);
+                    }
+                }
             }
         }
         self.ranks = ranks;

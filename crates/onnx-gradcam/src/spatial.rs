@@ -542,3 +542,36 @@ pub(crate) fn slice(
     let pads = cx.b.op("Concat", &[&pb, &pe], vec![("axis", Attr::I(0))]);
     Ok(vec![(0, cx.b.op("Pad", &[g, &pads], vec![]))])
 }
+
+/// Split: the gradient is the outputs' gradients put back together along the axis, zeros for
+/// the outputs nothing downstream used.
+pub(crate) fn split(
+    cx: &mut Ctx,
+    ni: usize,
+    n: &NodeProto,
+    gys: &[Option<String>],
+) -> Result<Vec<(usize, String)>, OnnxError> {
+    if n.input.iter().skip(1).any(|i| cx.diff.contains(i)) {
+        return Err(cx.unsupported(ni, "the split sizes depend on the target tensor"));
+    }
+    let x = n
+        .input
+        .first()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| cx.unsupported(ni, "no input"))?;
+    let r = cx.rank(x, ni)? as i64;
+    let axis = cx.axis(attr_i(n, "axis").unwrap_or(0), r, ni)?;
+    let zero = cx.b.scalar(0.0);
+    let mut parts = Vec::with_capacity(gys.len());
+    for (o, gy) in n.output.iter().zip(gys) {
+        parts.push(match gy {
+            Some(g) => g.clone(),
+            None => {
+                let s = cx.b.op("Shape", &[o], vec![]);
+                cx.b.op("Expand", &[&zero, &s], vec![])
+            }
+        });
+    }
+    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    Ok(vec![(0, cx.b.op("Concat", &refs, vec![("axis", Attr::I(axis))]))])
+}
