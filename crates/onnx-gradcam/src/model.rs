@@ -324,6 +324,11 @@ pub(crate) fn attr<'a>(n: &'a NodeProto, name: &str) -> Option<&'a AttributeProt
     n.attribute.iter().find(|a| a.name == name)
 }
 
+/// A string attribute (`auto_pad`, `mode`), as text.
+pub(crate) fn attr_s(n: &NodeProto, name: &str) -> Option<String> {
+    attr(n, name).map(|a| String::from_utf8_lossy(&a.s).into_owned())
+}
+
 pub(crate) fn attr_i(n: &NodeProto, name: &str) -> Option<i64> {
     attr(n, name).map(|a| a.i)
 }

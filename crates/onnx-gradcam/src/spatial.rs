@@ -18,7 +18,7 @@
 //! that land on one input are summed, as torch does. No opset-16 scatter reduction is needed.
 
 use super::builder::Attr;
-use super::model::{attr, attr_i, attr_ints};
+use super::model::{attr_i, attr_ints, attr_s};
 use super::proto::NodeProto;
 use super::vjp::Ctx;
 use super::OnnxError;
@@ -48,8 +48,7 @@ impl Window {
 }
 
 fn auto_pad(n: &NodeProto) -> String {
-    attr(n, "auto_pad")
-        .map(|a| String::from_utf8_lossy(&a.s).into_owned())
+    attr_s(n, "auto_pad")
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "NOTSET".into())
 }
@@ -168,9 +167,7 @@ pub(crate) fn conv(
     n: &NodeProto,
     g: &str,
 ) -> Result<Vec<(usize, String)>, OnnxError> {
-    if n.input.iter().skip(1).any(|i| cx.diff.contains(i)) {
-        return Err(cx.unsupported(ni, "the weight or bias depends on the target tensor"));
-    }
+    cx.only_first(ni, n, "the weight or bias depends on the target tensor")?;
     let w = &n.input[1];
     let wk =
         cx.m.declared_dims(w)
@@ -382,12 +379,8 @@ pub(crate) fn pad(
     n: &NodeProto,
     g: &str,
 ) -> Result<Vec<(usize, String)>, OnnxError> {
-    if n.input.iter().skip(1).any(|i| cx.diff.contains(i)) {
-        return Err(cx.unsupported(ni, "the pads or the padding value depend on the target tensor"));
-    }
-    let mode = attr(n, "mode")
-        .map(|a| String::from_utf8_lossy(&a.s).into_owned())
-        .unwrap_or_else(|| "constant".into());
+    cx.only_first(ni, n, "the pads or the padding value depend on the target tensor")?;
+    let mode = attr_s(n, "mode").unwrap_or_else(|| "constant".into());
     if mode != "constant" {
         return Err(cx.unsupported(
             ni,
@@ -467,9 +460,11 @@ pub(crate) fn slice(
     n: &NodeProto,
     g: &str,
 ) -> Result<Vec<(usize, String)>, OnnxError> {
-    if n.input.iter().skip(1).any(|i| cx.diff.contains(i)) {
-        return Err(cx.unsupported(ni, "the starts, ends, axes or steps depend on the target tensor"));
-    }
+    cx.only_first(
+        ni,
+        n,
+        "the starts, ends, axes or steps depend on the target tensor",
+    )?;
     if n.input.len() < 3 {
         return Err(cx.unsupported(
             ni,
@@ -551,9 +546,7 @@ pub(crate) fn split(
     n: &NodeProto,
     gys: &[Option<String>],
 ) -> Result<Vec<(usize, String)>, OnnxError> {
-    if n.input.iter().skip(1).any(|i| cx.diff.contains(i)) {
-        return Err(cx.unsupported(ni, "the split sizes depend on the target tensor"));
-    }
+    cx.only_first(ni, n, "the split sizes depend on the target tensor")?;
     let x = n
         .input
         .first()

@@ -13,6 +13,7 @@ use std::collections::HashSet;
 
 use super::builder::{Attr, Builder};
 use super::model::{attr_f, attr_i, attr_ints, OnnxModel};
+use super::proto::NodeProto;
 use super::OnnxError;
 
 /// Ops with a backward rule, as listed in errors and in `gradcamd inspect`.
@@ -79,6 +80,16 @@ impl Ctx<'_> {
                 "the rank of tensor '{t}' is unknown (no value_info); run onnx shape inference on the model"
             ),
         })
+    }
+
+    /// Refuses node `ni` when an input after its first depends on the target tensor (a weight,
+    /// a shape, pads...): its rule gives the first input's gradient only. `why` says which.
+    pub(crate) fn only_first(&self, ni: usize, n: &NodeProto, why: &str) -> Result<(), OnnxError> {
+        if n.input.iter().skip(1).any(|i| self.diff.contains(i)) {
+            Err(self.unsupported(ni, why))
+        } else {
+            Ok(())
+        }
     }
 
     pub(crate) fn unsupported(&self, node: usize, why: impl Into<String>) -> OnnxError {
@@ -167,11 +178,7 @@ pub(crate) fn backward(cx: &mut Ctx, ni: usize, g: &str) -> Result<Vec<(usize, S
         return Err(cx.unsupported(ni, format!("custom domain '{}'", n.domain)));
     }
     let only_x = |cx: &Ctx, what: &str| -> Result<(), OnnxError> {
-        if (1..n.input.len()).any(d) {
-            Err(cx.unsupported(ni, format!("the gradient would have to flow into {what}")))
-        } else {
-            Ok(())
-        }
+        cx.only_first(ni, &n, &format!("the gradient would have to flow into {what}"))
     };
 
     let grads = match n.op_type.as_str() {
